@@ -1,0 +1,101 @@
+/**
+ * One error model for all of Custos: a `CustosError` carries a stable `code` from
+ * one union, which callers (and API clients) can switch on. The HTTP status is a
+ * property of the code, not of the throw site, so the same failure always maps to
+ * the same answer.
+ */
+
+/** Every error code Custos can answer with. Stable: clients depend on these strings. */
+export type ErrorCode =
+  | "invalid_request"
+  | "unauthenticated"
+  | "forbidden"
+  | "not_found"
+  | "conflict"
+  | "payload_too_large"
+  | "rate_limited"
+  | "key_disabled"
+  | "key_destroyed"
+  | "key_purpose_mismatch"
+  | "version_too_old"
+  | "decryption_failed"
+  | "signature_invalid"
+  | "not_initialized"
+  | "already_initialized"
+  | "root_key_mismatch"
+  | "hsm_unavailable"
+  | "hsm_error"
+  | "audit_unavailable"
+  | "store_unavailable"
+  | "internal";
+
+/** HTTP status of each code. Client errors are 4xx; everything the caller can't fix is 5xx. */
+export const httpStatusOf: Readonly<Record<ErrorCode, number>> = {
+  invalid_request: 400,
+  unauthenticated: 401,
+  forbidden: 403,
+  not_found: 404,
+  conflict: 409,
+  payload_too_large: 413,
+  rate_limited: 429,
+  key_disabled: 409,
+  key_destroyed: 410,
+  key_purpose_mismatch: 400,
+  version_too_old: 400,
+  decryption_failed: 400,
+  signature_invalid: 400,
+  not_initialized: 503,
+  already_initialized: 409,
+  root_key_mismatch: 500,
+  hsm_unavailable: 503,
+  hsm_error: 500,
+  audit_unavailable: 503,
+  store_unavailable: 503,
+  internal: 500,
+};
+
+export interface CustosErrorOptions {
+  cause?: unknown;
+  /** PKCS#11 return value name (e.g. `CKR_SESSION_HANDLE_INVALID`) for HSM errors. */
+  ckr?: string;
+}
+
+/**
+ * The one error class. `message` must never contain secret material: it may be
+ * shown to API clients for 4xx codes (5xx messages are replaced at the API edge).
+ */
+export class CustosError extends Error {
+  readonly code: ErrorCode;
+  readonly ckr: string | undefined;
+
+  constructor(code: ErrorCode, message: string, options: CustosErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = "CustosError";
+    this.code = code;
+    this.ckr = options.ckr;
+  }
+
+  /** HTTP status family of this error's code. */
+  get status(): number {
+    return httpStatusOf[this.code];
+  }
+
+  /** True when the caller caused it (4xx) rather than Custos or its dependencies (5xx). */
+  get isClientError(): boolean {
+    return this.status < 500;
+  }
+}
+
+/**
+ * The single failure every decryption path throws, whatever went wrong (wrong key,
+ * wrong context, flipped bit, truncation, destroyed version). A uniform error gives
+ * an attacker no oracle to tell the cases apart.
+ */
+export function decryptionFailed(cause?: unknown): CustosError {
+  return new CustosError("decryption_failed", "decryption failed", { cause });
+}
+
+/** Narrowing helper for `catch (e)` blocks. */
+export function isCustosError(e: unknown, code?: ErrorCode): e is CustosError {
+  return e instanceof CustosError && (code === undefined || e.code === code);
+}

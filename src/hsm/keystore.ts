@@ -1,0 +1,112 @@
+import type { Secret } from "../secret/index.js";
+
+/**
+ * The seam between Custos and its HSM. Everything above `hsm/` speaks to this
+ * interface; only `hsm/pkcs11/` knows PKCS#11. Modelled on smallstep's small key
+ * manager core: a few capabilities, keys addressed by label and id, never by raw
+ * handle (handles die with sessions).
+ *
+ * Errors: every method throws `CustosError` — `hsm_unavailable` when the token could
+ * not be reached within the operation's deadline (session/device-class failures that
+ * self-healing could not repair in time), `hsm_error` for other PKCS#11 failures
+ * (carrying the CKR name), `decryption_failed` from `decrypt` for any authentication
+ * failure, `invalid_request` for bad arguments.
+ */
+
+/** Asymmetric algorithms whose private keys live in the HSM as token objects. */
+export type SigningAlgorithm = "ecdsa-p256" | "ed25519" | "rsa-3072";
+
+/**
+ * How a signature is computed. ECDSA signatures are raw r‖s (64 bytes: JWS ES256
+ * form); callers convert to DER or SSH form as their format needs.
+ */
+export type SignatureScheme =
+  | "ecdsa-p256-sha256"
+  | "ed25519"
+  | "rsa-pkcs1-sha256"
+  | "rsa-pss-sha256";
+
+/** Where a token object lives: its CKA_LABEL and CKA_ID (hex). */
+export interface HsmKeyRef {
+  readonly label: string;
+  readonly id: string;
+}
+
+/** The root wrapping key, as recorded in the store at init. */
+export interface RootKeyInfo extends HsmKeyRef {
+  /** Deterministic key check value (hex) that identifies this exact key. */
+  readonly checkValue: string;
+}
+
+export interface GeneratedKeyPair {
+  readonly ref: HsmKeyRef;
+  /** SubjectPublicKeyInfo, DER. */
+  readonly publicKey: Buffer;
+}
+
+export interface GcmCiphertext {
+  /** 12-byte IV. */
+  readonly iv: Buffer;
+  /** Ciphertext followed by the 16-byte GCM tag. */
+  readonly ciphertext: Buffer;
+}
+
+export type HsmHealthState = "ok" | "degraded" | "unavailable";
+
+export interface HsmHealth {
+  readonly state: HsmHealthState;
+  /** Token label this keystore serves. */
+  readonly token: string;
+  /** Sessions open / pool size. */
+  readonly sessions: { readonly open: number; readonly size: number };
+  /** Last failure seen (a CKR name or a short reason), when not `ok`. */
+  readonly lastError?: string;
+  /** ISO time of the last successful recovery, if any. */
+  readonly recoveredAt?: string;
+}
+
+export interface Keystore {
+  /** Health as the API reports it; cheap, never touches the token. */
+  health(): HsmHealth;
+
+  // --- root key --------------------------------------------------------------
+
+  /** Creates the non-extractable AES-256 root wrapping key. `conflict` if one exists. */
+  createRootKey(): Promise<RootKeyInfo>;
+  /** Finds the root key by label; `undefined` when the token has none. */
+  findRootKey(): Promise<RootKeyInfo | undefined>;
+
+  // --- encryption keys (wrapped under the root key, unwrapped on use) ---------
+
+  /** Generates an AES-256 key in the HSM and returns it wrapped by the root key (RFC 5649). */
+  generateWrappedAesKey(): Promise<Buffer>;
+  /** AES-256-GCM encrypt under the wrapped key, IV chosen by the keystore. */
+  encrypt(wrappedKey: Buffer, plaintext: Uint8Array, aad: Uint8Array): Promise<GcmCiphertext>;
+  /** AES-256-GCM decrypt; any authentication failure is `decryption_failed`. */
+  decrypt(wrappedKey: Buffer, iv: Uint8Array, ciphertext: Uint8Array, aad: Uint8Array): Promise<Secret>;
+
+  // --- signing keys (token objects that never leave the HSM) ------------------
+
+  /** Generates a non-extractable key pair stored on the token under `label`. */
+  generateKeyPair(algorithm: SigningAlgorithm, label: string): Promise<GeneratedKeyPair>;
+  /** Signs `data` (the keystore hashes it where the scheme needs a digest). */
+  sign(ref: HsmKeyRef, scheme: SignatureScheme, data: Uint8Array): Promise<Buffer>;
+  /** The public key of a stored pair, SPKI DER. `not_found` if absent. */
+  publicKey(ref: HsmKeyRef): Promise<Buffer>;
+  /** Destroys both halves of a stored pair. Idempotent. */
+  destroyKeyPair(ref: HsmKeyRef): Promise<void>;
+
+  // --- HMAC (audit) -----------------------------------------------------------
+
+  /** Creates a non-extractable HMAC-SHA256 token key under `label`; returns it if it already exists. */
+  ensureHmacKey(label: string): Promise<HsmKeyRef>;
+  /** HMAC-SHA256 of `data` under a token HMAC key. */
+  hmac(ref: HsmKeyRef, data: Uint8Array): Promise<Buffer>;
+
+  // --- misc -------------------------------------------------------------------
+
+  /** `length` bytes from the HSM's RNG. */
+  random(length: number): Promise<Buffer>;
+  /** Closes every session and releases the module. */
+  close(): Promise<void>;
+}

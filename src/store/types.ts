@@ -1,0 +1,287 @@
+/**
+ * The `Store`: everything Custos persists, seen as use-case-level atomic operations.
+ * No SQL, no transactions and nothing SQLite-specific crosses this line, so a
+ * PostgreSQL implementation can stand beside the SQLite one.
+ *
+ * Every state-changing operation takes the `AuditEntry` describing it and commits
+ * the change and its audit record atomically: either both are durable or neither
+ * is. A returned promise resolves only once the write is durable (fsynced).
+ *
+ * Concurrency: mutable records carry a `revision`; updates name the revision they
+ * were computed from and fail with `conflict` if another writer got there first.
+ *
+ * Errors (`CustosError`): `conflict` (unique name taken, stale revision,
+ * already initialised), `not_found` (updating something absent),
+ * `store_unavailable` (the write could not be made durable within its deadline).
+ */
+
+// ---- audit ------------------------------------------------------------------
+
+export type AuditOutcome = "success" | "denied" | "failure";
+
+/** One audited action, before the store assigns its place in the chain. */
+export interface AuditEntry {
+  /** ISO-8601 UTC with milliseconds. */
+  readonly time: string;
+  readonly requestId: string;
+  /** Who: `user:<name>`, `token:<id>`, `system`, … */
+  readonly principal: string;
+  /** Where from: client IP, or `cli`/`local` for local commands. */
+  readonly source: string;
+  /** What: `key.create`, `key.encrypt`, `auth.login`, … */
+  readonly action: string;
+  /** On what: `key/<name>`, `user/<name>`, … (empty when none). */
+  readonly resource: string;
+  readonly outcome: AuditOutcome;
+  /** Error code when the outcome is not success. */
+  readonly errorCode: string | null;
+  /**
+   * JSON-serialisable details: request parameters and, for state changes,
+   * `{ before, after }`. Secret values must already be HMACed by the caller.
+   */
+  readonly details: Readonly<Record<string, unknown>>;
+}
+
+/** An audit entry with its place in the hash chain. */
+export interface AuditRecord extends AuditEntry {
+  /** 1-based, gap-free. */
+  readonly seq: number;
+  /** Hash (hex) of the previous record; 64 zeros for the first. */
+  readonly prevHash: string;
+  /** `auditRecordHash(this)`, hex. */
+  readonly hash: string;
+}
+
+/** A signed statement that the chain up to `seq` ends in `hash`. */
+export interface AuditCheckpoint {
+  readonly seq: number;
+  readonly hash: string;
+  readonly time: string;
+  /** Signing key (label/id) and scheme, so a verifier can find the public key. */
+  readonly keyLabel: string;
+  readonly keyId: string;
+  readonly scheme: string;
+  /** Signature (base64) over `auditCheckpointMessage(seq, hash, time)`. */
+  readonly signature: string;
+}
+
+export interface AuditQuery {
+  readonly afterSeq?: number;
+  readonly limit?: number;
+  readonly principal?: string;
+  readonly action?: string;
+  readonly resource?: string;
+  /** Newest first when true (default oldest first). */
+  readonly descending?: boolean;
+}
+
+// ---- keys -------------------------------------------------------------------
+
+export type KeyPurpose = "encrypt" | "sign";
+export type KeyAlgorithm = "aes-256-gcm" | "ecdsa-p256" | "ed25519" | "rsa-3072";
+export type KeyState = "enabled" | "disabled" | "pending_destruction" | "destroyed";
+
+export interface KeyRecord {
+  readonly id: string;
+  readonly name: string;
+  readonly purpose: KeyPurpose;
+  readonly algorithm: KeyAlgorithm;
+  readonly state: KeyState;
+  readonly description: string;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  readonly revision: number;
+  readonly latestVersion: number;
+  readonly minDecryptionVersion: number;
+  /** Automatic rotation period in seconds, or null for none. */
+  readonly rotationPeriodSeconds: number | null;
+  readonly nextRotationAt: string | null;
+  /** When a pending destruction takes effect. */
+  readonly destroyAt: string | null;
+}
+
+export type KeyVersionState = "active" | "destroyed";
+
+export interface KeyVersionRecord {
+  readonly keyId: string;
+  readonly version: number;
+  readonly state: KeyVersionState;
+  readonly createdAt: string;
+  /** AES versions: the key wrapped by the root key. Null for signing keys and once destroyed. */
+  readonly wrappedKey: Buffer | null;
+  /** Signing versions: the HSM token object. Null for AES versions. */
+  readonly hsmLabel: string | null;
+  readonly hsmId: string | null;
+  /** Signing versions: SPKI DER. */
+  readonly publicKey: Buffer | null;
+}
+
+export interface KeyListQuery {
+  readonly prefix?: string;
+  /** Names strictly after this one (pagination). */
+  readonly after?: string;
+  readonly limit?: number;
+}
+
+/** An atomic change to one key: its new record and, optionally, versions added or destroyed. */
+export interface KeyChange {
+  /** The new record; its `revision` must be `expectedRevision + 1`. */
+  readonly key: KeyRecord;
+  readonly expectedRevision: number;
+  readonly addVersion?: KeyVersionRecord;
+  /** Versions to mark destroyed (their wrapped material is erased). */
+  readonly destroyVersions?: readonly number[];
+}
+
+// ---- auth -------------------------------------------------------------------
+
+export interface UserRecord {
+  readonly id: string;
+  readonly name: string;
+  /** argon2id encoded hash; null for users who can't log in with a password. */
+  readonly passwordHash: string | null;
+  readonly policies: readonly string[];
+  readonly disabled: boolean;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  readonly revision: number;
+}
+
+export interface GroupRecord {
+  readonly id: string;
+  readonly name: string;
+  /** User ids. */
+  readonly members: readonly string[];
+  readonly policies: readonly string[];
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  readonly revision: number;
+}
+
+export type TokenKind = "session" | "api";
+
+export interface TokenRecord {
+  /** Public identifier (appears in audit records and lists). */
+  readonly id: string;
+  /** SHA-256 (hex) of the secret part; the token itself is never stored. */
+  readonly hash: string;
+  readonly kind: TokenKind;
+  readonly name: string;
+  /** The user the token acts for, or null for a standalone API token. */
+  readonly userId: string | null;
+  /** Policies of the token itself; for user tokens, null means "the user's own". */
+  readonly policies: readonly string[] | null;
+  readonly createdAt: string;
+  readonly expiresAt: string | null;
+  readonly revokedAt: string | null;
+}
+
+export interface PolicyRule {
+  /** Resource pattern, `*` matching any run of characters: `key/app-a-*`. */
+  readonly resource: string;
+  /** Actions, or `*` for all non-privileged actions. */
+  readonly actions: readonly string[];
+}
+
+export interface PolicyRecord {
+  readonly name: string;
+  readonly description: string;
+  readonly rules: readonly PolicyRule[];
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  readonly revision: number;
+}
+
+export type SudoSubjectType = "user" | "group";
+
+export interface SudoGrantRecord {
+  readonly id: string;
+  readonly subjectType: SudoSubjectType;
+  readonly subjectId: string;
+  /** Policies the grant confers while active (usually `["admin"]`). */
+  readonly policies: readonly string[];
+  readonly reason: string;
+  readonly grantedBy: string;
+  readonly createdAt: string;
+  readonly expiresAt: string;
+  readonly revokedAt: string | null;
+}
+
+// ---- initialisation ---------------------------------------------------------
+
+/** What `custos init` writes, all at once. */
+export interface InitialState {
+  /** Settings such as the root key label/id/check value, audit key refs, TLS paths. */
+  readonly settings: Readonly<Record<string, string>>;
+  readonly policies: readonly PolicyRecord[];
+  readonly admin: UserRecord;
+  readonly adminToken: TokenRecord;
+}
+
+// ---- the interface ----------------------------------------------------------
+
+export interface Store {
+  /** True once `initialize` has committed. */
+  isInitialized(): Promise<boolean>;
+  /** Writes the initial state atomically; `conflict` if already initialised. */
+  initialize(state: InitialState, audit: AuditEntry): Promise<void>;
+  getSetting(name: string): Promise<string | undefined>;
+  putSetting(name: string, value: string, audit: AuditEntry): Promise<void>;
+
+  // keys
+  createKey(key: KeyRecord, firstVersion: KeyVersionRecord, audit: AuditEntry): Promise<void>;
+  getKey(name: string): Promise<KeyRecord | undefined>;
+  listKeys(query?: KeyListQuery): Promise<KeyRecord[]>;
+  listKeyVersions(keyId: string): Promise<KeyVersionRecord[]>;
+  getKeyVersion(keyId: string, version: number): Promise<KeyVersionRecord | undefined>;
+  updateKey(change: KeyChange, audit: AuditEntry): Promise<void>;
+  /** Keys whose automatic rotation (`nextRotationAt`) or destruction (`destroyAt`) is due. */
+  listKeysDue(now: string): Promise<KeyRecord[]>;
+
+  // users, groups, tokens, policies, sudo
+  createUser(user: UserRecord, audit: AuditEntry): Promise<void>;
+  getUser(id: string): Promise<UserRecord | undefined>;
+  getUserByName(name: string): Promise<UserRecord | undefined>;
+  listUsers(): Promise<UserRecord[]>;
+  updateUser(user: UserRecord, expectedRevision: number, audit: AuditEntry): Promise<void>;
+  /** Deletes the user, revokes their tokens and removes them from groups. */
+  deleteUser(id: string, audit: AuditEntry): Promise<void>;
+
+  createGroup(group: GroupRecord, audit: AuditEntry): Promise<void>;
+  getGroupByName(name: string): Promise<GroupRecord | undefined>;
+  listGroups(): Promise<GroupRecord[]>;
+  groupsOfUser(userId: string): Promise<GroupRecord[]>;
+  updateGroup(group: GroupRecord, expectedRevision: number, audit: AuditEntry): Promise<void>;
+  deleteGroup(id: string, audit: AuditEntry): Promise<void>;
+
+  createToken(token: TokenRecord, audit: AuditEntry): Promise<void>;
+  getToken(id: string): Promise<TokenRecord | undefined>;
+  getTokenByHash(hash: string): Promise<TokenRecord | undefined>;
+  listTokens(userId?: string): Promise<TokenRecord[]>;
+  revokeToken(id: string, at: string, audit: AuditEntry): Promise<void>;
+
+  putPolicy(policy: PolicyRecord, expectedRevision: number | null, audit: AuditEntry): Promise<void>;
+  getPolicy(name: string): Promise<PolicyRecord | undefined>;
+  listPolicies(): Promise<PolicyRecord[]>;
+  deletePolicy(name: string, audit: AuditEntry): Promise<void>;
+
+  createSudoGrant(grant: SudoGrantRecord, audit: AuditEntry): Promise<void>;
+  getSudoGrant(id: string): Promise<SudoGrantRecord | undefined>;
+  /** Grants not revoked and not expired at `now` (all grants when `now` is omitted). */
+  listSudoGrants(now?: string): Promise<SudoGrantRecord[]>;
+  revokeSudoGrant(id: string, at: string, audit: AuditEntry): Promise<void>;
+
+  // audit
+  /** Appends one record (group-committed with other writes); resolves once durable. */
+  appendAudit(entry: AuditEntry): Promise<AuditRecord>;
+  listAudit(query?: AuditQuery): Promise<AuditRecord[]>;
+  /** Records with `fromSeq <= seq <= toSeq`, oldest first, exactly as stored. */
+  readAuditRange(fromSeq: number, toSeq: number): Promise<AuditRecord[]>;
+  /** The newest record's seq and hash (`seq` 0 when empty). */
+  auditHead(): Promise<{ seq: number; hash: string }>;
+  addAuditCheckpoint(checkpoint: AuditCheckpoint): Promise<void>;
+  listAuditCheckpoints(): Promise<AuditCheckpoint[]>;
+
+  /** Flushes pending writes and closes. */
+  close(): Promise<void>;
+}
