@@ -1,0 +1,37 @@
+import type { AuditEntry, AuditOutcome } from "../store/index.js";
+
+/** Who is acting, as every service sees it: enough to write an audit record. */
+export interface Actor {
+  /** `user:<name>`, `token:<id>`, `system`, … */
+  readonly principal: string;
+  readonly requestId: string;
+  /** Client IP, or `cli`/`local`. */
+  readonly source: string;
+}
+
+/** The actor for work Custos does on its own (scheduled rotation, destruction, checkpoints). */
+export function systemActor(requestId: string): Actor {
+  return { principal: "system", requestId, source: "local" };
+}
+
+/** Builds the audit entry for an action by `actor`, stamped now. */
+export function auditEntry(
+  actor: Actor,
+  action: string,
+  resource: string,
+  details: Readonly<Record<string, unknown>> = {},
+  outcome: AuditOutcome = "success",
+  errorCode: string | null = null,
+): AuditEntry {
+  return {
+    time: new Date().toISOString(),
+    requestId: actor.requestId,
+    principal: actor.principal,
+    source: actor.source,
+    action,
+    resource,
+    outcome,
+    errorCode,
+    details,
+  };
+}
