@@ -1,0 +1,73 @@
+/**
+ * The action vocabulary: every operation Custos authorises has one name here.
+ * To add an area's actions (pki, ssh, broker, …), append them to `ACTIONS` and,
+ * when they must need admin rights, to `PRIVILEGED_ACTIONS`; the `Action` type,
+ * policy validation and wildcard matching all follow from these two lists.
+ */
+
+/** Every action, grouped by area. */
+export const ACTIONS = [
+  // kms
+  "key:create",
+  "key:read",
+  "key:update",
+  "key:rotate",
+  "key:enable",
+  "key:disable",
+  "key:schedule-destruction",
+  "key:cancel-destruction",
+  "key:destroy",
+  "key:encrypt",
+  "key:decrypt",
+  "key:rewrap",
+  "key:datakey",
+  "key:sign",
+  "key:verify",
+  "random:generate",
+  // identities and access
+  "user:read",
+  "user:write",
+  "group:read",
+  "group:write",
+  "token:create",
+  "token:read",
+  "token:revoke",
+  "policy:read",
+  "policy:write",
+  "sudo:grant",
+  "sudo:revoke",
+  "sudo:read",
+  // audit
+  "audit:read",
+  "audit:verify",
+] as const;
+
+/** An operation that can be authorised. */
+export type Action = (typeof ACTIONS)[number];
+
+/**
+ * Actions only admins may perform (see `authorize` for the rule). Wildcards in a
+ * policy never reach these.
+ */
+export const PRIVILEGED_ACTIONS: readonly Action[] = [
+  "key:destroy",
+  "policy:write",
+  "sudo:grant",
+  "sudo:revoke",
+  "sudo:read",
+  "audit:read",
+  "audit:verify",
+];
+
+const actionSet: ReadonlySet<string> = new Set(ACTIONS);
+const privilegedSet: ReadonlySet<string> = new Set(PRIVILEGED_ACTIONS);
+
+/** True for a name in the vocabulary. */
+export function isAction(value: string): value is Action {
+  return actionSet.has(value);
+}
+
+/** True for an action that needs admin rights. */
+export function isPrivilegedAction(action: string): boolean {
+  return privilegedSet.has(action);
+}
