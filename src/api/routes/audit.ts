@@ -1,0 +1,56 @@
+import type { FastifyPluginAsync } from "fastify";
+import { type ApiDeps, authorize } from "../app.js";
+
+const seq = { type: "string", pattern: "^[0-9]{1,15}$" } as const;
+
+/** Reading and verifying the audit journal (privileged). */
+export function auditRoutes(deps: ApiDeps): FastifyPluginAsync {
+  return async (app) => {
+    app.get<{
+      Querystring: {
+        after?: string;
+        limit?: string;
+        principal?: string;
+        action?: string;
+        resource?: string;
+        order?: "asc" | "desc";
+      };
+    }>(
+      "/v1/audit",
+      {
+        schema: {
+          querystring: {
+            type: "object",
+            additionalProperties: false,
+            properties: {
+              after: seq,
+              limit: { type: "string", pattern: "^[0-9]{1,4}$" },
+              principal: { type: "string", maxLength: 256 },
+              action: { type: "string", maxLength: 128 },
+              resource: { type: "string", maxLength: 256 },
+              order: { enum: ["asc", "desc"] },
+            },
+          },
+        },
+      },
+      async (req) => {
+        authorize(deps, req, "audit:read", "audit");
+        const q = req.query;
+        const records = await deps.audit.list({
+          ...(q.after !== undefined ? { afterSeq: Number(q.after) } : {}),
+          limit: Math.min(Number(q.limit ?? 100), 1000),
+          ...(q.principal !== undefined ? { principal: q.principal } : {}),
+          ...(q.action !== undefined ? { action: q.action } : {}),
+          ...(q.resource !== undefined ? { resource: q.resource } : {}),
+          descending: q.order === "desc",
+        });
+        return { records };
+      },
+    );
+
+    app.post("/v1/audit/verify", async (req) => {
+      authorize(deps, req, "audit:verify", "audit");
+      return deps.audit.verify();
+    });
+  };
+}

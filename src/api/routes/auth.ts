@@ -1,0 +1,106 @@
+import type { FastifyPluginAsync } from "fastify";
+import type { TokenRecord } from "../../store/index.js";
+import { type ApiDeps, authorize } from "../app.js";
+import { actorOf, principalOf } from "../context.js";
+import { idParam, stringList } from "../schemas.js";
+
+function tokenView(t: TokenRecord) {
+  return {
+    id: t.id,
+    name: t.name,
+    kind: t.kind,
+    userId: t.userId,
+    policies: t.policies,
+    createdAt: t.createdAt,
+    expiresAt: t.expiresAt,
+    revokedAt: t.revokedAt,
+  };
+}
+
+/** Login, whoami and API tokens. */
+export function authRoutes(deps: ApiDeps): FastifyPluginAsync {
+  return async (app) => {
+    app.post<{ Body: { username: string; password: string } }>(
+      "/v1/auth/login",
+      {
+        config: {
+          public: true,
+          serviceAudits: true,
+          rateLimit: { max: deps.loginAttemptsPerMinute ?? 10, timeWindow: 60_000 },
+        },
+        schema: {
+          body: {
+            type: "object",
+            required: ["username", "password"],
+            additionalProperties: false,
+            properties: {
+              username: { type: "string", minLength: 1, maxLength: 64 },
+              password: { type: "string", minLength: 1, maxLength: 1024 },
+            },
+          },
+        },
+      },
+      async (req) => {
+        req.custos.action = "auth.login";
+        req.custos.resource = `user/${req.body.username}`;
+        const session = await deps.auth.login(actorOf(req), req.body.username, req.body.password);
+        try {
+          return { token: session.token.exposeText(), tokenId: session.tokenId, expiresAt: session.expiresAt };
+        } finally {
+          session.token.destroy();
+        }
+      },
+    );
+
+    app.get("/v1/auth/whoami", async (req) => {
+      req.custos.action = "auth.whoami";
+      const p = principalOf(req);
+      return { kind: p.kind, id: p.id, name: p.name, policies: p.policies, isAdmin: p.isAdmin, sudoUntil: p.sudoUntil };
+    });
+
+    app.post<{ Body: { name: string; policies?: string[]; ttlSeconds?: number } }>(
+      "/v1/auth/tokens",
+      {
+        config: { serviceAudits: true },
+        schema: {
+          body: {
+            type: "object",
+            required: ["name"],
+            additionalProperties: false,
+            properties: {
+              name: { type: "string", minLength: 1, maxLength: 128 },
+              policies: stringList,
+              ttlSeconds: { type: "integer", minimum: 60, maximum: 31_536_000 },
+            },
+          },
+        },
+      },
+      async (req, reply) => {
+        authorize(deps, req, "token:create", "token/*");
+        const { token, record } = await deps.auth.createToken(actorOf(req), principalOf(req), req.body);
+        try {
+          reply.status(201);
+          return { token: token.exposeText(), ...tokenView(record) };
+        } finally {
+          token.destroy();
+        }
+      },
+    );
+
+    app.get("/v1/auth/tokens", async (req) => {
+      authorize(deps, req, "token:read", "token/*");
+      const tokens = await deps.auth.listTokens(principalOf(req));
+      return { tokens: tokens.map(tokenView) };
+    });
+
+    app.delete<{ Params: { id: string } }>(
+      "/v1/auth/tokens/:id",
+      { config: { serviceAudits: true }, schema: { params: idParam } },
+      async (req) => {
+        authorize(deps, req, "token:revoke", `token/${req.params.id}`);
+        await deps.auth.revokeToken(actorOf(req), principalOf(req), req.params.id);
+        return { revoked: true };
+      },
+    );
+  };
+}

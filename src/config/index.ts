@@ -1,0 +1,156 @@
+import { existsSync, readFileSync } from "node:fs";
+import { resolve } from "node:path";
+import { CustosError } from "../errors/index.js";
+
+/**
+ * The one validated configuration. Sources, later winning: built-in defaults (the
+ * embedded development set-up under `var/`), a JSON file (`--config`, or
+ * `CUSTOS_CONFIG`, or `var/custos.json` when present), then `CUSTOS_*` variables.
+ * The HSM PIN is never part of it: only where to read it from.
+ */
+export interface CustosConfig {
+  readonly dataDir: string;
+  readonly listen: { readonly host: string; readonly port: number };
+  readonly tls: {
+    /** Serve plain HTTP. Only with an explicit opt-in; never the default. */
+    readonly insecureHttp: boolean;
+    /** An admin's own certificate and key (PEM files); null to use the one Custos issues. */
+    readonly certFile: string | null;
+    readonly keyFile: string | null;
+    /** Where Custos writes its CA and server certificate. */
+    readonly dir: string;
+  };
+  readonly hsm: {
+    readonly modulePath: string;
+    readonly tokenLabel: string;
+    /** File holding the user PIN; when null the PIN comes from the `pinEnv` variable. */
+    readonly pinFile: string | null;
+    readonly pinEnv: string;
+    readonly poolSize: number;
+    readonly operationTimeoutMs: number;
+  };
+  readonly store: { readonly path: string };
+  readonly audit: { readonly checkpointEvery: number; readonly checkpointIntervalMs: number };
+  readonly auth: { readonly sessionTtlSeconds: number; readonly loginAttemptsPerMinute: number };
+  readonly api: { readonly bodyLimitBytes: number };
+  readonly kms: { readonly minDestructionWaitSeconds: number; readonly schedulerIntervalMs: number };
+}
+
+type Json = Record<string, unknown>;
+
+function defaults(dataDir: string): CustosConfig {
+  return {
+    dataDir,
+    listen: { host: "127.0.0.1", port: 8443 },
+    tls: { insecureHttp: false, certFile: null, keyFile: null, dir: resolve(dataDir, "tls") },
+    hsm: {
+      modulePath: "/usr/lib/softhsm/libsofthsm2.so",
+      tokenLabel: "custos-dev",
+      pinFile: resolve(dataDir, "hsm.pin"),
+      pinEnv: "CUSTOS_HSM_PIN",
+      poolSize: 4,
+      operationTimeoutMs: 5000,
+    },
+    store: { path: resolve(dataDir, "custos.db") },
+    audit: { checkpointEvery: 1000, checkpointIntervalMs: 60_000 },
+    auth: { sessionTtlSeconds: 3600, loginAttemptsPerMinute: 10 },
+    api: { bodyLimitBytes: 1024 * 1024 },
+    kms: { minDestructionWaitSeconds: 86_400, schedulerIntervalMs: 30_000 },
+  };
+}
+
+function invalid(message: string): CustosError {
+  return new CustosError("invalid_request", `config: ${message}`);
+}
+
+function isObject(v: unknown): v is Json {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Deep-merges `over` into `base`, refusing keys and types `base` doesn't have. */
+function merge(base: Json, over: Json, path: string): Json {
+  const out: Json = { ...base };
+  for (const [key, value] of Object.entries(over)) {
+    const where = path ? `${path}.${key}` : key;
+    if (!(key in base)) throw invalid(`unknown setting "${where}"`);
+    const current = base[key];
+    if (isObject(current)) {
+      if (!isObject(value)) throw invalid(`"${where}" must be an object`);
+      out[key] = merge(current, value, where);
+    } else if (current !== null && value !== null && typeof current !== typeof value) {
+      throw invalid(`"${where}" must be a ${typeof current}`);
+    } else {
+      out[key] = value;
+    }
+  }
+  return out;
+}
+
+function positiveInt(name: string, value: number, max = Number.MAX_SAFE_INTEGER, min = 1): void {
+  if (!Number.isInteger(value) || value < min || value > max) throw invalid(`"${name}" must be an integer in ${min}..${max}`);
+}
+
+function fromEnv(env: NodeJS.ProcessEnv): Json {
+  const over: Record<string, Json> = {};
+  const set = (section: string, key: string, value: unknown): void => {
+    over[section] = { ...over[section], [key]: value };
+  };
+  if (env.CUSTOS_LISTEN) {
+    const m = /^(.+):(\d+)$/.exec(env.CUSTOS_LISTEN);
+    if (!m?.[1] || !m[2]) throw invalid("CUSTOS_LISTEN must be host:port");
+    set("listen", "host", m[1]);
+    set("listen", "port", Number(m[2]));
+  }
+  if (env.CUSTOS_HSM_MODULE) set("hsm", "modulePath", env.CUSTOS_HSM_MODULE);
+  if (env.CUSTOS_HSM_TOKEN) set("hsm", "tokenLabel", env.CUSTOS_HSM_TOKEN);
+  if (env.CUSTOS_HSM_PIN_FILE) set("hsm", "pinFile", env.CUSTOS_HSM_PIN_FILE);
+  if (env.CUSTOS_INSECURE_HTTP === "1") set("tls", "insecureHttp", true);
+  if (env.CUSTOS_TLS_CERT) set("tls", "certFile", env.CUSTOS_TLS_CERT);
+  if (env.CUSTOS_TLS_KEY) set("tls", "keyFile", env.CUSTOS_TLS_KEY);
+  return over;
+}
+
+export interface LoadConfigOptions {
+  configFile?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** Loads and validates the configuration; `invalid_request` names the bad setting. */
+export function loadConfig(options: LoadConfigOptions = {}): CustosConfig {
+  const env = options.env ?? process.env;
+  const dataDir = resolve(env.CUSTOS_DATA_DIR ?? "var");
+  let config = defaults(dataDir) as unknown as Json;
+
+  const file = options.configFile ?? env.CUSTOS_CONFIG ?? resolve(dataDir, "custos.json");
+  const explicit = options.configFile !== undefined || env.CUSTOS_CONFIG !== undefined;
+  if (existsSync(file)) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(readFileSync(file, "utf8"));
+    } catch (cause) {
+      throw new CustosError("invalid_request", `config: ${file} is not valid JSON`, { cause });
+    }
+    if (!isObject(parsed)) throw invalid(`${file} must hold a JSON object`);
+    const { dataDir: _ignored, ...rest } = parsed;
+    config = merge(config, rest, "");
+  } else if (explicit) {
+    throw invalid(`config file ${file} not found`);
+  }
+  config = merge(config, fromEnv(env), "");
+
+  const c = config as unknown as CustosConfig;
+  positiveInt("listen.port", c.listen.port, 65535, 0);
+  positiveInt("hsm.poolSize", c.hsm.poolSize, 64);
+  positiveInt("hsm.operationTimeoutMs", c.hsm.operationTimeoutMs, 600_000, 100);
+  positiveInt("audit.checkpointEvery", c.audit.checkpointEvery);
+  positiveInt("audit.checkpointIntervalMs", c.audit.checkpointIntervalMs, Number.MAX_SAFE_INTEGER, 100);
+  positiveInt("auth.sessionTtlSeconds", c.auth.sessionTtlSeconds, 30 * 86_400, 60);
+  positiveInt("auth.loginAttemptsPerMinute", c.auth.loginAttemptsPerMinute, 10_000);
+  positiveInt("api.bodyLimitBytes", c.api.bodyLimitBytes, 64 * 1024 * 1024, 1024);
+  positiveInt("kms.minDestructionWaitSeconds", c.kms.minDestructionWaitSeconds, 365 * 86_400, 0);
+  positiveInt("kms.schedulerIntervalMs", c.kms.schedulerIntervalMs, Number.MAX_SAFE_INTEGER, 100);
+  if ((c.tls.certFile === null) !== (c.tls.keyFile === null)) {
+    throw invalid('"tls.certFile" and "tls.keyFile" go together');
+  }
+  return c;
+}
