@@ -1,0 +1,42 @@
+# The two commands of the README: `make run` and `make test`.
+SHELL := /bin/bash
+CUSTOS := node bin/custos.js
+
+.PHONY: run test deps dev-token build lint typecheck bench clean
+
+## Install what is missing, provision the development HSM token and store under var/, and serve HTTPS.
+run: deps dev-token build
+	@$(CUSTOS) init
+	@echo
+	@echo "  Custos is starting on https://127.0.0.1:8443"
+	@echo "  admin token:    var/admin.token (mode 0600)"
+	@echo "  CA certificate: var/tls/ca.pem"
+	@echo "  try:  CUSTOS_TOKEN_FILE=var/admin.token CUSTOS_CACERT=var/tls/ca.pem npx custos key list"
+	@echo
+	@exec $(CUSTOS) server
+
+## Install what is missing, then lint, type check and run the whole suite.
+test: deps build lint typecheck
+	npm test
+
+deps:
+	@scripts/install-deps.sh
+
+dev-token: deps
+	@scripts/dev-token.sh
+
+build: deps
+	@npm run --silent build
+
+lint: deps
+	npm run --silent lint
+
+typecheck: deps
+	npm run --silent typecheck
+
+## npm run bench -- <name>; e.g. make bench NAME=core
+bench: deps build
+	npm run bench -- $(NAME)
+
+clean:
+	rm -rf dist

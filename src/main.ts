@@ -1,0 +1,321 @@
+/**
+ * The composition root: the only place that picks concrete implementations
+ * (PKCS#11 keystore, SQLite store) and wires the services to the API.
+ */
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { buildApp } from "./api/app.js";
+import { AuditLog, auditEntry, systemActor } from "./audit/index.js";
+import { AuthService, buildInitialAdmin } from "./auth/index.js";
+import type { CustosConfig } from "./config/index.js";
+import { CustosError } from "./errors/index.js";
+import type { HsmKeyRef, Keystore } from "./hsm/index.js";
+import { Pkcs11Keystore } from "./hsm/pkcs11/index.js";
+import { KmsService } from "./kms/index.js";
+import { createLogger, type Logger } from "./log/index.js";
+import {
+  createTlsCaCertificate,
+  defaultServerNames,
+  issueServerCertificate,
+  needsRenewal,
+  TLS_CA_KEY_LABEL,
+} from "./pki/index.js";
+import { Secret } from "./secret/index.js";
+import type { Store } from "./store/index.js";
+import { SqliteStore } from "./store/sqlite/index.js";
+
+export const VERSION = "0.1.0";
+
+/** Names of the settings `init` records. */
+const S = {
+  rootLabel: "hsm.rootKey.label",
+  rootId: "hsm.rootKey.id",
+  rootKcv: "hsm.rootKey.checkValue",
+  auditHmacLabel: "audit.hmacKey.label",
+  auditHmacId: "audit.hmacKey.id",
+  auditCheckpointLabel: "audit.checkpointKey.label",
+  auditCheckpointId: "audit.checkpointKey.id",
+  tlsCaLabel: "tls.caKey.label",
+  tlsCaId: "tls.caKey.id",
+  tlsCaCert: "tls.caCert",
+} as const;
+
+export interface Services {
+  readonly config: CustosConfig;
+  readonly logger: Logger;
+  readonly keystore: Keystore;
+  readonly store: Store;
+  readonly audit: AuditLog;
+  readonly kms: KmsService;
+  readonly auth: AuthService;
+  close(): Promise<void>;
+}
+
+/** SoftHSM finds its token directory through SOFTHSM2_CONF; the dev set-up keeps one under the data dir. */
+function useDevSoftHsmConf(config: CustosConfig): void {
+  const devConf = resolve(config.dataDir, "softhsm2.conf");
+  if (!process.env.SOFTHSM2_CONF && existsSync(devConf)) process.env.SOFTHSM2_CONF = devConf;
+}
+
+/** The HSM PIN, from its file or its variable; never from argv, never logged. */
+function readPin(config: CustosConfig): Secret {
+  const { pinFile, pinEnv } = config.hsm;
+  if (pinFile && existsSync(pinFile)) {
+    const pin = readFileSync(pinFile);
+    const end = pin.length - (pin.at(-1) === 0x0a ? 1 : 0);
+    const secret = Secret.copy(pin.subarray(0, end));
+    pin.fill(0);
+    return secret;
+  }
+  const fromEnv = process.env[pinEnv];
+  if (fromEnv) return Secret.fromString(fromEnv);
+  throw new CustosError("invalid_request", `no HSM PIN: create ${pinFile ?? "a PIN file"} or set ${pinEnv}`);
+}
+
+async function openKeystore(config: CustosConfig, logger: Logger): Promise<Keystore> {
+  useDevSoftHsmConf(config);
+  const pin = readPin(config);
+  try {
+    return await Pkcs11Keystore.open({
+      modulePath: config.hsm.modulePath,
+      tokenLabel: config.hsm.tokenLabel,
+      pin,
+      poolSize: config.hsm.poolSize,
+      operationTimeoutMs: config.hsm.operationTimeoutMs,
+      logger,
+    });
+  } finally {
+    pin.destroy();
+  }
+}
+
+async function requireSetting(store: Store, name: string): Promise<string> {
+  const value = await store.getSetting(name);
+  if (value === undefined) throw new CustosError("internal", `setting ${name} is missing from the store`);
+  return value;
+}
+
+async function settingRef(store: Store, label: string, id: string): Promise<HsmKeyRef> {
+  return { label: await requireSetting(store, label), id: await requireSetting(store, id) };
+}
+
+/** Refuses to run against an HSM whose root key is not the one this store was initialised with. */
+async function checkRootKey(keystore: Keystore, store: Store): Promise<void> {
+  const expected = await requireSetting(store, S.rootKcv);
+  const root = await keystore.findRootKey();
+  if (!root) {
+    throw new CustosError("root_key_mismatch", "the HSM token holds no Custos root key; is this the right token?");
+  }
+  if (root.checkValue !== expected) {
+    throw new CustosError(
+      "root_key_mismatch",
+      `the HSM root key (check value ${root.checkValue}) is not the one this store was initialised with (${expected})`,
+    );
+  }
+}
+
+/** Opens the keystore and store, checks the root key, and builds the services. */
+export async function openServices(config: CustosConfig, logger: Logger = createLogger()): Promise<Services> {
+  const keystore = await openKeystore(config, logger);
+  let store: Store | undefined;
+  try {
+    store = await SqliteStore.open(config.store.path);
+    if (!(await store.isInitialized())) {
+      throw new CustosError("not_initialized", "Custos is not initialised: run `custos init` first");
+    }
+    await checkRootKey(keystore, store);
+    const audit = new AuditLog({
+      store,
+      keystore,
+      hmacKey: await settingRef(store, S.auditHmacLabel, S.auditHmacId),
+      checkpointKey: await settingRef(store, S.auditCheckpointLabel, S.auditCheckpointId),
+      checkpointEvery: config.audit.checkpointEvery,
+      checkpointIntervalMs: config.audit.checkpointIntervalMs,
+      logger,
+    });
+    const kms = new KmsService({
+      keystore,
+      store,
+      audit,
+      minDestructionWaitSeconds: config.kms.minDestructionWaitSeconds,
+    });
+    const auth = new AuthService({ store, sessionTtlSeconds: config.auth.sessionTtlSeconds });
+    const opened = store;
+    return {
+      config,
+      logger,
+      keystore,
+      store: opened,
+      audit,
+      kms,
+      auth,
+      async close() {
+        await audit.stop();
+        await opened.close();
+        await keystore.close();
+      },
+    };
+  } catch (e) {
+    await store?.close();
+    await keystore.close();
+    throw e;
+  }
+}
+
+/** Writes `data` to `path` atomically (temp file, fsync by rename) with `mode`. */
+function writeFileAtomic(path: string, data: string, mode: number): void {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  const tmp = `${path}.tmp-${process.pid}`;
+  writeFileSync(tmp, data, { mode, flush: true });
+  renameSync(tmp, path);
+}
+
+export interface InitResult {
+  readonly created: boolean;
+  readonly adminTokenFile: string;
+  readonly caCertFile: string;
+}
+
+/**
+ * `custos init`: root key in the HSM, audit keys, the bootstrap TLS CA, the first
+ * admin and their token — all recorded in one atomic store write. Idempotent: on an
+ * initialised store it only checks the root key and re-writes the CA file.
+ */
+export async function initialize(config: CustosConfig, options: { adminName: string }): Promise<InitResult> {
+  mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
+  const adminTokenFile = resolve(config.dataDir, "admin.token");
+  const caCertFile = resolve(config.tls.dir, "ca.pem");
+  const logger = createLogger();
+  const keystore = await openKeystore(config, logger);
+  const store = await SqliteStore.open(config.store.path);
+  try {
+    if (await store.isInitialized()) {
+      await checkRootKey(keystore, store);
+      writeFileAtomic(caCertFile, await requireSetting(store, S.tlsCaCert), 0o644);
+      return { created: false, adminTokenFile, caCertFile };
+    }
+    // A root key left by an init that died before its store write is reused, not duplicated.
+    const root = (await keystore.findRootKey()) ?? (await keystore.createRootKey());
+    const { hmacKey, checkpointKey } = await AuditLog.provisionKeys(keystore);
+    const ca = await keystore.generateKeyPair("ecdsa-p256", TLS_CA_KEY_LABEL);
+    const caPem = await createTlsCaCertificate(keystore, ca.ref, ca.publicKey);
+    const { policies, admin, adminToken, token } = await buildInitialAdmin({ name: options.adminName });
+    try {
+      // The token file is written first: if the store write then fails, a rerun replaces it.
+      writeFileAtomic(adminTokenFile, `${token.exposeText()}\n`, 0o600);
+    } finally {
+      token.destroy();
+    }
+    const settings = {
+      [S.rootLabel]: root.label,
+      [S.rootId]: root.id,
+      [S.rootKcv]: root.checkValue,
+      [S.auditHmacLabel]: hmacKey.label,
+      [S.auditHmacId]: hmacKey.id,
+      [S.auditCheckpointLabel]: checkpointKey.label,
+      [S.auditCheckpointId]: checkpointKey.id,
+      [S.tlsCaLabel]: ca.ref.label,
+      [S.tlsCaId]: ca.ref.id,
+      [S.tlsCaCert]: caPem,
+    };
+    await store.initialize(
+      { settings, policies, admin, adminToken },
+      auditEntry(systemActor("init"), "custos.init", "custos", {
+        admin: admin.name,
+        rootKey: { label: root.label, id: root.id, checkValue: root.checkValue },
+      }),
+    );
+    writeFileAtomic(caCertFile, caPem, 0o644);
+    return { created: true, adminTokenFile, caCertFile };
+  } finally {
+    await store.close();
+    await keystore.close();
+  }
+}
+
+interface TlsFiles {
+  key: string;
+  cert: string;
+}
+
+/** The listener's certificate: the admin's own files, or one from the bootstrap CA, renewed when a third is left. */
+async function serverTls(services: Services): Promise<TlsFiles> {
+  const { config, store, keystore } = services;
+  if (config.tls.certFile && config.tls.keyFile) {
+    return { cert: readFileSync(config.tls.certFile, "utf8"), key: readFileSync(config.tls.keyFile, "utf8") };
+  }
+  const certFile = resolve(config.tls.dir, "server.pem");
+  const keyFile = resolve(config.tls.dir, "server.key");
+  if (existsSync(certFile) && existsSync(keyFile)) {
+    const cert = readFileSync(certFile, "utf8");
+    if (!needsRenewal(cert)) return { cert, key: readFileSync(keyFile, "utf8") };
+  }
+  const caRef = await settingRef(store, S.tlsCaLabel, S.tlsCaId);
+  const caPem = await requireSetting(store, S.tlsCaCert);
+  const issued = await issueServerCertificate(keystore, caRef, caPem, defaultServerNames(config.listen.host));
+  writeFileAtomic(keyFile, issued.keyPem, 0o600);
+  writeFileAtomic(certFile, issued.certPem, 0o644);
+  writeFileAtomic(resolve(config.tls.dir, "ca.pem"), caPem, 0o644);
+  services.logger.info({ notAfter: issued.notAfter.toISOString() }, "issued the server certificate");
+  return { cert: issued.certPem, key: issued.keyPem };
+}
+
+export interface RunningServer {
+  readonly address: string;
+  close(): Promise<void>;
+}
+
+/** `custos server`: opens everything and serves the API until closed. */
+export async function serve(config: CustosConfig): Promise<RunningServer> {
+  const logger = createLogger();
+  const services = await openServices(config, logger);
+  const { kms, audit, keystore } = services;
+  const timers: NodeJS.Timeout[] = [];
+  try {
+    const tls = config.tls.insecureHttp ? undefined : await serverTls(services);
+    const app = await buildApp({
+      kms,
+      auth: services.auth,
+      audit,
+      hsmHealth: () => keystore.health(),
+      logger,
+      version: VERSION,
+      bodyLimitBytes: config.api.bodyLimitBytes,
+      loginAttemptsPerMinute: config.auth.loginAttemptsPerMinute,
+      ...(tls ? { https: { ...tls, minVersion: "TLSv1.2" as const } } : {}),
+    });
+    const address = await app.listen({ host: config.listen.host, port: config.listen.port });
+    audit.start();
+
+    const runDue = (): void => {
+      kms.runDue().catch((err: unknown) => logger.warn({ err }, "scheduled key work failed; will retry"));
+    };
+    timers.push(setInterval(runDue, config.kms.schedulerIntervalMs));
+    if (tls && !config.tls.certFile) {
+      // Renew the listener's certificate in place: new connections get it, no restart.
+      const renew = async (): Promise<void> => {
+        const fresh = await serverTls(services);
+        if (fresh.cert !== tls.cert) (app.server as import("node:tls").Server).setSecureContext(fresh);
+      };
+      timers.push(
+        setInterval(() => {
+          renew().catch((err: unknown) => logger.warn({ err }, "server certificate renewal failed; will retry"));
+        }, 3_600_000),
+      );
+    }
+    for (const t of timers) t.unref();
+    logger.info({ address, tls: Boolean(tls) }, "custos is serving");
+    return {
+      address,
+      async close() {
+        for (const t of timers) clearInterval(t);
+        await app.close();
+        await services.close();
+      },
+    };
+  } catch (e) {
+    for (const t of timers) clearInterval(t);
+    await services.close();
+    throw e;
+  }
+}
