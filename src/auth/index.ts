@@ -1,0 +1,25 @@
+/**
+ * Authentication and authorisation: users, groups, API tokens, policies and sudo
+ * grants (`AuthService`), the action vocabulary, and the bootstrap of the first admin.
+ */
+export { ACTIONS, type Action, isAction, isPrivilegedAction, PRIVILEGED_ACTIONS } from "./actions.js";
+export { buildInitialAdmin, type InitialAdmin, type InitialAdminInput } from "./bootstrap.js";
+export { globMatch } from "./glob.js";
+export { MIN_PASSWORD_LENGTH } from "./password.js";
+export { ADMIN_POLICY, builtinAdminPolicy, type PolicyInput, PolicySet, validatePolicy } from "./policy.js";
+export type { Principal } from "./principal.js";
+export {
+  AuthService,
+  type AuthServiceOptions,
+  type CreateGroupInput,
+  type CreateTokenInput,
+  type CreateUserInput,
+  type GrantSudoInput,
+  type LoginResult,
+  type PasswordInput,
+  type PutPolicyInput,
+  type UpdateGroupInput,
+  type UpdateUserInput,
+} from "./service.js";
+export { hashToken, parseTokenId } from "./token.js";
+export { type GroupInfo, groupInfo, type TokenInfo, tokenInfo, type UserInfo, userInfo } from "./views.js";
