@@ -1,0 +1,176 @@
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { request } from "node:https";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { loadConfig } from "../../src/config/index.js";
+import { initialize } from "../../src/main.js";
+import { createTestToken, type TestToken } from "./softhsm.js";
+
+const ROOT = resolve(import.meta.dirname, "../..");
+
+export interface HttpAnswer {
+  readonly status: number;
+  readonly body: unknown;
+  readonly text: string;
+}
+
+export interface CliResult {
+  readonly status: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** A real Custos: its own SoftHSM token, data dir and HTTPS server process. */
+export interface CustosInstance {
+  readonly dir: string;
+  readonly port: number;
+  readonly url: string;
+  readonly ca: string;
+  readonly adminToken: string;
+  readonly token: TestToken;
+  readonly env: NodeJS.ProcessEnv;
+  /** Where the server's stdout and stderr go (appended across restarts). */
+  readonly logFile: string;
+  call(method: string, path: string, body?: unknown, bearer?: string | null): Promise<HttpAnswer>;
+  /** Runs the CLI against this server as an operator would. */
+  cli(args: string[], options?: { input?: string | Buffer; token?: string }): CliResult;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  kill9(): Promise<void>;
+  dispose(): Promise<void>;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((ok, fail) => {
+    const s = createServer();
+    s.once("error", fail);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => ok(port));
+    });
+  });
+}
+
+/** Initialises a fresh Custos (as `custos init` does) and starts its server. */
+export async function startCustos(): Promise<CustosInstance> {
+  const token = createTestToken("custos-e2e");
+  const dir = mkdtempSync(join(tmpdir(), "custos-e2e-"));
+  writeFileSync(join(dir, "hsm.pin"), token.pin, { mode: 0o600 });
+  const port = await freePort();
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    CUSTOS_DATA_DIR: dir,
+    CUSTOS_HSM_TOKEN: token.label,
+    CUSTOS_HSM_PIN_FILE: join(dir, "hsm.pin"),
+    CUSTOS_LISTEN: `127.0.0.1:${port}`,
+    CUSTOS_LOG_LEVEL: "info",
+  };
+  const init = await initialize(loadConfig({ env }), { adminName: "admin" });
+  const adminToken = readFileSync(init.adminTokenFile, "utf8").trim();
+  const ca = readFileSync(init.caCertFile, "utf8");
+  const logFile = join(dir, "server.log");
+  let child: ChildProcess | undefined;
+
+  const call = (method: string, path: string, body?: unknown, bearer: string | null = adminToken) =>
+    new Promise<HttpAnswer>((ok, fail) => {
+      const data = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
+      const req = request(
+        {
+          host: "127.0.0.1",
+          port,
+          path,
+          method,
+          ca,
+          agent: false,
+          headers: {
+            ...(data !== undefined ? { "content-type": "application/json" } : {}),
+            ...(bearer ? { authorization: `Bearer ${bearer}` } : {}),
+          },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on("data", (c: Buffer) => chunks.push(c));
+          res.on("end", () => {
+            const text = Buffer.concat(chunks).toString("utf8");
+            let parsed: unknown = null;
+            try {
+              parsed = JSON.parse(text);
+            } catch {
+              parsed = null;
+            }
+            ok({ status: res.statusCode ?? 0, body: parsed, text });
+          });
+        },
+      );
+      req.on("error", fail);
+      req.end(data);
+    });
+
+  const instance: CustosInstance = {
+    dir,
+    port,
+    url: `https://127.0.0.1:${port}`,
+    ca,
+    adminToken,
+    token,
+    env,
+    logFile,
+    call,
+    cli(args, options = {}) {
+      const r = spawnSync(process.execPath, [join(ROOT, "bin/custos.js"), ...args], {
+        input: options.input ?? "",
+        env: {
+          ...env,
+          CUSTOS_ADDR: `https://127.0.0.1:${port}`,
+          CUSTOS_CACERT: init.caCertFile,
+          CUSTOS_TOKEN: options.token ?? adminToken,
+          CUSTOS_TOKEN_FILE: "",
+        },
+        encoding: "buffer",
+        timeout: 60_000,
+      });
+      return { status: r.status ?? -1, stdout: r.stdout.toString("utf8"), stderr: r.stderr.toString("utf8") };
+    },
+    async start() {
+      const out = openSync(logFile, "a");
+      child = spawn(process.execPath, [join(ROOT, "bin/custos.js"), "server"], { env, stdio: ["ignore", out, out] });
+      closeSync(out);
+      for (let i = 0; i < 300; i++) {
+        if (child.exitCode !== null) throw new Error(`custos server exited (${child.exitCode}):\n${readFileSync(logFile, "utf8")}`);
+        try {
+          const r = await call("GET", "/v1/health", undefined, null);
+          if (r.status === 200) return;
+        } catch {
+          // not listening yet
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      throw new Error(`custos server did not become healthy:\n${readFileSync(logFile, "utf8")}`);
+    },
+    async stop() {
+      if (!child || child.exitCode !== null) return;
+      const exited = new Promise((r) => child?.once("exit", r));
+      child.kill("SIGTERM");
+      await exited;
+    },
+    async kill9() {
+      if (!child || child.exitCode !== null) return;
+      const exited = new Promise((r) => child?.once("exit", r));
+      child.kill("SIGKILL");
+      await exited;
+    },
+    async dispose() {
+      await instance.kill9();
+      rmSync(dir, { recursive: true, force: true });
+      try {
+        token.remove();
+      } catch {
+        // already gone
+      }
+    },
+  };
+  await instance.start();
+  return instance;
+}
