@@ -1,2 +1,8 @@
+export { auditCheckpointMessage, auditRecordHash, canonicalJson, GENESIS_HASH } from "./audit-chain.js";
+export {
+  AUDIT_DEFAULT_LIMIT,
+  AUDIT_MAX_LIMIT,
+  SqliteStore,
+  type SqliteStoreOptions,
+} from "./sqlite/index.js";
 export * from "./types.js";
-export { GENESIS_HASH, auditCheckpointMessage, auditRecordHash, canonicalJson } from "./audit-chain.js";

@@ -1,0 +1,198 @@
+import { CustosError } from "../errors/index.js";
+import type { HsmKeyRef, Keystore } from "../hsm/index.js";
+import type { Logger } from "../log/index.js";
+import {
+  type AuditCheckpoint,
+  type AuditEntry,
+  type AuditQuery,
+  type AuditRecord,
+  auditCheckpointMessage,
+  type Store,
+} from "../store/index.js";
+import { type AuditVerifyReport, CHECKPOINT_SCHEME, verifyAuditLog } from "./verify.js";
+
+/** HSM labels of the audit keys `provisionKeys` creates. */
+export const AUDIT_HMAC_KEY_LABEL = "custos-audit-hmac";
+export const AUDIT_CHECKPOINT_KEY_LABEL = "custos-audit-checkpoint";
+
+/** Prefix of every value `hmac()` returns, so readers of the log know what they are looking at. */
+export const HMAC_PREFIX = "hmac-sha256:";
+
+export interface AuditLogDeps {
+  readonly store: Store;
+  readonly keystore: Keystore;
+  /** HSM HMAC key for `hmac()`. */
+  readonly hmacKey: HsmKeyRef;
+  /** HSM ECDSA P-256 key pair that signs checkpoints. */
+  readonly checkpointKey: HsmKeyRef;
+  /** Checkpoint once the head is this many records past the last checkpoint (default 1000). */
+  readonly checkpointEvery?: number | undefined;
+  /** Period of the checkpoint timer `start()` sets (default 60000). */
+  readonly checkpointIntervalMs?: number | undefined;
+  /** Longest `record()` waits for the store before failing with `audit_unavailable` (default 6000). */
+  readonly recordTimeoutMs?: number | undefined;
+  readonly logger?: Logger | undefined;
+}
+
+/**
+ * The audit journal service: appends records (through the store's hash chain),
+ * HMACs sensitive values with an HSM key, signs checkpoints of the chain head with
+ * an HSM key, and verifies the whole journal.
+ *
+ * Services that change state pass their audit entry to the store operation itself
+ * (so the change and its record commit together); `record()` is for actions that
+ * change nothing (encrypt, decrypt, denied requests).
+ */
+export class AuditLog {
+  readonly #store: Store;
+  readonly #keystore: Keystore;
+  readonly #hmacKey: HsmKeyRef;
+  readonly #checkpointKey: HsmKeyRef;
+  readonly #every: number;
+  readonly #intervalMs: number;
+  readonly #recordTimeoutMs: number;
+  readonly #logger: Logger | undefined;
+  #lastCheckpointSeq: number | undefined;
+  #checkpointChain: Promise<unknown> = Promise.resolve();
+  #checkpointPending = false;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(deps: AuditLogDeps) {
+    this.#store = deps.store;
+    this.#keystore = deps.keystore;
+    this.#hmacKey = deps.hmacKey;
+    this.#checkpointKey = deps.checkpointKey;
+    this.#every = positive(deps.checkpointEvery ?? 1000, "checkpointEvery");
+    this.#intervalMs = positive(deps.checkpointIntervalMs ?? 60_000, "checkpointIntervalMs");
+    this.#recordTimeoutMs = positive(deps.recordTimeoutMs ?? 6000, "recordTimeoutMs");
+    this.#logger = deps.logger;
+  }
+
+  /**
+   * Creates the audit keys in the HSM: the HMAC key (reused if present) and a new
+   * ECDSA P-256 checkpoint key pair. `init` calls it once and records both refs.
+   */
+  static async provisionKeys(keystore: Keystore): Promise<{ hmacKey: HsmKeyRef; checkpointKey: HsmKeyRef }> {
+    const hmacKey = await keystore.ensureHmacKey(AUDIT_HMAC_KEY_LABEL);
+    const pair = await keystore.generateKeyPair("ecdsa-p256", AUDIT_CHECKPOINT_KEY_LABEL);
+    return { hmacKey, checkpointKey: pair.ref };
+  }
+
+  /**
+   * Appends `entry` durably. Any failure, including a store that does not answer
+   * within `recordTimeoutMs`, is `audit_unavailable`: an action that can't be
+   * audited must not go ahead.
+   */
+  async record(entry: AuditEntry): Promise<void> {
+    let appended: AuditRecord;
+    try {
+      appended = await withTimeout(this.#store.appendAudit(entry), this.#recordTimeoutMs);
+    } catch (e) {
+      this.#logger?.error({ err: e, action: entry.action }, "audit: record failed");
+      throw new CustosError("audit_unavailable", "the audit journal is unavailable", { cause: e });
+    }
+    if (appended.seq - (this.#lastCheckpointSeq ?? 0) >= this.#every) this.#checkpointInBackground();
+  }
+
+  /** `hmac-sha256:<hex>` of `value` (UTF-8 for strings) under the HSM audit key. */
+  async hmac(value: string | Uint8Array): Promise<string> {
+    const data = typeof value === "string" ? Buffer.from(value, "utf8") : value;
+    try {
+      const mac = await this.#keystore.hmac(this.#hmacKey, data);
+      return HMAC_PREFIX + mac.toString("hex");
+    } finally {
+      if (typeof value === "string") data.fill(0);
+    }
+  }
+
+  list(query: AuditQuery): Promise<AuditRecord[]> {
+    return this.#store.listAudit(query);
+  }
+
+  /**
+   * Signs the current head (ECDSA P-256 over `auditCheckpointMessage`) with the HSM
+   * checkpoint key and stores the checkpoint. `undefined` when the head is already
+   * checkpointed. Calls are serialised.
+   */
+  checkpoint(): Promise<AuditCheckpoint | undefined> {
+    const next = this.#checkpointChain.then(
+      () => this.#checkpointNow(),
+      () => this.#checkpointNow(),
+    );
+    this.#checkpointChain = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Starts the periodic checkpoint timer (it does not keep the process alive). Idempotent. */
+  start(): void {
+    if (this.#timer !== undefined) return;
+    this.#timer = setInterval(() => this.#checkpointInBackground(), this.#intervalMs);
+    this.#timer.unref();
+  }
+
+  /** Stops the timer and waits for a checkpoint in progress. */
+  async stop(): Promise<void> {
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+    await this.#checkpointChain;
+  }
+
+  /** Walks the whole journal and its checkpoints; see `verifyAuditLog`. */
+  verify(): Promise<AuditVerifyReport> {
+    return verifyAuditLog({ store: this.#store, keystore: this.#keystore, checkpointKey: this.#checkpointKey });
+  }
+
+  async #checkpointNow(): Promise<AuditCheckpoint | undefined> {
+    if (this.#lastCheckpointSeq === undefined) {
+      this.#lastCheckpointSeq = (await this.#store.listAuditCheckpoints()).at(-1)?.seq ?? 0;
+    }
+    const head = await this.#store.auditHead();
+    if (head.seq === 0 || head.seq <= this.#lastCheckpointSeq) return undefined;
+    const time = new Date().toISOString();
+    const signature = await this.#keystore.sign(
+      this.#checkpointKey,
+      CHECKPOINT_SCHEME,
+      auditCheckpointMessage(head.seq, head.hash, time),
+    );
+    const checkpoint: AuditCheckpoint = {
+      seq: head.seq,
+      hash: head.hash,
+      time,
+      keyLabel: this.#checkpointKey.label,
+      keyId: this.#checkpointKey.id,
+      scheme: CHECKPOINT_SCHEME,
+      signature: signature.toString("base64"),
+    };
+    await this.#store.addAuditCheckpoint(checkpoint);
+    this.#lastCheckpointSeq = head.seq;
+    this.#logger?.debug({ seq: head.seq }, "audit: checkpoint");
+    return checkpoint;
+  }
+
+  #checkpointInBackground(): void {
+    if (this.#checkpointPending) return;
+    this.#checkpointPending = true;
+    this.checkpoint()
+      .catch((e: unknown) => this.#logger?.warn({ err: e }, "audit: checkpoint failed"))
+      .finally(() => {
+        this.#checkpointPending = false;
+      });
+  }
+}
+
+function positive(value: number, name: string): number {
+  if (!Number.isFinite(value) || value <= 0) throw new CustosError("invalid_request", `${name} must be positive`);
+  return value;
+}
+
+/** Rejects with `audit_unavailable` when `promise` has not settled within `ms`. */
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new CustosError("audit_unavailable", "the audit journal did not answer in time")),
+      ms,
+    );
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
+}

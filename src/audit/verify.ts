@@ -1,0 +1,264 @@
+import { createPublicKey, type KeyObject, verify as verifySignature } from "node:crypto";
+import type { HsmKeyRef, Keystore } from "../hsm/index.js";
+import {
+  type AuditCheckpoint,
+  type AuditRecord,
+  auditCheckpointMessage,
+  auditRecordHash,
+  GENESIS_HASH,
+  type Store,
+} from "../store/index.js";
+
+/** What a verifier can say about one record (or one checkpoint, named by its seq). */
+export type AuditProblemKind =
+  | "edited"
+  | "deleted"
+  | "inserted"
+  | "reordered"
+  | "broken_link"
+  | "checkpoint_invalid"
+  | "checkpoint_mismatch"
+  | "truncated";
+
+export interface AuditProblem {
+  readonly seq: number;
+  readonly kind: AuditProblemKind;
+  readonly message: string;
+}
+
+export interface AuditVerifyReport {
+  /** True when no problem was found. */
+  readonly ok: boolean;
+  /** Records read. */
+  readonly records: number;
+  /** Checkpoints checked. */
+  readonly checkpoints: number;
+  /** Sorted by seq; at most `MAX_PROBLEMS`. */
+  readonly problems: AuditProblem[];
+}
+
+/** The scheme checkpoints are signed with. */
+export const CHECKPOINT_SCHEME = "ecdsa-p256-sha256";
+
+/** Beyond this many problems the log is plainly rewritten; listing more helps no one. */
+export const MAX_PROBLEMS = 1000;
+
+const PAGE_SIZE = 1000;
+/** Records whose own hash fails, kept for classification; pairwise matching is quadratic in this. */
+const MAX_SUSPECTS = 300;
+
+export interface VerifyDeps {
+  readonly store: Store;
+  readonly keystore: Keystore;
+  readonly checkpointKey: HsmKeyRef;
+}
+
+/**
+ * Walks the whole journal and its checkpoints and names what is wrong. One
+ * tampering is reported once, at the record it concerns: an edited field is
+ * `edited` at that seq (its own hash fails, its links hold); a deleted record is
+ * `deleted` at the missing seq (its neighbours' broken link is explained by the
+ * gap); two swapped records are `reordered` at both seqs (each one's contents hash
+ * correctly at the other's place). Link failures next to a record already named
+ * are not reported again. Checkpoints are checked against the configured
+ * checkpoint key only: any other HSM signing key could have been made to sign a
+ * forged head through the KMS.
+ */
+export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyReport> {
+  const { store } = deps;
+  const checkpoints = await store.listAuditCheckpoints();
+  const checkpointSeqs = new Set(checkpoints.map((c) => c.seq));
+  const head = await store.auditHead();
+
+  const problems: AuditProblem[] = [];
+  const report = (seq: number, kind: AuditProblemKind, message: string): void => {
+    problems.push({ seq, kind, message });
+  };
+
+  // seq is 1-based: anything at or below 0 was put there by hand.
+  const below = await store.readAuditRange(Number.MIN_SAFE_INTEGER, 0);
+  for (const r of below) report(r.seq, "inserted", `record ${r.seq} is outside the chain (seqs start at 1)`);
+
+  let records = below.length;
+  const suspects = new Map<number, AuditRecord>();
+  const brokenLinks = new Set<number>();
+  const gaps: Array<[number, number]> = [];
+  const storedHashAt = new Map<number, string>();
+  let prev: AuditRecord | undefined;
+  let expected = 1;
+
+  for (let from = 1; from <= head.seq; from += PAGE_SIZE) {
+    const page = await store.readAuditRange(from, Math.min(head.seq, from + PAGE_SIZE - 1));
+    for (const r of page) {
+      records++;
+      if (r.seq > expected) gaps.push([expected, r.seq - 1]);
+      expected = r.seq + 1;
+      if (checkpointSeqs.has(r.seq)) storedHashAt.set(r.seq, r.hash);
+      if (auditRecordHash(r.seq, r.prevHash, r) !== r.hash) {
+        if (suspects.size < MAX_SUSPECTS) suspects.set(r.seq, r);
+        else report(r.seq, "edited", `record ${r.seq} does not match its hash`);
+      }
+      const predecessorHash = r.seq === 1 ? GENESIS_HASH : prev?.seq === r.seq - 1 ? prev.hash : undefined;
+      if (predecessorHash !== undefined && r.prevHash !== predecessorHash) brokenLinks.add(r.seq);
+      prev = r;
+    }
+  }
+  const lastSeq = prev?.seq ?? 0;
+
+  const explained = new Set<number>();
+
+  for (const [a, b] of gaps) {
+    for (let s = a; s <= b && problems.length < MAX_PROBLEMS; s++) {
+      report(s, "deleted", `record ${s} is missing`);
+    }
+  }
+
+  classifyShifts(suspects, explained, report);
+  classifyMoves(suspects, explained, report);
+
+  for (const r of suspects.values()) {
+    if (explained.has(r.seq)) continue;
+    const foreignBefore = brokenLinks.has(r.seq);
+    const foreignAfter = r.seq === lastSeq || brokenLinks.has(r.seq + 1);
+    if (foreignBefore && foreignAfter) {
+      report(r.seq, "inserted", `record ${r.seq} does not belong to the chain (inserted or replaced wholesale)`);
+    } else {
+      report(r.seq, "edited", `record ${r.seq} was edited: its contents no longer match its hash`);
+    }
+    explained.add(r.seq);
+  }
+
+  for (const s of [...brokenLinks].sort((a, b) => a - b)) {
+    if (suspects.has(s) || suspects.has(s - 1) || explained.has(s) || explained.has(s - 1)) continue;
+    report(
+      s,
+      "broken_link",
+      `record ${s} does not link to record ${s - 1}: one of them was rewritten with a recomputed hash`,
+    );
+  }
+
+  await checkCheckpoints(deps, checkpoints, storedHashAt, lastSeq, report);
+
+  problems.sort((a, b) => a.seq - b.seq);
+  const capped = problems.slice(0, MAX_PROBLEMS);
+  return { ok: problems.length === 0, records, checkpoints: checkpoints.length, problems: capped };
+}
+
+type Report = (seq: number, kind: AuditProblemKind, message: string) => void;
+
+/**
+ * Records renumbered by one (a row inserted or deleted, later rows shifted to
+ * hide the gap) hash correctly at their old seq. A run shifted up means a row was
+ * inserted just before it; a run shifted down means the record at the run's
+ * start was deleted.
+ */
+function classifyShifts(suspects: Map<number, AuditRecord>, explained: Set<number>, report: Report): void {
+  const up: number[] = [];
+  const down: number[] = [];
+  for (const r of suspects.values()) {
+    if (auditRecordHash(r.seq - 1, r.prevHash, r) === r.hash) up.push(r.seq);
+    else if (auditRecordHash(r.seq + 1, r.prevHash, r) === r.hash) down.push(r.seq);
+  }
+  for (const [start, end] of runs(up)) {
+    report(start - 1, "inserted", `record ${start - 1} was inserted; records ${start}..${end} were renumbered up`);
+    for (let s = start - 1; s <= end; s++) explained.add(s);
+  }
+  for (const [start, end] of runs(down)) {
+    report(start, "deleted", `record ${start} was deleted; records ${start + 1}..${end + 1} were renumbered down`);
+    for (let s = start; s <= end; s++) explained.add(s);
+  }
+}
+
+/**
+ * A record whose contents hash correctly at another suspect's place was moved
+ * there: either its fields were swapped with another row's (they match that row's
+ * stored hash and prevHash) or the whole row was (it matches its own hash at the
+ * other seq).
+ */
+function classifyMoves(suspects: Map<number, AuditRecord>, explained: Set<number>, report: Report): void {
+  const candidates = [...suspects.values()].filter((r) => !explained.has(r.seq));
+  for (const p of candidates) {
+    for (const q of candidates) {
+      if (p.seq === q.seq) continue;
+      const movedFields = auditRecordHash(q.seq, q.prevHash, p) === q.hash;
+      const movedRow = !movedFields && auditRecordHash(q.seq, p.prevHash, p) === p.hash;
+      if (movedFields || movedRow) {
+        report(p.seq, "reordered", `record ${p.seq} holds the contents of record ${q.seq}`);
+        explained.add(p.seq);
+        break;
+      }
+    }
+  }
+}
+
+/** Consecutive runs in a list of seqs, as [first, last] pairs. */
+function runs(seqs: number[]): Array<[number, number]> {
+  const sorted = [...seqs].sort((a, b) => a - b);
+  const out: Array<[number, number]> = [];
+  for (const s of sorted) {
+    const last = out.at(-1);
+    if (last !== undefined && last[1] === s - 1) last[1] = s;
+    else out.push([s, s]);
+  }
+  return out;
+}
+
+async function checkCheckpoints(
+  deps: VerifyDeps,
+  checkpoints: readonly AuditCheckpoint[],
+  storedHashAt: ReadonlyMap<number, string>,
+  lastSeq: number,
+  report: Report,
+): Promise<void> {
+  if (checkpoints.length === 0) return;
+  const publicKey = createPublicKey({
+    key: await deps.keystore.publicKey(deps.checkpointKey),
+    format: "der",
+    type: "spki",
+  });
+  let truncatedTo: number | undefined;
+  for (const cp of checkpoints) {
+    if (!checkpointSignatureValid(cp, deps.checkpointKey, publicKey)) {
+      report(
+        cp.seq,
+        "checkpoint_invalid",
+        `the checkpoint at record ${cp.seq} is not signed by the audit checkpoint key`,
+      );
+      continue;
+    }
+    if (cp.seq > lastSeq) {
+      truncatedTo = Math.max(truncatedTo ?? 0, cp.seq);
+      continue;
+    }
+    const stored = storedHashAt.get(cp.seq);
+    // A missing record is already reported as deleted.
+    if (stored !== undefined && stored !== cp.hash) {
+      report(
+        cp.seq,
+        "checkpoint_mismatch",
+        `record ${cp.seq} is not the record the checkpoint signed: the chain up to it was rewritten`,
+      );
+    }
+  }
+  if (truncatedTo !== undefined) {
+    report(
+      lastSeq + 1,
+      "truncated",
+      `the log ends at record ${lastSeq} but a signed checkpoint vouches for records up to ${truncatedTo}`,
+    );
+  }
+}
+
+function checkpointSignatureValid(cp: AuditCheckpoint, key: HsmKeyRef, publicKey: KeyObject): boolean {
+  if (cp.keyLabel !== key.label || cp.keyId !== key.id || cp.scheme !== CHECKPOINT_SCHEME) return false;
+  try {
+    return verifySignature(
+      "sha256",
+      auditCheckpointMessage(cp.seq, cp.hash, cp.time),
+      { key: publicKey, dsaEncoding: "ieee-p1363" },
+      Buffer.from(cp.signature, "base64"),
+    );
+  } catch {
+    return false;
+  }
+}
