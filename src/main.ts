@@ -295,7 +295,7 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
       // Renew the listener's certificate in place: new connections get it, no restart.
       const renew = async (): Promise<void> => {
         const fresh = await serverTls(services);
-        if (fresh.cert !== tls.cert) (app.server as import("node:tls").Server).setSecureContext(fresh);
+        if (fresh.cert !== tls.cert) (app.server as unknown as import("node:tls").Server).setSecureContext(fresh);
       };
       timers.push(
         setInterval(() => {
