@@ -1,0 +1,205 @@
+import type { Actor } from "../audit/entry.js";
+import { CustosError, type ErrorCode, isCustosError } from "../errors/index.js";
+import { Secret } from "../secret/index.js";
+import { validateContext } from "./context.js";
+import { open, preloadedView, reseal, seal, sealInput } from "./crypto.js";
+import { type KmsContext, loadKey, recordOp } from "./internal.js";
+import { assertUsable } from "./state.js";
+import type {
+  BatchItemResult,
+  DataKeyInput,
+  DataKeyResult,
+  DecryptInput,
+  DecryptResult,
+  EncryptInput,
+  EncryptResult,
+  RewrapInput,
+  RewrapResult,
+} from "./types.js";
+import { checkBatch, checkDataKeyBytes, checkName, checkWithPlaintext } from "./validate.js";
+
+/** Bytes drawn from the HSM's RNG per call when a batch pre-draws its data keys. */
+const RANDOM_CHUNK = 1024;
+
+/**
+ * Runs `fn` over `items` with at most `limit` in flight, results in item order. The
+ * keystore serialises one operation per pooled session, so a few more in flight than
+ * sessions keeps every session busy without queueing a thousand promises on it.
+ */
+export async function mapBounded<T, R>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<R>) {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i] as T, i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+function concurrency(ctx: KmsContext): number {
+  const size = ctx.keystore.health().sessions.size;
+  return Math.min(32, Math.max(2, size * 2));
+}
+
+function failure(e: unknown): { ok: false; error: { code: ErrorCode; message: string } } {
+  // Unexpected errors keep their detail internal, as at the API edge.
+  if (!isCustosError(e) || e.code === "internal")
+    return { ok: false, error: { code: "internal", message: "internal error" } };
+  return { ok: false, error: { code: e.code, message: e.message } };
+}
+
+function success<T extends object>(value: T): BatchItemResult<T> {
+  return { ok: true, value, ...value };
+}
+
+/**
+ * The shared shape of every batch: key-level checks once (a missing, disabled or
+ * wrong-purpose key fails the whole call), versions read once, items run bounded and
+ * concurrently with per-item errors, then one audit record with the counts. If that
+ * record can't be written, every plaintext produced is zeroed and the caller gets
+ * the audit error instead of results.
+ */
+async function runBatch<I, R extends object>(
+  ctx: KmsContext,
+  actor: Actor,
+  name: string,
+  items: unknown,
+  op: { action: string; decrypts: boolean; secretOf?: (r: R) => Secret | undefined },
+  item: (view: Awaited<ReturnType<typeof preloadedView>>, input: I, i: number) => Promise<R>,
+  prepare?: (inputs: readonly I[]) => Promise<() => void>,
+): Promise<BatchItemResult<R>[]> {
+  checkName(name);
+  const inputs = checkBatch<I>(items);
+  const key = await loadKey(ctx, name);
+  assertUsable(key, "encrypt", op.decrypts ? "decrypt" : "other");
+  const view = await preloadedView(ctx, key);
+  const cleanup = prepare ? await prepare(inputs) : () => {};
+  let results: BatchItemResult<R>[];
+  try {
+    results = await mapBounded(inputs, concurrency(ctx), async (input, i) => {
+      try {
+        if (typeof input !== "object" || input === null) {
+          return failure(new CustosError("invalid_request", "item must be an object"));
+        }
+        return success(await item(view, input, i));
+      } catch (e) {
+        return failure(e);
+      }
+    });
+  } finally {
+    cleanup();
+  }
+  const succeeded = results.filter((r) => r.ok).length;
+  try {
+    await recordOp(ctx, actor, op.action, name, {
+      batch: true,
+      items: inputs.length,
+      succeeded,
+      failed: inputs.length - succeeded,
+    });
+  } catch (e) {
+    for (const r of results) if (r.ok) op.secretOf?.(r.value)?.destroy();
+    throw e;
+  }
+  return results;
+}
+
+/** Encrypts up to 1000 items under one key. */
+export function encryptBatch(ctx: KmsContext, actor: Actor, name: string, items: readonly EncryptInput[]) {
+  return runBatch<EncryptInput, EncryptResult>(
+    ctx,
+    actor,
+    name,
+    items,
+    { action: "key.encrypt", decrypts: false },
+    (view, input) => sealInput(ctx, view, input),
+  );
+}
+
+/** Decrypts up to 1000 ciphertexts of one key; each success's `plaintext` is the caller's to destroy. */
+export function decryptBatch(ctx: KmsContext, actor: Actor, name: string, items: readonly DecryptInput[]) {
+  return runBatch<DecryptInput, DecryptResult>(
+    ctx,
+    actor,
+    name,
+    items,
+    { action: "key.decrypt", decrypts: true, secretOf: (r) => r.plaintext },
+    (view, input) => open(ctx, view, input.ciphertext, validateContext(input.context)),
+  );
+}
+
+/** Moves up to 1000 ciphertexts of one key to its latest version. */
+export function rewrapBatch(ctx: KmsContext, actor: Actor, name: string, items: readonly RewrapInput[]) {
+  return runBatch<RewrapInput, RewrapResult>(
+    ctx,
+    actor,
+    name,
+    items,
+    { action: "key.rewrap", decrypts: true },
+    async (view, input) => {
+      const { fromVersion: _, ...result } = await reseal(ctx, view, input.ciphertext, validateContext(input.context));
+      return result;
+    },
+  );
+}
+
+/**
+ * Up to 1000 data keys under one key's latest version. The random bytes for all of
+ * them are drawn up front in a few large RNG calls, so each item costs one HSM
+ * operation (the AES-GCM encryption), not two.
+ */
+export function generateDataKeyBatch(ctx: KmsContext, actor: Actor, name: string, items: readonly DataKeyInput[]) {
+  let pool: Buffer = Buffer.alloc(0);
+  const offsets: number[] = [];
+  const prepare = async (inputs: readonly DataKeyInput[]): Promise<() => void> => {
+    let total = 0;
+    for (const input of inputs) {
+      offsets.push(total);
+      total += safeBytes(input);
+    }
+    const chunks: Buffer[] = [];
+    for (let drawn = 0; drawn < total; drawn += RANDOM_CHUNK) {
+      chunks.push(await ctx.keystore.random(Math.min(RANDOM_CHUNK, total - drawn)));
+    }
+    pool = Buffer.concat(chunks);
+    for (const c of chunks) c.fill(0);
+    return () => pool.fill(0);
+  };
+  return runBatch<DataKeyInput, DataKeyResult>(
+    ctx,
+    actor,
+    name,
+    items,
+    { action: "key.datakey", decrypts: false, secretOf: (r) => r.plaintext },
+    async (view, input, i) => {
+      const bytes = checkDataKeyBytes(input.bytes);
+      const context = validateContext(input.context);
+      const start = offsets[i] ?? 0;
+      const plaintext = Secret.copy(pool.subarray(start, start + bytes));
+      try {
+        const sealed = await plaintext.use((b) => seal(ctx, view, b, context, view.key.latestVersion));
+        if (!checkWithPlaintext(input.withPlaintext)) {
+          plaintext.destroy();
+          return sealed;
+        }
+        return { ...sealed, plaintext };
+      } catch (e) {
+        plaintext.destroy();
+        throw e;
+      }
+    },
+    prepare,
+  );
+}
+
+/** An item's size for pre-drawing; invalid sizes draw nothing and fail in the item itself. */
+function safeBytes(input: DataKeyInput): number {
+  try {
+    return checkDataKeyBytes(input?.bytes);
+  } catch {
+    return 0;
+  }
+}
