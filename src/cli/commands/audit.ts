@@ -1,0 +1,90 @@
+/** `custos audit …` and `custos status`. */
+import type { Command } from "commander";
+import { arg, type CliContext } from "../context.js";
+import { EXIT_CLIENT, EXIT_SERVER, printable } from "../errors.js";
+import { renderTable } from "../output.js";
+import { parseInteger } from "../parse.js";
+
+type Json = Record<string, unknown>;
+
+const AUDIT_COLUMNS = ["seq", "time", "principal", "source", "action", "resource", "outcome", "errorCode"];
+
+interface VerifyAnswer {
+  ok: boolean;
+  records: number;
+  checkpoints: number;
+  problems: { seq: number; kind: string; message: string }[];
+}
+
+/** The human report of an audit verification: one line per problem, then a summary. */
+export function renderVerification(a: VerifyAnswer): string {
+  const lines = (a.problems ?? []).map((p) => `record ${p.seq}: ${printable(p.kind)}: ${printable(p.message)}`);
+  const summary = `${a.records} records, ${a.checkpoints} checkpoints`;
+  lines.push(
+    a.ok && lines.length === 0 ? `ok: ${summary} verified` : `FAILED: ${lines.length} problem(s) in ${summary}`,
+  );
+  return `${lines.join("\n")}\n`;
+}
+
+/** Registers `audit` and `status`. */
+export function registerAuditCommands(program: Command, ctx: CliContext): void {
+  const audit = program.command("audit").description("read and verify the tamper-evident audit log");
+
+  audit
+    .command("list")
+    .description("list audit records (oldest first unless --desc)")
+    .option(
+      "--after <seq>",
+      "only records after this sequence number",
+      arg((t) => parseInteger(t, "sequence number", 0)),
+    )
+    .option(
+      "--limit <n>",
+      "at most this many (up to 9999)",
+      arg((t) => parseInteger(t, "limit", 1, 9999)),
+    )
+    .option("--principal <principal>", "only this principal (user:alice, token:…)")
+    .option("--action <action>", "only this action (key.encrypt, auth.login, …)")
+    .option("--resource <resource>", "only this resource (key/app-a, …)")
+    .option("--desc", "newest first")
+    .action(
+      async (o: {
+        after?: number;
+        limit?: number;
+        principal?: string;
+        action?: string;
+        resource?: string;
+        desc?: boolean;
+      }): Promise<void> => {
+        const answer = await ctx.client().request<{ records: Json[] }>("GET", "/v1/audit", {
+          query: {
+            after: o.after,
+            limit: o.limit,
+            principal: o.principal,
+            action: o.action,
+            resource: o.resource,
+            order: o.desc === true ? "desc" : undefined,
+          },
+        });
+        await ctx.emit(answer, (a) => renderTable(a.records, { columns: AUDIT_COLUMNS }));
+      },
+    );
+
+  audit
+    .command("verify")
+    .description("check the hash chain and checkpoint signatures; exits 1 naming each bad record")
+    .action(async (): Promise<void> => {
+      const answer = await ctx.client().request<VerifyAnswer>("POST", "/v1/audit/verify");
+      if (answer.ok !== true || (answer.problems ?? []).length > 0) ctx.exitCode = EXIT_CLIENT;
+      await ctx.emit(answer, renderVerification);
+    });
+
+  program
+    .command("status")
+    .description("the server's health (no token needed); exits 2 unless ok")
+    .action(async (): Promise<void> => {
+      const answer = await ctx.client().request<Json>("GET", "/v1/health", { auth: false, answerStatuses: [503] });
+      if (answer.status !== "ok") ctx.exitCode = EXIT_SERVER;
+      await ctx.emit(answer);
+    });
+}

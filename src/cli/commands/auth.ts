@@ -1,0 +1,103 @@
+/** `custos login`, `custos whoami` and `custos token …`. */
+import type { Command } from "commander";
+import { arg, type CliContext, seg } from "../context.js";
+import { usageError } from "../errors.js";
+import { readPassword, writePrivateFile } from "../io.js";
+import { renderTable } from "../output.js";
+import { collect, parseDuration } from "../parse.js";
+
+type Json = Record<string, unknown>;
+
+/**
+ * Where a freshly issued token goes: `--token-file`, else stdout inside the JSON
+ * answer with `--json`, else (for login) `$CUSTOS_TOKEN_FILE`. Decided before the
+ * request, so a token is never issued only to be lost.
+ */
+function tokenDestination(ctx: CliContext, tokenFile: string | undefined, fallbackEnv: boolean): string | null {
+  if (tokenFile !== undefined) return tokenFile;
+  if (ctx.json) return null;
+  const fromEnv = fallbackEnv ? ctx.io.env.CUSTOS_TOKEN_FILE?.trim() : undefined;
+  if (fromEnv) return fromEnv;
+  throw usageError(
+    `the token is never printed in human output: give --token-file FILE${fallbackEnv ? " (or set CUSTOS_TOKEN_FILE)" : ""}, or --json`,
+  );
+}
+
+/** The answer without its `token` field, for human output. */
+function withoutToken(answer: Json): Json {
+  const { token: _token, ...rest } = answer;
+  return rest;
+}
+
+/** Registers `login`, `whoami` and `token`. */
+export function registerAuthCommands(program: Command, ctx: CliContext): void {
+  program
+    .command("login <username>")
+    .description("log in with a password and keep the session token in a file (0600)")
+    .option("--password-stdin", "read the password from stdin instead of prompting")
+    .option("--token-file <file>", "write the token here (default: $CUSTOS_TOKEN_FILE)")
+    .action(async (username: string, o: { passwordStdin?: boolean; tokenFile?: string }): Promise<void> => {
+      const destination = tokenDestination(ctx, o.tokenFile, true);
+      const password = await readPassword(ctx.io, o.passwordStdin === true);
+      let answer: Json;
+      try {
+        answer = await ctx.client().request<Json>("POST", "/v1/auth/login", {
+          auth: false,
+          body: { username, password: password.exposeText() },
+        });
+      } finally {
+        password.destroy();
+      }
+      if (destination === null) {
+        await ctx.emit(answer);
+        return;
+      }
+      writePrivateFile(destination, `${String(answer.token)}\n`);
+      if (ctx.json) await ctx.emit(withoutToken(answer));
+      else
+        await ctx.out(
+          `logged in as ${username}; token written to ${destination} (expires ${String(answer.expiresAt ?? "never")})\n`,
+        );
+    });
+
+  program
+    .command("whoami")
+    .description("show who the current token acts for")
+    .action(async (): Promise<void> => {
+      await ctx.emit(await ctx.client().request("GET", "/v1/auth/whoami"));
+    });
+
+  const token = program.command("token").description("manage API tokens");
+
+  token
+    .command("create")
+    .description("issue an API token (written to --token-file, or shown with --json)")
+    .requiredOption("--name <name>", "what the token is for")
+    .option("--policy <policy>", "a policy for the token (repeatable; default: your own)", collect)
+    .option("--ttl <duration>", "lifetime (e.g. 1h, 30d)", arg(parseDuration))
+    .option("--token-file <file>", "write the token here (mode 0600)")
+    .action(async (o: { name: string; policy?: string[]; ttl?: number; tokenFile?: string }): Promise<void> => {
+      const destination = tokenDestination(ctx, o.tokenFile, false);
+      const body: Json = { name: o.name };
+      if (o.policy !== undefined) body.policies = o.policy;
+      if (o.ttl !== undefined) body.ttlSeconds = o.ttl;
+      const answer = await ctx.client().request<Json>("POST", "/v1/auth/tokens", { body });
+      if (destination !== null) writePrivateFile(destination, `${String(answer.token)}\n`);
+      await ctx.emit(destination === null ? answer : withoutToken(answer));
+    });
+
+  token
+    .command("list")
+    .description("list tokens")
+    .action(async (): Promise<void> => {
+      const answer = await ctx.client().request<{ tokens: Json[] }>("GET", "/v1/auth/tokens");
+      await ctx.emit(answer, (a) => renderTable(a.tokens));
+    });
+
+  token
+    .command("revoke <id>")
+    .description("revoke a token by its id")
+    .action(async (id: string): Promise<void> => {
+      await ctx.emit(await ctx.client().request("DELETE", `/v1/auth/tokens/${seg(id)}`));
+    });
+}

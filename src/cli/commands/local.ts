@@ -1,0 +1,66 @@
+/**
+ * The two commands that run Custos itself rather than talk to it: `server` and
+ * `init`. They load the HSM and store stack only when invoked (dynamic imports),
+ * so every other command starts without it.
+ */
+import type { Command } from "commander";
+import type { CliContext } from "../context.js";
+
+/** What to tell `loadConfig`: the `--config` file if given, and the run's environment. */
+function configOptions(ctx: CliContext, file: string | undefined): { configFile?: string; env: NodeJS.ProcessEnv } {
+  return file === undefined ? { env: ctx.io.env } : { configFile: file, env: ctx.io.env };
+}
+
+/** Resolves on the first SIGINT or SIGTERM. */
+function shutdownSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (signal: NodeJS.Signals): void => {
+      process.off("SIGINT", on);
+      process.off("SIGTERM", on);
+      resolve(signal);
+    };
+    process.on("SIGINT", on);
+    process.on("SIGTERM", on);
+  });
+}
+
+/** Registers `server` and `init`. */
+export function registerLocalCommands(program: Command, ctx: CliContext): void {
+  program
+    .command("server")
+    .description("serve the HTTPS API until SIGINT or SIGTERM")
+    .option("--config <file>", "JSON configuration file (default: $CUSTOS_CONFIG or var/custos.json)")
+    .action(async (o: { config?: string }): Promise<void> => {
+      const { loadConfig } = await import("../../config/index.js");
+      const { serve } = await import("../../main.js");
+      const stopped = shutdownSignal();
+      const server = await serve(loadConfig(configOptions(ctx, o.config)));
+      await ctx.note(`custos: serving on ${server.address}`);
+      const signal = await stopped;
+      await ctx.note(`custos: ${signal}, shutting down`);
+      await server.close();
+    });
+
+  program
+    .command("init")
+    .description("initialise Custos: root key in the HSM, TLS CA, first admin and their token (idempotent)")
+    .option("--config <file>", "JSON configuration file (default: $CUSTOS_CONFIG or var/custos.json)")
+    .option("--admin <name>", "name of the first admin user", "admin")
+    .action(async (o: { config?: string; admin: string }): Promise<void> => {
+      const { loadConfig } = await import("../../config/index.js");
+      const { initialize } = await import("../../main.js");
+      const result = await initialize(loadConfig(configOptions(ctx, o.config)), { adminName: o.admin });
+      await ctx.emit(result, (r) =>
+        [
+          r.created ? "initialized" : "already initialized (root key checked, CA file rewritten)",
+          `admin token file: ${r.adminTokenFile}`,
+          `CA certificate:   ${r.caCertFile}`,
+          "",
+          "to use it:",
+          `  export CUSTOS_CACERT=${r.caCertFile} CUSTOS_TOKEN_FILE=${r.adminTokenFile}`,
+          "  custos whoami",
+          "",
+        ].join("\n"),
+      );
+    });
+}
