@@ -20,11 +20,7 @@ export type SigningAlgorithm = "ecdsa-p256" | "ed25519" | "rsa-3072";
  * How a signature is computed. ECDSA signatures are raw r‖s (64 bytes: JWS ES256
  * form); callers convert to DER or SSH form as their format needs.
  */
-export type SignatureScheme =
-  | "ecdsa-p256-sha256"
-  | "ed25519"
-  | "rsa-pkcs1-sha256"
-  | "rsa-pss-sha256";
+export type SignatureScheme = "ecdsa-p256-sha256" | "ed25519" | "rsa-pkcs1-sha256" | "rsa-pss-sha256";
 
 /** Where a token object lives: its CKA_LABEL and CKA_ID (hex). */
 export interface HsmKeyRef {

@@ -1,0 +1,547 @@
+import { createHash } from "node:crypto";
+import type { Mechanism, RsaPSS } from "pkcs11js";
+import { CustosError, decryptionFailed } from "../../errors/index.js";
+import { Secret } from "../../secret/index.js";
+import type {
+  GcmCiphertext,
+  GeneratedKeyPair,
+  HsmHealth,
+  HsmKeyRef,
+  Keystore,
+  RootKeyInfo,
+  SignatureScheme,
+  SigningAlgorithm,
+} from "../keystore.js";
+import { ckrOf } from "./ckr.js";
+import { Connection, type HsmLogger, type OpContext } from "./connection.js";
+import {
+  CKK_EC_EDWARDS,
+  CKM_EDDSA,
+  GCM_IV_LENGTH,
+  GCM_TAG_LENGTH,
+  MAX_GCM_INPUT,
+  OID_P256,
+  pk,
+  WRAPPED_AES256_LENGTH,
+} from "./constants.js";
+import { attribute, checkLabel, findAll, findOne, refTemplate, ulongAttribute } from "./objects.js";
+import { ed25519Spki, p256Spki, rsaSpki } from "./spki.js";
+import {
+  checkValueKeyTemplate,
+  gcmMechanism,
+  hmacKeyTemplate,
+  KEY_WRAP_PAD,
+  keyPairTemplates,
+  rootKeyTemplate,
+  transientAesTemplate,
+  unwrappedAesTemplate,
+} from "./templates.js";
+import { UnwrapCache, type UnwrappedKey } from "./unwrap-cache.js";
+
+/** How to reach the token and how hard to try. */
+export interface Pkcs11KeystoreOptions {
+  /** Path of the PKCS#11 module (.so). */
+  modulePath: string;
+  /** CKA label of the token; the slot is found by it (slot ids change). */
+  tokenLabel: string;
+  /** User PIN. The keystore keeps its own copy and zeroes it on close. */
+  pin: Secret;
+  /** Sessions in the pool (one operation per session at a time). Default 4. */
+  poolSize?: number;
+  /** Deadline of every operation, recovery included. Default 5000. */
+  operationTimeoutMs?: number;
+  /** CKA_LABEL of the root wrapping key. Default "custos-root". */
+  rootKeyLabel?: string;
+  /** Unwrapped encryption keys kept as session objects. Default 1024. */
+  unwrapCacheSize?: number;
+  logger?: HsmLogger;
+}
+
+/**
+ * The known key wrapped to compute the root key check value. RFC 5649 wrapping is
+ * deterministic, so wrapping a fixed public key identifies the wrapping key exactly,
+ * using only the WRAP capability the root key already has. The result is hashed so
+ * the check value is not itself a usable wrapped blob.
+ */
+const CHECK_VALUE_KEY = createHash("sha256").update("custos root key check value v1").digest();
+const IV_BATCH = 256;
+const MAX_SIGN_INPUT = 1024 * 1024;
+const ID_LENGTH = 16;
+/** Answers of C_UnwrapKey that mean "this blob was not wrapped by this key". */
+const UNWRAP_REJECTED = new Set([
+  "CKR_GENERAL_ERROR",
+  "CKR_WRAPPED_KEY_INVALID",
+  "CKR_WRAPPED_KEY_LEN_RANGE",
+  "CKR_ENCRYPTED_DATA_INVALID",
+  "CKR_ENCRYPTED_DATA_LEN_RANGE",
+]);
+/** Answers of C_Decrypt (AES-GCM) that mean authentication failed; SoftHSM uses the first. */
+const GCM_REJECTED = new Set(["CKR_GENERAL_ERROR", "CKR_ENCRYPTED_DATA_INVALID", "CKR_ENCRYPTED_DATA_LEN_RANGE"]);
+
+interface TokenObject {
+  readonly handle: Buffer;
+  readonly epoch: number;
+  readonly keyType: number;
+}
+
+function bytes(value: Uint8Array, what: string): Buffer {
+  if (!(value instanceof Uint8Array)) throw new CustosError("invalid_request", `${what} must be bytes`);
+  return Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
+}
+
+function intOption(value: number | undefined, fallback: number, min: number, max: number, name: string): number {
+  const v = value ?? fallback;
+  if (!Number.isInteger(v) || v < min || v > max) {
+    throw new CustosError("invalid_request", `${name} must be an integer in ${min}..${max}`);
+  }
+  return v;
+}
+
+function notFound(ref: HsmKeyRef): CustosError {
+  return new CustosError("not_found", `no HSM key with label ${JSON.stringify(ref.label)} and id ${ref.id}`);
+}
+
+/**
+ * Keystore over a PKCS#11 token: see `Keystore` for the contract. Open it with
+ * `Pkcs11Keystore.open()`; close it once at shutdown.
+ */
+export class Pkcs11Keystore implements Keystore {
+  readonly #c: Connection;
+  readonly #pin: Secret;
+  readonly #rootLabel: string;
+  readonly #unwrapped: UnwrapCache;
+  readonly #objects = new Map<string, TokenObject>();
+  readonly #hmacEnsures = new Map<string, Promise<HsmKeyRef>>();
+  #ivs: Buffer = Buffer.alloc(0);
+  #ivOffset = 0;
+
+  private constructor(c: Connection, pin: Secret, rootLabel: string, cacheSize: number) {
+    this.#c = c;
+    this.#pin = pin;
+    this.#rootLabel = rootLabel;
+    this.#unwrapped = new UnwrapCache(cacheSize);
+    c.onEpoch(() => {
+      this.#unwrapped.clear();
+      this.#objects.clear();
+    });
+    c.onSessionDrop((serial) => this.#unwrapped.dropSession(serial));
+  }
+
+  /** Loads the module, finds the token by label, opens the pool and logs in. */
+  static async open(o: Pkcs11KeystoreOptions): Promise<Pkcs11Keystore> {
+    if (!o.modulePath || !o.tokenLabel)
+      throw new CustosError("invalid_request", "modulePath and tokenLabel are required");
+    const poolSize = intOption(o.poolSize, 4, 1, 64, "poolSize");
+    const operationTimeoutMs = intOption(o.operationTimeoutMs, 5000, 50, 600_000, "operationTimeoutMs");
+    const cacheSize = intOption(o.unwrapCacheSize, 1024, 0, 1_000_000, "unwrapCacheSize");
+    const rootLabel = o.rootKeyLabel ?? "custos-root";
+    checkLabel(rootLabel);
+    const pin = o.pin.use((b) => Secret.copy(b));
+    try {
+      const c = await Connection.open({
+        modulePath: o.modulePath,
+        tokenLabel: o.tokenLabel,
+        pin,
+        poolSize,
+        operationTimeoutMs,
+        logger: o.logger,
+      });
+      return new Pkcs11Keystore(c, pin, rootLabel, cacheSize);
+    } catch (e) {
+      pin.destroy();
+      throw e;
+    }
+  }
+
+  health(): HsmHealth {
+    return this.#c.health();
+  }
+
+  // --- root key --------------------------------------------------------------
+
+  async createRootKey(): Promise<RootKeyInfo> {
+    await this.#c.run("createRootKey", async (ctx) => {
+      if (this.#root(ctx)) throw new CustosError("conflict", "the token already holds a root key");
+      const id = this.#randomId(ctx);
+      await ctx.p.C_GenerateKeyAsync(
+        ctx.session,
+        { mechanism: pk.CKM_AES_KEY_GEN },
+        rootKeyTemplate(this.#rootLabel, id),
+      );
+    });
+    const info = await this.findRootKey();
+    if (!info) throw new CustosError("hsm_error", "root key vanished right after creation");
+    return info;
+  }
+
+  async findRootKey(): Promise<RootKeyInfo | undefined> {
+    return this.#c.run("findRootKey", async (ctx) => {
+      const root = this.#root(ctx);
+      if (!root) return undefined;
+      const id = attribute(ctx, root.handle, pk.CKA_ID).toString("hex");
+      const known = ctx.p.C_CreateObject(ctx.session, checkValueKeyTemplate(CHECK_VALUE_KEY));
+      let wrapped: Buffer;
+      try {
+        wrapped = await ctx.p.C_WrapKeyAsync(ctx.session, KEY_WRAP_PAD, root.handle, known, Buffer.alloc(64));
+      } finally {
+        this.#destroyQuietly(ctx, known);
+      }
+      const checkValue = createHash("sha256").update(wrapped).digest("hex");
+      return { label: this.#rootLabel, id, checkValue };
+    });
+  }
+
+  // --- encryption keys --------------------------------------------------------
+
+  async generateWrappedAesKey(): Promise<Buffer> {
+    return this.#c.run("generateWrappedAesKey", async (ctx) => {
+      const root = this.#requireRoot(ctx);
+      const key = await ctx.p.C_GenerateKeyAsync(
+        ctx.session,
+        { mechanism: pk.CKM_AES_KEY_GEN },
+        transientAesTemplate(),
+      );
+      try {
+        const wrapped = await ctx.p.C_WrapKeyAsync(ctx.session, KEY_WRAP_PAD, root, key, Buffer.alloc(64));
+        if (wrapped.length !== WRAPPED_AES256_LENGTH) throw new CustosError("hsm_error", "unexpected wrapped key size");
+        return Buffer.from(wrapped);
+      } finally {
+        this.#destroyQuietly(ctx, key);
+      }
+    });
+  }
+
+  async encrypt(wrappedKey: Buffer, plaintext: Uint8Array, aad: Uint8Array): Promise<GcmCiphertext> {
+    const wrapped = bytes(wrappedKey, "wrapped key");
+    const input = bytes(plaintext, "plaintext");
+    const ad = bytes(aad, "aad");
+    if (wrapped.length !== WRAPPED_AES256_LENGTH)
+      throw new CustosError("invalid_request", "wrapped key has a bad size");
+    // SoftHSM answers an empty C_Encrypt with CKR_ARGUMENTS_BAD and leaves the operation active.
+    if (input.length === 0) throw new CustosError("invalid_request", "plaintext must not be empty");
+    if (input.length > MAX_GCM_INPUT || ad.length > MAX_GCM_INPUT) {
+      throw new CustosError("payload_too_large", `plaintext and aad are limited to ${MAX_GCM_INPUT} bytes`);
+    }
+    return this.#c.run("encrypt", (ctx) =>
+      this.#withKey(ctx, wrapped, "encrypt", async (key) => {
+        const iv = this.#nextIv(ctx);
+        ctx.p.C_EncryptInit(ctx.session, gcmMechanism(iv, ad), key);
+        ctx.active = true;
+        const ciphertext = await ctx.p.C_EncryptAsync(ctx.session, input, Buffer.alloc(input.length + GCM_TAG_LENGTH));
+        ctx.active = false;
+        return { iv, ciphertext };
+      }),
+    );
+  }
+
+  async decrypt(wrappedKey: Buffer, iv: Uint8Array, ciphertext: Uint8Array, aad: Uint8Array): Promise<Secret> {
+    const wrapped = bytes(wrappedKey, "wrapped key");
+    const nonce = bytes(iv, "iv");
+    const input = bytes(ciphertext, "ciphertext");
+    const ad = bytes(aad, "aad");
+    if (wrapped.length !== WRAPPED_AES256_LENGTH || nonce.length !== GCM_IV_LENGTH) throw decryptionFailed();
+    // The empty plaintext can't be made by encrypt(), so a bare tag is a forgery or truncation.
+    if (input.length <= GCM_TAG_LENGTH) throw decryptionFailed();
+    if (input.length > MAX_GCM_INPUT + GCM_TAG_LENGTH || ad.length > MAX_GCM_INPUT) {
+      throw new CustosError("payload_too_large", `ciphertext and aad are limited to ${MAX_GCM_INPUT} bytes`);
+    }
+    return this.#c.run("decrypt", (ctx) =>
+      this.#withKey(ctx, wrapped, "decrypt", async (key) => {
+        ctx.p.C_DecryptInit(ctx.session, gcmMechanism(Buffer.from(nonce), ad), key);
+        ctx.active = true;
+        const out = Buffer.alloc(input.length);
+        try {
+          const plain = await ctx.p.C_DecryptAsync(ctx.session, input, out);
+          ctx.active = false;
+          return Secret.copy(plain);
+        } catch (e) {
+          const ckr = ckrOf(e);
+          if (ckr && GCM_REJECTED.has(ckr.name)) {
+            // A failed C_Decrypt ends the operation; the token must still be alive for
+            // this to be the ciphertext's fault rather than the device's.
+            ctx.active = false;
+            this.#c.assertAlive(ctx);
+            throw decryptionFailed();
+          }
+          throw e;
+        } finally {
+          out.fill(0);
+        }
+      }),
+    );
+  }
+
+  // --- signing keys -------------------------------------------------------------
+
+  async generateKeyPair(algorithm: SigningAlgorithm, label: string): Promise<GeneratedKeyPair> {
+    checkLabel(label);
+    if (algorithm !== "ecdsa-p256" && algorithm !== "ed25519" && algorithm !== "rsa-3072") {
+      throw new CustosError("invalid_request", "unsupported signing algorithm");
+    }
+    const id = await this.#c.run("generateKeyPair", async (ctx) => {
+      const newId = this.#randomId(ctx);
+      const t = keyPairTemplates(algorithm, label, newId);
+      await ctx.p.C_GenerateKeyPairAsync(ctx.session, t.mechanism, t.publicKey, t.privateKey);
+      return newId.toString("hex");
+    });
+    const ref: HsmKeyRef = { label, id };
+    return { ref, publicKey: await this.publicKey(ref) };
+  }
+
+  async sign(ref: HsmKeyRef, scheme: SignatureScheme, data: Uint8Array): Promise<Buffer> {
+    const input = bytes(data, "data");
+    if (input.length > MAX_SIGN_INPUT) throw new CustosError("payload_too_large", "data to sign is too large");
+    const plan = signPlan(scheme, input);
+    const template = refTemplate(pk.CKO_PRIVATE_KEY, ref);
+    return this.#c.run("sign", async (ctx) => {
+      const key = this.#tokenObject(ctx, `private:${ref.label}:${ref.id}`, template);
+      if (!key) throw notFound(ref);
+      if (key.keyType !== plan.keyType) {
+        throw new CustosError("invalid_request", `signature scheme ${scheme} does not fit this key`);
+      }
+      ctx.p.C_SignInit(ctx.session, plan.mechanism, key.handle);
+      ctx.active = true;
+      const signature = await ctx.p.C_SignAsync(ctx.session, plan.input, Buffer.alloc(plan.maxLength));
+      ctx.active = false;
+      return Buffer.from(signature);
+    });
+  }
+
+  async publicKey(ref: HsmKeyRef): Promise<Buffer> {
+    const template = refTemplate(pk.CKO_PUBLIC_KEY, ref);
+    return this.#c.run("publicKey", async (ctx) => {
+      const handle = findOne(ctx, template);
+      if (!handle) {
+        this.#c.assertAlive(ctx);
+        throw notFound(ref);
+      }
+      const keyType = ulongAttribute(ctx, handle, pk.CKA_KEY_TYPE);
+      if (keyType === pk.CKK_EC) {
+        if (!attribute(ctx, handle, pk.CKA_EC_PARAMS).equals(OID_P256)) {
+          throw new CustosError("hsm_error", "EC key is not on P-256");
+        }
+        return p256Spki(attribute(ctx, handle, pk.CKA_EC_POINT));
+      }
+      if (keyType === CKK_EC_EDWARDS) return ed25519Spki(attribute(ctx, handle, pk.CKA_EC_POINT));
+      if (keyType === pk.CKK_RSA) {
+        return rsaSpki(attribute(ctx, handle, pk.CKA_MODULUS), attribute(ctx, handle, pk.CKA_PUBLIC_EXPONENT));
+      }
+      throw new CustosError("hsm_error", "unsupported public key type");
+    });
+  }
+
+  async destroyKeyPair(ref: HsmKeyRef): Promise<void> {
+    const templates = [refTemplate(pk.CKO_PRIVATE_KEY, ref), refTemplate(pk.CKO_PUBLIC_KEY, ref)];
+    await this.#c.run("destroyKeyPair", async (ctx) => {
+      this.#objects.delete(`private:${ref.label}:${ref.id}`);
+      const handles = templates.flatMap((t) => findAll(ctx, t));
+      // Nothing found is success only if we were really looking (logged in, token there).
+      if (handles.length === 0) this.#c.assertAlive(ctx);
+      for (const h of handles) ctx.p.C_DestroyObject(ctx.session, h);
+    });
+  }
+
+  // --- HMAC ---------------------------------------------------------------------
+
+  async ensureHmacKey(label: string): Promise<HsmKeyRef> {
+    checkLabel(label);
+    // Two concurrent first calls must not make two keys under one label.
+    const pending = this.#hmacEnsures.get(label);
+    if (pending) return pending;
+    const work = this.#c
+      .run("ensureHmacKey", async (ctx) => {
+        const template = [
+          { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
+          { type: pk.CKA_KEY_TYPE, value: pk.CKK_GENERIC_SECRET },
+          { type: pk.CKA_LABEL, value: label },
+        ];
+        const existing = findOne(ctx, template);
+        if (existing) return { label, id: attribute(ctx, existing, pk.CKA_ID).toString("hex") };
+        this.#c.assertAlive(ctx);
+        const id = this.#randomId(ctx);
+        await ctx.p.C_GenerateKeyAsync(
+          ctx.session,
+          { mechanism: pk.CKM_GENERIC_SECRET_KEY_GEN },
+          hmacKeyTemplate(label, id),
+        );
+        return { label, id: id.toString("hex") };
+      })
+      .finally(() => this.#hmacEnsures.delete(label));
+    this.#hmacEnsures.set(label, work);
+    return work;
+  }
+
+  async hmac(ref: HsmKeyRef, data: Uint8Array): Promise<Buffer> {
+    const input = bytes(data, "data");
+    if (input.length === 0 || input.length > MAX_SIGN_INPUT) {
+      throw new CustosError("invalid_request", "data to MAC must be 1 byte to 1 MiB");
+    }
+    const template = refTemplate(pk.CKO_SECRET_KEY, ref);
+    return this.#c.run("hmac", async (ctx) => {
+      const key = this.#tokenObject(ctx, `hmac:${ref.label}:${ref.id}`, template);
+      if (!key) throw notFound(ref);
+      if (key.keyType !== pk.CKK_GENERIC_SECRET) throw new CustosError("invalid_request", "not an HMAC key");
+      ctx.p.C_SignInit(ctx.session, { mechanism: pk.CKM_SHA256_HMAC }, key.handle);
+      ctx.active = true;
+      const mac = await ctx.p.C_SignAsync(ctx.session, input, Buffer.alloc(32));
+      ctx.active = false;
+      return Buffer.from(mac);
+    });
+  }
+
+  // --- misc -----------------------------------------------------------------------
+
+  async random(length: number): Promise<Buffer> {
+    if (!Number.isInteger(length) || length < 1 || length > 1024) {
+      throw new CustosError("invalid_request", "random length must be 1..1024 bytes");
+    }
+    return this.#c.run("random", async (ctx) => Buffer.from(ctx.p.C_GenerateRandom(ctx.session, Buffer.alloc(length))));
+  }
+
+  async close(): Promise<void> {
+    this.#unwrapped.clear();
+    this.#objects.clear();
+    await this.#c.close();
+    this.#pin.destroy();
+  }
+
+  // --- internals --------------------------------------------------------------------
+
+  /**
+   * Runs `use` with the unwrapped session object for `wrapped`, unwrapping it (once,
+   * then from the cache) if needed.
+   */
+  async #withKey<T>(
+    ctx: OpContext,
+    wrapped: Buffer,
+    purpose: "encrypt" | "decrypt",
+    use: (key: Buffer) => Promise<T>,
+  ): Promise<T> {
+    const cacheKey = createHash("sha256").update(wrapped).digest("base64");
+    let entry = this.#unwrapped.lookup(cacheKey, ctx.epoch);
+    if (!entry) {
+      const root = this.#requireRoot(ctx);
+      let handle: Buffer;
+      try {
+        handle = await ctx.p.C_UnwrapKeyAsync(ctx.session, KEY_WRAP_PAD, root, wrapped, unwrappedAesTemplate());
+      } catch (e) {
+        const ckr = ckrOf(e);
+        if (!ckr || !UNWRAP_REJECTED.has(ckr.name)) throw e;
+        this.#c.assertAlive(ctx);
+        if (purpose === "decrypt") throw decryptionFailed();
+        throw new CustosError("invalid_request", "wrapped key was not made under this root key");
+      }
+      const fresh: UnwrappedKey = { handle, serial: ctx.serial, epoch: ctx.epoch, pins: 1, evicted: false };
+      const inserted = this.#unwrapped.insert(cacheKey, fresh, this.#c.epoch);
+      for (const h of inserted.destroy) this.#destroyQuietly(ctx, h);
+      entry = inserted.entry;
+    }
+    try {
+      return await use(entry.handle);
+    } catch (e) {
+      const name = ckrOf(e)?.name;
+      if (name === "CKR_KEY_HANDLE_INVALID" || name === "CKR_OBJECT_HANDLE_INVALID") {
+        this.#unwrapped.evict(cacheKey, entry);
+      }
+      throw e;
+    } finally {
+      if (this.#unwrapped.unpin(entry)) this.#destroyQuietly(ctx, entry.handle);
+    }
+  }
+
+  #root(ctx: OpContext): TokenObject | undefined {
+    return this.#tokenObject(ctx, "root", [
+      { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
+      { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
+      { type: pk.CKA_LABEL, value: this.#rootLabel },
+    ]);
+  }
+
+  #requireRoot(ctx: OpContext): Buffer {
+    const root = this.#root(ctx);
+    if (!root) throw new CustosError("hsm_unavailable", "the token holds no root key (was it re-initialised?)");
+    return root.handle;
+  }
+
+  /**
+   * A token object's handle, cached for the current epoch only: handles die with
+   * sessions and logins, and every epoch change drops the cache. An empty search is
+   * trusted only after checking that the session is logged in and the token present.
+   */
+  #tokenObject(ctx: OpContext, key: string, template: Parameters<typeof findOne>[1]): TokenObject | undefined {
+    const cached = this.#objects.get(key);
+    if (cached && cached.epoch === ctx.epoch) return cached;
+    const handle = findOne(ctx, template);
+    if (!handle) {
+      this.#c.assertAlive(ctx);
+      return undefined;
+    }
+    const found: TokenObject = { handle, epoch: ctx.epoch, keyType: ulongAttribute(ctx, handle, pk.CKA_KEY_TYPE) };
+    if (ctx.epoch === this.#c.epoch) this.#objects.set(key, found);
+    return found;
+  }
+
+  /** IVs come from the HSM's RNG in batches: one C_GenerateRandom per 256 encryptions. */
+  #nextIv(ctx: OpContext): Buffer {
+    if (this.#ivOffset + GCM_IV_LENGTH > this.#ivs.length) {
+      this.#ivs = ctx.p.C_GenerateRandom(ctx.session, Buffer.alloc(GCM_IV_LENGTH * IV_BATCH));
+      this.#ivOffset = 0;
+    }
+    const iv = Buffer.from(this.#ivs.subarray(this.#ivOffset, this.#ivOffset + GCM_IV_LENGTH));
+    this.#ivs.fill(0, this.#ivOffset, this.#ivOffset + GCM_IV_LENGTH);
+    this.#ivOffset += GCM_IV_LENGTH;
+    return iv;
+  }
+
+  #randomId(ctx: OpContext): Buffer {
+    return ctx.p.C_GenerateRandom(ctx.session, Buffer.alloc(ID_LENGTH));
+  }
+
+  #destroyQuietly(ctx: OpContext, handle: Buffer): void {
+    try {
+      ctx.p.C_DestroyObject(ctx.session, handle);
+    } catch {
+      // The object may already be gone with its session; nothing else to do.
+    }
+  }
+}
+
+interface SignPlan {
+  readonly mechanism: Mechanism;
+  readonly input: Buffer;
+  readonly keyType: number;
+  readonly maxLength: number;
+}
+
+function signPlan(scheme: SignatureScheme, data: Buffer): SignPlan {
+  switch (scheme) {
+    case "ecdsa-p256-sha256":
+      // SoftHSM offers only raw CKM_ECDSA: hash here, sign the digest there.
+      return {
+        mechanism: { mechanism: pk.CKM_ECDSA },
+        input: createHash("sha256").update(data).digest(),
+        keyType: pk.CKK_EC,
+        maxLength: 132,
+      };
+    case "ed25519":
+      return { mechanism: { mechanism: CKM_EDDSA }, input: data, keyType: CKK_EC_EDWARDS, maxLength: 64 };
+    case "rsa-pkcs1-sha256":
+      return { mechanism: { mechanism: pk.CKM_SHA256_RSA_PKCS }, input: data, keyType: pk.CKK_RSA, maxLength: 1024 };
+    case "rsa-pss-sha256": {
+      const parameter: RsaPSS = {
+        type: pk.CK_PARAMS_RSA_PSS,
+        hashAlg: pk.CKM_SHA256,
+        mgf: pk.CKG_MGF1_SHA256,
+        saltLen: 32,
+      };
+      return {
+        mechanism: { mechanism: pk.CKM_SHA256_RSA_PKCS_PSS, parameter },
+        input: data,
+        keyType: pk.CKK_RSA,
+        maxLength: 1024,
+      };
+    }
+    default:
+      throw new CustosError("invalid_request", "unsupported signature scheme");
+  }
+}
