@@ -113,6 +113,7 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
     }
   }
 
+  classifySwaps(suspects, explained, report);
   classifyShifts(suspects, explained, report);
   classifyMoves(suspects, explained, report);
 
@@ -156,6 +157,7 @@ function classifyShifts(suspects: Map<number, AuditRecord>, explained: Set<numbe
   const up: number[] = [];
   const down: number[] = [];
   for (const r of suspects.values()) {
+    if (explained.has(r.seq)) continue;
     if (auditRecordHash(r.seq - 1, r.prevHash, r) === r.hash) up.push(r.seq);
     else if (auditRecordHash(r.seq + 1, r.prevHash, r) === r.hash) down.push(r.seq);
   }
@@ -170,24 +172,41 @@ function classifyShifts(suspects: Map<number, AuditRecord>, explained: Set<numbe
 }
 
 /**
- * A record whose contents hash correctly at another suspect's place was moved
- * there: either its fields were swapped with another row's (they match that row's
- * stored hash and prevHash) or the whole row was (it matches its own hash at the
- * other seq).
+ * True when `p`'s contents hash correctly at `q`'s place: either its fields were
+ * swapped with `q`'s (they match `q`'s stored hash and prevHash) or the whole row
+ * was moved (it matches its own hash at `q`'s seq).
  */
+function belongsAt(p: AuditRecord, q: AuditRecord): boolean {
+  return auditRecordHash(q.seq, q.prevHash, p) === q.hash || auditRecordHash(q.seq, p.prevHash, p) === p.hash;
+}
+
+/**
+ * Two records that each belong at the other's place were swapped. Found before
+ * shifts, because an adjacent whole-row swap also looks like a one-step shift.
+ */
+function classifySwaps(suspects: Map<number, AuditRecord>, explained: Set<number>, report: Report): void {
+  const candidates = [...suspects.values()];
+  for (const [i, p] of candidates.entries()) {
+    if (explained.has(p.seq)) continue;
+    for (const q of candidates.slice(i + 1)) {
+      if (explained.has(q.seq) || !belongsAt(p, q) || !belongsAt(q, p)) continue;
+      report(p.seq, "reordered", `records ${p.seq} and ${q.seq} were swapped`);
+      report(q.seq, "reordered", `records ${q.seq} and ${p.seq} were swapped`);
+      explained.add(p.seq);
+      explained.add(q.seq);
+      break;
+    }
+  }
+}
+
+/** Records moved around a longer cycle: each names where its contents belong. */
 function classifyMoves(suspects: Map<number, AuditRecord>, explained: Set<number>, report: Report): void {
   const candidates = [...suspects.values()].filter((r) => !explained.has(r.seq));
   for (const p of candidates) {
-    for (const q of candidates) {
-      if (p.seq === q.seq) continue;
-      const movedFields = auditRecordHash(q.seq, q.prevHash, p) === q.hash;
-      const movedRow = !movedFields && auditRecordHash(q.seq, p.prevHash, p) === p.hash;
-      if (movedFields || movedRow) {
-        report(p.seq, "reordered", `record ${p.seq} holds the contents of record ${q.seq}`);
-        explained.add(p.seq);
-        break;
-      }
-    }
+    const home = candidates.find((q) => q.seq !== p.seq && belongsAt(p, q));
+    if (home === undefined) continue;
+    report(p.seq, "reordered", `record ${p.seq} holds the contents of record ${home.seq}`);
+    explained.add(p.seq);
   }
 }
 
