@@ -39,10 +39,12 @@ const ID_HEX = /^(?:[0-9a-f]{2}){1,64}$/;
 
 /** Validates a caller-supplied label (it becomes CKA_LABEL). */
 export function checkLabel(label: string): void {
-  const printable = [...label].every((ch) => ch.charCodeAt(0) >= 0x20 && ch.charCodeAt(0) !== 0x7f);
-  if (typeof label !== "string" || label.length === 0 || label.length > LABEL_MAX || !printable) {
-    throw new CustosError("invalid_request", "key label must be 1-128 printable characters");
-  }
+  const ok =
+    typeof label === "string" &&
+    label.length > 0 &&
+    label.length <= LABEL_MAX &&
+    [...label].every((ch) => ch.charCodeAt(0) >= 0x20 && ch.charCodeAt(0) !== 0x7f);
+  if (!ok) throw new CustosError("invalid_request", "key label must be 1-128 printable characters");
 }
 
 /** Validates a key reference and returns its CKA_ID bytes. */

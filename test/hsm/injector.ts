@@ -1,0 +1,105 @@
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, renameSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pkcs11js from "pkcs11js";
+import type { TestToken } from "../helpers/softhsm.js";
+
+/**
+ * Fault injection from outside the keystore: a second pkcs11js handle in the test
+ * process (PKCS#11 state is per application, so it acts on the keystore's sessions
+ * and login) and the token directory on disk.
+ */
+export class Injector {
+  readonly p: InstanceType<typeof pkcs11js.PKCS11>;
+  readonly token: TestToken;
+
+  constructor(token: TestToken) {
+    this.token = token;
+    this.p = new pkcs11js.PKCS11();
+    this.p.load(token.modulePath);
+    try {
+      this.p.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+    } catch (e) {
+      if (!String((e as Error).message).includes("CKR_CRYPTOKI_ALREADY_INITIALIZED")) throw e;
+    }
+  }
+
+  slot(): Buffer {
+    for (const s of this.p.C_GetSlotList(true)) {
+      try {
+        if (this.p.C_GetTokenInfo(s).label.trim() === this.token.label) return s;
+      } catch {
+        // stale slot
+      }
+    }
+    throw new Error("token not found");
+  }
+
+  /** Runs `fn` on a fresh session of ours, closed afterwards. */
+  withSession<T>(fn: (s: Buffer) => T): T {
+    const s = this.p.C_OpenSession(this.slot(), pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+    try {
+      return fn(s);
+    } finally {
+      try {
+        this.p.C_CloseSession(s);
+      } catch {
+        // fine
+      }
+    }
+  }
+
+  closeAllSessions(): void {
+    this.p.C_CloseAllSessions(this.slot());
+  }
+
+  logout(): void {
+    this.withSession((s) => this.p.C_Logout(s));
+  }
+
+  /** Changes the user PIN (the application is logged in through the keystore) and logs out. */
+  changePin(from: string, to: string): void {
+    this.withSession((s) => {
+      try {
+        this.p.C_Login(s, pkcs11js.CKU_USER, from);
+      } catch (e) {
+        if (!String((e as Error).message).includes("CKR_USER_ALREADY_LOGGED_IN")) throw e;
+      }
+      this.p.C_SetPIN(s, from, to);
+      this.p.C_Logout(s);
+    });
+  }
+
+  /** Moves the token's directory away, as if the device were unplugged; returns a restore function. */
+  removeToken(): () => void {
+    const conf = readFileSync(process.env.SOFTHSM2_CONF ?? "", "utf8");
+    const dir = /^\s*directories\.tokendir\s*=\s*(.+)$/m.exec(conf)?.[1]?.trim() ?? "";
+    const mine = readdirSync(dir).find((d) =>
+      readFileSync(join(dir, d, "token.object")).includes(Buffer.from(this.token.label)),
+    );
+    if (!mine) throw new Error("token directory not found");
+    const away = mkdtempSync(join(tmpdir(), "custos-unplugged-"));
+    renameSync(join(dir, mine), join(away, mine));
+    return () => renameSync(join(away, mine), join(dir, mine));
+  }
+
+  /** Creates a token object with a known value (an oracle key the test knows). */
+  createSecretKey(s: Buffer, keyType: number, value: Buffer, label: string, id: Buffer, uses: number[]): Buffer {
+    return this.p.C_CreateObject(s, [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+      { type: pkcs11js.CKA_KEY_TYPE, value: keyType },
+      { type: pkcs11js.CKA_TOKEN, value: true },
+      { type: pkcs11js.CKA_PRIVATE, value: true },
+      { type: pkcs11js.CKA_LABEL, value: label },
+      { type: pkcs11js.CKA_ID, value: id },
+      { type: pkcs11js.CKA_VALUE, value },
+      ...uses.map((type) => ({ type, value: true })),
+    ]);
+  }
+
+  /** softhsm2-util in a child process, for faults that must come from another process. */
+  static util(args: string[]): void {
+    execFileSync("softhsm2-util", args, { stdio: "pipe" });
+  }
+}
