@@ -51,8 +51,9 @@ import { WriteQueue } from "./write-queue.js";
 
 export interface SqliteStoreOptions {
   /** A write not durable within this many milliseconds rejects with `store_unavailable`. Default 5000. */
-  readonly writeTimeoutMs?: number;
-  readonly logger?: Logger;
+  readonly writeTimeoutMs?: number | undefined;
+  /** Where batch failures are reported (never with record contents). */
+  readonly logger?: Logger | undefined;
 }
 
 /** Page size of `listAudit` when the query names none, and the most it will return at once. */
