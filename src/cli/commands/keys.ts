@@ -7,6 +7,7 @@ import { parseDuration, parseInteger } from "../parse.js";
 
 type Json = Record<string, unknown>;
 
+/** The list view leaves out timestamps and ids; `key show` and `--json` have everything. */
 const KEY_COLUMNS = [
   "name",
   "purpose",
@@ -15,9 +16,7 @@ const KEY_COLUMNS = [
   "latestVersion",
   "minDecryptionVersion",
   "rotationPeriodSeconds",
-  "nextRotationAt",
   "destroyAt",
-  "createdAt",
 ];
 
 /** Registers `key` and its subcommands. */
