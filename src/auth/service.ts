@@ -722,9 +722,19 @@ export class AuthService {
       if (!user || user.disabled) return undefined;
       ({ base, sudo } = await this.#userPolicies(user, nowMs));
       if (token.policies !== null) {
-        const scope = new Set(token.policies);
-        base = new Set([...base].filter((p) => scope.has(p)));
-        sudo = new Map([...sudo].filter(([p]) => scope.has(p)));
+        // A scoped token holds what its scope names and its user still holds. An
+        // admin holds every policy, so an admin's scoped token is exactly its scope
+        // (for as long as the admin right lasts, when that comes from sudo).
+        const adminBase = base.has(ADMIN_POLICY);
+        const adminSudoEnd = sudo.get(ADMIN_POLICY);
+        const scopedBase = new Set(token.policies.filter((p) => adminBase || base.has(p)));
+        const scopedSudo = new Map<string, number>();
+        for (const p of token.policies) {
+          const end = sudo.get(p) ?? adminSudoEnd;
+          if (!scopedBase.has(p) && end !== undefined) scopedSudo.set(p, end);
+        }
+        base = scopedBase;
+        sudo = scopedSudo;
       }
     } else {
       base = new Set(token.policies ?? []);

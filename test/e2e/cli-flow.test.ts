@@ -32,7 +32,7 @@ describe("CLI against a running Custos", () => {
       input: dk.ciphertext as string,
     });
     assert.equal(back.status, 0, back.stderr);
-    assert.deepEqual(Buffer.from(back.stdout, "latin1"), Buffer.from(dk.plaintext as string, "base64"));
+    assert.deepEqual(back.stdoutBytes, Buffer.from(dk.plaintext as string, "base64"));
 
     const wrong = custos.cli(["decrypt", "--key", "app-a-data", "--context", "app=b", "--context", "bucket=photos"], {
       input: dk.ciphertext as string,

@@ -19,6 +19,8 @@ export interface HttpAnswer {
 export interface CliResult {
   readonly status: number;
   readonly stdout: string;
+  /** stdout exactly as written (binary output does not survive UTF-8 decoding). */
+  readonly stdoutBytes: Buffer;
   readonly stderr: string;
 }
 
@@ -128,10 +130,14 @@ export async function startCustos(): Promise<CustosInstance> {
           CUSTOS_TOKEN: options.token ?? adminToken,
           CUSTOS_TOKEN_FILE: "",
         },
-        encoding: "buffer",
         timeout: 60_000,
       });
-      return { status: r.status ?? -1, stdout: r.stdout.toString("utf8"), stderr: r.stderr.toString("utf8") };
+      return {
+        status: r.status ?? -1,
+        stdout: r.stdout.toString("utf8"),
+        stdoutBytes: r.stdout,
+        stderr: r.stderr.toString("utf8"),
+      };
     },
     async start() {
       const out = openSync(logFile, "a");
