@@ -16,8 +16,8 @@ import { join, resolve } from "node:path";
 import { loadConfig } from "../src/config/index.js";
 import { initialize } from "../src/main.js";
 import { createTestToken } from "../test/helpers/softhsm.js";
-import { ensureWrk, type LoadResult, wrkPost } from "./http-load.js";
 import { rawHsmRates } from "./hsm.js";
+import { ensureWrk, type LoadResult, wrkPost } from "./http-load.js";
 
 const ROOT = resolve(import.meta.dirname, "..");
 
@@ -154,14 +154,19 @@ export default async function main(args: string[]): Promise<void> {
 
     const plain = spawn(
       process.execPath,
-      ["--import", "tsx", join(ROOT, "bench/plain-server.ts"), String(port), join(dir, "tls/server.pem"), join(dir, "tls/server.key")],
+      [
+        "--import",
+        "tsx",
+        join(ROOT, "bench/plain-server.ts"),
+        String(port),
+        join(dir, "tls/server.pem"),
+        join(dir, "tls/server.key"),
+      ],
       { stdio: ["ignore", "pipe", "inherit"] },
     );
     children.push(plain);
     await new Promise((r) => plain.stdout?.once("data", r));
-    const plainResults = levels.map((c) =>
-      wrkPost(`${base}/plain`, JSON.stringify({ context }), auth, c, seconds),
-    );
+    const plainResults = levels.map((c) => wrkPost(`${base}/plain`, JSON.stringify({ context }), auth, c, seconds));
     plain.kill("SIGTERM");
 
     const raw = await rawHsmRates({ modulePath: token.modulePath, tokenLabel: token.label, pin: token.pin });

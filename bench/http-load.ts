@@ -24,7 +24,13 @@ export function ensureWrk(): void {
  * POSTs `body` to `url` with keep-alive at `concurrency` for `seconds`, using wrk
  * (one thread: the other core belongs to the server under test).
  */
-export function wrkPost(url: string, body: string, headers: Record<string, string>, concurrency: number, seconds: number): LoadResult {
+export function wrkPost(
+  url: string,
+  body: string,
+  headers: Record<string, string>,
+  concurrency: number,
+  seconds: number,
+): LoadResult {
   const dir = mkdtempSync(join(tmpdir(), "custos-wrk-"));
   try {
     const script = join(dir, "post.lua");

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
+import type { ServerOptions as HttpsOptions } from "node:https";
 import rateLimit from "@fastify/rate-limit";
 import swagger from "@fastify/swagger";
-import type { ServerOptions as HttpsOptions } from "node:https";
 import Fastify, { type FastifyInstance, type FastifyRequest } from "fastify";
 import type { AuditLog } from "../audit/index.js";
 import { auditEntry } from "../audit/index.js";

@@ -87,7 +87,8 @@ function merge(base: Json, over: Json, path: string): Json {
 }
 
 function positiveInt(name: string, value: number, max = Number.MAX_SAFE_INTEGER, min = 1): void {
-  if (!Number.isInteger(value) || value < min || value > max) throw invalid(`"${name}" must be an integer in ${min}..${max}`);
+  if (!Number.isInteger(value) || value < min || value > max)
+    throw invalid(`"${name}" must be an integer in ${min}..${max}`);
 }
 
 function fromEnv(env: NodeJS.ProcessEnv): Json {

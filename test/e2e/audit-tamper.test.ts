@@ -5,7 +5,19 @@ import Database from "better-sqlite3";
 import { type CustosInstance, startCustos } from "../helpers/custos.js";
 
 type Row = Record<string, unknown>;
-const COLUMNS = ["time", "request_id", "principal", "source", "action", "resource", "outcome", "error_code", "details", "prev_hash", "hash"];
+const COLUMNS = [
+  "time",
+  "request_id",
+  "principal",
+  "source",
+  "action",
+  "resource",
+  "outcome",
+  "error_code",
+  "details",
+  "prev_hash",
+  "hash",
+];
 
 /** Tampering with one audit row directly in SQLite is named by `custos audit verify`. */
 describe("audit verify names a tampered record", () => {
@@ -35,9 +47,12 @@ describe("audit verify names a tampered record", () => {
     return verdict;
   }
 
-  const row = (db: Database.Database, seq: number) => db.prepare("SELECT * FROM audit_log WHERE seq = ?").get(seq) as Row;
+  const row = (db: Database.Database, seq: number) =>
+    db.prepare("SELECT * FROM audit_log WHERE seq = ?").get(seq) as Row;
   const put = (db: Database.Database, seq: number, r: Row) =>
-    db.prepare(`UPDATE audit_log SET ${COLUMNS.map((c) => `${c} = @${c}`).join(", ")} WHERE seq = @seq`).run({ ...r, seq });
+    db
+      .prepare(`UPDATE audit_log SET ${COLUMNS.map((c) => `${c} = @${c}`).join(", ")} WHERE seq = @seq`)
+      .run({ ...r, seq });
 
   test("an intact log verifies", () => {
     const ok = custos.cli(["audit", "verify"]);
@@ -66,7 +81,9 @@ describe("audit verify names a tampered record", () => {
       db.prepare("DELETE FROM audit_log WHERE seq = 6").run();
       return () => {
         const d = new Database(path);
-        d.prepare(`INSERT INTO audit_log (seq, ${COLUMNS.join(", ")}) VALUES (@seq, ${COLUMNS.map((c) => `@${c}`).join(", ")})`).run(original);
+        d.prepare(
+          `INSERT INTO audit_log (seq, ${COLUMNS.join(", ")}) VALUES (@seq, ${COLUMNS.map((c) => `@${c}`).join(", ")})`,
+        ).run(original);
         d.close();
       };
     });

@@ -74,7 +74,11 @@ describe("authentication and authorisation over HTTPS", () => {
     const before = await custos.call("GET", "/v1/audit?limit=1", undefined, token);
     assert.equal(before.status, 403, "reading the audit log is privileged");
 
-    const grant = await custos.call("POST", "/v1/sudo/grants", { user: "operator", ttlSeconds: 600, reason: "incident 42" });
+    const grant = await custos.call("POST", "/v1/sudo/grants", {
+      user: "operator",
+      ttlSeconds: 600,
+      reason: "incident 42",
+    });
     assert.equal(grant.status, 201, grant.text);
     const during = await custos.call("GET", "/v1/audit?limit=1", undefined, token);
     assert.equal(during.status, 200, during.text);

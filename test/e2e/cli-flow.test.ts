@@ -98,7 +98,9 @@ describe("CLI against a running Custos", () => {
     const missing = custos.cli(["key", "show", "no-such-key"]);
     assert.equal(missing.status, 1);
     assert.match(missing.stderr, /not_found/);
-    const unauth = custos.cli(["key", "list"], { token: "cst_notarealtoken_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" });
+    const unauth = custos.cli(["key", "list"], {
+      token: "cst_notarealtoken_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+    });
     assert.equal(unauth.status, 1);
     assert.match(unauth.stderr, /unauthenticated/);
   });
@@ -109,6 +111,9 @@ describe("CLI against a running Custos", () => {
     const records = json(["audit", "list", "--limit", "1000"]);
     const actions = (records.records as { action: string }[]).map((r) => r.action);
     assert.ok(actions.includes("custos.init"), "init is audited");
-    assert.ok(actions.some((a) => a.includes("datakey")), "datakey is audited");
+    assert.ok(
+      actions.some((a) => a.includes("datakey")),
+      "datakey is audited",
+    );
   });
 });

@@ -35,7 +35,10 @@ describe("no secret reaches the database, its WAL or the logs", () => {
     const plaintext = Buffer.from(`PLANTED-PLAINTEXT-${randomBytes(8).toString("hex")}`);
     planted.push({ what: "plaintext", value: plaintext });
     const enc = ok(
-      await custos.call("POST", "/v1/keys/scan/encrypt", { plaintext: plaintext.toString("base64"), context: { a: "b" } }),
+      await custos.call("POST", "/v1/keys/scan/encrypt", {
+        plaintext: plaintext.toString("base64"),
+        context: { a: "b" },
+      }),
     );
     ok(await custos.call("POST", "/v1/keys/scan/decrypt", { ciphertext: enc.ciphertext, context: { a: "b" } }));
 
@@ -56,7 +59,10 @@ describe("no secret reaches the database, its WAL or the logs", () => {
     // A failed login carries a password too: it must not be logged either.
     const wrongPassword = `planted-wrong-${randomBytes(6).toString("hex")}`;
     planted.push({ what: "wrong password", value: Buffer.from(wrongPassword) });
-    assert.equal((await custos.call("POST", "/v1/auth/login", { username: "scanner", password: wrongPassword }, null)).status, 401);
+    assert.equal(
+      (await custos.call("POST", "/v1/auth/login", { username: "scanner", password: wrongPassword }, null)).status,
+      401,
+    );
 
     const api = ok(await custos.call("POST", "/v1/auth/tokens", { name: "ci" }));
     planted.push({ what: "api token", value: Buffer.from(api.token as string) });

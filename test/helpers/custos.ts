@@ -144,7 +144,8 @@ export async function startCustos(): Promise<CustosInstance> {
       child = spawn(process.execPath, [join(ROOT, "bin/custos.js"), "server"], { env, stdio: ["ignore", out, out] });
       closeSync(out);
       for (let i = 0; i < 300; i++) {
-        if (child.exitCode !== null) throw new Error(`custos server exited (${child.exitCode}):\n${readFileSync(logFile, "utf8")}`);
+        if (child.exitCode !== null)
+          throw new Error(`custos server exited (${child.exitCode}):\n${readFileSync(logFile, "utf8")}`);
         try {
           const r = await call("GET", "/v1/health", undefined, null);
           if (r.status === 200) return;

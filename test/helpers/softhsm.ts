@@ -31,7 +31,8 @@ function softhsmConfTokenDir(): string {
  * directory that `scripts/with-softhsm.sh` made. Each test file makes its own.
  */
 export function createTestToken(prefix = "custos-test"): TestToken {
-  if (!existsSync(SOFTHSM_MODULE)) throw new Error(`SoftHSM module missing at ${SOFTHSM_MODULE}: apt-get install softhsm2`);
+  if (!existsSync(SOFTHSM_MODULE))
+    throw new Error(`SoftHSM module missing at ${SOFTHSM_MODULE}: apt-get install softhsm2`);
   softhsmConfTokenDir();
   const label = `${prefix}-${randomUUID().slice(0, 8)}`;
   const pin = randomBytes(8).toString("hex");
