@@ -1,4 +1,4 @@
-import type { Actor } from "../audit/entry.js";
+import type { Actor } from "../audit/index.js";
 import { CustosError, type ErrorCode, isCustosError } from "../errors/index.js";
 import { Secret } from "../secret/index.js";
 import { validateContext } from "./context.js";

@@ -1,4 +1,4 @@
-import { type Actor, auditEntry } from "../audit/entry.js";
+import { type Actor, auditEntry } from "../audit/index.js";
 import { CustosError, isCustosError } from "../errors/index.js";
 import type { Keystore } from "../hsm/index.js";
 import type { KeyRecord, KeyVersionRecord, Store } from "../store/index.js";

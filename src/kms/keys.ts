@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { type Actor, auditEntry } from "../audit/entry.js";
+import { type Actor, auditEntry } from "../audit/index.js";
 import { CustosError } from "../errors/index.js";
 import type { KeyAlgorithm, KeyRecord, KeyVersionRecord } from "../store/index.js";
 import { hsmRef, type KeyPlan, type KmsContext, loadKey, mutateKey } from "./internal.js";

@@ -1,5 +1,5 @@
-import type { Actor } from "../audit/entry.js";
-import { auditEntry } from "../audit/entry.js";
+import type { Actor } from "../audit/index.js";
+import { auditEntry } from "../audit/index.js";
 import { Secret } from "../secret/index.js";
 import { validateContext } from "./context.js";
 import { encryptionVersion, lazyView, open, reseal, seal } from "./crypto.js";

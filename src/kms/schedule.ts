@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { systemActor } from "../audit/entry.js";
+import { systemActor } from "../audit/index.js";
 import type { KmsContext } from "./internal.js";
 import { destroyIfDue, destructionDue, rotateIfDue } from "./keys.js";
 import type { RunDueResult } from "./types.js";

@@ -1,4 +1,4 @@
-import type { Actor } from "../audit/entry.js";
+import type { Actor } from "../audit/index.js";
 import * as batch from "./batch.js";
 import type { KmsContext } from "./internal.js";
 import * as keys from "./keys.js";

@@ -1,5 +1,5 @@
 import { constants, createPublicKey, verify as nodeVerify } from "node:crypto";
-import type { Actor } from "../audit/entry.js";
+import type { Actor } from "../audit/index.js";
 import { CustosError } from "../errors/index.js";
 import type { SignatureScheme } from "../hsm/index.js";
 import type { KeyRecord, KeyVersionRecord } from "../store/index.js";
