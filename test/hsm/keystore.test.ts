@@ -327,6 +327,8 @@ describe("Pkcs11Keystore against SoftHSM", () => {
       pin: Secret.fromString(token.pin),
       poolSize: 3,
       unwrapCacheSize: 2,
+      // The main keystore may run small calls inline; this one covers the async path.
+      inlineFastCalls: false,
     });
     try {
       const keys = await Promise.all(Array.from({ length: 5 }, () => small.generateWrappedAesKey()));

@@ -54,6 +54,13 @@ export interface Pkcs11KeystoreOptions {
   rootKeyLabel?: string;
   /** Unwrapped encryption keys kept as session objects. Default 1024. */
   unwrapCacheSize?: number;
+  /**
+   * Run small AES-GCM calls synchronously when the module answers C_*Init faster than
+   * INLINE_MAX_US (a local software token): there the thread-pool hop costs more than
+   * the operation. A network HSM answers in milliseconds and always goes async.
+   * Default true.
+   */
+  inlineFastCalls?: boolean;
   logger?: HsmLogger;
 }
 
@@ -65,6 +72,8 @@ export interface Pkcs11KeystoreOptions {
  */
 const CHECK_VALUE_KEY = createHash("sha256").update("custos root key check value v1").digest();
 const IV_BATCH = 256;
+const INLINE_MAX_US = 50;
+const INLINE_MAX_BYTES = 4096;
 const MAX_SIGN_INPUT = 1024 * 1024;
 const ID_LENGTH = 16;
 /** Answers of C_UnwrapKey that mean "this blob was not wrapped by this key". */
@@ -114,8 +123,12 @@ export class Pkcs11Keystore implements Keystore {
   readonly #hmacEnsures = new Map<string, Promise<HsmKeyRef>>();
   #ivs: Buffer = Buffer.alloc(0);
   #ivOffset = 0;
+  readonly #inlineAllowed: boolean;
+  /** Moving average of C_EncryptInit/C_DecryptInit latency, in microseconds. */
+  #initUs = INLINE_MAX_US;
 
-  private constructor(c: Connection, pin: Secret, rootLabel: string, cacheSize: number) {
+  private constructor(c: Connection, pin: Secret, rootLabel: string, cacheSize: number, inline: boolean) {
+    this.#inlineAllowed = inline;
     this.#c = c;
     this.#pin = pin;
     this.#rootLabel = rootLabel;
@@ -146,7 +159,7 @@ export class Pkcs11Keystore implements Keystore {
         operationTimeoutMs,
         logger: o.logger,
       });
-      return new Pkcs11Keystore(c, pin, rootLabel, cacheSize);
+      return new Pkcs11Keystore(c, pin, rootLabel, cacheSize, o.inlineFastCalls ?? true);
     } catch (e) {
       pin.destroy();
       throw e;
@@ -225,9 +238,13 @@ export class Pkcs11Keystore implements Keystore {
     return this.#c.run("encrypt", (ctx) =>
       this.#withKey(ctx, wrapped, "encrypt", async (key) => {
         const iv = this.#nextIv(ctx);
+        const started = performance.now();
         ctx.p.C_EncryptInit(ctx.session, gcmMechanism(iv, ad), key);
         ctx.active = true;
-        const ciphertext = await ctx.p.C_EncryptAsync(ctx.session, input, Buffer.alloc(input.length + GCM_TAG_LENGTH));
+        const out = Buffer.alloc(input.length + GCM_TAG_LENGTH);
+        const ciphertext = this.#inline(started, input.length)
+          ? ctx.p.C_Encrypt(ctx.session, input, out)
+          : await ctx.p.C_EncryptAsync(ctx.session, input, out);
         ctx.active = false;
         return { iv, ciphertext };
       }),
@@ -247,11 +264,14 @@ export class Pkcs11Keystore implements Keystore {
     }
     return this.#c.run("decrypt", (ctx) =>
       this.#withKey(ctx, wrapped, "decrypt", async (key) => {
+        const started = performance.now();
         ctx.p.C_DecryptInit(ctx.session, gcmMechanism(Buffer.from(nonce), ad), key);
         ctx.active = true;
         const out = Buffer.alloc(input.length);
         try {
-          const plain = await ctx.p.C_DecryptAsync(ctx.session, input, out);
+          const plain = this.#inline(started, input.length)
+            ? ctx.p.C_Decrypt(ctx.session, input, out)
+            : await ctx.p.C_DecryptAsync(ctx.session, input, out);
           ctx.active = false;
           return Secret.copy(plain);
         } catch (e) {
@@ -479,6 +499,12 @@ export class Pkcs11Keystore implements Keystore {
     const found: TokenObject = { handle, epoch: ctx.epoch, keyType: ulongAttribute(ctx, handle, pk.CKA_KEY_TYPE) };
     if (ctx.epoch === this.#c.epoch) this.#objects.set(key, found);
     return found;
+  }
+
+  /** Records how long the *Init just took and says whether the data call should stay on this thread. */
+  #inline(started: number, length: number): boolean {
+    this.#initUs = this.#initUs * 0.9 + (performance.now() - started) * 100;
+    return this.#inlineAllowed && length <= INLINE_MAX_BYTES && this.#initUs < INLINE_MAX_US;
   }
 
   /** IVs come from the HSM's RNG in batches: one C_GenerateRandom per 256 encryptions. */
