@@ -90,7 +90,7 @@ describe("batches", () => {
   test("data key batch: every plaintext is what its ciphertext decrypts to, all distinct", async () => {
     const items = Array.from({ length: 200 }, (_, i) => ({
       context: { n: String(i) },
-      bytes: ([16, 24, 32] as const)[i % 3],
+      bytes: ([16, 24, 32] as const)[i % 3] ?? 32,
       ...(i === 7 ? { withPlaintext: false } : {}),
     }));
     const out = await f.kms.generateDataKeyBatch(alice, "bulk", [...items, { bytes: 12 }]);

@@ -100,7 +100,7 @@ describe("ciphertext format", () => {
     };
     const cases: unknown[] = [
       "",
-      "custos:v2:" + good.slice(CIPHERTEXT_PREFIX.length),
+      `custos:v2:${good.slice(CIPHERTEXT_PREFIX.length)}`,
       "vault:v1:abcd",
       `${good}=`,
       `${good.slice(0, -4)}`.slice(0, CIPHERTEXT_PREFIX.length + 20),

@@ -4,6 +4,7 @@ import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { systemActor } from "../../src/audit/index.js";
 import { keyPairLabel } from "../../src/kms/index.js";
+import type { AuditRecord } from "../../src/store/index.js";
 import { alice, type KmsFixture, openFixture, rejectsWith } from "./setup.js";
 
 let f: KmsFixture;
@@ -16,6 +17,13 @@ after(async () => {
 });
 
 const DAY = 86400;
+
+/** The `before` or `after` state an audit record carries. */
+function side(rec: AuditRecord | undefined, which: "before" | "after"): Record<string, unknown> {
+  const value = rec?.details[which];
+  assert.ok(value !== null && typeof value === "object", `audit record has no ${which}`);
+  return value as Record<string, unknown>;
+}
 
 /** Labels of the KMS private keys on the token, listed by pkcs11-tool (an oracle outside our code). */
 function kmsPrivateKeys(): string[] {
@@ -55,7 +63,7 @@ describe("key management", () => {
     assert.match(s.versions[0]?.publicKeyPem ?? "", /^-----BEGIN PUBLIC KEY-----\n/);
     const rec = (await f.records("key.create")).at(-1);
     assert.equal(rec?.resource, "key/signed");
-    assert.equal((rec?.details.after as { state: string }).state, "enabled");
+    assert.equal(side(rec, "after").state, "enabled");
   });
 
   test("create refuses bad names, algorithms, periods and duplicates", async () => {
@@ -138,10 +146,7 @@ describe("key management", () => {
     assert.equal((await f.kms.enableKey(alice, "toggle")).state, "enabled");
     assert.equal((await f.kms.decrypt(alice, "toggle", { ciphertext })).plaintext.exposeText(), "x");
     const en = (await f.records("key.enable")).at(-1);
-    assert.deepEqual(
-      [(en?.details.before as { state: string }).state, (en?.details.after as { state: string }).state],
-      ["disabled", "enabled"],
-    );
+    assert.deepEqual([side(en, "before").state, side(en, "after").state], ["disabled", "enabled"]);
   });
 
   test("update: description, rotation period (null clears), minDecryptionVersion only on encrypt keys", async () => {
@@ -159,8 +164,8 @@ describe("key management", () => {
     await rejectsWith(f.kms.updateKey(alice, "upd", {}), "invalid_request", /nothing to update/);
     await rejectsWith(f.kms.updateKey(alice, "signed", { minDecryptionVersion: 1 }), "invalid_request", /encrypt keys/);
     const rec = (await f.records("key.update")).at(-1);
-    assert.equal((rec?.details.before as { rotationPeriodSeconds: number }).rotationPeriodSeconds, 30 * DAY);
-    assert.equal((rec?.details.after as { rotationPeriodSeconds: null }).rotationPeriodSeconds, null);
+    assert.equal(side(rec, "before").rotationPeriodSeconds, 30 * DAY);
+    assert.equal(side(rec, "after").rotationPeriodSeconds, null);
   });
 
   test("concurrent rotations produce distinct consecutive versions, none lost", async () => {
@@ -254,7 +259,7 @@ describe("key management", () => {
     await rejectsWith(f.kms.enableKey(alice, "gone-enc"), "key_destroyed");
     await rejectsWith(f.kms.rotateKey(alice, "gone-enc"), "key_destroyed");
     const rec = (await f.records("key.destroy")).at(-1);
-    assert.equal((rec?.details.after as { state: string }).state, "destroyed");
+    assert.equal(side(rec, "after").state, "destroyed");
 
     const sig = await f.kms.createKey(alice, { name: "gone-sig", purpose: "sign", algorithm: "ecdsa-p256" });
     await f.kms.rotateKey(alice, "gone-sig");
