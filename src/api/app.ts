@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { ServerOptions as HttpsOptions } from "node:https";
 import rateLimit from "@fastify/rate-limit";
 import swagger from "@fastify/swagger";
-import Fastify, { type FastifyInstance, type FastifyRequest } from "fastify";
+import Fastify, { type FastifyInstance, type FastifyRequest, LogController } from "fastify";
 import type { AuditLog } from "../audit/index.js";
 import { auditEntry } from "../audit/index.js";
 import type { Action, AuthService } from "../auth/index.js";
@@ -76,7 +76,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: deps.logger,
     // Every request is in the audit log already; per-request log lines would only cost throughput.
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: deps.bodyLimitBytes ?? 1024 * 1024,
     genReqId: () => randomUUID(),
     requestIdHeader: false,
@@ -116,7 +116,9 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   async function recordOutcome(req: FastifyRequest, outcome: "success" | "denied" | "failure", code: string | null) {
     const state = req.custos ?? newRequestState(`${req.method} ${req.url}`);
     const details = { method: req.method, route: req.routeOptions.url ?? req.url, ...state.details };
-    await deps.audit.record(auditEntry(actorOf(req), state.action, state.resource, details, outcome, code));
+    // Audit actions are dotted (`key.read`) like the services' own; policy actions use colons.
+    const action = state.action.replaceAll(":", ".");
+    await deps.audit.record(auditEntry(actorOf(req), action, state.resource, details, outcome, code));
     state.audited = true;
   }
 
