@@ -55,11 +55,15 @@ async function freePort(): Promise<number> {
   });
 }
 
-/** Initialises a fresh Custos (as `custos init` does) and starts its server. */
-export async function startCustos(): Promise<CustosInstance> {
+/**
+ * Initialises a fresh Custos (as `custos init` does) and starts its server.
+ * `config` becomes the data dir's custos.json (settings beyond the defaults).
+ */
+export async function startCustos(config: Record<string, unknown> = {}): Promise<CustosInstance> {
   const token = createTestToken("custos-e2e");
   const dir = mkdtempSync(join(tmpdir(), "custos-e2e-"));
   writeFileSync(join(dir, "hsm.pin"), token.pin, { mode: 0o600 });
+  writeFileSync(join(dir, "custos.json"), JSON.stringify(config));
   const port = await freePort();
   const env: NodeJS.ProcessEnv = {
     ...process.env,
