@@ -42,22 +42,31 @@ export function validateContext(context: unknown): EncryptionContext {
   return out;
 }
 
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n);
-  return b;
-}
-
 /**
  * The canonical bytes of a context: entry count, then each entry sorted by the UTF-8
- * bytes of its key, as length-prefixed key and value. Length prefixes make the
- * encoding injective (unlike JSON or `k=v` joins, no two contexts share bytes), and
- * sorting makes it independent of the order the caller built the object in.
+ * bytes of its key, as length-prefixed key and value (all lengths uint32 big-endian).
+ * Length prefixes make the encoding injective (unlike JSON or `k=v` joins, no two
+ * contexts share bytes), and sorting makes it independent of the order the caller
+ * built the object in. `prefix` bytes, if given, are written first (one allocation
+ * for the whole AAD: this runs once per item of every batch).
  */
-export function canonicalContext(context: EncryptionContext): Buffer {
+export function canonicalContext(context: EncryptionContext, prefix?: Uint8Array): Buffer {
   const pairs = Object.entries(context).map(([k, v]) => [Buffer.from(k, "utf8"), Buffer.from(v, "utf8")] as const);
-  pairs.sort((a, b) => Buffer.compare(a[0], b[0]));
-  const parts: Buffer[] = [u32(pairs.length)];
-  for (const [k, v] of pairs) parts.push(u32(k.length), k, u32(v.length), v);
-  return Buffer.concat(parts);
+  if (pairs.length > 1) pairs.sort((a, b) => Buffer.compare(a[0], b[0]));
+  let size = (prefix?.length ?? 0) + 4;
+  for (const [k, v] of pairs) size += 8 + k.length + v.length;
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  if (prefix) {
+    out.set(prefix, 0);
+    at = prefix.length;
+  }
+  at = out.writeUInt32BE(pairs.length, at);
+  for (const [k, v] of pairs) {
+    at = out.writeUInt32BE(k.length, at);
+    at += k.copy(out, at);
+    at = out.writeUInt32BE(v.length, at);
+    at += v.copy(out, at);
+  }
+  return out;
 }

@@ -1,7 +1,7 @@
 import { CustosError, decryptionFailed } from "../errors/index.js";
 import type { KeyRecord, KeyVersionRecord } from "../store/index.js";
 import { type EncryptionContext, validateContext } from "./context.js";
-import { ALG_AES_256_GCM, additionalData, encodeCiphertext, parseCiphertext } from "./format.js";
+import { ALG_AES_256_GCM, additionalDataFrom, boundHeader, encodeCiphertextFrom, parseCiphertext } from "./format.js";
 import type { KmsContext } from "./internal.js";
 import type { DecryptResult, EncryptResult } from "./types.js";
 import { checkPlaintext, checkVersion } from "./validate.js";
@@ -13,17 +13,31 @@ import { checkPlaintext, checkVersion } from "./validate.js";
 export interface KeyView {
   readonly key: KeyRecord;
   version(v: number): Promise<KeyVersionRecord | undefined>;
+  /** The bound header bytes for encrypting under version `v` (built once per version). */
+  bound(v: number): Buffer;
+}
+
+function boundMemo(key: KeyRecord): (v: number) => Buffer {
+  const memo = new Map<number, Buffer>();
+  return (v) => {
+    let b = memo.get(v);
+    if (b === undefined) {
+      b = boundHeader({ keyId: key.id, keyVersion: v, algorithm: ALG_AES_256_GCM });
+      memo.set(v, b);
+    }
+    return b;
+  };
 }
 
 /** A view that reads versions from the store on demand. */
 export function lazyView(ctx: KmsContext, key: KeyRecord): KeyView {
-  return { key, version: (v) => ctx.store.getKeyVersion(key.id, v) };
+  return { key, version: (v) => ctx.store.getKeyVersion(key.id, v), bound: boundMemo(key) };
 }
 
 /** A view over versions read once (batches: no per-item store reads). */
 export async function preloadedView(ctx: KmsContext, key: KeyRecord): Promise<KeyView> {
   const byVersion = new Map((await ctx.store.listKeyVersions(key.id)).map((v) => [v.version, v]));
-  return { key, version: async (v) => byVersion.get(v) };
+  return { key, version: async (v) => byVersion.get(v), bound: boundMemo(key) };
 }
 
 function tooOld(key: KeyRecord, version: number): CustosError {
@@ -54,9 +68,9 @@ export async function seal(
   if (material === undefined || material.state !== "active" || material.wrappedKey === null) {
     throw new CustosError("internal", `key version ${version} has no material`);
   }
-  const header = { keyId: view.key.id, keyVersion: version, algorithm: ALG_AES_256_GCM };
-  const sealed = await ctx.keystore.encrypt(material.wrappedKey, plaintext, additionalData(header, context));
-  return { ciphertext: encodeCiphertext(header, sealed.iv, sealed.ciphertext), version };
+  const bound = view.bound(version);
+  const sealed = await ctx.keystore.encrypt(material.wrappedKey, plaintext, additionalDataFrom(bound, context));
+  return { ciphertext: encodeCiphertextFrom(bound, sealed.iv, sealed.ciphertext), version };
 }
 
 /** Validates caller input and encrypts it. */

@@ -77,14 +77,28 @@ export function boundHeader(header: CiphertextHeader): Buffer {
 
 /** GCM additional data: the bound header followed by the canonical context. */
 export function additionalData(header: CiphertextHeader, context: EncryptionContext): Buffer {
-  return Buffer.concat([boundHeader(header), canonicalContext(context)]);
+  return canonicalContext(context, boundHeader(header));
+}
+
+/** `additionalData` from an already built bound header (batches build it once per version). */
+export function additionalDataFrom(bound: Buffer, context: EncryptionContext): Buffer {
+  return canonicalContext(context, bound);
 }
 
 /** Serialises a ciphertext. */
 export function encodeCiphertext(header: CiphertextHeader, iv: Uint8Array, sealed: Uint8Array): string {
+  return encodeCiphertextFrom(boundHeader(header), iv, sealed);
+}
+
+/** `encodeCiphertext` from an already built bound header. */
+export function encodeCiphertextFrom(bound: Buffer, iv: Uint8Array, sealed: Uint8Array): string {
+  if (bound.length !== BOUND_HEADER_BYTES) throw new TypeError("bad bound header");
   if (iv.length !== IV_BYTES) throw new TypeError(`IV must be ${IV_BYTES} bytes`);
   if (sealed.length < TAG_BYTES) throw new TypeError("sealed data shorter than a tag");
-  const blob = Buffer.concat([boundHeader(header), iv, sealed]);
+  const blob = Buffer.allocUnsafe(HEADER_BYTES + sealed.length);
+  blob.set(bound, 0);
+  blob.set(iv, BOUND_HEADER_BYTES);
+  blob.set(sealed, HEADER_BYTES);
   return CIPHERTEXT_PREFIX + blob.toString("base64");
 }
 
@@ -115,6 +129,6 @@ export function parseCiphertext(text: unknown): ParsedCiphertext {
     algorithm,
     iv: blob.subarray(BOUND_HEADER_BYTES, HEADER_BYTES),
     sealed: blob.subarray(HEADER_BYTES),
-    aad: (context) => Buffer.concat([bound, canonicalContext(context)]),
+    aad: (context) => canonicalContext(context, bound),
   };
 }
