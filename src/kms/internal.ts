@@ -104,10 +104,20 @@ export async function mutateKey(
       );
       return { before, after, committed: true };
     } catch (e) {
-      await abandonQuietly(p);
+      if (definitelyNotCommitted(e)) await abandonQuietly(p);
       if (!isCustosError(e, "conflict") || attempt >= MAX_ATTEMPTS) throw e;
     }
   }
+}
+
+/**
+ * Whether a failed store write certainly did not commit. Only then may HSM objects
+ * made for it be destroyed: after an ambiguous failure (`store_unavailable`, a lost
+ * connection) the record might exist and point at them, and an orphaned key pair
+ * is harmless where a referenced-but-destroyed one breaks a key version.
+ */
+export function definitelyNotCommitted(e: unknown): boolean {
+  return isCustosError(e, "conflict") || isCustosError(e, "not_found") || isCustosError(e, "invalid_request");
 }
 
 async function abandonQuietly(p: KeyPlan): Promise<void> {

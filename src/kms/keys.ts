@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { type Actor, auditEntry } from "../audit/index.js";
 import { CustosError } from "../errors/index.js";
 import type { KeyAlgorithm, KeyRecord, KeyVersionRecord } from "../store/index.js";
-import { hsmRef, type KeyPlan, type KmsContext, loadKey, mutateKey } from "./internal.js";
+import { definitelyNotCommitted, hsmRef, type KeyPlan, type KmsContext, loadKey, mutateKey } from "./internal.js";
 import { assertNotDestroyed } from "./state.js";
 import type {
   CreateKeyInput,
@@ -113,10 +113,12 @@ export async function createKey(ctx: KmsContext, actor: Actor, input: CreateKeyI
   try {
     await ctx.store.createKey(key, v1.record, entry);
   } catch (e) {
-    try {
-      await v1.abandon();
-    } catch {
-      // The store error is what the caller must see; the orphan pair is referenced by nothing.
+    if (definitelyNotCommitted(e)) {
+      try {
+        await v1.abandon();
+      } catch {
+        // The store error is what the caller must see; the orphan pair is referenced by nothing.
+      }
     }
     throw e;
   }
