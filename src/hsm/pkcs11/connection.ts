@@ -51,7 +51,8 @@ interface PooledSession {
 }
 
 interface Waiter {
-  resolve(): void;
+  /** Wakes the waiter, handing it a session when one is free (FIFO: no waiter starves). */
+  resolve(session?: PooledSession): void;
 }
 
 const RW_SESSION = pk.CKF_SERIAL_SESSION | pk.CKF_RW_SESSION;
@@ -289,20 +290,21 @@ export class Connection {
       }
       const remaining = deadline - Date.now();
       if (remaining <= 0) throw this.#unavailable(op, undefined);
-      await new Promise<void>((resolve) => {
+      const handed = await new Promise<PooledSession | undefined>((resolve) => {
         const waiter: Waiter = {
-          resolve: () => {
+          resolve: (session) => {
             clearTimeout(timer);
-            resolve();
+            resolve(session);
           },
         };
         const timer = setTimeout(() => {
           const i = this.#waiters.indexOf(waiter);
           if (i >= 0) this.#waiters.splice(i, 1);
-          resolve();
+          resolve(undefined);
         }, remaining);
         this.#waiters.push(waiter);
       });
+      if (handed) return handed;
     }
   }
 
@@ -341,10 +343,19 @@ export class Connection {
         for (const l of this.#sessionDropListeners) l(session.serial);
         if (this.#ready && !this.#closed) this.#topUp();
       }
+      this.#waiters.shift()?.resolve();
+      return;
+    }
+    // Hand the session straight to the longest waiter: pushing it to the idle list
+    // would let a newcomer take it first, and under load a waiter could starve
+    // past its deadline.
+    const waiter = this.#waiters.shift();
+    if (waiter) {
+      this.#busy++;
+      waiter.resolve(session);
     } else {
       this.#idle.push(session);
     }
-    this.#waiters.shift()?.resolve();
   }
 
   #markBroken(epochSeen: number, reason: string, cls: "session" | "device" | "login" | "other"): void {
