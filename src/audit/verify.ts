@@ -33,6 +33,12 @@ export interface AuditVerifyReport {
   readonly records: number;
   /** Checkpoints checked. */
   readonly checkpoints: number;
+  /**
+   * Records after the newest validly signed checkpoint. Their chain links are checked,
+   * but no signature covers them yet, so removing records from the very end of the
+   * log would go unnoticed until the next checkpoint.
+   */
+  readonly unsignedTail: number;
   /** Sorted by seq; at most `MAX_PROBLEMS`. */
   readonly problems: AuditProblem[];
 }
@@ -138,11 +144,17 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
     );
   }
 
-  await checkCheckpoints(deps, checkpoints, storedHashAt, lastSeq, report);
+  const signedThrough = await checkCheckpoints(deps, checkpoints, storedHashAt, lastSeq, report);
 
   problems.sort((a, b) => a.seq - b.seq);
   const capped = problems.slice(0, MAX_PROBLEMS);
-  return { ok: problems.length === 0, records, checkpoints: checkpoints.length, problems: capped };
+  return {
+    ok: problems.length === 0,
+    records,
+    checkpoints: checkpoints.length,
+    unsignedTail: Math.max(0, lastSeq - signedThrough),
+    problems: capped,
+  };
 }
 
 type Report = (seq: number, kind: AuditProblemKind, message: string) => void;
@@ -228,8 +240,9 @@ async function checkCheckpoints(
   storedHashAt: ReadonlyMap<number, string>,
   lastSeq: number,
   report: Report,
-): Promise<void> {
-  if (checkpoints.length === 0) return;
+): Promise<number> {
+  let signedThrough = 0;
+  if (checkpoints.length === 0) return signedThrough;
   const publicKey = createPublicKey({
     key: await deps.keystore.publicKey(deps.checkpointKey),
     format: "der",
@@ -245,6 +258,7 @@ async function checkCheckpoints(
       );
       continue;
     }
+    signedThrough = Math.max(signedThrough, cp.seq);
     if (cp.seq > lastSeq) {
       truncatedTo = Math.max(truncatedTo ?? 0, cp.seq);
       continue;
@@ -266,6 +280,7 @@ async function checkCheckpoints(
       `the log ends at record ${lastSeq} but a signed checkpoint vouches for records up to ${truncatedTo}`,
     );
   }
+  return signedThrough;
 }
 
 function checkpointSignatureValid(cp: AuditCheckpoint, key: HsmKeyRef, publicKey: KeyObject): boolean {

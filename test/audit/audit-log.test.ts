@@ -170,7 +170,22 @@ describe("AuditLog.verify", () => {
     for (let i = 31; i <= 40; i++) await f.audit.record(entry(i));
     await f.audit.checkpoint();
     const report = await f.audit.verify();
-    assert.deepEqual(report, { ok: true, records: 40, checkpoints: 2, problems: [] });
+    assert.deepEqual(report, { ok: true, records: 40, checkpoints: 2, unsignedTail: 0, problems: [] });
+    await f.close();
+  });
+
+  test("records after the newest checkpoint are counted as the unsigned tail; stop() signs them", async () => {
+    const f = await fixture(10, { checkpoint: true });
+    for (let i = 11; i <= 14; i++) await f.audit.record(entry(i));
+    assert.equal((await f.audit.verify()).unsignedTail, 4);
+    // Removing those records from the end is not detectable yet: that is what the count warns of.
+    f.sql.prepare("DELETE FROM audit_log WHERE seq > 12").run();
+    const cut = await f.audit.verify();
+    assert.equal(cut.ok, true);
+    assert.equal(cut.unsignedTail, 2);
+    await f.audit.stop();
+    const after = await f.audit.verify();
+    assert.deepEqual([after.checkpoints, after.unsignedTail], [2, 0]);
     await f.close();
   });
 

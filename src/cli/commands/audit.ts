@@ -13,6 +13,7 @@ interface VerifyAnswer {
   ok: boolean;
   records: number;
   checkpoints: number;
+  unsignedTail?: number;
   problems: { seq: number; kind: string; message: string }[];
 }
 
@@ -23,6 +24,9 @@ export function renderVerification(a: VerifyAnswer): string {
   lines.push(
     a.ok && lines.length === 0 ? `ok: ${summary} verified` : `FAILED: ${lines.length} problem(s) in ${summary}`,
   );
+  if (a.unsignedTail) {
+    lines.push(`note: the newest ${a.unsignedTail} record(s) are chained but not yet covered by a signed checkpoint`);
+  }
   return `${lines.join("\n")}\n`;
 }
 
