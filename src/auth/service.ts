@@ -285,7 +285,7 @@ export class AuthService {
     return this.#store.listUsers();
   }
 
-  /** Changes a user's password, policies or disabled flag. */
+  /** Changes a user's password (ending their login sessions), policies or disabled flag. */
   async updateUser(actor: Actor, name: string, changes: UpdateUserInput): Promise<UserRecord> {
     const before = await this.#userByName(name);
     await this.#assertMayManageUser(actor, before);
@@ -306,15 +306,18 @@ export class AuthService {
       updatedAt: this.#now(),
       revision: before.revision + 1,
     };
+    if (after.disabled || changes.policies !== undefined) await this.#assertAdminRemains({ user: [after.id, after] });
     const details = {
       before: userInfo(before),
       after: userInfo(after),
       passwordChanged: changes.password !== undefined,
     };
+    // A new password ends the user's login sessions: whoever knew the old one is out.
     await this.#store.updateUser(
       after,
       before.revision,
       auditEntry(actor, "user.update", `user/${after.name}`, details),
+      { endSessions: changes.password !== undefined },
     );
     this.invalidateCache();
     return after;
@@ -324,6 +327,7 @@ export class AuthService {
   async deleteUser(actor: Actor, name: string): Promise<void> {
     const user = await this.#userByName(name);
     await this.#assertMayManageUser(actor, user);
+    await this.#assertAdminRemains({ user: [user.id, undefined] });
     await this.#store.deleteUser(
       user.id,
       auditEntry(actor, "user.delete", `user/${user.name}`, { before: userInfo(user) }),
@@ -396,6 +400,7 @@ export class AuthService {
       updatedAt: this.#now(),
       revision: before.revision + 1,
     };
+    if (before.policies.includes(ADMIN_POLICY)) await this.#assertAdminRemains({ group: [after.id, after] });
     const names = (ids: readonly string[]) => this.userNames(ids);
     const details = { before: await groupInfo(before, names), after: await groupInfo(after, names) };
     await this.#store.updateGroup(
@@ -410,6 +415,7 @@ export class AuthService {
   async deleteGroup(actor: Actor, name: string): Promise<void> {
     const group = await this.#groupByName(name);
     await this.#assertMayGrant(actor, group.policies);
+    if (group.policies.includes(ADMIN_POLICY)) await this.#assertAdminRemains({ group: [group.id, undefined] });
     const details = { before: await groupInfo(group, (ids) => this.userNames(ids)) };
     await this.#store.deleteGroup(group.id, auditEntry(actor, "group.delete", `group/${group.name}`, details));
     this.invalidateCache();
@@ -820,6 +826,30 @@ export class AuthService {
     return folded;
   }
 
+  /**
+   * Refuses a change (a user or group replaced, or deleted when undefined) after
+   * which no enabled user holds admin directly or through a group: nobody could
+   * undo it. Sudo grants don't count; they lapse. A check before the write, not in
+   * its transaction: two admins removing each other at the same instant can still
+   * both succeed.
+   */
+  async #assertAdminRemains(change: {
+    user?: [string, UserRecord | undefined];
+    group?: [string, GroupRecord | undefined];
+  }): Promise<void> {
+    const users = new Map((await this.#store.listUsers()).map((u) => [u.id, u]));
+    const groups = new Map((await this.#store.listGroups()).map((g) => [g.id, g]));
+    if (change.user) replaceOrDelete(users, ...change.user);
+    if (change.group) replaceOrDelete(groups, ...change.group);
+    const viaGroup = new Set(
+      [...groups.values()].filter((g) => g.policies.includes(ADMIN_POLICY)).flatMap((g) => g.members),
+    );
+    const remains = [...users.values()].some(
+      (u) => !u.disabled && (u.policies.includes(ADMIN_POLICY) || viaGroup.has(u.id)),
+    );
+    if (!remains) throw new CustosError("conflict", "this change would leave no enabled administrator");
+  }
+
   async #userByName(name: string): Promise<UserRecord> {
     const folded = typeof name === "string" ? tryNormalizeName(name) : undefined;
     const user = folded === undefined ? undefined : await this.#store.getUserByName(folded);
@@ -845,4 +875,9 @@ export class AuthService {
     }
     return ids;
   }
+}
+
+function replaceOrDelete<T>(map: Map<string, T>, id: string, value: T | undefined): void {
+  if (value === undefined) map.delete(id);
+  else map.set(id, value);
 }

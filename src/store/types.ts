@@ -243,7 +243,13 @@ export interface Store {
   getUser(id: string): Promise<UserRecord | undefined>;
   getUserByName(name: string): Promise<UserRecord | undefined>;
   listUsers(): Promise<UserRecord[]>;
-  updateUser(user: UserRecord, expectedRevision: number, audit: AuditEntry): Promise<void>;
+  /** With `endSessions`, the user's live login sessions are revoked in the same transaction (a password change). */
+  updateUser(
+    user: UserRecord,
+    expectedRevision: number,
+    audit: AuditEntry,
+    options?: { endSessions?: boolean },
+  ): Promise<void>;
   /** Deletes the user, revokes their tokens and removes them from groups. */
   deleteUser(id: string, audit: AuditEntry): Promise<void>;
 

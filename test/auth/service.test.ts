@@ -167,6 +167,17 @@ describe("password login", () => {
     await rejectsWith(loginAs(env, "erin", "erin-password-1234"), "unauthenticated");
     assert.equal((await loginAs(env, "erin", "a brand new password")).principal.name, "erin");
   });
+
+  test("a changed password ends the user's login sessions but not their API tokens", async () => {
+    const env = await setup();
+    const frank = await userWith(env, "frank", []);
+    const api = await env.auth.createToken(env.actor, frank.principal, { name: "frank-ci" });
+    await env.auth.updateUser(env.actor, "frank", { password: Secret.fromString("another new password") });
+    await rejectsWith(env.auth.authenticate(frank.token), "unauthenticated", INVALID_TOKEN);
+    assert.equal((await env.auth.authenticate(api.token.exposeText())).tokenId, api.record.id);
+    const fresh = await loginAs(env, "frank", "another new password");
+    assert.equal((await env.auth.authenticate(fresh.token)).name, "frank");
+  });
 });
 
 describe("bearer tokens", () => {
@@ -472,6 +483,32 @@ describe("escalation guards for user:write and group:write holders", () => {
     const made = await env.auth.createUser(asUma, { name: "helper", policies: ["user-admin"] });
     assert.deepEqual(made.policies, ["user-admin"]);
     await loginAs(env, "root", ROOT_PASSWORD);
+  });
+});
+
+describe("the last administrator", () => {
+  const LAST = "this change would leave no enabled administrator";
+
+  test("can't be deleted, disabled or stripped of admin", async () => {
+    const env = await setup();
+    await rejectsWith(env.auth.deleteUser(env.actor, "root"), "conflict", LAST);
+    await rejectsWith(env.auth.updateUser(env.actor, "root", { disabled: true }), "conflict", LAST);
+    await rejectsWith(env.auth.updateUser(env.actor, "root", { policies: [] }), "conflict", LAST);
+    assert.deepEqual((await env.auth.getUser("root")).policies, ["admin"]);
+  });
+
+  test("an admin through a group counts, and then the group is what must stay", async () => {
+    const env = await setup();
+    await env.auth.createUser(env.actor, { name: "gwen", password: "gwen-password-1234" });
+    await env.auth.createGroup(env.actor, { name: "admins", members: ["gwen"], policies: ["admin"] });
+    await env.auth.updateUser(env.actor, "root", { disabled: true });
+    const gwen = { principal: "user:gwen", requestId: "req-gwen", source: "local" };
+    await rejectsWith(env.auth.updateGroup(gwen, "admins", { removeMembers: ["gwen"] }), "conflict", LAST);
+    await rejectsWith(env.auth.deleteGroup(gwen, "admins"), "conflict", LAST);
+    await rejectsWith(env.auth.updateUser(gwen, "gwen", { disabled: true }), "conflict", LAST);
+    await env.auth.updateUser(gwen, "root", { disabled: false });
+    await env.auth.deleteGroup(gwen, "admins");
+    assert.equal((await env.auth.listGroups()).length, 0);
   });
 });
 

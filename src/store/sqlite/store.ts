@@ -416,9 +416,21 @@ export class SqliteStore implements Store {
   }
 
   /** Stores `user` with revision `expectedRevision + 1`, whatever revision the record carries. */
-  updateUser(user: UserRecord, expectedRevision: number, audit: AuditEntry): Promise<void> {
+  updateUser(
+    user: UserRecord,
+    expectedRevision: number,
+    audit: AuditEntry,
+    options: { endSessions?: boolean } = {},
+  ): Promise<void> {
     return this.#write(() => {
       this.#checkRevision("users", "id", user.id, expectedRevision);
+      if (options.endSessions) {
+        this.#run(
+          "UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND kind = 'session' AND revoked_at IS NULL",
+          audit.time,
+          user.id,
+        );
+      }
       this.#run(
         `UPDATE users SET name = :name, password_hash = :password_hash, policies = :policies, disabled = :disabled,
            created_at = :created_at, updated_at = :updated_at, revision = :revision
