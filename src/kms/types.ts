@@ -1,7 +1,7 @@
 import type { ErrorCode } from "../errors/index.js";
 import type { Keystore, SignatureScheme } from "../hsm/index.js";
 import type { Secret } from "../secret/index.js";
-import type { AuditEntry, KeyAlgorithm, KeyPurpose, KeyState, KeyVersionState, Store } from "../store/index.js";
+import type { AuditEntry, KeyAlgorithm, KeyPurpose, KeyRecord, KeyVersionState, Store } from "../store/index.js";
 import type { EncryptionContext } from "./context.js";
 
 /** Where crypto operations are audited. The real `AuditLog` satisfies it; it throws `audit_unavailable`. */
@@ -20,23 +20,8 @@ export interface KmsDeps {
   readonly minDestructionWaitSeconds?: number;
 }
 
-/** Key metadata as callers see it: never material. */
-export interface KeyInfo {
-  readonly id: string;
-  readonly name: string;
-  readonly purpose: KeyPurpose;
-  readonly algorithm: KeyAlgorithm;
-  readonly state: KeyState;
-  readonly description: string;
-  readonly createdAt: string;
-  readonly updatedAt: string;
-  readonly revision: number;
-  readonly latestVersion: number;
-  readonly minDecryptionVersion: number;
-  readonly rotationPeriodSeconds: number | null;
-  readonly nextRotationAt: string | null;
-  readonly destroyAt: string | null;
-}
+/** Key metadata as callers see it: the stored key record, which holds no material (its versions do). */
+export type KeyInfo = KeyRecord;
 
 /** One version's metadata; signing versions carry their public key. */
 export interface KeyVersionInfo {
