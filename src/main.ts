@@ -194,10 +194,12 @@ export async function initialize(config: CustosConfig, options: { adminName: str
       writeFileAtomic(caCertFile, await requireSetting(store, S.tlsCaCert), 0o644);
       return { created: false, adminTokenFile, caCertFile };
     }
-    // A root key left by an init that died before its store write is reused, not duplicated.
+    // HSM keys left by an init that died before its store write are reused, not duplicated.
     const root = (await keystore.findRootKey()) ?? (await keystore.createRootKey());
     const { hmacKey, checkpointKey } = await AuditLog.provisionKeys(keystore);
-    const ca = await keystore.generateKeyPair("ecdsa-p256", TLS_CA_KEY_LABEL);
+    const ca =
+      (await keystore.findKeyPair(TLS_CA_KEY_LABEL)) ??
+      (await keystore.generateKeyPair("ecdsa-p256", TLS_CA_KEY_LABEL));
     const caPem = await createTlsCaCertificate(keystore, ca.ref, ca.publicKey);
     const { policies, admin, adminToken, token } = await buildInitialAdmin({ name: options.adminName });
     try {

@@ -69,12 +69,15 @@ export class AuditLog {
   }
 
   /**
-   * Creates the audit keys in the HSM: the HMAC key (reused if present) and a new
-   * ECDSA P-256 checkpoint key pair. `init` calls it once and records both refs.
+   * The audit keys in the HSM: the HMAC key and the ECDSA P-256 checkpoint key pair,
+   * each reused if the token has one (an `init` that died before its store write
+   * leaves them behind). `init` calls it once and records both refs.
    */
   static async provisionKeys(keystore: Keystore): Promise<{ hmacKey: HsmKeyRef; checkpointKey: HsmKeyRef }> {
     const hmacKey = await keystore.ensureHmacKey(AUDIT_HMAC_KEY_LABEL);
-    const pair = await keystore.generateKeyPair("ecdsa-p256", AUDIT_CHECKPOINT_KEY_LABEL);
+    const pair =
+      (await keystore.findKeyPair(AUDIT_CHECKPOINT_KEY_LABEL)) ??
+      (await keystore.generateKeyPair("ecdsa-p256", AUDIT_CHECKPOINT_KEY_LABEL));
     return { hmacKey, checkpointKey: pair.ref };
   }
 

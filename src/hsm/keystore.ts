@@ -85,6 +85,11 @@ export interface Keystore {
 
   /** Generates a non-extractable key pair stored on the token under `label`. */
   generateKeyPair(algorithm: SigningAlgorithm, label: string): Promise<GeneratedKeyPair>;
+  /**
+   * A stored pair under `label` (the first found, when there are several), or
+   * undefined. Lets one-time set-up that died half-way reuse what it made.
+   */
+  findKeyPair(label: string): Promise<GeneratedKeyPair | undefined>;
   /** Signs `data` (the keystore hashes it where the scheme needs a digest). */
   sign(ref: HsmKeyRef, scheme: SignatureScheme, data: Uint8Array): Promise<Buffer>;
   /** The public key of a stored pair, SPKI DER. `not_found` if absent. */

@@ -84,6 +84,10 @@ describe("AuditLog", () => {
     await f.close();
   });
 
+  test("provisionKeys reuses the keys an earlier run left on the token", async () => {
+    assert.deepEqual(await AuditLog.provisionKeys(keystore), keys);
+  });
+
   test("record appends durably and list reads back", async () => {
     const f = await fixture(3);
     const listed = await f.audit.list({});

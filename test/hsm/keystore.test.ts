@@ -276,6 +276,16 @@ describe("Pkcs11Keystore against SoftHSM", () => {
     await assert.rejects(ks.publicKey({ label: "doomed", id: "zz" }), rejectsWith("invalid_request"));
   });
 
+  test("findKeyPair finds a stored pair by label, public key included, and nothing under an unused label", async () => {
+    assert.equal(await ks.findKeyPair("kept-pair"), undefined);
+    const made = await ks.generateKeyPair("ecdsa-p256", "kept-pair");
+    const found = await ks.findKeyPair("kept-pair");
+    assert.deepEqual(found?.ref, made.ref);
+    assert.ok(found?.publicKey.equals(made.publicKey));
+    await ks.destroyKeyPair(made.ref);
+    assert.equal(await ks.findKeyPair("kept-pair"), undefined);
+  });
+
   test("HMAC: ensure is idempotent, MACs are deterministic and keyed", async () => {
     const a = await ks.ensureHmacKey("audit-hmac");
     const [a2, a3] = await Promise.all([ks.ensureHmacKey("audit-hmac"), ks.ensureHmacKey("audit-hmac")]);

@@ -308,6 +308,23 @@ export class Pkcs11Keystore implements Keystore {
     return { ref, publicKey: await this.publicKey(ref) };
   }
 
+  async findKeyPair(label: string): Promise<GeneratedKeyPair | undefined> {
+    checkLabel(label);
+    const template = [
+      { type: pk.CKA_CLASS, value: pk.CKO_PRIVATE_KEY },
+      { type: pk.CKA_LABEL, value: label },
+    ];
+    const id = await this.#c.run("findKeyPair", async (ctx) => {
+      const handle = findOne(ctx, template);
+      if (handle) return attribute(ctx, handle, pk.CKA_ID).toString("hex");
+      this.#c.assertAlive(ctx);
+      return undefined;
+    });
+    if (id === undefined) return undefined;
+    const ref: HsmKeyRef = { label, id };
+    return { ref, publicKey: await this.publicKey(ref) };
+  }
+
   async sign(ref: HsmKeyRef, scheme: SignatureScheme, data: Uint8Array): Promise<Buffer> {
     const input = bytes(data, "data");
     if (input.length > MAX_SIGN_INPUT) throw new CustosError("payload_too_large", "data to sign is too large");
