@@ -356,7 +356,14 @@ describe("custos commands against a real TLS server", () => {
 
     server.reply = () => ({ body: { ok: true, records: 10, checkpoints: 1, problems: [] } });
     const ok = await cli(["audit", "verify"]);
-    assert.deepEqual([ok.code, ok.out], [EXIT_OK, "ok: 10 records, 1 checkpoints verified\n"]);
+    assert.deepEqual([ok.code, ok.out], [EXIT_OK, "ok: 10 records, 1 checkpoint verified\n"]);
+
+    server.reply = () => ({ body: { ok: true, records: 12, checkpoints: 1, unsignedTail: 2, problems: [] } });
+    const tail = await cli(["audit", "verify"]);
+    assert.equal(
+      tail.out,
+      "ok: 12 records, 1 checkpoint verified\nnote: the newest 2 records not yet covered by a signed checkpoint\n",
+    );
 
     server.reply = () => ({
       body: {

@@ -20,14 +20,18 @@ interface VerifyAnswer {
 /** The human report of an audit verification: one line per problem, then a summary. */
 export function renderVerification(a: VerifyAnswer): string {
   const lines = (a.problems ?? []).map((p) => `record ${p.seq}: ${printable(p.kind)}: ${printable(p.message)}`);
-  const summary = `${a.records} records, ${a.checkpoints} checkpoints`;
+  const summary = `${count(a.records, "record")}, ${count(a.checkpoints, "checkpoint")}`;
   lines.push(
     a.ok && lines.length === 0 ? `ok: ${summary} verified` : `FAILED: ${lines.length} problem(s) in ${summary}`,
   );
   if (a.unsignedTail) {
-    lines.push(`note: the newest ${a.unsignedTail} record(s) are chained but not yet covered by a signed checkpoint`);
+    lines.push(`note: the newest ${count(a.unsignedTail, "record")} not yet covered by a signed checkpoint`);
   }
   return `${lines.join("\n")}\n`;
+}
+
+function count(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
 }
 
 /** Registers `audit` and `status`. */
