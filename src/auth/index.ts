@@ -8,18 +8,18 @@ export { globMatch } from "./glob.js";
 export { MIN_PASSWORD_LENGTH } from "./password.js";
 export { ADMIN_POLICY, builtinAdminPolicy, type PolicyInput, PolicySet, validatePolicy } from "./policy.js";
 export type { Principal } from "./principal.js";
-export {
-  AuthService,
-  type AuthServiceOptions,
-  type CreateGroupInput,
-  type CreateTokenInput,
-  type CreateUserInput,
-  type GrantSudoInput,
-  type LoginResult,
-  type PasswordInput,
-  type PutPolicyInput,
-  type UpdateGroupInput,
-  type UpdateUserInput,
-} from "./service.js";
+export { AuthService } from "./service.js";
 export { hashToken, parseTokenId } from "./token.js";
+export type {
+  AuthServiceOptions,
+  CreateGroupInput,
+  CreateTokenInput,
+  CreateUserInput,
+  GrantSudoInput,
+  LoginResult,
+  PasswordInput,
+  PutPolicyInput,
+  UpdateGroupInput,
+  UpdateUserInput,
+} from "./types.js";
 export { type GroupInfo, groupInfo, type TokenInfo, tokenInfo, type UserInfo, userInfo } from "./views.js";

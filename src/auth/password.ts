@@ -1,6 +1,7 @@
 import argon2 from "argon2";
 import { CustosError } from "../errors/index.js";
-import type { Secret } from "../secret/index.js";
+import { Secret } from "../secret/index.js";
+import type { PasswordInput } from "./types.js";
 
 /** Shortest password accepted, in characters. */
 export const MIN_PASSWORD_LENGTH = 12;
@@ -59,5 +60,17 @@ export async function verifyPassword(encoded: string | null, password: Secret): 
     return false;
   } finally {
     copy.fill(0);
+  }
+}
+
+/** Runs `fn` with the password as a Secret, zeroing it afterwards if this call made it. */
+export async function withPassword<T>(password: PasswordInput, fn: (secret: Secret) => Promise<T>): Promise<T> {
+  if (password instanceof Secret) return fn(password);
+  if (typeof password !== "string") throw new CustosError("invalid_request", "password must be a string");
+  const secret = Secret.fromString(password);
+  try {
+    return await fn(secret);
+  } finally {
+    secret.destroy();
   }
 }

@@ -1,0 +1,110 @@
+import type { TokenRecord, UserRecord } from "../store/index.js";
+import type { AuthContext } from "./internal.js";
+import { ADMIN_POLICY } from "./policy.js";
+import type { Principal } from "./principal.js";
+
+/**
+ * Principal resolution: which policies a user or token holds, and for how long
+ * (sudo-derived ones only while their grant lasts).
+ */
+
+/**
+ * A user's policies: own and groups' (`base`), plus those of active sudo grants
+ * on the user or its groups (`sudo`, with each policy's latest end).
+ */
+export async function userPolicies(
+  ctx: AuthContext,
+  user: UserRecord,
+  nowMs: number,
+): Promise<{ base: Set<string>; sudo: Map<string, number> }> {
+  const groups = await ctx.store.groupsOfUser(user.id);
+  const base = new Set(user.policies);
+  for (const g of groups) for (const p of g.policies) base.add(p);
+  const groupIds = new Set(groups.map((g) => g.id));
+  const sudo = new Map<string, number>();
+  for (const grant of await ctx.store.listSudoGrants(new Date(nowMs).toISOString())) {
+    const applies =
+      (grant.subjectType === "user" && grant.subjectId === user.id) ||
+      (grant.subjectType === "group" && groupIds.has(grant.subjectId));
+    const untilMs = Date.parse(grant.expiresAt);
+    if (!applies || grant.revokedAt !== null || !(untilMs > nowMs)) continue;
+    for (const p of grant.policies) sudo.set(p, Math.max(sudo.get(p) ?? 0, untilMs));
+  }
+  return { base, sudo };
+}
+
+/**
+ * Builds the principal of a live token, or undefined when the token is revoked,
+ * expired or its user gone or disabled. `untilMs` is how long the result may be
+ * cached: never past the token's expiry or the first sudo grant change.
+ */
+export async function resolveToken(
+  ctx: AuthContext,
+  token: TokenRecord,
+  nowMs: number,
+): Promise<{ principal: Principal; untilMs: number } | undefined> {
+  if (token.revokedAt !== null) return undefined;
+  let untilMs = Number.POSITIVE_INFINITY;
+  if (token.expiresAt !== null) {
+    untilMs = Date.parse(token.expiresAt);
+    if (!(untilMs > nowMs)) return undefined;
+  }
+  let user: UserRecord | undefined;
+  let base: Set<string>;
+  let sudo = new Map<string, number>();
+  if (token.userId !== null) {
+    user = await ctx.store.getUser(token.userId);
+    if (!user || user.disabled) return undefined;
+    ({ base, sudo } = await userPolicies(ctx, user, nowMs));
+    if (token.policies !== null) {
+      // A scoped token holds what its scope names and its user still holds. An
+      // admin holds every policy, so an admin's scoped token is exactly its scope
+      // (for as long as the admin right lasts, when that comes from sudo).
+      const adminBase = base.has(ADMIN_POLICY);
+      const adminSudoEnd = sudo.get(ADMIN_POLICY);
+      const scopedBase = new Set(token.policies.filter((p) => adminBase || base.has(p)));
+      const scopedSudo = new Map<string, number>();
+      for (const p of token.policies) {
+        const end = sudo.get(p) ?? adminSudoEnd;
+        if (!scopedBase.has(p) && end !== undefined) scopedSudo.set(p, end);
+      }
+      base = scopedBase;
+      sudo = scopedSudo;
+    }
+  } else {
+    base = new Set(token.policies ?? []);
+  }
+  for (const p of base) sudo.delete(p);
+
+  const policies = [...new Set([...base, ...sudo.keys()])].sort();
+  let sudoUntilMs: number | null = null;
+  for (const end of sudo.values()) {
+    untilMs = Math.min(untilMs, end);
+    sudoUntilMs = Math.max(sudoUntilMs ?? 0, end);
+  }
+  const sessionUser = token.kind === "session" ? user : undefined;
+  const principal: Principal = {
+    kind: sessionUser ? "user" : "token",
+    id: sessionUser ? sessionUser.id : token.id,
+    name: sessionUser ? sessionUser.name : token.name,
+    userId: token.userId,
+    tokenId: token.id,
+    policies,
+    isAdmin: policies.includes(ADMIN_POLICY),
+    sudoUntil: sudoUntilMs === null ? null : new Date(sudoUntilMs).toISOString(),
+    display: sessionUser ? `user:${sessionUser.name}` : `token:${token.id}`,
+  };
+  ctx.resolutions.set(principal, { base, sudo, tokenScope: token.policies });
+  return { principal, untilMs };
+}
+
+/** Policies in force for `principal` now: sudo-derived ones drop out when their grant ends. */
+export function effectivePolicies(ctx: AuthContext, principal: Principal): string[] {
+  const resolution = ctx.resolutions.get(principal);
+  if (!resolution) return [...principal.policies];
+  const nowMs = ctx.clock().getTime();
+  const out = [...resolution.base];
+  for (const [policy, untilMs] of resolution.sudo)
+    if (untilMs > nowMs && !resolution.base.has(policy)) out.push(policy);
+  return out;
+}
