@@ -42,6 +42,9 @@ function post(port: number, ca: string, token: string, path: string, body: unkno
         path,
         method: "POST",
         ca,
+        // A fresh connection each time: a pooled one left idle through the long wrk runs
+        // can be closed under us (the setup calls are few; batch calls are ~100 ms each).
+        agent: false,
         headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
       },
       (res) => {
