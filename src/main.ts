@@ -9,7 +9,7 @@ import { AuditLog, auditEntry, systemActor } from "./audit/index.js";
 import { AuthService, buildInitialAdmin } from "./auth/index.js";
 import type { CustosConfig } from "./config/index.js";
 import { CustosError } from "./errors/index.js";
-import type { HsmKeyRef, Keystore } from "./hsm/index.js";
+import { ensureKeyPair, type HsmKeyRef, type Keystore } from "./hsm/index.js";
 import { Pkcs11Keystore } from "./hsm/pkcs11/index.js";
 import { KmsService } from "./kms/index.js";
 import { createLogger, type Logger } from "./log/index.js";
@@ -197,9 +197,7 @@ export async function initialize(config: CustosConfig, options: { adminName: str
     // HSM keys left by an init that died before its store write are reused, not duplicated.
     const root = (await keystore.findRootKey()) ?? (await keystore.createRootKey());
     const { hmacKey, checkpointKey } = await AuditLog.provisionKeys(keystore);
-    const ca =
-      (await keystore.findKeyPair(TLS_CA_KEY_LABEL)) ??
-      (await keystore.generateKeyPair("ecdsa-p256", TLS_CA_KEY_LABEL));
+    const ca = await ensureKeyPair(keystore, "ecdsa-p256", TLS_CA_KEY_LABEL);
     const caPem = await createTlsCaCertificate(keystore, ca.ref, ca.publicKey);
     const { policies, admin, adminToken, token } = await buildInitialAdmin({ name: options.adminName });
     try {

@@ -1,5 +1,5 @@
 import { CustosError } from "../errors/index.js";
-import type { HsmKeyRef, Keystore } from "../hsm/index.js";
+import { ensureKeyPair, type HsmKeyRef, type Keystore } from "../hsm/index.js";
 import type { Logger } from "../log/index.js";
 import {
   type AuditCheckpoint,
@@ -75,9 +75,7 @@ export class AuditLog {
    */
   static async provisionKeys(keystore: Keystore): Promise<{ hmacKey: HsmKeyRef; checkpointKey: HsmKeyRef }> {
     const hmacKey = await keystore.ensureHmacKey(AUDIT_HMAC_KEY_LABEL);
-    const pair =
-      (await keystore.findKeyPair(AUDIT_CHECKPOINT_KEY_LABEL)) ??
-      (await keystore.generateKeyPair("ecdsa-p256", AUDIT_CHECKPOINT_KEY_LABEL));
+    const pair = await ensureKeyPair(keystore, "ecdsa-p256", AUDIT_CHECKPOINT_KEY_LABEL);
     return { hmacKey, checkpointKey: pair.ref };
   }
 

@@ -53,10 +53,10 @@ export async function assertMayGrant(ctx: AuthContext, actor: Actor, policies: r
 
 /** Non-admin user/token actors may only manage users whose own and group policies they hold. */
 export async function assertMayManageUser(ctx: AuthContext, actor: Actor, user: UserRecord): Promise<void> {
-  const held = new Set(user.policies);
-  for (const g of await ctx.store.groupsOfUser(user.id)) for (const p of g.policies) held.add(p);
   const rights = await callerRights(ctx, actor);
   if (!rights || rights.isAdmin) return;
+  const held = new Set(user.policies);
+  for (const g of await ctx.store.groupsOfUser(user.id)) for (const p of g.policies) held.add(p);
   const missing = [...held].find((p) => !rights.policies.has(p));
   if (missing !== undefined) {
     throw new CustosError("forbidden", `cannot manage user ${user.name}: it holds policy "${missing}", you don't`);

@@ -85,10 +85,7 @@ export interface Keystore {
 
   /** Generates a non-extractable key pair stored on the token under `label`. */
   generateKeyPair(algorithm: SigningAlgorithm, label: string): Promise<GeneratedKeyPair>;
-  /**
-   * A stored pair under `label` (the first found, when there are several), or
-   * undefined. Lets one-time set-up that died half-way reuse what it made.
-   */
+  /** A stored pair under `label` (the first found, when there are several), or undefined. */
   findKeyPair(label: string): Promise<GeneratedKeyPair | undefined>;
   /** Signs `data` (the keystore hashes it where the scheme needs a digest). */
   sign(ref: HsmKeyRef, scheme: SignatureScheme, data: Uint8Array): Promise<Buffer>;
@@ -110,4 +107,16 @@ export interface Keystore {
   random(length: number): Promise<Buffer>;
   /** Closes every session and releases the module. */
   close(): Promise<void>;
+}
+
+/**
+ * The pair under `label`, generated only if the token has none: one-time set-up
+ * that died half-way and is run again reuses what it made instead of orphaning it.
+ */
+export async function ensureKeyPair(
+  keystore: Keystore,
+  algorithm: SigningAlgorithm,
+  label: string,
+): Promise<GeneratedKeyPair> {
+  return (await keystore.findKeyPair(label)) ?? (await keystore.generateKeyPair(algorithm, label));
 }
