@@ -1,7 +1,7 @@
 import type { Actor } from "../audit/index.js";
+import { validateContext } from "../context/index.js";
 import { CustosError, type ErrorCode, isCustosError } from "../errors/index.js";
 import { Secret } from "../secret/index.js";
-import { validateContext } from "./context.js";
 import { open, preloadedView, reseal, seal, sealInput } from "./crypto.js";
 import { type KmsContext, loadKey, recordOp } from "./internal.js";
 import { assertUsable } from "./state.js";

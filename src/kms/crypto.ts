@@ -1,6 +1,6 @@
+import { type EncryptionContext, validateContext } from "../context/index.js";
 import { CustosError, decryptionFailed } from "../errors/index.js";
 import type { KeyRecord, KeyVersionRecord } from "../store/index.js";
-import { type EncryptionContext, validateContext } from "./context.js";
 import { ALG_AES_256_GCM, additionalDataFrom, boundHeader, encodeCiphertextFrom, parseCiphertext } from "./format.js";
 import type { KmsContext } from "./internal.js";
 import type { DecryptResult, EncryptResult } from "./types.js";

@@ -1,5 +1,5 @@
+import { canonicalContext, type EncryptionContext } from "../context/index.js";
 import { decryptionFailed } from "../errors/index.js";
-import { canonicalContext, type EncryptionContext } from "./context.js";
 
 /**
  * The KMS ciphertext format (see docs/ciphertext-format.md):

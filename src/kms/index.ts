@@ -3,8 +3,8 @@
  * and the operations on them (encrypt, decrypt, rewrap, data keys, sign, verify).
  */
 
-export type { EncryptionContext } from "./context.js";
-export { canonicalContext, MAX_CONTEXT_CHARS, MAX_CONTEXT_ENTRIES, validateContext } from "./context.js";
+export type { EncryptionContext } from "../context/index.js";
+export { canonicalContext, MAX_CONTEXT_CHARS, MAX_CONTEXT_ENTRIES, validateContext } from "../context/index.js";
 export {
   additionalData,
   CIPHERTEXT_PREFIX,

@@ -1,7 +1,7 @@
 import type { Actor } from "../audit/index.js";
 import { auditEntry } from "../audit/index.js";
+import { validateContext } from "../context/index.js";
 import { Secret } from "../secret/index.js";
-import { validateContext } from "./context.js";
 import { encryptionVersion, lazyView, open, reseal, seal } from "./crypto.js";
 import { type KmsContext, loadKey, recordOp } from "./internal.js";
 import { assertUsable } from "./state.js";

@@ -1,8 +1,8 @@
+import type { EncryptionContext } from "../context/index.js";
 import type { ErrorCode } from "../errors/index.js";
 import type { Keystore, SignatureScheme } from "../hsm/index.js";
 import type { Secret } from "../secret/index.js";
 import type { AuditEntry, KeyAlgorithm, KeyPurpose, KeyRecord, KeyVersionState, Store } from "../store/index.js";
-import type { EncryptionContext } from "./context.js";
 
 /** Where crypto operations are audited. The real `AuditLog` satisfies it; it throws `audit_unavailable`. */
 export interface AuditSink {

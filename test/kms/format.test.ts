@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { createCipheriv, createDecipheriv, randomBytes, randomUUID } from "node:crypto";
 import { describe, test } from "node:test";
+import { canonicalContext, validateContext } from "../../src/context/index.js";
 import { isCustosError } from "../../src/errors/index.js";
-import { canonicalContext, validateContext } from "../../src/kms/context.js";
 import {
   ALG_AES_256_GCM,
   additionalData,

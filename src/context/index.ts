@@ -1,3 +1,8 @@
+/**
+ * The encryption context: a caller's string map bound into the AAD of KMS ciphertexts
+ * and stored in envelope headers. One validation and one canonical byte encoding,
+ * shared by the KMS and the envelope library.
+ */
 import { CustosError } from "../errors/index.js";
 
 /** Caller-supplied encryption context: bound into the AAD, never stored, logged in clear in audit. */
@@ -20,6 +25,11 @@ function checkText(what: string, text: unknown): asserts text is string {
   if (LONE_SURROGATE.test(text)) throw new CustosError("invalid_request", `context ${what} is not valid Unicode`);
 }
 
+/** Sets an own entry, so that a key named `__proto__` is an entry like any other (assignment would set the prototype). */
+function setEntry(context: Record<string, string>, key: string, value: string): void {
+  Object.defineProperty(context, key, { value, enumerable: true, writable: true, configurable: true });
+}
+
 /**
  * Checks a context from a caller and returns it as a plain object (`{}` when absent).
  * Throws `invalid_request` naming what is wrong; messages never echo values.
@@ -37,7 +47,7 @@ export function validateContext(context: unknown): EncryptionContext {
   for (const [key, value] of entries) {
     checkText("key", key);
     checkText("value", value);
-    out[key] = value;
+    setEntry(out, key, value);
   }
   return out;
 }
@@ -69,4 +79,60 @@ export function canonicalContext(context: EncryptionContext, prefix?: Uint8Array
     at += v.copy(out, at);
   }
   return out;
+}
+
+/**
+ * Why `parseCanonicalContext` refused its input. `needed` is set when the input is a
+ * valid beginning that ends too early: the total length needed to go on.
+ */
+export class NonCanonicalContext extends Error {
+  constructor(
+    message: string,
+    readonly needed?: number,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Reads a canonical context from `bytes` at `offset` and returns it with the offset
+ * just past it. Refuses anything `canonicalContext` would not have written (unsorted
+ * or repeated keys, limits broken, malformed UTF-8), so each context has one spelling.
+ */
+export function parseCanonicalContext(bytes: Buffer, offset: number): { context: EncryptionContext; end: number } {
+  let at = offset;
+  const need = (n: number) => {
+    if (at + n > bytes.length) throw new NonCanonicalContext("context runs past the end", at + n);
+  };
+  need(4);
+  const count = bytes.readUInt32BE(at);
+  at += 4;
+  if (count > MAX_CONTEXT_ENTRIES) throw new NonCanonicalContext("too many context entries");
+  const text = (): { raw: Buffer; value: string } => {
+    need(4);
+    const length = bytes.readUInt32BE(at);
+    at += 4;
+    // Four UTF-8 bytes per character at most; checked before slicing so a huge length can't allocate.
+    if (length < 1 || length > 4 * MAX_CONTEXT_CHARS) throw new NonCanonicalContext("context text length out of range");
+    need(length);
+    const raw = bytes.subarray(at, at + length);
+    at += length;
+    const value = raw.toString("utf8");
+    // A round trip that changes the bytes means malformed UTF-8 (decoded as U+FFFD).
+    if (value.length > MAX_CONTEXT_CHARS || !raw.equals(Buffer.from(value, "utf8"))) {
+      throw new NonCanonicalContext("context text is not canonical UTF-8");
+    }
+    return { raw, value };
+  };
+  const context: Record<string, string> = {};
+  let previous: Buffer | undefined;
+  for (let i = 0; i < count; i++) {
+    const key = text();
+    if (previous !== undefined && Buffer.compare(previous, key.raw) >= 0) {
+      throw new NonCanonicalContext("context keys are not strictly ascending");
+    }
+    previous = key.raw;
+    setEntry(context, key.value, text().value);
+  }
+  return { context, end: at };
 }
