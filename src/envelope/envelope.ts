@@ -1,0 +1,214 @@
+/**
+ * The envelope library's front door: encrypt and decrypt buffers and streams, read
+ * byte ranges, with data keys from the KMS through the data-key cache.
+ */
+import { randomBytes } from "node:crypto";
+import type { Transform } from "node:stream";
+import { canonicalContext, type EncryptionContext, validateContext } from "../context/index.js";
+import { CustosError } from "../errors/index.js";
+import { CachedKeys, type CacheLimits, DEFAULT_CACHE_LIMITS, DirectKeys, type KeySource } from "./cache.js";
+import { ChunkOpener, ChunkSealer } from "./chunks.js";
+import { decryptionFailed } from "./errors.js";
+import {
+  checkKeyName,
+  DEFAULT_CHUNK_SIZE,
+  deriveKeys,
+  encodeHeader,
+  type Header,
+  MAX_CHUNK_SIZE,
+  MESSAGE_ID_BYTES,
+  MIN_CHUNK_SIZE,
+  NONCE_PREFIX_BYTES,
+  parseHeader,
+  TAG_BYTES,
+  verifyHeader,
+} from "./format.js";
+import type { EnvelopeKms } from "./kms.js";
+import { type RangeSource, readHeader, readRange } from "./range.js";
+import { DecryptStream, EncryptStream } from "./streams.js";
+
+export interface EnvelopeOptions {
+  readonly kms: EnvelopeKms;
+  /** Data-key cache limits (defaults in `DEFAULT_CACHE_LIMITS`), or `false` for one KMS call per message. */
+  readonly cache?: Partial<CacheLimits> | false;
+  /** Plaintext bytes per chunk, 1 B to 16 MiB; 64 KiB by default. */
+  readonly chunkSize?: number;
+}
+
+export interface EncryptOptions {
+  /** The KMS key that wraps the data key. */
+  readonly key: string;
+  /** Bound to the message and stored in its header, in clear. */
+  readonly context?: EncryptionContext;
+}
+
+export interface DecryptOptions {
+  /** The context the message must carry; a different one is `decryption_failed`. */
+  readonly context?: EncryptionContext;
+}
+
+/** A message in progress: its header, and the sealer for its chunks. */
+export interface Sealing {
+  readonly header: Buffer;
+  readonly sealer: ChunkSealer;
+  readonly chunkSize: number;
+  addBytes(bytes: number): void;
+}
+
+/** An authenticated header and the opener for its chunks. */
+export interface Opening {
+  readonly header: Header;
+  readonly opener: ChunkOpener;
+}
+
+export class Envelope {
+  readonly #keys: KeySource;
+  readonly #chunkSize: number;
+
+  constructor(options: EnvelopeOptions) {
+    const cache = options.cache ?? {};
+    this.#keys =
+      cache === false
+        ? new DirectKeys(options.kms)
+        : new CachedKeys(options.kms, checkLimits({ ...DEFAULT_CACHE_LIMITS, ...cache }));
+    this.#chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    if (!Number.isInteger(this.#chunkSize) || this.#chunkSize < MIN_CHUNK_SIZE || this.#chunkSize > MAX_CHUNK_SIZE) {
+      throw new CustosError(
+        "invalid_request",
+        `chunkSize must be an integer from ${MIN_CHUNK_SIZE} to ${MAX_CHUNK_SIZE}`,
+      );
+    }
+  }
+
+  /** Data-key requests this envelope has made to the KMS. */
+  get kmsCalls(): number {
+    return this.#keys.kmsCalls;
+  }
+
+  /** Encrypts a whole buffer into one message. */
+  async encrypt(plaintext: Uint8Array, options: EncryptOptions): Promise<Buffer> {
+    const sealing = await this.beginSealing(options);
+    const size = this.#chunkSize;
+    const data = Buffer.from(plaintext.buffer, plaintext.byteOffset, plaintext.byteLength);
+    const out: Buffer[] = [sealing.header];
+    const chunks = Math.max(1, Math.ceil(data.length / size));
+    for (let i = 0; i < chunks; i++) {
+      sealing.sealer.seal(i, [data.subarray(i * size, (i + 1) * size)], i === chunks - 1, out);
+    }
+    sealing.addBytes(data.length);
+    return Buffer.concat(out);
+  }
+
+  /** Decrypts a whole message; any damage is `decryption_failed` and returns nothing. */
+  async decrypt(message: Uint8Array, options: DecryptOptions = {}): Promise<Buffer> {
+    const bytes = Buffer.from(message.buffer, message.byteOffset, message.byteLength);
+    let header: Header;
+    try {
+      header = parseHeader(bytes);
+    } catch {
+      throw decryptionFailed();
+    }
+    const { opener } = await this.beginOpening(header, options);
+    const source: RangeSource = { size: bytes.length, read: async (at, n) => bytes.subarray(at, at + n) };
+    return readRange(source, { header, opener }, 0, Number.MAX_SAFE_INTEGER);
+  }
+
+  /** A Transform from plaintext to one message. Back-pressure flows through it. */
+  encryptStream(options: EncryptOptions): Transform {
+    return new EncryptStream(() => this.beginSealing(options));
+  }
+
+  /** A Transform from a message to its plaintext, released chunk by chunk as each tag verifies. */
+  decryptStream(options: DecryptOptions = {}): Transform {
+    return new DecryptStream((header) => this.beginOpening(header, options));
+  }
+
+  /**
+   * Plaintext bytes [start, end) of the message in `source`, decrypting only the chunks
+   * that hold them. `end` past the plaintext is clamped; `start` past it is an error.
+   */
+  async readRange(source: RangeSource, start: number, end: number, options: DecryptOptions = {}): Promise<Buffer> {
+    const header = await readHeader(source);
+    const opening = await this.beginOpening(header, options);
+    return readRange(source, opening, start, end);
+  }
+
+  /** Zeroes every cached data key. The envelope stays usable (the cache refills). */
+  close(): void {
+    this.#keys.clear();
+  }
+
+  /** Fetches (or reuses) a data key and derives this message's keys from it. */
+  async beginSealing(options: EncryptOptions): Promise<Sealing> {
+    const keyName = options.key;
+    if (typeof keyName !== "string" || !checkKeyName(keyName)) {
+      throw new CustosError("invalid_request", "key must be a KMS key name: 1..128 of [a-zA-Z0-9._-]");
+    }
+    const context = validateContext(options.context);
+    const messageId = randomBytes(MESSAGE_ID_BYTES);
+    const noncePrefix = randomBytes(NONCE_PREFIX_BYTES);
+    const derived = await this.#keys.forEncryption(keyName, context, (dataKey) => deriveKeys(dataKey, messageId));
+    const keys = derived.value;
+    try {
+      const header = encodeHeader(
+        {
+          keyName,
+          context,
+          chunkSize: this.#chunkSize,
+          noncePrefix,
+          messageId,
+          keyVersion: derived.version,
+          wrappedKey: derived.wrapped,
+        },
+        keys,
+      );
+      return {
+        header,
+        sealer: new ChunkSealer(keys.contentKey, noncePrefix),
+        chunkSize: this.#chunkSize,
+        addBytes: derived.addBytes,
+      };
+    } finally {
+      keys.destroy();
+    }
+  }
+
+  /** Checks the expected context, unwraps the data key and authenticates the header. */
+  async beginOpening(header: Header, options: DecryptOptions): Promise<Opening> {
+    const expected = validateContext(options.context);
+    if (!canonicalContext(expected).equals(canonicalContext(header.context))) throw decryptionFailed();
+    let unwrapped: { value: ReturnType<typeof deriveKeys>; version: number };
+    try {
+      unwrapped = await this.#keys.forDecryption(header.keyName, header.wrappedKey, header.context, (dataKey) =>
+        deriveKeys(dataKey, header.messageId),
+      );
+    } catch (e) {
+      const code = (e as { code?: unknown } | null)?.code;
+      // A key name that names nothing is damage too: the name is only authenticated by the MAC checked below.
+      if (code === "decryption_failed" || code === "not_found") throw decryptionFailed();
+      throw e;
+    }
+    const keys = unwrapped.value;
+    try {
+      if (unwrapped.version !== header.keyVersion) throw decryptionFailed();
+      verifyHeader(header, keys);
+      return { header, opener: new ChunkOpener(keys.contentKey, header.noncePrefix) };
+    } finally {
+      keys.destroy();
+    }
+  }
+}
+
+function checkLimits(limits: CacheLimits): CacheLimits {
+  for (const [name, value] of Object.entries(limits)) {
+    if (typeof value !== "number" || !(value > 0)) {
+      throw new CustosError("invalid_request", `cache limit ${name} must be a positive number`);
+    }
+  }
+  return limits;
+}
+
+/** Bytes a message of `plaintextLength` takes after its header. */
+export function bodyLength(plaintextLength: number, chunkSize: number): number {
+  return plaintextLength + Math.max(1, Math.ceil(plaintextLength / chunkSize)) * TAG_BYTES;
+}

@@ -1,0 +1,97 @@
+/**
+ * Random access into a message: its header, and byte ranges of its plaintext that
+ * decrypt only the chunks holding them (storage layers serve ranges).
+ */
+import { open } from "node:fs/promises";
+import { CustosError } from "../errors/index.js";
+import type { Opening } from "./envelope.js";
+import { decryptionFailed } from "./errors.js";
+import { chunkLayout, type Header, IncompleteHeader, parseHeader, TAG_BYTES } from "./format.js";
+
+/** Something of known size that reads bytes at an offset: a file, an object store, a buffer. */
+export interface RangeSource {
+  readonly size: number;
+  /** Returns `length` bytes at `position` (fewer only at the end). */
+  read(position: number, length: number): Promise<Buffer>;
+}
+
+/** Most headers are a few hundred bytes; a long context makes them longer. */
+const FIRST_HEADER_READ = 4096;
+/** A range is read from the source in pieces of at most this many chunks. */
+const CHUNKS_PER_READ = 64;
+
+/** Reads and parses the header at the start of `source` (not yet authenticated). */
+export async function readHeader(source: RangeSource): Promise<Header> {
+  let length = Math.min(source.size, FIRST_HEADER_READ);
+  for (;;) {
+    const bytes = await source.read(0, length);
+    try {
+      return parseHeader(bytes);
+    } catch (e) {
+      if (!(e instanceof IncompleteHeader) || e.needed > source.size || bytes.length < length) throw decryptionFailed();
+      length = e.needed;
+    }
+  }
+}
+
+/** Plaintext [start, end) of an opened message; `end` is clamped to the plaintext's length. */
+export async function readRange(source: RangeSource, opening: Opening, start: number, end: number): Promise<Buffer> {
+  const { header, opener } = opening;
+  const size = header.chunkSize;
+  const stride = size + TAG_BYTES;
+  const layout = chunkLayout(source.size - header.length, size);
+  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start) {
+    throw new CustosError("invalid_request", "a range is two integers 0 <= start <= end");
+  }
+  if (start > layout.plaintextLength) {
+    throw new CustosError(
+      "invalid_request",
+      `range starts past the end of the plaintext (${layout.plaintextLength} bytes)`,
+    );
+  }
+  const stop = Math.min(end, layout.plaintextLength);
+  if (stop === start) return Buffer.alloc(0);
+  const first = Math.floor(start / size);
+  const last = Math.floor((stop - 1) / size);
+  const out: Buffer[] = [];
+  for (let from = first; from <= last; from += CHUNKS_PER_READ) {
+    const to = Math.min(last, from + CHUNKS_PER_READ - 1);
+    const position = header.length + from * stride;
+    const length = Math.min((to + 1) * stride, source.size - header.length) - from * stride;
+    const bytes = await source.read(position, length);
+    if (bytes.length !== length) throw decryptionFailed();
+    for (let i = from; i <= to; i++) {
+      const chunk = bytes.subarray((i - from) * stride, (i - from + 1) * stride);
+      const ciphertext = chunk.subarray(0, chunk.length - TAG_BYTES);
+      out.push(...opener.open(i, [ciphertext], chunk.subarray(chunk.length - TAG_BYTES), i === layout.chunks - 1));
+    }
+  }
+  const plaintext = Buffer.concat(out);
+  const offset = start - first * size;
+  return plaintext.subarray(offset, offset + (stop - start));
+}
+
+/** A file as a `RangeSource`; `close()` it when done. */
+export async function fileSource(path: string): Promise<RangeSource & { close(): Promise<void> }> {
+  const handle = await open(path, "r");
+  try {
+    const { size } = await handle.stat();
+    return {
+      size,
+      async read(position, length) {
+        const buffer = Buffer.allocUnsafe(length);
+        let done = 0;
+        while (done < length) {
+          const { bytesRead } = await handle.read(buffer, done, length - done, position + done);
+          if (bytesRead === 0) break;
+          done += bytesRead;
+        }
+        return buffer.subarray(0, done);
+      },
+      close: () => handle.close(),
+    };
+  } catch (e) {
+    await handle.close();
+    throw e;
+  }
+}

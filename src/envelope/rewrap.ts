@@ -1,0 +1,196 @@
+/**
+ * Rewrap of envelope files: each header's wrapped data key moves to the KMS key's
+ * newest version (the KMS rewraps inside the HSM, without releasing the data key),
+ * and the file is replaced by write-then-rename, so it is always either the old
+ * message or the new one. The data bytes are copied, never re-encrypted.
+ */
+import { randomBytes } from "node:crypto";
+import { constants, type Stats } from "node:fs";
+import { copyFile, open, rename, rm, stat } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import { CustosError } from "../errors/index.js";
+import { type Header, MAGIC, replaceKeySection } from "./format.js";
+import { type EnvelopeKms, isItemError } from "./kms.js";
+import { fileSource, readHeader } from "./range.js";
+
+/** What happened to one file. */
+export type RewrapOutcome =
+  | { readonly path: string; readonly status: "rewrapped"; readonly from: number; readonly to: number }
+  | { readonly path: string; readonly status: "current"; readonly version: number }
+  | { readonly path: string; readonly status: "not_envelope" }
+  | { readonly path: string; readonly status: "failed"; readonly error: { code: string; message: string } };
+
+/** Temporary files are named so that a later run recognises (and removes) what a killed one left. */
+export const TEMP_FILE = /^\.custos-rewrap-[0-9a-f]{12}\.tmp$/;
+/** Items per KMS rewrap call: the API's batch limit. */
+const BATCH = 1000;
+
+interface Candidate {
+  readonly path: string;
+  readonly header: Header;
+  readonly headerBytes: Buffer;
+  readonly before: Stats;
+}
+
+/**
+ * Rewraps the envelope files at `paths`: reads their headers, rewraps their data keys
+ * in batched KMS calls (one per key name and 1,000 files), and replaces the files whose
+ * key version moved. Files already on the newest version are left untouched. Never
+ * throws for one file's failure: each outcome says what happened.
+ */
+export async function rewrapFiles(kms: EnvelopeKms, paths: readonly string[]): Promise<RewrapOutcome[]> {
+  const outcomes = new Map<string, RewrapOutcome>();
+  const byKey = new Map<string, Candidate[]>();
+  for (const path of paths) {
+    try {
+      const candidate = await readCandidate(path);
+      if (candidate === undefined) {
+        outcomes.set(path, { path, status: "not_envelope" });
+        continue;
+      }
+      const list = byKey.get(candidate.header.keyName) ?? [];
+      list.push(candidate);
+      byKey.set(candidate.header.keyName, list);
+    } catch (e) {
+      outcomes.set(path, failed(path, e));
+    }
+  }
+  for (const [keyName, candidates] of byKey) {
+    for (let at = 0; at < candidates.length; at += BATCH) {
+      const batch = candidates.slice(at, at + BATCH);
+      let results: Awaited<ReturnType<EnvelopeKms["rewrapDataKeys"]>>;
+      try {
+        results = await kms.rewrapDataKeys(
+          keyName,
+          batch.map((c) => ({ wrapped: c.header.wrappedKey, context: c.header.context })),
+        );
+      } catch (e) {
+        for (const c of batch) outcomes.set(c.path, failed(c.path, e));
+        continue;
+      }
+      await Promise.all(
+        batch.map(async (c, i) => {
+          const result = results[i];
+          if (result === undefined || isItemError(result)) {
+            const error = result?.error ?? { code: "internal", message: "the KMS answered fewer items than asked" };
+            outcomes.set(c.path, { path: c.path, status: "failed", error });
+            return;
+          }
+          if (result.version === c.header.keyVersion) {
+            outcomes.set(c.path, { path: c.path, status: "current", version: result.version });
+            return;
+          }
+          try {
+            const headerBytes = replaceKeySection(c.header, c.headerBytes, result.version, result.wrapped);
+            await replaceHeader(c.path, c.header.length, headerBytes, c.before);
+            outcomes.set(c.path, { path: c.path, status: "rewrapped", from: c.header.keyVersion, to: result.version });
+          } catch (e) {
+            outcomes.set(c.path, failed(c.path, e));
+          }
+        }),
+      );
+    }
+  }
+  return paths.map((p) => outcomes.get(p) as RewrapOutcome);
+}
+
+/** The header of an envelope file, or undefined when the file is not one (no magic). */
+async function readCandidate(path: string): Promise<Candidate | undefined> {
+  const source = await fileSource(path);
+  try {
+    const start = await source.read(0, MAGIC.length);
+    if (!start.equals(MAGIC)) return undefined;
+    const before = await stat(path);
+    let header: Header;
+    try {
+      header = await readHeader(source);
+    } catch {
+      throw new CustosError("decryption_failed", "the envelope header is damaged");
+    }
+    return { path, header, headerBytes: await source.read(0, header.length), before };
+  } finally {
+    await source.close();
+  }
+}
+
+/**
+ * Replaces the first `oldLength` bytes of the file at `path` with `header`, atomically:
+ * a copy beside it (a reflink where the file system can, else an in-kernel copy), the
+ * new header written over the copy's, fsync, rename over the original, fsync of the
+ * directory. Refuses (`conflict`) if the file changed since `before` was taken.
+ */
+export async function replaceHeader(path: string, oldLength: number, header: Buffer, before: Stats): Promise<void> {
+  const dir = dirname(path);
+  const temp = join(dir, `.custos-rewrap-${randomBytes(6).toString("hex")}.tmp`);
+  try {
+    if (header.length === oldLength) {
+      await copyFile(path, temp, constants.COPYFILE_FICLONE);
+      await writeInto(temp, header, before);
+    } else {
+      await copyShifted(path, temp, oldLength, header, before);
+    }
+    const now = await stat(path);
+    if (now.ino !== before.ino || now.size !== before.size || now.mtimeMs !== before.mtimeMs) {
+      throw new CustosError("conflict", `${basename(path)} changed while it was being rewrapped; run again`);
+    }
+    await rename(temp, path);
+    await syncDirectory(dir);
+  } catch (e) {
+    await rm(temp, { force: true });
+    throw e;
+  }
+}
+
+async function writeInto(temp: string, header: Buffer, before: Stats): Promise<void> {
+  const handle = await open(temp, "r+");
+  try {
+    await handle.write(header, 0, header.length, 0);
+    await keepOwnership(handle, before);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** The general case, for a header whose length changed: new header, then the body streamed after it. */
+async function copyShifted(path: string, temp: string, oldLength: number, header: Buffer, before: Stats) {
+  const input = await open(path, "r");
+  const output = await open(temp, "wx", 0o600);
+  try {
+    await output.write(header, 0, header.length, 0);
+    const buffer = Buffer.allocUnsafe(1024 * 1024);
+    for (let from = oldLength, to = header.length; ; ) {
+      const { bytesRead } = await input.read(buffer, 0, buffer.length, from);
+      if (bytesRead === 0) break;
+      await output.write(buffer, 0, bytesRead, to);
+      from += bytesRead;
+      to += bytesRead;
+    }
+    await keepOwnership(output, before);
+    await output.sync();
+  } finally {
+    await input.close();
+    await output.close();
+  }
+}
+
+/** The copy gets the original's mode, and its owner when we may give it (as root). */
+async function keepOwnership(handle: import("node:fs/promises").FileHandle, before: Stats): Promise<void> {
+  await handle.chmod(before.mode & 0o7777);
+  if (process.getuid?.() === 0) await handle.chown(before.uid, before.gid);
+}
+
+async function syncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+function failed(path: string, e: unknown): RewrapOutcome {
+  const code = typeof (e as { code?: unknown })?.code === "string" ? (e as { code: string }).code : "internal";
+  const message = e instanceof Error ? e.message : String(e);
+  return { path, status: "failed", error: { code, message } };
+}
