@@ -4,7 +4,7 @@
  * (`verify` saying "invalid", `audit verify` finding problems).
  */
 import { type Command, InvalidArgumentError } from "commander";
-import { type CustosClient, clientFromEnv } from "./client.js";
+import { type CustosClient, clientFromEnv } from "../client/index.js";
 import { CliError, EXIT_OK, type ExitCode } from "./errors.js";
 import { type CliIo, writeTo } from "./io.js";
 import { renderRecord } from "./output.js";

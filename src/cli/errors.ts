@@ -1,8 +1,11 @@
 /**
  * How the CLI fails. Every failure becomes one line on stderr, `error: <code>: <message>`,
  * and an exit code a script can branch on: 1 when the caller is at fault (an API 4xx),
- * 2 when the server or the path to it is (5xx, refused, TLS), 64 for a bad invocation.
+ * 2 when the server or the path to it is (5xx, refused, TLS), 64 for a bad invocation
+ * or unusable client settings. The API client's errors carry no exit codes: they are
+ * given theirs here.
  */
+import { ClientError } from "../client/index.js";
 import { isCustosError } from "../errors/index.js";
 
 /** The exit codes `custos` uses. 64 is sysexits' EX_USAGE. */
@@ -13,31 +16,21 @@ export const EXIT_CLIENT = 1;
 export const EXIT_SERVER = 2;
 export const EXIT_USAGE = 64;
 
-/**
- * A failure with a stable `code`, shaped like `CustosError` but open to codes this
- * build doesn't know (a newer server may answer with them). `status` is the HTTP
- * status when there was an answer, 0 when there was none.
- */
+/** A failure of the CLI's own (bad arguments, unwritable output file), with its exit code. */
 export class CliError extends Error {
   readonly code: string;
   readonly exitCode: ExitCode;
-  readonly status: number;
-  readonly requestId: string | undefined;
 
   constructor(code: string, message: string, exitCode: ExitCode, options: CliErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = "CliError";
     this.code = code;
     this.exitCode = exitCode;
-    this.status = options.status ?? 0;
-    this.requestId = options.requestId;
   }
 }
 
 export interface CliErrorOptions {
   cause?: unknown;
-  status?: number;
-  requestId?: string;
 }
 
 /** A bad invocation: wrong or missing arguments, unusable environment. Exit 64. */
@@ -45,15 +38,17 @@ export function usageError(message: string, cause?: unknown): CliError {
   return new CliError("usage", message, EXIT_USAGE, cause === undefined ? {} : { cause });
 }
 
-/** An error answer from the API: exit 1 for 4xx, 2 for everything else. */
-export function apiError(status: number, code: string, message: string, requestId?: string): CliError {
-  const exit = status >= 400 && status < 500 ? EXIT_CLIENT : EXIT_SERVER;
-  return new CliError(code, message, exit, requestId === undefined ? { status } : { status, requestId });
-}
-
-/** No answer at all (refused, reset, timed out, TLS failure). Exit 2. */
-export function transportError(code: string, message: string, cause?: unknown): CliError {
-  return new CliError(code, message, EXIT_SERVER, cause === undefined ? {} : { cause });
+/**
+ * The exit code of an API client failure: unusable settings are a bad invocation (64);
+ * a 4xx answer, or no token to send, the caller's fault (1); the rest, no answer or a
+ * 5xx, the server's or the network's (2).
+ */
+export function clientExitCode(e: ClientError): ExitCode {
+  if (e.code === "invalid_config") return EXIT_USAGE;
+  if (e.status >= 400 && e.status < 500) return EXIT_CLIENT;
+  // Refused before sending: no token is configured.
+  if (e.status === 0 && e.code === "unauthenticated") return EXIT_CLIENT;
+  return EXIT_SERVER;
 }
 
 /** Commander's own errors, duck-typed so this file needn't import commander. */
@@ -66,6 +61,7 @@ export function isCommanderError(e: unknown): e is Error & { code: string; exitC
 /** The exit code for any thrown value. */
 export function exitCodeOf(e: unknown): ExitCode {
   if (e instanceof CliError) return e.exitCode;
+  if (e instanceof ClientError) return clientExitCode(e);
   // --help and --version are "errors" to commander's exitOverride, but succeed.
   if (isCommanderError(e)) return e.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
   if (isCustosError(e)) return e.isClientError ? EXIT_CLIENT : EXIT_SERVER;
@@ -77,7 +73,9 @@ export function exitCodeOf(e: unknown): ExitCode {
  * broken server can't drive the terminal through an error message.
  */
 export function formatError(e: unknown): string {
-  if (e instanceof CliError || isCustosError(e)) return `error: ${e.code}: ${printable(e.message)}`;
+  if (e instanceof CliError || e instanceof ClientError || isCustosError(e)) {
+    return `error: ${e.code}: ${printable(e.message)}`;
+  }
   const message = e instanceof Error ? e.message : String(e);
   return `error: internal: ${printable(message)}`;
 }

@@ -1,18 +1,11 @@
 /**
  * The `custos` command line: `run()` executes one invocation against given streams;
- * the client and parsers are exported for tools that want the same behaviour.
+ * the parsers are exported for tools that want the same behaviour. The API client
+ * itself is `src/client`.
  */
 export {
-  type Answer,
-  type ClientOptions,
-  CustosClient,
-  clientFromEnv,
-  DEFAULT_ADDR,
-  type RequestOptions,
-  tokenFromEnv,
-} from "./client.js";
-export {
   CliError,
+  clientExitCode,
   EXIT_CLIENT,
   EXIT_OK,
   EXIT_SERVER,

@@ -5,7 +5,6 @@
 import { closeSync, fchmodSync, openSync, readFileSync, writeSync } from "node:fs";
 import type { ReadStream } from "node:tty";
 import { Secret } from "../secret/index.js";
-import { errorCode } from "./client.js";
 import { CliError, EXIT_CLIENT, usageError } from "./errors.js";
 
 /** The streams and environment a CLI run works with (the process's, or a test's). */
@@ -19,6 +18,13 @@ export interface CliIo {
 /** The process's own streams and environment. */
 export function processIo(): CliIo {
   return { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env };
+}
+
+/** The errno code of a file-system error (ENOENT, EACCES), else its message. */
+export function errorCode(e: unknown): string {
+  const code = (e as { code?: unknown } | null)?.code;
+  if (typeof code === "string") return code;
+  return e instanceof Error ? e.message : String(e);
 }
 
 /** Reads a stream to its end. */

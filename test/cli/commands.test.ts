@@ -227,6 +227,20 @@ describe("custos commands against a real TLS server", () => {
     assert.match(help.out, /cancel-destruction/);
   });
 
+  test("unusable client settings exit 64 naming the setting; no token exits 1; nothing is sent", async () => {
+    const before = server.requests.length;
+    const plain = await runCli(["key", "list"], { ...env, CUSTOS_ADDR: "http://127.0.0.1:8443" });
+    assert.equal(plain.code, EXIT_USAGE);
+    assert.match(plain.err, /^error: invalid_config: invalid address "http:\/\/127\.0\.0\.1:8443": only https:\/\//);
+    const noCa = await runCli(["key", "list"], { ...env, CUSTOS_CACERT: join(server.dir, "missing.pem") });
+    assert.equal(noCa.code, EXIT_USAGE);
+    assert.match(noCa.err, /^error: invalid_config: cannot read CUSTOS_CACERT .*ENOENT/);
+    const noToken = await runCli(["key", "list"], { ...env, CUSTOS_TOKEN: "" });
+    assert.equal(noToken.code, EXIT_CLIENT);
+    assert.match(noToken.err, /^error: unauthenticated: no token/);
+    assert.equal(server.requests.length, before);
+  });
+
   test("login sends the piped password and writes the token to a 0600 file, never to the terminal", async () => {
     server.reply = () => ({ body: { token: "cst_fresh_session", tokenId: "t1", expiresAt: "2030-01-01T00:00:00Z" } });
     const file = join(server.dir, "session.token");

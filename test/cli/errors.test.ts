@@ -2,17 +2,15 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { CommanderError, InvalidArgumentError } from "commander";
 import {
-  apiError,
-  CliError,
   EXIT_CLIENT,
   EXIT_OK,
   EXIT_SERVER,
   EXIT_USAGE,
   exitCodeOf,
   formatError,
-  transportError,
   usageError,
 } from "../../src/cli/errors.js";
+import { apiError, ClientError, configError, transportError } from "../../src/client/index.js";
 import { CustosError } from "../../src/errors/index.js";
 
 describe("exit codes", () => {
@@ -24,9 +22,16 @@ describe("exit codes", () => {
     assert.equal(exitCodeOf(apiError(503, "hsm_unavailable", "try later")), EXIT_SERVER);
   });
 
-  test("no answer at all is exit 2, a bad invocation 64", () => {
+  test("no answer at all is exit 2, a bad invocation or unusable client settings 64", () => {
     assert.equal(exitCodeOf(transportError("unavailable", "refused")), EXIT_SERVER);
+    assert.equal(exitCodeOf(transportError("tls_error", "self-signed")), EXIT_SERVER);
+    assert.equal(exitCodeOf(new ClientError("internal", "not JSON", { status: 200 })), EXIT_SERVER);
     assert.equal(exitCodeOf(usageError("no")), EXIT_USAGE);
+    assert.equal(exitCodeOf(configError('invalid address "x"')), EXIT_USAGE);
+  });
+
+  test("no token configured is the caller's fault (1)", () => {
+    assert.equal(exitCodeOf(new ClientError("unauthenticated", "no token")), EXIT_CLIENT);
   });
 
   test("commander: help and version succeed, its parse errors are usage errors", () => {
@@ -49,14 +54,19 @@ describe("formatError", () => {
   test("prints error: <code>: <message>", () => {
     assert.equal(formatError(apiError(404, "not_found", 'key "x" not found')), 'error: not_found: key "x" not found');
     assert.equal(formatError(new CustosError("conflict", "taken")), "error: conflict: taken");
+    assert.equal(
+      formatError(configError("CUSTOS_CACERT x holds no PEM")),
+      "error: invalid_config: CUSTOS_CACERT x holds no PEM",
+    );
+    assert.equal(formatError(usageError("--key is required")), "error: usage: --key is required");
     assert.equal(formatError(new Error("oops")), "error: internal: oops");
   });
 
   test("codes the server invents later pass through unchanged", () => {
     const e = apiError(409, "some_future_code", "later");
-    assert.ok(e instanceof CliError);
     assert.equal(formatError(e), "error: some_future_code: later");
-    assert.equal(e.exitCode, EXIT_CLIENT);
+    assert.equal(exitCodeOf(e), EXIT_CLIENT);
+    assert.equal(exitCodeOf(apiError(507, "some_future_code", "later")), EXIT_SERVER);
   });
 
   test("control characters from the server cannot reach the terminal", () => {

@@ -1,9 +1,9 @@
 /** `custos policy …` and `custos sudo …`. */
 import { readFileSync } from "node:fs";
 import type { Command } from "commander";
-import { errorCode } from "../client.js";
 import { arg, type CliContext, seg } from "../context.js";
 import { usageError } from "../errors.js";
+import { errorCode } from "../io.js";
 import { renderRecord, renderTable } from "../output.js";
 import { collect, type PolicyRule, parseDuration, parsePolicyRule } from "../parse.js";
 

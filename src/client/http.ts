@@ -1,15 +1,23 @@
 /**
- * The CLI's HTTPS client for the Custos API: keep-alive, JSON in and out, TLS
- * verification always on, and every failure turned into a `CliError` with the
- * exit code it deserves.
+ * The HTTPS client for the Custos API: keep-alive, JSON in and out, TLS verification
+ * always on, a capped answer size, buffers zeroed after use, retries where the server
+ * is known not to have acted, and every failure turned into a `ClientError`.
  */
-import { readFileSync } from "node:fs";
 import type { IncomingMessage } from "node:http";
 import { Agent, request as httpsRequest } from "node:https";
-import { Secret } from "../secret/index.js";
-import { apiError, CliError, EXIT_CLIENT, EXIT_SERVER, transportError, usageError } from "./errors.js";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { Secret } from "../secret/index.js";
+import { apiError, ClientError, configError, transportError } from "./errors.js";
+import {
+  backoffDelay,
+  isRetryableAnswer,
+  isStaleSocket,
+  type RetryOptions,
+  type RetryPolicy,
+  retryPolicy,
+} from "./retry.js";
 
-/** Where the API listens when `CUSTOS_ADDR` is not set. */
+/** Where the API listens unless told otherwise. */
 export const DEFAULT_ADDR = "https://127.0.0.1:8443";
 
 const DEFAULT_TIMEOUT_MS = 60_000;
@@ -23,8 +31,10 @@ export interface ClientOptions {
   token?: Secret | undefined;
   /** PEM certificate(s) to trust instead of the system store. */
   ca?: Buffer | undefined;
-  /** Socket inactivity limit. */
+  /** Socket inactivity limit. Default 60 s. */
   timeoutMs?: number | undefined;
+  /** Retries of 503 `hsm_unavailable` / `store_unavailable` / `audit_unavailable`. */
+  retry?: RetryOptions | undefined;
 }
 
 export type QueryValue = string | number | boolean | undefined;
@@ -49,6 +59,9 @@ export interface Answer<T> {
 
 const TLS_ERROR = /CERT|SELF_SIGNED|ISSUER|SIGNATURE|ERR_TLS|ERR_SSL|HOSTNAME/;
 
+/** An answer's raw bytes, or the keep-alive race that earns one immediate retry. */
+type Exchange = { readonly response: IncomingMessage; readonly raw: Buffer } | { readonly stale: ClientError };
+
 /** A small client for the Custos HTTP API. Call `close()` when done so the process can exit. */
 export class CustosClient {
   /** The API's base address. */
@@ -57,11 +70,18 @@ export class CustosClient {
   readonly #agent: Agent;
   readonly #timeoutMs: number;
   readonly #customCa: boolean;
+  readonly #retry: RetryPolicy;
+  #closed = false;
 
+  /** @throws ClientError `invalid_config` for an unusable address, timeout or retry policy. */
   constructor(options: ClientOptions) {
     this.address = parseAddress(options.address);
-    this.#token = options.token;
+    this.#retry = retryPolicy(options.retry);
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    if (!Number.isFinite(this.#timeoutMs) || this.#timeoutMs <= 0) {
+      throw configError(`timeoutMs must be a positive number, got ${this.#timeoutMs}`);
+    }
+    this.#token = options.token;
     this.#customCa = options.ca !== undefined;
     // rejectUnauthorized is explicit so NODE_TLS_REJECT_UNAUTHORIZED=0 can't switch verification off.
     this.#agent = new Agent({
@@ -82,15 +102,17 @@ export class CustosClient {
     return (await this.send<T>(method, path, options)).body;
   }
 
-  /** Sends a request and returns status, body and request id. Error answers throw `CliError`. */
+  /**
+   * Sends a request and returns status, body and request id.
+   * @throws ClientError for error answers (after any retries) and for failures to get one.
+   */
   async send<T = unknown>(method: string, path: string, options: RequestOptions = {}): Promise<Answer<T>> {
     const headers: Record<string, string> = { accept: "application/json" };
     if (options.auth ?? true) {
       if (this.#token === undefined) {
-        throw new CliError(
+        throw new ClientError(
           "unauthenticated",
           "no token: set CUSTOS_TOKEN or CUSTOS_TOKEN_FILE (custos login --token-file FILE writes one)",
-          EXIT_CLIENT,
         );
       }
       headers.authorization = `Bearer ${this.#token.exposeText()}`;
@@ -101,13 +123,31 @@ export class CustosClient {
       headers["content-type"] = "application/json";
       headers["content-length"] = String(payload.length);
     }
+    const url = this.#url(path, options.query);
+    const answerStatuses = options.answerStatuses ?? [];
+    let staleRetried = false;
+    let retries = 0;
     try {
-      const { response, raw } = await this.#exchange(method, this.#url(path, options.query), headers, payload);
-      try {
-        return this.#interpret<T>(response, raw, options.answerStatuses ?? []);
-      } finally {
-        // The answer may hold plaintext or a token; don't leave it lying in the heap.
-        raw.fill(0);
+      for (;;) {
+        const exchange = await this.#exchange(method, url, headers, payload);
+        if ("stale" in exchange) {
+          if (staleRetried || this.#closed) throw exchange.stale;
+          staleRetried = true;
+          continue;
+        }
+        let failure: ClientError;
+        try {
+          return this.#interpret<T>(exchange.response, exchange.raw, answerStatuses);
+        } catch (e) {
+          if (!(e instanceof ClientError) || !isRetryableAnswer(e.status, e.code)) throw e;
+          failure = e;
+        } finally {
+          // The answer may hold plaintext or a token; don't leave it lying in the heap.
+          exchange.raw.fill(0);
+        }
+        if (retries >= this.#retry.retries || this.#closed) throw gaveUp(failure, retries);
+        await sleep(backoffDelay(this.#retry, retries));
+        retries += 1;
       }
     } finally {
       // The request may have carried a password or plaintext.
@@ -115,8 +155,9 @@ export class CustosClient {
     }
   }
 
-  /** Closes pooled connections and zeroes the token. */
+  /** Closes pooled connections, stops further retries and zeroes the token. */
   close(): void {
+    this.#closed = true;
     this.#agent.destroy();
     this.#token?.destroy();
   }
@@ -130,13 +171,9 @@ export class CustosClient {
     return url;
   }
 
-  #exchange(
-    method: string,
-    url: URL,
-    headers: Record<string, string>,
-    payload: Buffer | undefined,
-  ): Promise<{ response: IncomingMessage; raw: Buffer }> {
+  #exchange(method: string, url: URL, headers: Record<string, string>, payload: Buffer | undefined): Promise<Exchange> {
     return new Promise((resolve, reject) => {
+      let answered = false;
       const req = httpsRequest(
         {
           protocol: url.protocol,
@@ -150,6 +187,7 @@ export class CustosClient {
           timeout: this.#timeoutMs,
         },
         (response) => {
+          answered = true;
           const chunks: Buffer[] = [];
           let size = 0;
           response.on("data", (chunk: Buffer) => {
@@ -167,26 +205,37 @@ export class CustosClient {
             for (const c of chunks) c.fill(0);
             resolve({ response, raw });
           });
-          response.on("error", (e) => reject(this.#transportFailure(e, url)));
+          response.on("error", (e) => {
+            for (const c of chunks) c.fill(0);
+            reject(this.#transportFailure(e, url));
+          });
         },
       );
       req.on("timeout", () => {
         req.destroy(transportError("unavailable", `no answer from ${url.origin} within ${this.#timeoutMs} ms`));
       });
-      req.on("error", (e) => reject(this.#transportFailure(e, url)));
+      req.on("error", (e) => {
+        const failure = this.#transportFailure(e, url);
+        if (isStaleSocket({ reusedSocket: req.reusedSocket, answered, code: errnoCode(e) })) {
+          resolve({ stale: failure });
+        } else {
+          reject(failure);
+        }
+      });
       req.end(payload);
     });
   }
 
-  #transportFailure(e: unknown, url: URL): CliError {
-    if (e instanceof CliError) return e;
-    const code = typeof (e as { code?: unknown }).code === "string" ? (e as { code: string }).code : "";
+  #transportFailure(e: unknown, url: URL): ClientError {
+    if (e instanceof ClientError) return e;
+    const code = errnoCode(e) ?? "";
     const detail = e instanceof Error ? e.message : String(e);
     if (TLS_ERROR.test(code)) {
       const hint = this.#customCa ? "" : " (set CUSTOS_CACERT to the Custos CA certificate file)";
       return transportError("tls_error", `TLS verification of ${url.origin} failed: ${detail}${hint}`, e);
     }
-    return transportError("unavailable", `cannot reach ${url.origin}: ${code || detail}`, e);
+    const cause = code === "" || detail.includes(code) ? detail : `${code}: ${detail}`;
+    return transportError("unavailable", `cannot reach ${url.origin}: ${cause}`, e);
   }
 
   #interpret<T>(response: IncomingMessage, raw: Buffer, answerStatuses: readonly number[]): Answer<T> {
@@ -196,7 +245,7 @@ export class CustosClient {
     const body = parseJson(raw);
     if ((status >= 200 && status < 300) || answerStatuses.includes(status)) {
       if (body === INVALID) {
-        throw new CliError("internal", `answer from the server is not JSON (HTTP ${status})`, EXIT_SERVER, { status });
+        throw new ClientError("internal", `answer from the server is not JSON (HTTP ${status})`, { status, requestId });
       }
       return { status, body: body as T, requestId };
     }
@@ -207,6 +256,18 @@ export class CustosClient {
     }
     throw apiError(status, "http_error", `HTTP ${status} ${response.statusMessage ?? ""}`.trim(), requestId);
   }
+}
+
+/** The last retryable answer, saying how long the client kept trying. */
+function gaveUp(last: ClientError, retries: number): ClientError {
+  if (retries === 0) return last;
+  const message = `${last.message} (still failing after ${retries} ${retries === 1 ? "retry" : "retries"})`;
+  return new ClientError(last.code, message, { status: last.status, requestId: last.requestId, cause: last });
+}
+
+function errnoCode(e: unknown): string | undefined {
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === "string" ? code : undefined;
 }
 
 const INVALID = Symbol("invalid JSON");
@@ -225,70 +286,14 @@ function parseAddress(address: string): URL {
   try {
     url = new URL(address);
   } catch (cause) {
-    throw usageError(`invalid address "${address}": expected https://host:port`, cause);
+    throw configError(`invalid address "${address}": expected https://host:port`, cause);
   }
   if (url.protocol !== "https:") {
-    throw usageError(`invalid address "${address}": only https:// is supported (the token must not travel in clear)`);
+    throw configError(`invalid address "${address}": only https:// is supported (the token must not travel in clear)`);
   }
   if (url.username !== "" || url.password !== "" || url.search !== "" || url.hash !== "") {
-    throw usageError(`invalid address "${address}": no credentials, query or fragment allowed`);
+    // The address may hold a password: name only where it points.
+    throw configError(`invalid address for ${url.host}: no credentials, query or fragment allowed`);
   }
   return url;
-}
-
-/**
- * Builds a client from the environment: `CUSTOS_ADDR` (default https://127.0.0.1:8443),
- * `CUSTOS_TOKEN` or else the file named by `CUSTOS_TOKEN_FILE` (whitespace trimmed),
- * and `CUSTOS_CACERT` (a PEM file to trust). Unusable settings are usage errors.
- */
-export function clientFromEnv(env: NodeJS.ProcessEnv): CustosClient {
-  const address = nonEmpty(env.CUSTOS_ADDR) ?? DEFAULT_ADDR;
-  const caFile = nonEmpty(env.CUSTOS_CACERT);
-  const ca = caFile === undefined ? undefined : readCa(caFile);
-  return new CustosClient({ address, token: tokenFromEnv(env), ca });
-}
-
-/** The bearer token from `CUSTOS_TOKEN` or `CUSTOS_TOKEN_FILE`, or undefined when neither is set. */
-export function tokenFromEnv(env: NodeJS.ProcessEnv): Secret | undefined {
-  const inline = env.CUSTOS_TOKEN?.trim();
-  if (inline) return Secret.fromString(inline);
-  const file = nonEmpty(env.CUSTOS_TOKEN_FILE);
-  if (file === undefined) return undefined;
-  let raw: Buffer;
-  try {
-    raw = readFileSync(file);
-  } catch (cause) {
-    throw usageError(`cannot read CUSTOS_TOKEN_FILE ${file}: ${errorCode(cause)}`, cause);
-  }
-  try {
-    const text = raw.toString("utf8").trim();
-    if (text.length === 0) throw usageError(`CUSTOS_TOKEN_FILE ${file} is empty`);
-    return Secret.fromString(text);
-  } finally {
-    raw.fill(0);
-  }
-}
-
-function readCa(file: string): Buffer {
-  let pem: Buffer;
-  try {
-    pem = readFileSync(file);
-  } catch (cause) {
-    throw usageError(`cannot read CUSTOS_CACERT ${file}: ${errorCode(cause)}`, cause);
-  }
-  if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
-    throw usageError(`CUSTOS_CACERT ${file} holds no PEM certificate`);
-  }
-  return pem;
-}
-
-function nonEmpty(value: string | undefined): string | undefined {
-  return value === undefined || value.trim() === "" ? undefined : value.trim();
-}
-
-/** The errno code of a file-system error, else its message. */
-export function errorCode(e: unknown): string {
-  const code = (e as { code?: unknown } | null)?.code;
-  if (typeof code === "string") return code;
-  return e instanceof Error ? e.message : String(e);
 }

@@ -2,29 +2,9 @@ import assert from "node:assert/strict";
 import { chmodSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { CustosClient, clientFromEnv, tokenFromEnv } from "../../src/cli/client.js";
-import { CliError, EXIT_CLIENT, EXIT_SERVER, EXIT_USAGE } from "../../src/cli/errors.js";
-import { startServer, type TestServer } from "./harness.js";
-
-async function failure(promise: Promise<unknown>): Promise<CliError> {
-  try {
-    await promise;
-  } catch (e) {
-    assert.ok(e instanceof CliError, `expected CliError, got ${String(e)}`);
-    return e;
-  }
-  assert.fail("expected the request to fail");
-}
-
-function sync(fn: () => unknown): CliError {
-  try {
-    fn();
-  } catch (e) {
-    assert.ok(e instanceof CliError, `expected CliError, got ${String(e)}`);
-    return e;
-  }
-  assert.fail("expected a failure");
-}
+import { CustosClient, clientFromEnv, tokenFromEnv } from "../../src/client/index.js";
+import { failure, sync } from "./expect.js";
+import { startServer, type TestServer } from "./server.js";
 
 describe("CustosClient against a real TLS server", () => {
   let server: TestServer;
@@ -111,7 +91,7 @@ describe("CustosClient against a real TLS server", () => {
     try {
       const e = await failure(client.request("GET", "/v1/auth/whoami"));
       assert.equal(e.code, "tls_error");
-      assert.equal(e.exitCode, EXIT_SERVER);
+      assert.equal(e.status, 0);
       assert.match(e.message, /CUSTOS_CACERT/);
       assert.doesNotMatch(e.message, /secret-token-value/);
     } finally {
@@ -123,31 +103,34 @@ describe("CustosClient against a real TLS server", () => {
     assert.equal(server.requests.length, from, "no request reached the server");
   });
 
-  test("error answers become CliErrors with the server's code, message and request id", async () => {
-    const client = clientFromEnv({ CUSTOS_ADDR: server.url, CUSTOS_CACERT: server.certFile, CUSTOS_TOKEN: "t" });
+  test("error answers become ClientErrors with the server's code, message and request id", async () => {
+    const client = clientFromEnv(
+      { CUSTOS_ADDR: server.url, CUSTOS_CACERT: server.certFile, CUSTOS_TOKEN: "t" },
+      { retry: { retries: 0 } },
+    );
     try {
       server.reply = () => ({ status: 404, body: { error: { code: "not_found", message: 'key "x" not found' } } });
       const notFound = await failure(client.request("GET", "/v1/keys/x"));
       assert.equal(notFound.code, "not_found");
       assert.equal(notFound.message, 'key "x" not found');
       assert.equal(notFound.status, 404);
-      assert.equal(notFound.exitCode, EXIT_CLIENT);
       assert.match(notFound.requestId ?? "", /^req-\d+$/);
 
       server.reply = () => ({ status: 503, body: { error: { code: "hsm_unavailable", message: "request r9" } } });
       const down = await failure(client.request("GET", "/v1/keys"));
       assert.equal(down.code, "hsm_unavailable");
-      assert.equal(down.exitCode, EXIT_SERVER);
+      assert.equal(down.status, 503);
 
       server.reply = () => ({ status: 502, raw: "<html>bad gateway</html>" });
       const proxy = await failure(client.request("GET", "/v1/keys"));
       assert.equal(proxy.code, "http_error");
-      assert.equal(proxy.exitCode, EXIT_SERVER);
+      assert.equal(proxy.status, 502);
       assert.match(proxy.message, /HTTP 502/);
 
       server.reply = () => ({ status: 200, raw: "not json" });
       const garbled = await failure(client.request("GET", "/v1/keys"));
-      assert.equal(garbled.exitCode, EXIT_SERVER);
+      assert.equal(garbled.code, "internal");
+      assert.equal(garbled.status, 200);
 
       server.reply = () => ({ status: 503, body: { status: "degraded" } });
       const health = await client.request("GET", "/v1/health", { auth: false, answerStatuses: [503] });
@@ -164,7 +147,7 @@ describe("CustosClient against a real TLS server", () => {
     try {
       const e = await failure(client.request("GET", "/v1/keys"));
       assert.equal(e.code, "unauthenticated");
-      assert.equal(e.exitCode, EXIT_CLIENT);
+      assert.equal(e.status, 0);
     } finally {
       client.close();
     }
@@ -188,12 +171,12 @@ describe("CustosClient against a real TLS server", () => {
     assert.equal(server.requests.at(-1)?.headers.authorization, "Bearer from-file-token");
   });
 
-  test("an unreadable or empty token file is a usage error", () => {
+  test("an unreadable or empty token file is invalid_config", () => {
     const empty = join(server.dir, "empty-token");
     writeFileSync(empty, " \n");
     assert.match(sync(() => tokenFromEnv({ CUSTOS_TOKEN_FILE: empty })).message, /is empty/);
     const missing = sync(() => tokenFromEnv({ CUSTOS_TOKEN_FILE: join(server.dir, "nope") }));
-    assert.equal(missing.exitCode, EXIT_USAGE);
+    assert.equal(missing.code, "invalid_config");
     assert.match(missing.message, /ENOENT/);
     if (process.getuid?.() !== 0) {
       const locked = join(server.dir, "locked-token");
@@ -215,8 +198,17 @@ describe("client configuration", () => {
   test("refuses plain http, credentials in the address and garbage", () => {
     for (const address of ["http://127.0.0.1:8443", "https://u:p@127.0.0.1", "https://h/?q=1", "not a url"]) {
       const e = sync(() => new CustosClient({ address }));
-      assert.equal(e.exitCode, EXIT_USAGE, address);
+      assert.equal(e.code, "invalid_config", address);
     }
+    assert.doesNotMatch(sync(() => new CustosClient({ address: "https://u:hunter2@h" })).message, /hunter2/);
+  });
+
+  test("refuses a retry policy or timeout that makes no sense", () => {
+    const address = "https://127.0.0.1:1";
+    for (const retry of [{ retries: -1 }, { retries: 1.5 }, { baseDelayMs: Number.NaN }, { maxDelayMs: -5 }]) {
+      assert.equal(sync(() => new CustosClient({ address, retry })).code, "invalid_config", JSON.stringify(retry));
+    }
+    assert.equal(sync(() => new CustosClient({ address, timeoutMs: 0 })).code, "invalid_config");
   });
 
   test("CUSTOS_CACERT must be a readable PEM certificate", () => {
@@ -227,7 +219,7 @@ describe("client configuration", () => {
     assert.match(sync(() => clientFromEnv({ CUSTOS_CACERT: import.meta.filename })).message, /no PEM certificate/);
   });
 
-  test("a refused connection is 'unavailable', exit 2", async () => {
+  test("a refused connection is 'unavailable' and names the server", async () => {
     const server = await startServer();
     const { url } = server;
     await server.close();
@@ -235,8 +227,9 @@ describe("client configuration", () => {
     try {
       const e = await failure(client.request("GET", "/v1/keys"));
       assert.equal(e.code, "unavailable");
-      assert.equal(e.exitCode, EXIT_SERVER);
+      assert.equal(e.status, 0);
       assert.match(e.message, /ECONNREFUSED/);
+      assert.ok(e.message.includes(url), e.message);
     } finally {
       client.close();
     }

@@ -1,0 +1,79 @@
+/**
+ * A client configured by the environment, the way the `custos` command and other
+ * tools on the same host find the API: `CUSTOS_ADDR`, `CUSTOS_TOKEN` or
+ * `CUSTOS_TOKEN_FILE`, `CUSTOS_CACERT`.
+ */
+import { readFileSync } from "node:fs";
+import { Secret } from "../secret/index.js";
+import { configError } from "./errors.js";
+import { type ClientOptions, CustosClient, DEFAULT_ADDR } from "./http.js";
+
+/** What the environment doesn't say: timeout and retry policy. */
+export type EnvClientOptions = Omit<ClientOptions, "address" | "token" | "ca">;
+
+/**
+ * Builds a client from the environment: `CUSTOS_ADDR` (default https://127.0.0.1:8443),
+ * `CUSTOS_TOKEN` or else the file named by `CUSTOS_TOKEN_FILE` (whitespace trimmed),
+ * and `CUSTOS_CACERT` (a PEM file to trust).
+ * @throws ClientError `invalid_config` for unusable settings.
+ */
+export function clientFromEnv(env: NodeJS.ProcessEnv, options: EnvClientOptions = {}): CustosClient {
+  const address = nonEmpty(env.CUSTOS_ADDR) ?? DEFAULT_ADDR;
+  const caFile = nonEmpty(env.CUSTOS_CACERT);
+  const ca = caFile === undefined ? undefined : readCa(caFile);
+  const token = tokenFromEnv(env);
+  try {
+    return new CustosClient({ ...options, address, token, ca });
+  } catch (e) {
+    token?.destroy();
+    throw e;
+  }
+}
+
+/**
+ * The bearer token from `CUSTOS_TOKEN` or `CUSTOS_TOKEN_FILE`, or undefined when neither is set.
+ * @throws ClientError `invalid_config` when the file can't be read or is empty.
+ */
+export function tokenFromEnv(env: NodeJS.ProcessEnv): Secret | undefined {
+  const inline = env.CUSTOS_TOKEN?.trim();
+  if (inline) return Secret.fromString(inline);
+  const file = nonEmpty(env.CUSTOS_TOKEN_FILE);
+  if (file === undefined) return undefined;
+  let raw: Buffer;
+  try {
+    raw = readFileSync(file);
+  } catch (cause) {
+    throw configError(`cannot read CUSTOS_TOKEN_FILE ${file}: ${fsCode(cause)}`, cause);
+  }
+  try {
+    const text = raw.toString("utf8").trim();
+    if (text.length === 0) throw configError(`CUSTOS_TOKEN_FILE ${file} is empty`);
+    return Secret.fromString(text);
+  } finally {
+    raw.fill(0);
+  }
+}
+
+function readCa(file: string): Buffer {
+  let pem: Buffer;
+  try {
+    pem = readFileSync(file);
+  } catch (cause) {
+    throw configError(`cannot read CUSTOS_CACERT ${file}: ${fsCode(cause)}`, cause);
+  }
+  if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
+    throw configError(`CUSTOS_CACERT ${file} holds no PEM certificate`);
+  }
+  return pem;
+}
+
+function nonEmpty(value: string | undefined): string | undefined {
+  return value === undefined || value.trim() === "" ? undefined : value.trim();
+}
+
+/** The errno code of a file-system error (ENOENT, EACCES), else its message. */
+function fsCode(e: unknown): string {
+  const code = (e as { code?: unknown } | null)?.code;
+  if (typeof code === "string") return code;
+  return e instanceof Error ? e.message : String(e);
+}
