@@ -4,9 +4,11 @@ import { registerPolicyCommands, registerSudoCommands } from "./commands/admin.j
 import { registerAuditCommands } from "./commands/audit.js";
 import { registerAuthCommands } from "./commands/auth.js";
 import { registerCryptoCommands } from "./commands/crypto.js";
+import { registerFileCommands } from "./commands/file.js";
 import { registerKeyCommands } from "./commands/keys.js";
 import { registerLocalCommands } from "./commands/local.js";
 import { registerGroupCommands, registerUserCommands } from "./commands/principals.js";
+import { registerStorageCommands } from "./commands/storage.js";
 import type { CliContext } from "./context.js";
 
 /**
@@ -44,6 +46,8 @@ export function buildProgram(ctx: CliContext): Command {
   registerAuthCommands(program, ctx);
   registerKeyCommands(program, ctx);
   registerCryptoCommands(program, ctx);
+  registerFileCommands(program, ctx);
+  registerStorageCommands(program, ctx);
   registerUserCommands(program, ctx);
   registerGroupCommands(program, ctx);
   registerPolicyCommands(program, ctx);

@@ -8,8 +8,10 @@ import { randomBytes } from "node:crypto";
 import { constants, type Stats } from "node:fs";
 import { copyFile, open, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
+import { Transform } from "node:stream";
 import { CustosError } from "../errors/index.js";
-import { type Header, MAGIC, replaceKeySection } from "./format.js";
+import { decryptionFailed } from "./errors.js";
+import { type Header, IncompleteHeader, MAGIC, parseHeader, replaceKeySection } from "./format.js";
 import { type EnvelopeKms, isItemError } from "./kms.js";
 import { fileSource, readHeader } from "./range.js";
 
@@ -24,6 +26,8 @@ export type RewrapOutcome =
 export const TEMP_FILE = /^\.custos-rewrap-[0-9a-f]{12}\.tmp$/;
 /** Items per KMS rewrap call: the API's batch limit. */
 const BATCH = 1000;
+/** Files copied at once: enough to keep a disk busy, few enough to stay far from the open-files limit. */
+const WRITERS = 8;
 
 interface Candidate {
   readonly path: string;
@@ -35,8 +39,9 @@ interface Candidate {
 /**
  * Rewraps the envelope files at `paths`: reads their headers, rewraps their data keys
  * in batched KMS calls (one per key name and 1,000 files), and replaces the files whose
- * key version moved. Files already on the newest version are left untouched. Never
- * throws for one file's failure: each outcome says what happened.
+ * key version moved. Files already on the newest version are left untouched. One
+ * file's failure is its outcome; only a KMS that can't be reached or is unavailable
+ * makes the whole call throw (a rerun picks up where it stopped).
  */
 export async function rewrapFiles(kms: EnvelopeKms, paths: readonly string[]): Promise<RewrapOutcome[]> {
   const outcomes = new Map<string, RewrapOutcome>();
@@ -65,33 +70,74 @@ export async function rewrapFiles(kms: EnvelopeKms, paths: readonly string[]): P
           batch.map((c) => ({ wrapped: c.header.wrappedKey, context: c.header.context })),
         );
       } catch (e) {
+        // The KMS refused this key (unknown, forbidden, destroyed): its files fail, the others go on.
+        // Anything else (unreachable, unavailable) stops the run: nothing more can succeed.
+        if (!isRefusal(e)) throw e;
         for (const c of batch) outcomes.set(c.path, failed(c.path, e));
         continue;
       }
-      await Promise.all(
-        batch.map(async (c, i) => {
-          const result = results[i];
-          if (result === undefined || isItemError(result)) {
-            const error = result?.error ?? { code: "internal", message: "the KMS answered fewer items than asked" };
-            outcomes.set(c.path, { path: c.path, status: "failed", error });
-            return;
-          }
-          if (result.version === c.header.keyVersion) {
-            outcomes.set(c.path, { path: c.path, status: "current", version: result.version });
-            return;
-          }
-          try {
-            const headerBytes = replaceKeySection(c.header, c.headerBytes, result.version, result.wrapped);
-            await replaceHeader(c.path, c.header.length, headerBytes, c.before);
-            outcomes.set(c.path, { path: c.path, status: "rewrapped", from: c.header.keyVersion, to: result.version });
-          } catch (e) {
-            outcomes.set(c.path, failed(c.path, e));
-          }
-        }),
-      );
+      await eachLimited(batch, WRITERS, async (c, i) => {
+        const result = results[i];
+        if (result === undefined || isItemError(result)) {
+          const error = result?.error ?? { code: "internal", message: "the KMS answered fewer items than asked" };
+          outcomes.set(c.path, { path: c.path, status: "failed", error });
+          return;
+        }
+        if (result.version === c.header.keyVersion) {
+          outcomes.set(c.path, { path: c.path, status: "current", version: result.version });
+          return;
+        }
+        try {
+          const headerBytes = replaceKeySection(c.header, c.headerBytes, result.version, result.wrapped);
+          await replaceHeader(c.path, c.header.length, headerBytes, c.before);
+          outcomes.set(c.path, { path: c.path, status: "rewrapped", from: c.header.keyVersion, to: result.version });
+        } catch (e) {
+          outcomes.set(c.path, failed(c.path, e));
+        }
+      });
     }
   }
   return paths.map((p) => outcomes.get(p) as RewrapOutcome);
+}
+
+/**
+ * A Transform that rewraps the message flowing through it: the header comes out with
+ * its data key under the newest key version, the chunks pass untouched.
+ */
+export function rewrapStream(kms: EnvelopeKms): Transform {
+  let header: Header | undefined;
+  let pending = Buffer.alloc(0);
+  return new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      if (header !== undefined) {
+        done(null, chunk);
+        return;
+      }
+      pending = Buffer.concat([pending, chunk]);
+      let parsed: Header;
+      try {
+        parsed = parseHeader(pending);
+      } catch (e) {
+        done(e instanceof IncompleteHeader ? null : (e as Error));
+        return;
+      }
+      header = parsed;
+      kms.rewrapDataKeys(parsed.keyName, [{ wrapped: parsed.wrappedKey, context: parsed.context }]).then(
+        ([item]) => {
+          if (item === undefined || isItemError(item)) {
+            done(new CustosError("decryption_failed", item?.error.message ?? "the KMS gave no answer"));
+            return;
+          }
+          this.push(replaceKeySection(parsed, pending, item.version, item.wrapped));
+          done(null, pending.subarray(parsed.length));
+        },
+        (e) => done(e as Error),
+      );
+    },
+    flush(done) {
+      done(header === undefined ? decryptionFailed() : null);
+    },
+  });
 }
 
 /** The header of an envelope file, or undefined when the file is not one (no magic). */
@@ -187,6 +233,24 @@ async function syncDirectory(dir: string): Promise<void> {
   } finally {
     await handle.close();
   }
+}
+
+/** Runs `fn` over `items` with at most `limit` calls in flight. */
+async function eachLimited<T>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<void>) {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      await fn(items[i] as T, i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+/** A 4xx answer other than 401: the KMS is up and said no to this request (a bad token fails everything). */
+function isRefusal(e: unknown): boolean {
+  const status = (e as { status?: unknown } | null)?.status;
+  return typeof status === "number" && status >= 400 && status < 500 && status !== 401;
 }
 
 function failed(path: string, e: unknown): RewrapOutcome {
