@@ -20,7 +20,6 @@ import {
   MIN_CHUNK_SIZE,
   NONCE_PREFIX_BYTES,
   parseHeader,
-  TAG_BYTES,
   verifyHeader,
 } from "./format.js";
 import type { EnvelopeKms } from "./kms.js";
@@ -87,7 +86,7 @@ export class Envelope {
 
   /** Encrypts a whole buffer into one message. */
   async encrypt(plaintext: Uint8Array, options: EncryptOptions): Promise<Buffer> {
-    const sealing = await this.beginSealing(options);
+    const sealing = await this.#beginSealing(options);
     const size = this.#chunkSize;
     const data = Buffer.from(plaintext.buffer, plaintext.byteOffset, plaintext.byteLength);
     const out: Buffer[] = [sealing.header];
@@ -108,19 +107,19 @@ export class Envelope {
     } catch {
       throw decryptionFailed();
     }
-    const { opener } = await this.beginOpening(header, options);
+    const { opener } = await this.#beginOpening(header, options);
     const source: RangeSource = { size: bytes.length, read: async (at, n) => bytes.subarray(at, at + n) };
     return readRange(source, { header, opener }, 0, Number.MAX_SAFE_INTEGER);
   }
 
   /** A Transform from plaintext to one message. Back-pressure flows through it. */
   encryptStream(options: EncryptOptions): Transform {
-    return new EncryptStream(() => this.beginSealing(options));
+    return new EncryptStream(() => this.#beginSealing(options));
   }
 
   /** A Transform from a message to its plaintext, released chunk by chunk as each tag verifies. */
   decryptStream(options: DecryptOptions = {}): Transform {
-    return new DecryptStream((header) => this.beginOpening(header, options));
+    return new DecryptStream((header) => this.#beginOpening(header, options));
   }
 
   /**
@@ -129,7 +128,7 @@ export class Envelope {
    */
   async readRange(source: RangeSource, start: number, end: number, options: DecryptOptions = {}): Promise<Buffer> {
     const header = await readHeader(source);
-    const opening = await this.beginOpening(header, options);
+    const opening = await this.#beginOpening(header, options);
     return readRange(source, opening, start, end);
   }
 
@@ -139,7 +138,7 @@ export class Envelope {
   }
 
   /** Fetches (or reuses) a data key and derives this message's keys from it. */
-  async beginSealing(options: EncryptOptions): Promise<Sealing> {
+  async #beginSealing(options: EncryptOptions): Promise<Sealing> {
     const keyName = options.key;
     if (typeof keyName !== "string" || !checkKeyName(keyName)) {
       throw new CustosError("invalid_request", "key must be a KMS key name: 1..128 of [a-zA-Z0-9._-]");
@@ -174,7 +173,7 @@ export class Envelope {
   }
 
   /** Checks the expected context, unwraps the data key and authenticates the header. */
-  async beginOpening(header: Header, options: DecryptOptions): Promise<Opening> {
+  async #beginOpening(header: Header, options: DecryptOptions): Promise<Opening> {
     const expected = validateContext(options.context);
     if (!canonicalContext(expected).equals(canonicalContext(header.context))) throw decryptionFailed();
     let unwrapped: { value: ReturnType<typeof deriveKeys>; version: number };
@@ -206,9 +205,4 @@ function checkLimits(limits: CacheLimits): CacheLimits {
     }
   }
   return limits;
-}
-
-/** Bytes a message of `plaintextLength` takes after its header. */
-export function bodyLength(plaintextLength: number, chunkSize: number): number {
-  return plaintextLength + Math.max(1, Math.ceil(plaintextLength / chunkSize)) * TAG_BYTES;
 }

@@ -23,7 +23,6 @@ export const NONCE_PREFIX_BYTES = 7;
 export const MESSAGE_ID_BYTES = 32;
 export const COMMITMENT_BYTES = 32;
 export const MAC_BYTES = 32;
-export const DATA_KEY_BYTES = 32;
 export const MIN_CHUNK_SIZE = 1;
 export const MAX_CHUNK_SIZE = 16 * 1024 * 1024;
 export const DEFAULT_CHUNK_SIZE = 64 * 1024;
