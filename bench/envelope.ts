@@ -1,0 +1,433 @@
+/**
+ * Envelope throughput (src/envelope) beside its limit, one node:crypto AES-256-GCM
+ * cipher over the same data in the same pieces, and beside its peer, the AWS
+ * Encryption SDK; then peak RSS while streaming, and KMS calls with and without the
+ * data-key cache. Data keys come from the real KmsService on a SoftHSM token.
+ *
+ *   npm run bench -- envelope [quick]
+ */
+import { spawnSync } from "node:child_process";
+import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { loadavg, tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable, Transform, Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { fileURLToPath } from "node:url";
+import { type Actor, AuditLog } from "../src/audit/index.js";
+import type { EncryptionContext, EnvelopeKms } from "../src/envelope/index.js";
+import { Envelope } from "../src/envelope/index.js";
+import { Pkcs11Keystore } from "../src/hsm/pkcs11/index.js";
+import { KmsService } from "../src/kms/index.js";
+import { Secret } from "../src/secret/index.js";
+import { SqliteStore } from "../src/store/index.js";
+import { createTestToken } from "../test/helpers/softhsm.js";
+
+const MiB = 1024 ** 2;
+/** Our default chunk size; sources emit pieces of this size, and the SDK gets frames of it too. */
+const PIECE = 64 * 1024;
+const KEY = "bench";
+const CONTEXT: EncryptionContext = { bucket: "bench", object: "data" };
+const SDK_BUDGET_S = 60;
+const GOAL = { ofRaw: 0.85, timesSdk: 5, rssBytes: 100e6 };
+
+const FULL = { small: MiB, large: 64 * MiB, stream: 1024 * MiB, objects: 1000, reps: 5 };
+const QUICK = { small: MiB, large: 8 * MiB, stream: 64 * MiB, objects: 100, reps: 1 };
+
+interface CountingKms extends EnvelopeKms {
+  readonly calls: { generate: number; decrypt: number };
+}
+
+/** A real KmsService (SoftHSM token, SQLite store, audit log) with one encrypt key, seen through EnvelopeKms. */
+async function openKms(): Promise<{ kms: CountingKms; close(): Promise<void> }> {
+  const token = createTestToken("custos-bench-envelope");
+  const dir = mkdtempSync(join(tmpdir(), "custos-bench-envelope-"));
+  const keystore = await Pkcs11Keystore.open({
+    modulePath: token.modulePath,
+    tokenLabel: token.label,
+    pin: Secret.fromString(token.pin),
+  });
+  await keystore.createRootKey();
+  const store = await SqliteStore.open(join(dir, "custos.db"));
+  const audit = new AuditLog({ store, keystore, ...(await AuditLog.provisionKeys(keystore)) });
+  const service = new KmsService({ keystore, store, audit });
+  const actor: Actor = { principal: "user:bench", requestId: "bench", source: "127.0.0.1" };
+  await service.createKey(actor, { name: KEY, purpose: "encrypt" });
+  const calls = { generate: 0, decrypt: 0 };
+  const kms: CountingKms = {
+    calls,
+    async generateDataKey(keyName, context) {
+      calls.generate++;
+      const r = await service.generateDataKey(actor, keyName, { context });
+      if (r.plaintext === undefined) throw new Error("datakey without plaintext");
+      return { plaintext: r.plaintext, wrapped: r.ciphertext, version: r.version };
+    },
+    async decryptDataKey(keyName, wrapped, context) {
+      calls.decrypt++;
+      return service.decrypt(actor, keyName, { ciphertext: wrapped, context });
+    },
+    rewrapDataKeys: () => Promise.reject(new Error("not used by this bench")),
+  };
+  const close = async () => {
+    await audit.stop();
+    await store.close();
+    await keystore.close();
+    token.remove();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  return { kms, close };
+}
+
+/**
+ * Median wall time in seconds of each run, taking turns (one of each per round), so
+ * that a neighbour's load on this shared machine falls on all of them alike; the
+ * median, not the best, so one lucky or unlucky round doesn't decide. `warm` adds an
+ * untimed round first, to keep JIT and the first KMS call out of short measurements.
+ */
+async function medians<K extends string>(
+  reps: number,
+  runs: Record<K, () => Promise<unknown>>,
+  warm = false,
+): Promise<Record<K, number>> {
+  const names = Object.keys(runs) as K[];
+  const times = new Map<K, number[]>(names.map((k) => [k, []]));
+  for (let round = warm ? -1 : 0; round < reps; round++) {
+    for (const k of names) {
+      const start = performance.now();
+      await runs[k]();
+      if (round >= 0) times.get(k)?.push((performance.now() - start) / 1000);
+    }
+  }
+  const mid = (t: number[]) => t.sort((a, b) => a - b)[Math.floor((t.length - 1) / 2)] as number;
+  return Object.fromEntries(names.map((k) => [k, mid(times.get(k) ?? [])])) as Record<K, number>;
+}
+
+const once = async (run: () => Promise<unknown>) => (await medians(1, { run })).run;
+
+/** `total` bytes in PIECE-sized pieces, the same random piece each time (no generator cost in the figure). */
+function source(total: number): Readable {
+  const piece = randomBytes(PIECE);
+  let left = total;
+  return new Readable({
+    read() {
+      const n = Math.min(PIECE, left);
+      left -= n;
+      this.push(n > 0 ? piece.subarray(0, n) : null);
+    },
+  });
+}
+
+/** Discards, but counts, so that a short stream can't pass for a fast one. */
+function sink(expected: number): Writable {
+  let seen = 0;
+  return new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      seen += chunk.length;
+      done();
+    },
+    final(done) {
+      done(expected < 0 || seen === expected ? null : new Error(`sink saw ${seen} bytes, expected ${expected}`));
+    },
+  });
+}
+
+/** The limit as Transforms: one cipher over the whole stream, `update` per piece; the tag passes from one to the other. */
+function rawStreams(): { seal: Transform; open: Transform } {
+  const key = randomBytes(32);
+  const iv = randomBytes(12);
+  const cipher = createCipheriv("aes-256-gcm", key, iv);
+  const decipher = createDecipheriv("aes-256-gcm", key, iv);
+  const seal = new Transform({
+    transform: (chunk: Buffer, _e, done) => done(null, cipher.update(chunk)),
+    flush: (done) => done(null, cipher.final()),
+  });
+  const open = new Transform({
+    transform: (chunk: Buffer, _e, done) => done(null, decipher.update(chunk)),
+    flush(done) {
+      decipher.setAuthTag(cipher.getAuthTag());
+      done(null, decipher.final());
+    },
+  });
+  return { seal, open };
+}
+
+/**
+ * The limit for buffers: one cipher over `data`, `update` per piece, pieces left as
+ * they come (no concatenation). Every run reuses key and IV: harmless, nothing is kept.
+ */
+function rawBuffer(data: Buffer): { encrypt(): void; decrypt(): void } {
+  const key = randomBytes(32);
+  const iv = randomBytes(12);
+  const pieces = (b: Buffer) =>
+    Array.from({ length: Math.ceil(b.length / PIECE) }, (_, i) => b.subarray(i * PIECE, (i + 1) * PIECE));
+  const c = createCipheriv("aes-256-gcm", key, iv);
+  const ciphertext = Buffer.concat(pieces(data).map((p) => c.update(p)));
+  c.final();
+  const tag = c.getAuthTag();
+  return {
+    encrypt() {
+      const cipher = createCipheriv("aes-256-gcm", key, iv);
+      for (const p of pieces(data)) cipher.update(p);
+      cipher.final();
+      cipher.getAuthTag();
+    },
+    decrypt() {
+      const decipher = createDecipheriv("aes-256-gcm", key, iv).setAuthTag(tag);
+      for (const p of pieces(ciphertext)) decipher.update(p);
+      decipher.final();
+    },
+  };
+}
+
+/**
+ * Peak RSS in KiB. Linux's getrusage maxRSS carries the parent's peak over fork and
+ * exec (the child starts at the bench's 500 MB or so), so read the high-water mark of
+ * this process's own memory instead where there is one.
+ */
+function peakRss(): number {
+  const hwm = /^VmHWM:\s+(\d+) kB$/m.exec(
+    existsSync("/proc/self/status") ? readFileSync("/proc/self/status", "utf8") : "",
+  );
+  return hwm ? Number(hwm[1]) : process.resourceUsage().maxRSS;
+}
+
+/**
+ * Peak RSS of a process that only streams `total` bytes, once encrypting, once
+ * encrypt→decrypt: through the envelope (with its own KMS), or through the raw
+ * Transforms (no KMS) for what node streams cost by themselves. Both grow by
+ * tens of MB: every update() allocates its output outside the V8 heap, and V8
+ * collects that garbage only every few tens of MB of it.
+ */
+async function rssChild(what: string, total: number): Promise<void> {
+  if (what === "inherited") {
+    console.log(JSON.stringify({ maxRSS: process.resourceUsage().maxRSS, hwm: peakRss() }));
+    return;
+  }
+  const atRest = peakRss();
+  const opened = what === "envelope" ? await openKms() : undefined;
+  const envelope = opened && new Envelope({ kms: opened.kms });
+  // One small message first, so that the KMS's first calls (HSM sessions, threads, SQLite) count as set-up.
+  const first = await envelope?.encrypt(Buffer.alloc(1), { key: KEY, context: CONTEXT });
+  if (first) await envelope?.decrypt(first, { context: CONTEXT });
+  const afterSetup = peakRss();
+  const seal = () => envelope?.encryptStream({ key: KEY, context: CONTEXT }) ?? rawStreams().seal;
+  await pipeline(source(total), seal(), sink(-1));
+  const afterEncrypt = peakRss();
+  const pair = envelope
+    ? {
+        seal: envelope.encryptStream({ key: KEY, context: CONTEXT }),
+        open: envelope.decryptStream({ context: CONTEXT }),
+      }
+    : rawStreams();
+  await pipeline(source(total), pair.seal, pair.open, sink(total));
+  const peak = peakRss();
+  await opened?.close();
+  console.log(JSON.stringify({ atRest, afterSetup, afterEncrypt, peak }));
+}
+
+const mbs = (bytes: number, seconds: number) => bytes / 1e6 / seconds;
+const fmt = (rate: number) => `${rate.toFixed(0).padStart(5)} MB/s`;
+const met = (ok: boolean) => (ok ? "met" : "NOT met");
+
+export default async function main(args: string[]): Promise<void> {
+  const quick = args.includes("quick");
+  const size = quick ? QUICK : FULL;
+  const human = (n: number) => (n >= 1024 * MiB ? `${n / 1024 / MiB} GiB` : `${n / MiB} MiB`);
+  console.log(`envelope bench (${quick ? "quick" : "full"}), node ${process.version}, load average ${loadavg()[0]}`);
+  console.log(
+    `  median of ${size.reps} rounds (${size.reps * 3} for ${human(size.small)}), the contenders taking turns`,
+  );
+  console.log(`  buffers: one untimed round first; ${human(size.small)} timed in batches of 32 MiB`);
+  console.log(`  chunks and pieces of ${PIECE / 1024} KiB; MB = 10^6 bytes; data keys from KmsService on SoftHSM`);
+  console.log(`  limit = one node:crypto AES-256-GCM cipher over the data, update per piece, output not concatenated`);
+  console.log(
+    `  SDK = @aws-crypto/client-node, raw AES keyring, ${PIECE / 1024} KiB frames like ours (its default: 4 KiB),`,
+  );
+  console.log(`    buffers as ours, its ${human(size.stream)} stream once if its buffer rate says < ${SDK_BUDGET_S} s`);
+  console.log(`  stream decrypt: round trip source → encrypt → decrypt → sink in one pipeline, the limit likewise\n`);
+
+  const { kms, close } = await openKms();
+  try {
+    const envelope = new Envelope({ kms });
+    const sealOpts = { key: KEY, context: CONTEXT };
+    const openOpts = { context: CONTEXT };
+    // Imported here, not at the top, so that the RSS child doesn't load it.
+    const aws = await import("@aws-crypto/client-node");
+    const sdk = aws.buildClient(aws.CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT);
+    const keyring = new aws.RawAesKeyringNode({
+      keyNamespace: "bench",
+      keyName: "bench",
+      unencryptedMasterKey: randomBytes(32),
+      wrappingSuite: aws.RawAesWrappingSuiteIdentifier.AES256_GCM_IV12_TAG16_NO_PADDING,
+    });
+    const noSig = aws.AlgorithmSuiteIdentifier.ALG_AES256_GCM_IV12_TAG16_HKDF_SHA512_COMMIT_KEY;
+    // Without suiteId the SDK picks its default suite under this policy: committing, with an ECDSA P-384 signature.
+    const sdkOpts = (signed: boolean, frameLength = PIECE) => ({
+      encryptionContext: CONTEXT,
+      frameLength,
+      ...(signed ? {} : { suiteId: noSig }),
+    });
+
+    console.log(`${"".padEnd(32)}    Custos      limit  of limit ≥85%    SDK no-sig  ×SDK ≥5×       SDK ECDSA`);
+    const row = (label: string, bytes: number, t: { ours: number; limit: number; noSig?: number; signed?: number }) => {
+      const r = mbs(bytes, t.ours);
+      const l = mbs(bytes, t.limit);
+      const pct = `${((100 * r) / l).toFixed(0)}%`.padStart(4);
+      let line = `${label.padEnd(32)}${fmt(r)} ${fmt(l)}  ${pct} ${met(r / l >= GOAL.ofRaw).padEnd(8)}`;
+      if (t.noSig !== undefined) {
+        const s = mbs(bytes, t.noSig);
+        line += `  ${fmt(s)}  ${`${(r / s).toFixed(1)}×`.padStart(5)} ${met(r / s >= GOAL.timesSdk).padEnd(8)}`;
+      }
+      if (t.signed !== undefined) line += `  ${fmt(mbs(bytes, t.signed))}`;
+      console.log(line);
+    };
+
+    const sdkRates = { encrypt: 0, decrypt: 0 };
+    for (const n of [size.small, size.large]) {
+      const data = randomBytes(n);
+      const reps = n === size.small ? size.reps * 3 : size.reps;
+      // Small buffers in batches of ~32 MiB, so that a sample is long against the clock and the GC.
+      const inner = Math.ceil((32 * MiB) / n);
+      const batch = (op: () => unknown) => async () => {
+        for (let i = 0; i < inner; i++) await op();
+      };
+      const raw = rawBuffer(data);
+      const message = await envelope.encrypt(data, sealOpts);
+      if (!(await envelope.decrypt(message, openOpts)).equals(data)) throw new Error("round trip differs");
+      const sdkEnc = async (signed: boolean, frameLength = PIECE) =>
+        (await sdk.encrypt(keyring, data, sdkOpts(signed, frameLength))).result;
+      const sealed = { noSig: await sdkEnc(false), signed: await sdkEnc(true) };
+      const enc = await medians(
+        reps,
+        {
+          ours: batch(() => envelope.encrypt(data, sealOpts)),
+          limit: batch(() => raw.encrypt()),
+          noSig: batch(() => sdkEnc(false)),
+          signed: batch(() => sdkEnc(true)),
+        },
+        true,
+      );
+      const dec = await medians(
+        reps,
+        {
+          ours: batch(() => envelope.decrypt(message, openOpts)),
+          limit: batch(() => raw.decrypt()),
+          noSig: batch(() => sdk.decrypt(keyring, sealed.noSig)),
+          signed: batch(() => sdk.decrypt(keyring, sealed.signed)),
+        },
+        true,
+      );
+      row(`encrypt ${human(n)} buffer`, n * inner, enc);
+      row(`decrypt ${human(n)} buffer`, n * inner, dec);
+      if (n !== size.large) continue;
+      Object.assign(sdkRates, { encrypt: (n * inner) / enc.noSig, decrypt: (n * inner) / dec.noSig });
+      // The SDK as most callers meet it: shown, not judged (frames the size of our chunks are the fair peer).
+      const small = await sdkEnc(false, 4096);
+      const e4 = await once(() => sdkEnc(false, 4096));
+      const d4 = await once(() => sdk.decrypt(keyring, small));
+      console.log(
+        `  SDK no-sig at its default 4 KiB frames: encrypt ${fmt(mbs(n, e4))} (Custos ${((e4 * inner) / enc.ours).toFixed(1)}×), ` +
+          `decrypt ${fmt(mbs(n, d4))} (Custos ${((d4 * inner) / dec.ours).toFixed(1)}×)`,
+      );
+    }
+
+    const total = size.stream;
+    const encrypting = await medians(size.reps, {
+      ours: () => pipeline(source(total), envelope.encryptStream(sealOpts), sink(-1)),
+      limit: () => pipeline(source(total), rawStreams().seal, sink(-1)),
+    });
+    const roundTrip = await medians(size.reps, {
+      ours: () =>
+        pipeline(source(total), envelope.encryptStream(sealOpts), envelope.decryptStream(openOpts), sink(total)),
+      limit: () => {
+        const raw = rawStreams();
+        return pipeline(source(total), raw.seal, raw.open, sink(total));
+      },
+    });
+    // The SDK streams the whole size only if its rate on the large buffer says it finishes within the budget.
+    const sdkEncS = total / sdkRates.encrypt;
+    const sdkRtS = total / sdkRates.encrypt + total / sdkRates.decrypt;
+    if (sdkEncS <= SDK_BUDGET_S) {
+      const sdkSeal = () => sdk.encryptStream(keyring, sdkOpts(false));
+      Object.assign(encrypting, { noSig: await once(() => pipeline(source(total), sdkSeal(), sink(-1))) });
+      if (sdkRtS <= SDK_BUDGET_S) {
+        const sdkOpen = () => sdk.decryptStream(keyring);
+        Object.assign(roundTrip, {
+          noSig: await once(() => pipeline(source(total), sdkSeal(), sdkOpen(), sink(total))),
+        });
+      }
+    }
+    row(`encrypt ${human(total)} stream`, total, encrypting);
+    row(`encrypt→decrypt ${human(total)} stream`, total, roundTrip);
+    for (const [what, s, t] of [
+      ["encrypt", sdkEncS, encrypting],
+      ["encrypt→decrypt", sdkRtS, roundTrip],
+    ] as const) {
+      if (!("noSig" in t)) {
+        const at = `${human(size.large)}: ${fmt(sdkRates.encrypt / 1e6)} encrypt, ${fmt(sdkRates.decrypt / 1e6)} decrypt`;
+        console.log(
+          `  SDK ${what} ${human(total)} stream: skipped (too slow, ~${s.toFixed(0)} s at its rate on ${at})`,
+        );
+      }
+    }
+
+    // Children that do nothing else, so the buffers above don't count; they inherit SOFTHSM2_CONF for their token.
+    const rss = (what: string) => {
+      const args = ["--import", "tsx", fileURLToPath(import.meta.url), "--rss-child", what, String(total)];
+      const child = spawnSync(process.execPath, args, { encoding: "utf8", env: process.env });
+      if (child.status !== 0) throw new Error(`RSS child failed: ${child.stderr}`);
+      return JSON.parse(child.stdout.trim().split("\n").at(-1) as string) as Record<string, number>;
+    };
+    const mb = (kib: number | undefined) => `${(((kib ?? 0) * 1024) / 1e6).toFixed(0)} MB`;
+    const grew = (r: Record<string, number>) => mb((r.peak ?? 0) - (r.afterSetup ?? 0));
+    console.log(`\npeak RSS (VmHWM) streaming ${human(total)}: encrypt, then encrypt→decrypt, in a child of its own`);
+    const inherited = rss("inherited");
+    console.log(
+      `  (an idle child's getrusage maxRSS says ${mb(inherited.maxRSS)}, inherited from this process; VmHWM ${mb(inherited.hwm)})`,
+    );
+    const ours = rss("envelope");
+    const limit = rss("raw");
+    console.log(`  node + tsx + this file's imports, before anything: ${mb(ours.atRest)}`);
+    console.log(
+      `  envelope, real KMS on SoftHSM: set-up ${mb(ours.afterSetup)}, encrypt ${mb(ours.afterEncrypt)}, ` +
+        `encrypt→decrypt ${mb(ours.peak)} (+${grew(ours)} streaming)  goal ≤ 100 MB: ${met((ours.peak ?? Infinity) * 1024 <= GOAL.rssBytes)}`,
+    );
+    console.log(
+      `  limit, raw Transforms, no KMS: set-up ${mb(limit.afterSetup)}, encrypt ${mb(limit.afterEncrypt)}, ` +
+        `encrypt→decrypt ${mb(limit.peak)} (+${grew(limit)} streaming)`,
+    );
+
+    const objects = Array.from({ length: size.objects }, () => randomBytes(1024));
+    console.log(`\nKMS calls for ${size.objects} objects of 1 KiB under one key and context, one at a time`);
+    const fresh = (cache: boolean) => new Envelope({ kms, ...(cache ? {} : { cache: false as const }) });
+    const report = (what: string, cache: boolean, calls: number, seen: number, s: number) =>
+      console.log(
+        `  ${what}, ${cache ? "default cache" : "cache: false "}  Envelope.kmsCalls ${String(calls).padStart(5)} ` +
+          `(KMS saw ${seen})  ${(size.objects / s).toFixed(0).padStart(6)} objects/s`,
+      );
+    let messages: Buffer[] = [];
+    for (const cache of [true, false]) {
+      const e = fresh(cache);
+      const before = kms.calls.generate;
+      const out: Buffer[] = [];
+      const s = await once(async () => {
+        for (const o of objects) out.push(await e.encrypt(o, sealOpts));
+      });
+      if (cache) messages = out;
+      report("encrypt", cache, e.kmsCalls, kms.calls.generate - before, s);
+    }
+    // Both decrypt the messages from the cached run (one data key): a fresh cache needs it once, no cache each time.
+    for (const cache of [true, false]) {
+      const e = fresh(cache);
+      const before = kms.calls.decrypt;
+      const s = await once(async () => {
+        for (const m of messages) await e.decrypt(m, openOpts);
+      });
+      report("decrypt", cache, e.kmsCalls, kms.calls.decrypt - before, s);
+    }
+  } finally {
+    await close();
+  }
+}
+
+if (process.argv[2] === "--rss-child") await rssChild(process.argv[3] ?? "", Number(process.argv[4]));
