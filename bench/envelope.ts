@@ -24,7 +24,7 @@ import { SqliteStore } from "../src/store/index.js";
 import { createTestToken } from "../test/helpers/softhsm.js";
 
 const MiB = 1024 ** 2;
-/** Our default chunk size; sources emit pieces of this size, and the SDK gets frames of it too. */
+/** Our default chunk size; sources emit pieces of this size. */
 const PIECE = 64 * 1024;
 const KEY = "bench";
 const CONTEXT: EncryptionContext = { bucket: "bench", object: "data" };
@@ -152,28 +152,27 @@ function rawStreams(): { seal: Transform; open: Transform } {
 }
 
 /**
- * The limit for buffers: one cipher over `data`, `update` per piece, pieces left as
- * they come (no concatenation). Every run reuses key and IV: harmless, nothing is kept.
+ * The limit for buffers: what a buffer API must deliver, one contiguous output, made
+ * the plainest way node:crypto offers, one cipher and one `update` over the whole
+ * buffer. Every run reuses key and IV: harmless, nothing is kept.
  */
 function rawBuffer(data: Buffer): { encrypt(): void; decrypt(): void } {
   const key = randomBytes(32);
   const iv = randomBytes(12);
-  const pieces = (b: Buffer) =>
-    Array.from({ length: Math.ceil(b.length / PIECE) }, (_, i) => b.subarray(i * PIECE, (i + 1) * PIECE));
   const c = createCipheriv("aes-256-gcm", key, iv);
-  const ciphertext = Buffer.concat(pieces(data).map((p) => c.update(p)));
+  const ciphertext = c.update(data);
   c.final();
   const tag = c.getAuthTag();
   return {
     encrypt() {
       const cipher = createCipheriv("aes-256-gcm", key, iv);
-      for (const p of pieces(data)) cipher.update(p);
+      cipher.update(data);
       cipher.final();
       cipher.getAuthTag();
     },
     decrypt() {
       const decipher = createDecipheriv("aes-256-gcm", key, iv).setAuthTag(tag);
-      for (const p of pieces(ciphertext)) decipher.update(p);
+      decipher.update(ciphertext);
       decipher.final();
     },
   };
@@ -239,10 +238,10 @@ export default async function main(args: string[]): Promise<void> {
   );
   console.log(`  buffers: one untimed round first; ${human(size.small)} timed in batches of 32 MiB`);
   console.log(`  chunks and pieces of ${PIECE / 1024} KiB; MB = 10^6 bytes; data keys from KmsService on SoftHSM`);
-  console.log(`  limit = one node:crypto AES-256-GCM cipher over the data, update per piece, output not concatenated`);
-  console.log(
-    `  SDK = @aws-crypto/client-node, raw AES keyring, ${PIECE / 1024} KiB frames like ours (its default: 4 KiB),`,
-  );
+  console.log(`  limit = one node:crypto AES-256-GCM cipher over the data: buffers in one update (one output buffer,`);
+  console.log(`    as a buffer API returns), streams in one update per piece (outputs passed on, never joined)`);
+  console.log(`  SDK = @aws-crypto/client-node, raw AES keyring, as its users meet it: default 4 KiB frames;`);
+  console.log(`    with 64 KiB frames like our chunks it is faster, shown below the buffer rows, not judged`);
   console.log(`    buffers as ours, its ${human(size.stream)} stream once if its buffer rate says < ${SDK_BUDGET_S} s`);
   console.log(`  stream decrypt: round trip source → encrypt → decrypt → sink in one pipeline, the limit likewise\n`);
 
@@ -262,9 +261,9 @@ export default async function main(args: string[]): Promise<void> {
     });
     const noSig = aws.AlgorithmSuiteIdentifier.ALG_AES256_GCM_IV12_TAG16_HKDF_SHA512_COMMIT_KEY;
     // Without suiteId the SDK picks its default suite under this policy: committing, with an ECDSA P-384 signature.
-    const sdkOpts = (signed: boolean, frameLength = PIECE) => ({
+    const sdkOpts = (signed: boolean, frameLength?: number) => ({
       encryptionContext: CONTEXT,
-      frameLength,
+      ...(frameLength === undefined ? {} : { frameLength }),
       ...(signed ? {} : { suiteId: noSig }),
     });
 
@@ -294,7 +293,7 @@ export default async function main(args: string[]): Promise<void> {
       const raw = rawBuffer(data);
       const message = await envelope.encrypt(data, sealOpts);
       if (!(await envelope.decrypt(message, openOpts)).equals(data)) throw new Error("round trip differs");
-      const sdkEnc = async (signed: boolean, frameLength = PIECE) =>
+      const sdkEnc = async (signed: boolean, frameLength?: number) =>
         (await sdk.encrypt(keyring, data, sdkOpts(signed, frameLength))).result;
       const sealed = { noSig: await sdkEnc(false), signed: await sdkEnc(true) };
       const enc = await medians(
@@ -321,12 +320,12 @@ export default async function main(args: string[]): Promise<void> {
       row(`decrypt ${human(n)} buffer`, n * inner, dec);
       if (n !== size.large) continue;
       Object.assign(sdkRates, { encrypt: (n * inner) / enc.noSig, decrypt: (n * inner) / dec.noSig });
-      // The SDK as most callers meet it: shown, not judged (frames the size of our chunks are the fair peer).
-      const small = await sdkEnc(false, 4096);
-      const e4 = await once(() => sdkEnc(false, 4096));
-      const d4 = await once(() => sdk.decrypt(keyring, small));
+      // The SDK with frames the size of our chunks: shown, not judged.
+      const big = await sdkEnc(false, PIECE);
+      const e4 = await once(() => sdkEnc(false, PIECE));
+      const d4 = await once(() => sdk.decrypt(keyring, big));
       console.log(
-        `  SDK no-sig at its default 4 KiB frames: encrypt ${fmt(mbs(n, e4))} (Custos ${((e4 * inner) / enc.ours).toFixed(1)}×), ` +
+        `  SDK no-sig with 64 KiB frames: encrypt ${fmt(mbs(n, e4))} (Custos ${((e4 * inner) / enc.ours).toFixed(1)}×), ` +
           `decrypt ${fmt(mbs(n, d4))} (Custos ${((d4 * inner) / dec.ours).toFixed(1)}×)`,
       );
     }

@@ -20,6 +20,7 @@ import {
   MIN_CHUNK_SIZE,
   NONCE_PREFIX_BYTES,
   parseHeader,
+  TAG_BYTES,
   verifyHeader,
 } from "./format.js";
 import type { EnvelopeKms } from "./kms.js";
@@ -89,13 +90,14 @@ export class Envelope {
     const sealing = await this.#beginSealing(options);
     const size = this.#chunkSize;
     const data = Buffer.from(plaintext.buffer, plaintext.byteOffset, plaintext.byteLength);
-    const out: Buffer[] = [sealing.header];
     const chunks = Math.max(1, Math.ceil(data.length / size));
+    const out = Buffer.allocUnsafe(sealing.header.length + data.length + chunks * TAG_BYTES);
+    let at = sealing.header.copy(out, 0);
     for (let i = 0; i < chunks; i++) {
-      sealing.sealer.seal(i, [data.subarray(i * size, (i + 1) * size)], i === chunks - 1, out);
+      at = sealing.sealer.sealInto(i, data.subarray(i * size, (i + 1) * size), i === chunks - 1, out, at);
     }
     sealing.addBytes(data.length);
-    return Buffer.concat(out);
+    return out;
   }
 
   /** Decrypts a whole message; any damage is `decryption_failed` and returns nothing. */

@@ -53,22 +53,31 @@ export async function readRange(source: RangeSource, opening: Opening, start: nu
   if (stop === start) return Buffer.alloc(0);
   const first = Math.floor(start / size);
   const last = Math.floor((stop - 1) / size);
-  const out: Buffer[] = [];
-  for (let from = first; from <= last; from += CHUNKS_PER_READ) {
-    const to = Math.min(last, from + CHUNKS_PER_READ - 1);
-    const position = header.length + from * stride;
-    const length = Math.min((to + 1) * stride, source.size - header.length) - from * stride;
-    const bytes = await source.read(position, length);
-    if (bytes.length !== length) throw decryptionFailed();
-    for (let i = from; i <= to; i++) {
-      const chunk = bytes.subarray((i - from) * stride, (i - from + 1) * stride);
-      const ciphertext = chunk.subarray(0, chunk.length - TAG_BYTES);
-      out.push(...opener.open(i, [ciphertext], chunk.subarray(chunk.length - TAG_BYTES), i === layout.chunks - 1));
+  // Whole chunks are decrypted into one buffer; the range is a view of it.
+  const out = Buffer.allocUnsafe(Math.min((last + 1) * size, layout.plaintextLength) - first * size);
+  let at = 0;
+  try {
+    await openChunks();
+  } catch (e) {
+    out.fill(0);
+    throw e;
+  }
+  const offset = start - first * size;
+  return out.subarray(offset, offset + (stop - start));
+
+  async function openChunks(): Promise<void> {
+    for (let from = first; from <= last; from += CHUNKS_PER_READ) {
+      const to = Math.min(last, from + CHUNKS_PER_READ - 1);
+      const position = header.length + from * stride;
+      const length = Math.min((to + 1) * stride, source.size - header.length) - from * stride;
+      const bytes = await source.read(position, length);
+      if (bytes.length !== length) throw decryptionFailed();
+      for (let i = from; i <= to; i++) {
+        const sealed = bytes.subarray((i - from) * stride, (i - from + 1) * stride);
+        at = opener.openInto(i, sealed, i === layout.chunks - 1, out, at);
+      }
     }
   }
-  const plaintext = Buffer.concat(out);
-  const offset = start - first * size;
-  return plaintext.subarray(offset, offset + (stop - start));
 }
 
 /** A file as a `RangeSource`; `close()` it when done. */
