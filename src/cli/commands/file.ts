@@ -161,13 +161,9 @@ async function transfer(ctx: CliContext, stages: Stage[], to: string | undefined
   try {
     await run(...stages, createWriteStream(temp, { flags: "wx", mode: 0o600 }));
     // fsync applies to the file, whichever descriptor asks: the stream has closed its own.
-    const handle = await open(temp, "r");
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await syncPath(temp);
     await rename(temp, to);
+    await syncPath(dirname(to));
   } catch (e) {
     await rm(temp, { force: true });
     const code = (e as { code?: unknown }).code;
@@ -175,6 +171,15 @@ async function transfer(ctx: CliContext, stages: Stage[], to: string | undefined
       throw new CliError("io_error", `cannot write ${to}: ${errorCode(e)}`, EXIT_CLIENT, { cause: e });
     }
     throw e;
+  }
+}
+
+async function syncPath(path: string): Promise<void> {
+  const handle = await open(path, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
 
