@@ -1,8 +1,8 @@
 /**
  * Chunk encryption with a message's content key: AES-256-GCM from node:crypto (about
  * 2 GB/s here), one cipher per chunk under the nonce that binds its index and the
- * last-chunk flag. Inputs and outputs are lists of buffers so that no chunk is copied
- * on its way through.
+ * last-chunk flag. Streams hand chunks over as lists of buffers, so nothing is copied
+ * on its way through; whole buffers go straight into one output buffer.
  */
 import { createCipheriv, createDecipheriv, createSecretKey, type KeyObject } from "node:crypto";
 import { CustosError } from "../errors/index.js";
@@ -27,8 +27,7 @@ export class ChunkSealer {
 
   /** Encrypts chunk `index` (given as pieces) and appends its ciphertext, then its tag, to `out`. */
   seal(index: number, pieces: readonly Buffer[], last: boolean, out: Buffer[]): void {
-    if (index >= MAX_CHUNKS) throw new CustosError("invalid_request", "message has more chunks than the format allows");
-    const cipher = createCipheriv("aes-256-gcm", this.#key, chunkNonce(this.#prefix, index, last));
+    const cipher = this.#cipher(index, last);
     for (const piece of pieces) {
       const sealed = cipher.update(piece);
       if (sealed.length > 0) out.push(sealed);
@@ -42,14 +41,18 @@ export class ChunkSealer {
    * offset after it. The whole-buffer path: one output buffer, no list to join.
    */
   sealInto(index: number, data: Buffer, last: boolean, out: Buffer, at: number): number {
-    if (index >= MAX_CHUNKS) throw new CustosError("invalid_request", "message has more chunks than the format allows");
-    const cipher = createCipheriv("aes-256-gcm", this.#key, chunkNonce(this.#prefix, index, last));
+    const cipher = this.#cipher(index, last);
     let to = at;
     for (let from = 0; from < data.length; from += SLICE) {
       to += cipher.update(data.subarray(from, from + SLICE)).copy(out, to);
     }
     cipher.final();
     return to + cipher.getAuthTag().copy(out, to);
+  }
+
+  #cipher(index: number, last: boolean) {
+    if (index >= MAX_CHUNKS) throw new CustosError("invalid_request", "message has more chunks than the format allows");
+    return createCipheriv("aes-256-gcm", this.#key, chunkNonce(this.#prefix, index, last));
   }
 }
 
@@ -68,9 +71,7 @@ export class ChunkOpener {
    * unverified plaintext is zeroed, never returned.
    */
   open(index: number, pieces: readonly Buffer[], tag: Buffer, last: boolean): Buffer[] {
-    if (tag.length !== TAG_BYTES) throw decryptionFailed();
-    const decipher = createDecipheriv("aes-256-gcm", this.#key, chunkNonce(this.#prefix, index, last));
-    decipher.setAuthTag(tag);
+    const decipher = this.#decipher(index, last, tag);
     const out: Buffer[] = [];
     for (const piece of pieces) {
       const opened = decipher.update(piece);
@@ -92,8 +93,7 @@ export class ChunkOpener {
   openInto(index: number, sealed: Buffer, last: boolean, out: Buffer, at: number): number {
     if (sealed.length < TAG_BYTES) throw decryptionFailed();
     const end = sealed.length - TAG_BYTES;
-    const decipher = createDecipheriv("aes-256-gcm", this.#key, chunkNonce(this.#prefix, index, last));
-    decipher.setAuthTag(sealed.subarray(end));
+    const decipher = this.#decipher(index, last, sealed.subarray(end));
     let to = at;
     for (let from = 0; from < end; from += SLICE) {
       to += decipher.update(sealed.subarray(from, Math.min(end, from + SLICE))).copy(out, to);
@@ -105,6 +105,11 @@ export class ChunkOpener {
       throw decryptionFailed();
     }
     return to;
+  }
+
+  #decipher(index: number, last: boolean, tag: Buffer) {
+    if (tag.length !== TAG_BYTES) throw decryptionFailed();
+    return createDecipheriv("aes-256-gcm", this.#key, chunkNonce(this.#prefix, index, last)).setAuthTag(tag);
   }
 }
 

@@ -24,7 +24,7 @@ import {
   verifyHeader,
 } from "./format.js";
 import type { EnvelopeKms } from "./kms.js";
-import { type RangeSource, readHeader, readRange } from "./range.js";
+import { bufferSource, type RangeSource, readHeader, readRange } from "./range.js";
 import { DecryptStream, EncryptStream } from "./streams.js";
 
 export interface EnvelopeOptions {
@@ -110,8 +110,7 @@ export class Envelope {
       throw decryptionFailed();
     }
     const { opener } = await this.#beginOpening(header, options);
-    const source: RangeSource = { size: bytes.length, read: async (at, n) => bytes.subarray(at, at + n) };
-    return readRange(source, { header, opener }, 0, Number.MAX_SAFE_INTEGER);
+    return readRange(bufferSource(bytes), { header, opener }, 0, Number.MAX_SAFE_INTEGER);
   }
 
   /** A Transform from plaintext to one message. Back-pressure flows through it. */

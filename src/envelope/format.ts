@@ -107,9 +107,8 @@ export function keySection(keyVersion: number, wrappedKey: string): Buffer[] {
 }
 
 /** The same header with another key version and wrapped data key. Rewrap's only change. */
-export function replaceKeySection(header: Header, headerBytes: Buffer, keyVersion: number, wrappedKey: string): Buffer {
-  const end = header.bound.length + MAC_BYTES;
-  return Buffer.concat([headerBytes.subarray(0, end), ...keySection(keyVersion, wrappedKey)]);
+export function replaceKeySection(header: Header, keyVersion: number, wrappedKey: string): Buffer {
+  return Buffer.concat([header.bound, header.mac, ...keySection(keyVersion, wrappedKey)]);
 }
 
 /** Thrown by `parseHeader` when `bytes` is a correct beginning that ends too early. */

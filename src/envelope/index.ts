@@ -9,5 +9,5 @@ export { decryptionFailed } from "./errors.js";
 export { DEFAULT_CHUNK_SIZE, type Header, MAX_CHUNK_SIZE } from "./format.js";
 export type { DataKey, EnvelopeKms, ItemResult, Rewrapped, UnwrappedKey } from "./kms.js";
 export { httpKms, httpKmsFromEnv } from "./kms-http.js";
-export { fileSource, type RangeSource, readHeader } from "./range.js";
+export { bufferSource, fileSource, type RangeSource, readHeader } from "./range.js";
 export { type RewrapOutcome, rewrapFiles, rewrapStream, TEMP_FILE } from "./rewrap.js";

@@ -12,6 +12,8 @@ import {
   type EnvelopeKms,
   type ItemResult,
   isItemError,
+  itemError,
+  KmsItemError,
   type Rewrapped,
   type UnwrappedKey,
 } from "./kms.js";
@@ -26,17 +28,6 @@ interface KeyAnswer {
 }
 
 type ItemError = { error: { code: string; message: string } };
-
-/** An error for one item of a batch, shaped like the client's errors (a string `code`). */
-class ItemFailure extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-    this.name = "KmsError";
-  }
-}
 
 export function httpKms(client: CustosClient): EnvelopeKms {
   const path = (keyName: string, op: string) => `/v1/keys/${encodeURIComponent(keyName)}/${op}`;
@@ -84,7 +75,7 @@ export function httpKmsFromEnv(
   return { kms: httpKms(client), close: () => client.close() };
 }
 
-/** Reads the base64 plaintext of an answer into a Secret, zeroing the decoded copy's source. */
+/** The base64 plaintext of an answer as a Secret (the JSON string itself can't be zeroed). */
 function secretOf(answer: KeyAnswer): Secret {
   return Secret.adopt(Buffer.from(answer.plaintext, "base64"));
 }
@@ -133,8 +124,8 @@ class Coalescer<I, A extends object> {
           const items = (answer as { items: (A | ItemError)[] }).items;
           group.forEach((w, i) => {
             const r = items[i];
-            if (r === undefined) w.reject(new ItemFailure("internal", "the KMS answered fewer items than asked"));
-            else if ("error" in r) w.reject(new ItemFailure(r.error.code, r.error.message));
+            if (r === undefined) w.reject(new KmsItemError("internal", "the KMS answered fewer items than asked"));
+            else if ("error" in r) w.reject(itemError(r));
             else w.resolve(r);
           });
         },

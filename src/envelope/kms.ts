@@ -42,6 +42,21 @@ export interface EnvelopeKms {
   ): Promise<ItemResult<Rewrapped>[]>;
 }
 
+/** One item's failure in a batch answer, as an error with the KMS's code (the client's errors have one too). */
+export class KmsItemError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "KmsError";
+  }
+}
+
+export function itemError(item: { readonly error: { readonly code: string; readonly message: string } }): KmsItemError {
+  return new KmsItemError(item.error.code, item.error.message);
+}
+
 export function isItemError<T extends object>(
   item: ItemResult<T>,
 ): item is { readonly error: { readonly code: string; readonly message: string } } {

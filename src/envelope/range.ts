@@ -15,6 +15,11 @@ export interface RangeSource {
   read(position: number, length: number): Promise<Buffer>;
 }
 
+/** A message already in memory as a `RangeSource`. */
+export function bufferSource(bytes: Buffer): RangeSource {
+  return { size: bytes.length, read: async (position, length) => bytes.subarray(position, position + length) };
+}
+
 /** Most headers are a few hundred bytes; a long context makes them longer. */
 const FIRST_HEADER_READ = 4096;
 /** A range is read from the source in pieces of at most this many chunks. */

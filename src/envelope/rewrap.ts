@@ -6,13 +6,13 @@
  */
 import { randomBytes } from "node:crypto";
 import { constants, type Stats } from "node:fs";
-import { copyFile, open, rename, rm, stat } from "node:fs/promises";
+import { copyFile, type FileHandle, open, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { Transform } from "node:stream";
 import { CustosError } from "../errors/index.js";
 import { decryptionFailed } from "./errors.js";
 import { type Header, IncompleteHeader, MAGIC, parseHeader, replaceKeySection } from "./format.js";
-import { type EnvelopeKms, isItemError } from "./kms.js";
+import { type EnvelopeKms, isItemError, itemError, KmsItemError } from "./kms.js";
 import { fileSource, readHeader } from "./range.js";
 
 /** What happened to one file. */
@@ -32,7 +32,6 @@ const WRITERS = 8;
 interface Candidate {
   readonly path: string;
   readonly header: Header;
-  readonly headerBytes: Buffer;
   readonly before: Stats;
 }
 
@@ -88,8 +87,8 @@ export async function rewrapFiles(kms: EnvelopeKms, paths: readonly string[]): P
           return;
         }
         try {
-          const headerBytes = replaceKeySection(c.header, c.headerBytes, result.version, result.wrapped);
-          await replaceHeader(c.path, c.header.length, headerBytes, c.before);
+          const header = replaceKeySection(c.header, result.version, result.wrapped);
+          await replaceHeader(c.path, c.header.length, header, c.before);
           outcomes.set(c.path, { path: c.path, status: "rewrapped", from: c.header.keyVersion, to: result.version });
         } catch (e) {
           outcomes.set(c.path, failed(c.path, e));
@@ -125,10 +124,10 @@ export function rewrapStream(kms: EnvelopeKms): Transform {
       kms.rewrapDataKeys(parsed.keyName, [{ wrapped: parsed.wrappedKey, context: parsed.context }]).then(
         ([item]) => {
           if (item === undefined || isItemError(item)) {
-            done(new CustosError("decryption_failed", item?.error.message ?? "the KMS gave no answer"));
+            done(item === undefined ? new KmsItemError("internal", "the KMS gave no answer") : itemError(item));
             return;
           }
-          this.push(replaceKeySection(parsed, pending, item.version, item.wrapped));
+          this.push(replaceKeySection(parsed, item.version, item.wrapped));
           done(null, pending.subarray(parsed.length));
         },
         (e) => done(e as Error),
@@ -153,7 +152,7 @@ async function readCandidate(path: string): Promise<Candidate | undefined> {
     } catch {
       throw new CustosError("decryption_failed", "the envelope header is damaged");
     }
-    return { path, header, headerBytes: await source.read(0, header.length), before };
+    return { path, header, before };
   } finally {
     await source.close();
   }
@@ -221,7 +220,7 @@ async function copyShifted(path: string, temp: string, oldLength: number, header
 }
 
 /** The copy gets the original's mode, and its owner when we may give it (as root). */
-async function keepOwnership(handle: import("node:fs/promises").FileHandle, before: Stats): Promise<void> {
+async function keepOwnership(handle: FileHandle, before: Stats): Promise<void> {
   await handle.chmod(before.mode & 0o7777);
   if (process.getuid?.() === 0) await handle.chown(before.uid, before.gid);
 }

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { CustosClient } from "../../src/client/index.js";
-import { Envelope, httpKms, readHeader } from "../../src/envelope/index.js";
+import { bufferSource, Envelope, httpKms, readHeader } from "../../src/envelope/index.js";
 import { Secret } from "../../src/secret/index.js";
 import { type CustosInstance, startCustos } from "../helpers/custos.js";
 
@@ -44,7 +44,7 @@ function ok(args: string[], input?: Buffer | string) {
 
 async function headerOf(path: string) {
   const bytes = readFileSync(path);
-  return { header: await readHeader({ size: bytes.length, read: async (a, n) => bytes.subarray(a, a + n) }), bytes };
+  return { header: await readHeader(bufferSource(bytes)), bytes };
 }
 
 describe("custos file", () => {
@@ -117,7 +117,7 @@ describe("custos file", () => {
     const old = await new Envelope({ kms: httpKms(client), cache: false }).encrypt(plaintext, { key: "storage" });
     ok(["key", "rotate", "storage"]);
     const piped = ok(["file", "rewrap"], old).stdoutBytes;
-    const fresh = await readHeader({ size: piped.length, read: async (a, n) => piped.subarray(a, a + n) });
+    const fresh = await readHeader(bufferSource(piped));
     assert.equal(fresh.keyVersion, 3);
     assert.deepEqual(await envelope.decrypt(piped), plaintext);
   });

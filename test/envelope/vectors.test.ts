@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
-import { Envelope, type EnvelopeKms, readHeader } from "../../src/envelope/index.js";
+import { bufferSource, Envelope, type EnvelopeKms, readHeader } from "../../src/envelope/index.js";
 import { Secret } from "../../src/secret/index.js";
 
 interface Vector {
@@ -22,7 +22,7 @@ async function vectorKms(): Promise<EnvelopeKms> {
   const known = new Map<string, Vector>();
   for (const v of vectors) {
     const message = Buffer.from(v.message, "hex");
-    const header = await readHeader({ size: message.length, read: async (at, n) => message.subarray(at, at + n) });
+    const header = await readHeader(bufferSource(message));
     known.set(header.wrappedKey, v);
   }
   return {
