@@ -24,6 +24,17 @@ export const ACTIONS = [
   "key:sign",
   "key:verify",
   "random:generate",
+  // pki: resources `pki/role/<role>`, `pki/cert/<serial>`, `pki/ca`
+  "pki:read",
+  "pki:issue",
+  "pki:revoke",
+  "pki:role-write",
+  "pki:ca-rotate",
+  // certificate consumers (the router) and their rotation: resource `cert/<consumer>`
+  "cert:read",
+  "cert:write",
+  "cert:rotate",
+  "cert:agent",
   // identities and access
   "user:read",
   "user:write",
@@ -51,6 +62,8 @@ export type Action = (typeof ACTIONS)[number];
  */
 export const PRIVILEGED_ACTIONS: readonly Action[] = [
   "key:destroy",
+  "pki:role-write",
+  "pki:ca-rotate",
   "policy:write",
   "sudo:grant",
   "sudo:revoke",

@@ -20,6 +20,10 @@ export type ErrorCode =
   | "version_too_old"
   | "decryption_failed"
   | "signature_invalid"
+  | "csr_invalid"
+  | "name_not_allowed"
+  | "ttl_too_long"
+  | "key_type_not_allowed"
   | "not_initialized"
   | "already_initialized"
   | "root_key_mismatch"
@@ -44,6 +48,10 @@ export const httpStatusOf: Readonly<Record<ErrorCode, number>> = {
   version_too_old: 400,
   decryption_failed: 400,
   signature_invalid: 400,
+  csr_invalid: 400,
+  name_not_allowed: 400,
+  ttl_too_long: 400,
+  key_type_not_allowed: 400,
   not_initialized: 503,
   already_initialized: 409,
   root_key_mismatch: 500,
