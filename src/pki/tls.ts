@@ -3,7 +3,10 @@ import { generateKeyPairSync, randomBytes, X509Certificate } from "node:crypto";
 import { hostname } from "node:os";
 import * as x509 from "@peculiar/x509";
 import type { HsmKeyRef, Keystore } from "../hsm/index.js";
-import { ECDSA_SHA256, HSM_EC_SIGNING_KEY, hsmSigningCrypto } from "./hsm-crypto.js";
+import { hsmSigningCrypto, hsmSigningKey } from "./signer.js";
+
+const HSM_EC_SIGNING_KEY = hsmSigningKey("ecdsa-p256");
+const ECDSA_SHA256 = { name: "ECDSA", hash: "SHA-256" } as const;
 
 /**
  * The bootstrap TLS authority: a CA whose P-256 key lives in the HSM, and the
@@ -33,7 +36,7 @@ export async function createTlsCaCertificate(
   caSpki: Buffer,
   now = new Date(),
 ): Promise<string> {
-  const crypto = hsmSigningCrypto(keystore, caKey);
+  const crypto = hsmSigningCrypto(keystore, caKey, "ecdsa-p256");
   const publicKey = new x509.PublicKey(caSpki);
   const cert = await x509.X509CertificateGenerator.create(
     {
@@ -79,7 +82,7 @@ export async function issueServerCertificate(
   names: readonly string[],
   now = new Date(),
 ): Promise<ServerTls> {
-  const crypto = hsmSigningCrypto(keystore, caKey);
+  const crypto = hsmSigningCrypto(keystore, caKey, "ecdsa-p256");
   const ca = new x509.X509Certificate(caCertPem);
   const { publicKey, privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
   const spki = new x509.PublicKey(publicKey.export({ type: "spki", format: "der" }));

@@ -1,0 +1,112 @@
+import "reflect-metadata";
+import { webcrypto } from "node:crypto";
+import type * as x509 from "@peculiar/x509";
+import type { HsmKeyRef, Keystore, SignatureScheme } from "../hsm/index.js";
+
+/** Algorithms a CA key may have. */
+export type CaAlgorithm = "ecdsa-p256" | "rsa-3072";
+
+/**
+ * What @peculiar/x509's generators need to sign as a CA: the CA's certificate, a
+ * `Crypto` whose `subtle.sign` is done by the HSM, and the CryptoKey-shaped handle
+ * and algorithm they read the signature algorithm from. The private key never
+ * leaves the HSM; everything else is node's own WebCrypto.
+ */
+export interface CaSigner {
+  readonly certificate: x509.X509Certificate;
+  readonly crypto: webcrypto.Crypto;
+  readonly signingKey: webcrypto.CryptoKey;
+  readonly signingAlgorithm: webcrypto.EcdsaParams | webcrypto.Algorithm;
+}
+
+interface AlgorithmPlan {
+  readonly scheme: SignatureScheme;
+  readonly keyAlgorithm: webcrypto.KeyAlgorithm & Record<string, unknown>;
+  readonly signingAlgorithm: webcrypto.EcdsaParams | webcrypto.Algorithm;
+}
+
+const PLANS: Readonly<Record<CaAlgorithm, AlgorithmPlan>> = {
+  "ecdsa-p256": {
+    scheme: "ecdsa-p256-sha256",
+    keyAlgorithm: { name: "ECDSA", namedCurve: "P-256" },
+    signingAlgorithm: { name: "ECDSA", hash: "SHA-256" },
+  },
+  "rsa-3072": {
+    scheme: "rsa-pkcs1-sha256",
+    keyAlgorithm: {
+      name: "RSASSA-PKCS1-v1_5",
+      hash: { name: "SHA-256" },
+      modulusLength: 3072,
+      publicExponent: new Uint8Array([1, 0, 1]),
+    },
+    signingAlgorithm: { name: "RSASSA-PKCS1-v1_5" },
+  },
+};
+
+/** A WebCrypto `Crypto` whose `subtle.sign` is the HSM signing with `key`. */
+export function hsmSigningCrypto(keystore: Keystore, key: HsmKeyRef, algorithm: CaAlgorithm): webcrypto.Crypto {
+  const subtle = webcrypto.subtle;
+  const { scheme } = PLANS[algorithm];
+  const sign = async (_algorithm: unknown, _key: unknown, data: webcrypto.BufferSource): Promise<ArrayBuffer> => {
+    const bytes = ArrayBuffer.isView(data)
+      ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+      : new Uint8Array(data);
+    // ECDSA comes back raw r‖s, which is what @peculiar/x509's formatter turns into DER.
+    const signature = await keystore.sign(key, scheme, bytes);
+    return signature.buffer.slice(signature.byteOffset, signature.byteOffset + signature.byteLength) as ArrayBuffer;
+  };
+  return {
+    getRandomValues: <T extends ArrayBufferView | null>(array: T): T => webcrypto.getRandomValues(array as never),
+    randomUUID: () => webcrypto.randomUUID(),
+    subtle: {
+      sign,
+      digest: subtle.digest.bind(subtle),
+      importKey: subtle.importKey.bind(subtle),
+      exportKey: subtle.exportKey.bind(subtle),
+      verify: subtle.verify.bind(subtle),
+    },
+  } as unknown as webcrypto.Crypto;
+}
+
+/** The CryptoKey-shaped handle @peculiar/x509 reads a key's algorithm from. */
+export function hsmSigningKey(algorithm: CaAlgorithm): webcrypto.CryptoKey {
+  return {
+    algorithm: PLANS[algorithm].keyAlgorithm,
+    type: "private",
+    extractable: false,
+    usages: ["sign"],
+  } as unknown as webcrypto.CryptoKey;
+}
+
+/** A CA signer over an HSM key pair. `certificate` may be a placeholder while the CA's own certificate is made. */
+export function hsmCaSigner(
+  keystore: Keystore,
+  key: HsmKeyRef,
+  algorithm: CaAlgorithm,
+  certificate: x509.X509Certificate,
+): CaSigner {
+  return {
+    certificate,
+    crypto: hsmSigningCrypto(keystore, key, algorithm),
+    signingKey: hsmSigningKey(algorithm),
+    signingAlgorithm: { ...PLANS[algorithm].signingAlgorithm, ...hashOf(algorithm) },
+  };
+}
+
+function hashOf(algorithm: CaAlgorithm): { hash?: string } {
+  return algorithm === "ecdsa-p256" ? { hash: "SHA-256" } : {};
+}
+
+/**
+ * A CA signer over a software key (tests, and oracles that must not depend on the
+ * HSM). `privateKey` is a WebCrypto key with usage `sign`.
+ */
+export function softwareCaSigner(certificate: x509.X509Certificate, privateKey: webcrypto.CryptoKey): CaSigner {
+  const ec = privateKey.algorithm.name === "ECDSA";
+  return {
+    certificate,
+    crypto: webcrypto as webcrypto.Crypto,
+    signingKey: privateKey,
+    signingAlgorithm: ec ? { name: "ECDSA", hash: "SHA-256" } : { name: privateKey.algorithm.name },
+  };
+}
