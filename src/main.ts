@@ -3,22 +3,26 @@
  * (PKCS#11 keystore, SQLite store) and wires the services to the API.
  */
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { hostname } from "node:os";
 import { dirname, resolve } from "node:path";
 import { buildApp } from "./api/app.js";
 import { AuditLog, auditEntry, systemActor } from "./audit/index.js";
 import { AuthService, buildInitialAdmin } from "./auth/index.js";
 import type { CustosConfig } from "./config/index.js";
 import { CustosError } from "./errors/index.js";
-import { ensureKeyPair, type HsmKeyRef, type Keystore } from "./hsm/index.js";
+import type { HsmKeyRef, Keystore } from "./hsm/index.js";
 import { Pkcs11Keystore } from "./hsm/pkcs11/index.js";
 import { KmsService } from "./kms/index.js";
 import { createLogger, type Logger } from "./log/index.js";
 import {
-  createTlsCaCertificate,
+  Authority,
+  BACKDATE_MS,
+  Consumers,
   defaultServerNames,
+  Issuer,
   issueServerCertificate,
-  needsRenewal,
-  TLS_CA_KEY_LABEL,
+  type ServerTls,
+  serverNeedsNew,
 } from "./pki/index.js";
 import { Secret } from "./secret/index.js";
 import type { Store } from "./store/index.js";
@@ -35,9 +39,6 @@ const S = {
   auditHmacId: "audit.hmacKey.id",
   auditCheckpointLabel: "audit.checkpointKey.label",
   auditCheckpointId: "audit.checkpointKey.id",
-  tlsCaLabel: "tls.caKey.label",
-  tlsCaId: "tls.caKey.id",
-  tlsCaCert: "tls.caCert",
 } as const;
 
 export interface Services {
@@ -48,7 +49,43 @@ export interface Services {
   readonly audit: AuditLog;
   readonly kms: KmsService;
   readonly auth: AuthService;
+  readonly pki: Pki;
   close(): Promise<void>;
+}
+
+export interface Pki {
+  readonly authority: Authority;
+  readonly issuer: Issuer;
+  readonly consumers: Consumers;
+}
+
+/** Where clients reach the PKI's public endpoints: the configured base URL, or this listener. */
+function pkiBaseUrl(config: CustosConfig): string {
+  if (config.pki.baseUrl) return config.pki.baseUrl;
+  const { host, port } = config.listen;
+  const name = host === "0.0.0.0" || host === "::" ? hostname() : host.includes(":") ? `[${host}]` : host;
+  return `${config.tls.insecureHttp ? "http" : "https"}://${name}:${port}`;
+}
+
+function openPki(config: CustosConfig, keystore: Keystore, store: Store): Pki {
+  const authority = new Authority({
+    keystore,
+    store,
+    caAlgorithm: config.pki.caAlgorithm,
+    baseUrl: pkiBaseUrl(config),
+    crlValiditySeconds: config.pki.crlValiditySeconds,
+    ocspValiditySeconds: config.pki.ocspValiditySeconds,
+  });
+  const issuer = new Issuer({ store, authority });
+  const consumers = new Consumers({
+    store,
+    keystore,
+    issuer,
+    authority,
+    agentStaleSeconds: config.pki.agentStaleSeconds,
+    backdateMs: BACKDATE_MS,
+  });
+  return { authority, issuer, consumers };
 }
 
 /** SoftHSM finds its token directory through SOFTHSM2_CONF; the dev set-up keeps one under the data dir. */
@@ -140,6 +177,9 @@ export async function openServices(config: CustosConfig, logger: Logger = create
       minDestructionWaitSeconds: config.kms.minDestructionWaitSeconds,
     });
     const auth = new AuthService({ store, sessionTtlSeconds: config.auth.sessionTtlSeconds });
+    const pki = openPki(config, keystore, store);
+    // Creates the CA hierarchy on installs made before the PKI existed; loads it otherwise.
+    await pki.authority.ensure(systemActor("pki-init"));
     const opened = store;
     return {
       config,
@@ -149,6 +189,7 @@ export async function openServices(config: CustosConfig, logger: Logger = create
       audit,
       kms,
       auth,
+      pki,
       async close() {
         await audit.stop();
         await opened.close();
@@ -177,9 +218,10 @@ export interface InitResult {
 }
 
 /**
- * `custos init`: root key in the HSM, audit keys, the bootstrap TLS CA, the first
- * admin and their token — all recorded in one atomic store write. Idempotent: on an
- * initialised store it only checks the root key and re-writes the CA file.
+ * `custos init`: root key in the HSM, audit keys, the first admin and their token —
+ * recorded in one atomic store write — then the PKI's root and intermediate CAs.
+ * Idempotent: on an initialised store it checks the root key, completes the PKI if
+ * an earlier run (or an older version) left none, and re-writes the CA file.
  */
 export async function initialize(config: CustosConfig, options: { adminName: string }): Promise<InitResult> {
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
@@ -189,16 +231,19 @@ export async function initialize(config: CustosConfig, options: { adminName: str
   const keystore = await openKeystore(config, logger);
   const store = await SqliteStore.open(config.store.path);
   try {
+    const writeCa = async (): Promise<void> => {
+      const pki = openPki(config, keystore, store);
+      await pki.authority.ensure(systemActor("init"));
+      writeFileAtomic(caCertFile, pki.authority.root().certPem, 0o644);
+    };
     if (await store.isInitialized()) {
       await checkRootKey(keystore, store);
-      writeFileAtomic(caCertFile, await requireSetting(store, S.tlsCaCert), 0o644);
+      await writeCa();
       return { created: false, adminTokenFile, caCertFile };
     }
     // HSM keys left by an init that died before its store write are reused, not duplicated.
     const root = (await keystore.findRootKey()) ?? (await keystore.createRootKey());
     const { hmacKey, checkpointKey } = await AuditLog.provisionKeys(keystore);
-    const ca = await ensureKeyPair(keystore, "ecdsa-p256", TLS_CA_KEY_LABEL);
-    const caPem = await createTlsCaCertificate(keystore, ca.ref, ca.publicKey);
     const { policies, admin, adminToken, token } = await buildInitialAdmin({ name: options.adminName });
     try {
       // The token file is written first: if the store write then fails, a rerun replaces it.
@@ -214,9 +259,6 @@ export async function initialize(config: CustosConfig, options: { adminName: str
       [S.auditHmacId]: hmacKey.id,
       [S.auditCheckpointLabel]: checkpointKey.label,
       [S.auditCheckpointId]: checkpointKey.id,
-      [S.tlsCaLabel]: ca.ref.label,
-      [S.tlsCaId]: ca.ref.id,
-      [S.tlsCaCert]: caPem,
     };
     await store.initialize(
       { settings, policies, admin, adminToken },
@@ -225,7 +267,7 @@ export async function initialize(config: CustosConfig, options: { adminName: str
         rootKey: { label: root.label, id: root.id, checkValue: root.checkValue },
       }),
     );
-    writeFileAtomic(caCertFile, caPem, 0o644);
+    await writeCa();
     return { created: true, adminTokenFile, caCertFile };
   } finally {
     await store.close();
@@ -233,31 +275,34 @@ export async function initialize(config: CustosConfig, options: { adminName: str
   }
 }
 
-interface TlsFiles {
-  key: string;
-  cert: string;
-}
-
-/** The listener's certificate: the admin's own files, or one from the bootstrap CA, renewed when a third is left. */
-async function serverTls(services: Services): Promise<TlsFiles> {
-  const { config, store, keystore } = services;
+/**
+ * The listener's certificate: the admin's own files, or one from the PKI (leaf and
+ * intermediate), issued anew when two thirds of its life are gone or when it came
+ * from a CA the PKI no longer has (the core's bootstrap CA, on a migrated install).
+ */
+async function serverTls(services: Services): Promise<ServerTls | { cert: string; key: string }> {
+  const { config, store, pki } = services;
   if (config.tls.certFile && config.tls.keyFile) {
     return { cert: readFileSync(config.tls.certFile, "utf8"), key: readFileSync(config.tls.keyFile, "utf8") };
   }
   const certFile = resolve(config.tls.dir, "server.pem");
   const keyFile = resolve(config.tls.dir, "server.key");
+  writeFileAtomic(resolve(config.tls.dir, "ca.pem"), pki.authority.root().certPem, 0o644);
   if (existsSync(certFile) && existsSync(keyFile)) {
     const cert = readFileSync(certFile, "utf8");
-    if (!needsRenewal(cert)) return { cert, key: readFileSync(keyFile, "utf8") };
+    if (!serverNeedsNew(cert, pki.authority)) return { cert, key: readFileSync(keyFile, "utf8") };
   }
-  const caRef = await settingRef(store, S.tlsCaLabel, S.tlsCaId);
-  const caPem = await requireSetting(store, S.tlsCaCert);
-  const issued = await issueServerCertificate(keystore, caRef, caPem, defaultServerNames(config.listen.host));
-  writeFileAtomic(keyFile, issued.keyPem, 0o600);
-  writeFileAtomic(certFile, issued.certPem, 0o644);
-  writeFileAtomic(resolve(config.tls.dir, "ca.pem"), caPem, 0o644);
+  const issued = await issueServerCertificate(
+    pki.issuer,
+    store,
+    systemActor("server-certificate"),
+    defaultServerNames(config.listen.host),
+    config.tls.serverCertTtlSeconds,
+  );
+  writeFileAtomic(keyFile, issued.key, 0o600);
+  writeFileAtomic(certFile, issued.cert, 0o644);
   services.logger.info({ notAfter: issued.notAfter.toISOString() }, "issued the server certificate");
-  return { cert: issued.certPem, key: issued.keyPem };
+  return issued;
 }
 
 export interface RunningServer {
@@ -277,6 +322,7 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
       kms,
       auth: services.auth,
       audit,
+      pki: services.pki,
       hsmHealth: () => keystore.health(),
       logger,
       version: VERSION,
@@ -289,18 +335,25 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
 
     const runDue = (): void => {
       kms.runDue().catch((err: unknown) => logger.warn({ err }, "scheduled key work failed; will retry"));
+      services.pki.authority
+        .refreshCrls()
+        .catch((err: unknown) => logger.warn({ err }, "CRL refresh failed; will retry"));
     };
     timers.push(setInterval(runDue, config.kms.schedulerIntervalMs));
     if (tls && !config.tls.certFile) {
       // Renew the listener's certificate in place: new connections get it, no restart.
+      let serving = tls.cert;
       const renew = async (): Promise<void> => {
         const fresh = await serverTls(services);
-        if (fresh.cert !== tls.cert) (app.server as unknown as import("node:tls").Server).setSecureContext(fresh);
+        if (fresh.cert === serving) return;
+        const server = app.server as unknown as import("node:tls").Server;
+        server.setSecureContext({ cert: fresh.cert, key: fresh.key, minVersion: "TLSv1.2" });
+        serving = fresh.cert;
       };
       timers.push(
         setInterval(() => {
           renew().catch((err: unknown) => logger.warn({ err }, "server certificate renewal failed; will retry"));
-        }, 3_600_000),
+        }, config.tls.renewCheckSeconds * 1000),
       );
     }
     for (const t of timers) t.unref();

@@ -10,16 +10,20 @@ import { CustosError, type ErrorCode, isCustosError } from "../errors/index.js";
 import type { HsmHealth } from "../hsm/index.js";
 import type { KmsService } from "../kms/index.js";
 import type { Logger } from "../log/index.js";
+import type { Authority, Consumers, Issuer } from "../pki/index.js";
 import { actorOf, newRequestState, principalOf } from "./context.js";
 import { adminRoutes } from "./routes/admin.js";
 import { auditRoutes } from "./routes/audit.js";
 import { authRoutes } from "./routes/auth.js";
+import { consumerRoutes } from "./routes/consumers.js";
 import { keyRoutes } from "./routes/keys.js";
+import { pkiRoutes } from "./routes/pki.js";
 
 export interface ApiDeps {
   readonly kms: KmsService;
   readonly auth: AuthService;
   readonly audit: AuditLog;
+  readonly pki: { readonly authority: Authority; readonly issuer: Issuer; readonly consumers: Consumers };
   readonly hsmHealth: () => HsmHealth;
   readonly logger: Logger;
   readonly version: string;
@@ -160,5 +164,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(adminRoutes(deps));
   await app.register(keyRoutes(deps));
   await app.register(auditRoutes(deps));
+  await app.register(pkiRoutes(deps));
+  await app.register(consumerRoutes(deps));
   return app;
 }

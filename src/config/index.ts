@@ -19,6 +19,10 @@ export interface CustosConfig {
     readonly keyFile: string | null;
     /** Where Custos writes its CA and server certificate. */
     readonly dir: string;
+    /** Lifetime of the server certificate Custos issues itself; renewed when a third is left. */
+    readonly serverCertTtlSeconds: number;
+    /** How often the server checks whether its certificate is due for renewal. */
+    readonly renewCheckSeconds: number;
   };
   readonly hsm: {
     readonly modulePath: string;
@@ -34,6 +38,16 @@ export interface CustosConfig {
   readonly auth: { readonly sessionTtlSeconds: number; readonly loginAttemptsPerMinute: number };
   readonly api: { readonly bodyLimitBytes: number };
   readonly kms: { readonly minDestructionWaitSeconds: number; readonly schedulerIntervalMs: number };
+  readonly pki: {
+    /** Algorithm of new CA keys. */
+    readonly caAlgorithm: "ecdsa-p256" | "rsa-3072";
+    /** Where clients reach the CRL, OCSP and CA certificates (put in every certificate); null: the listener. */
+    readonly baseUrl: string | null;
+    readonly crlValiditySeconds: number;
+    readonly ocspValiditySeconds: number;
+    /** An agent silent this long no longer holds back a rotation. */
+    readonly agentStaleSeconds: number;
+  };
 }
 
 type Json = Record<string, unknown>;
@@ -42,7 +56,14 @@ function defaults(dataDir: string): CustosConfig {
   return {
     dataDir,
     listen: { host: "127.0.0.1", port: 8443 },
-    tls: { insecureHttp: false, certFile: null, keyFile: null, dir: resolve(dataDir, "tls") },
+    tls: {
+      insecureHttp: false,
+      certFile: null,
+      keyFile: null,
+      dir: resolve(dataDir, "tls"),
+      serverCertTtlSeconds: 30 * 86_400,
+      renewCheckSeconds: 3600,
+    },
     hsm: {
       modulePath: "/usr/lib/softhsm/libsofthsm2.so",
       tokenLabel: "custos-dev",
@@ -56,6 +77,13 @@ function defaults(dataDir: string): CustosConfig {
     auth: { sessionTtlSeconds: 3600, loginAttemptsPerMinute: 10 },
     api: { bodyLimitBytes: 1024 * 1024 },
     kms: { minDestructionWaitSeconds: 86_400, schedulerIntervalMs: 30_000 },
+    pki: {
+      caAlgorithm: "ecdsa-p256",
+      baseUrl: null,
+      crlValiditySeconds: 7 * 86_400,
+      ocspValiditySeconds: 3600,
+      agentStaleSeconds: 600,
+    },
   };
 }
 
@@ -150,6 +178,17 @@ export function loadConfig(options: LoadConfigOptions = {}): CustosConfig {
   positiveInt("api.bodyLimitBytes", c.api.bodyLimitBytes, 64 * 1024 * 1024, 1024);
   positiveInt("kms.minDestructionWaitSeconds", c.kms.minDestructionWaitSeconds, 365 * 86_400, 0);
   positiveInt("kms.schedulerIntervalMs", c.kms.schedulerIntervalMs, Number.MAX_SAFE_INTEGER, 100);
+  positiveInt("tls.serverCertTtlSeconds", c.tls.serverCertTtlSeconds, 397 * 86_400, 10);
+  positiveInt("tls.renewCheckSeconds", c.tls.renewCheckSeconds, 86_400);
+  positiveInt("pki.crlValiditySeconds", c.pki.crlValiditySeconds, 365 * 86_400, 60);
+  positiveInt("pki.ocspValiditySeconds", c.pki.ocspValiditySeconds, 7 * 86_400, 60);
+  positiveInt("pki.agentStaleSeconds", c.pki.agentStaleSeconds, 30 * 86_400, 5);
+  if (c.pki.caAlgorithm !== "ecdsa-p256" && c.pki.caAlgorithm !== "rsa-3072") {
+    throw invalid('"pki.caAlgorithm" must be "ecdsa-p256" or "rsa-3072"');
+  }
+  if (c.pki.baseUrl !== null && !/^https?:\/\/[^/]+$/.test(c.pki.baseUrl)) {
+    throw invalid('"pki.baseUrl" must be a URL with no path, like https://custos.example:8443');
+  }
   if ((c.tls.certFile === null) !== (c.tls.keyFile === null)) {
     throw invalid('"tls.certFile" and "tls.keyFile" go together');
   }

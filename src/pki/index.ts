@@ -1,9 +1,27 @@
+/**
+ * The internal PKI: CA keys in the HSM (`Authority`), roles and issued
+ * certificates (`Issuer`), TLS consumers and their rotation (`Consumers`), and
+ * Custos's own HTTPS certificate.
+ */
+export { Authority, type AuthorityOptions, type IssuerView } from "./authority.js";
+export { BACKDATE_MS } from "./certificate.js";
 export {
-  createTlsCaCertificate,
-  defaultServerNames,
-  issueServerCertificate,
-  needsRenewal,
-  SERVER_CERT_LIFETIME_MS,
-  type ServerTls,
-  TLS_CA_KEY_LABEL,
-} from "./tls.js";
+  type AgentView,
+  type ConsumerInput,
+  type ConsumerMaterial,
+  Consumers,
+  type ConsumerView,
+  type GenerationView,
+} from "./consumers.js";
+export { crlToPem, REVOCATION_REASONS, type RevocationReason } from "./crl.js";
+export {
+  type CertificateView,
+  type Issued,
+  type IssuedWithKey,
+  type IssueInput,
+  Issuer,
+  type RoleView,
+  SERVER_ROLE,
+  type SignInput,
+} from "./issuer.js";
+export { defaultServerNames, issueServerCertificate, type ServerTls, serverNeedsNew } from "./tls.js";

@@ -78,19 +78,26 @@ export function hsmSigningKey(algorithm: CaAlgorithm): webcrypto.CryptoKey {
   } as unknown as webcrypto.CryptoKey;
 }
 
-/** A CA signer over an HSM key pair. `certificate` may be a placeholder while the CA's own certificate is made. */
+/** What signs for a CA before it has a certificate (a root signing itself). */
+export type CaSigning = Omit<CaSigner, "certificate">;
+
+/** Signing by an HSM key pair. */
+export function hsmSigning(keystore: Keystore, key: HsmKeyRef, algorithm: CaAlgorithm): CaSigning {
+  return {
+    crypto: hsmSigningCrypto(keystore, key, algorithm),
+    signingKey: hsmSigningKey(algorithm),
+    signingAlgorithm: { ...PLANS[algorithm].signingAlgorithm, ...hashOf(algorithm) },
+  };
+}
+
+/** A CA signer over an HSM key pair. */
 export function hsmCaSigner(
   keystore: Keystore,
   key: HsmKeyRef,
   algorithm: CaAlgorithm,
   certificate: x509.X509Certificate,
 ): CaSigner {
-  return {
-    certificate,
-    crypto: hsmSigningCrypto(keystore, key, algorithm),
-    signingKey: hsmSigningKey(algorithm),
-    signingAlgorithm: { ...PLANS[algorithm].signingAlgorithm, ...hashOf(algorithm) },
-  };
+  return { ...hsmSigning(keystore, key, algorithm), certificate };
 }
 
 function hashOf(algorithm: CaAlgorithm): { hash?: string } {

@@ -207,6 +207,135 @@ export interface SudoGrantRecord {
   readonly revokedAt: string | null;
 }
 
+// ---- pki --------------------------------------------------------------------
+
+export type CaKind = "root" | "intermediate";
+/** `active` issues; `retiring` signs only CRLs and OCSP answers for what it issued. */
+export type CaState = "active" | "retiring";
+
+export interface CaRecord {
+  /** `root-<n>` or `int-<n>`. */
+  readonly id: string;
+  readonly kind: CaKind;
+  readonly algorithm: "ecdsa-p256" | "rsa-3072";
+  /** The key pair's token object. */
+  readonly hsmLabel: string;
+  readonly hsmId: string;
+  readonly certPem: string;
+  /** The CA that signed this one; null for a root. */
+  readonly parentId: string | null;
+  readonly state: CaState;
+  readonly createdAt: string;
+  readonly notAfter: string;
+  /** The newest CRL: its number, DER and when it must be replaced. */
+  readonly crlNumber: number;
+  readonly crlDer: Buffer;
+  readonly crlNextUpdate: string;
+  readonly revision: number;
+}
+
+/** A CA's CRL replaced, checked against the revision it was computed from. */
+export interface CrlChange {
+  readonly caId: string;
+  readonly expectedRevision: number;
+  readonly crlNumber: number;
+  readonly crlDer: Buffer;
+  readonly crlNextUpdate: string;
+}
+
+export type CertificateStatus = "valid" | "revoked";
+
+export interface CertificateRecord {
+  /** Lowercase hex, no leading zero. */
+  readonly serial: string;
+  readonly issuerId: string;
+  readonly role: string;
+  readonly subject: string;
+  readonly commonName: string | null;
+  readonly dnsNames: readonly string[];
+  readonly ipAddresses: readonly string[];
+  readonly uris: readonly string[];
+  readonly keyType: string;
+  /** SPKI DER, so the certificate can be renewed for the same key. */
+  readonly publicKey: Buffer;
+  readonly notBefore: string;
+  readonly notAfter: string;
+  /** SHA-256 of the DER, lowercase hex. */
+  readonly fingerprint: string;
+  readonly pem: string;
+  readonly status: CertificateStatus;
+  readonly revokedAt: string | null;
+  readonly revocationReason: string | null;
+  /** The principal it was issued to. */
+  readonly issuedBy: string;
+}
+
+export interface CertificateQuery {
+  readonly role?: string;
+  readonly issuerId?: string;
+  /** `expired`: valid by status but past `notAfter` at `now`. */
+  readonly status?: CertificateStatus | "expired";
+  readonly now?: string;
+  /** Serials strictly after this one (pagination). */
+  readonly after?: string;
+  readonly limit?: number;
+}
+
+/** A role as stored: its definition is validated by pki/, the store only keeps it. */
+export interface RoleRecord {
+  readonly name: string;
+  readonly definition: Readonly<Record<string, unknown>>;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  readonly revision: number;
+}
+
+export interface ConsumerRotation {
+  readonly kind: "rotate" | "renew" | "rollback";
+  readonly from: number;
+  readonly to: number;
+  readonly startedAt: string;
+  readonly completedAt: string | null;
+}
+
+/** A TLS consumer (the router) and the generation of its certificate its agents must serve. */
+export interface ConsumerRecord {
+  readonly name: string;
+  readonly role: string;
+  /** What its certificates are issued for: names, TTL, key type. */
+  readonly request: Readonly<Record<string, unknown>>;
+  readonly targetGeneration: number;
+  readonly previousGeneration: number | null;
+  readonly rotation: ConsumerRotation | null;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  readonly revision: number;
+}
+
+export interface ConsumerGenerationRecord {
+  readonly consumer: string;
+  readonly generation: number;
+  readonly serial: string;
+  /** The private key, sealed by the HSM (never stored in clear). */
+  readonly sealedKey: Buffer;
+  readonly createdAt: string;
+}
+
+export interface ConsumerAgentRecord {
+  readonly consumer: string;
+  readonly agentId: string;
+  readonly fingerprint: string;
+  readonly reportedAt: string;
+}
+
+/** A consumer written with, optionally, a new generation and its certificate. */
+export interface ConsumerChange {
+  readonly consumer: ConsumerRecord;
+  /** null creates the consumer. */
+  readonly expectedRevision: number | null;
+  readonly addGeneration?: { readonly generation: ConsumerGenerationRecord; readonly certificate: CertificateRecord };
+}
+
 // ---- initialisation ---------------------------------------------------------
 
 /** What `custos init` writes, all at once. */
@@ -276,6 +405,49 @@ export interface Store {
   /** Grants not revoked and not expired at `now` (all grants when `now` is omitted). */
   listSudoGrants(now?: string): Promise<SudoGrantRecord[]>;
   revokeSudoGrant(id: string, at: string, audit: AuditEntry): Promise<void>;
+
+  // pki
+  listCas(): Promise<CaRecord[]>;
+  getCa(id: string): Promise<CaRecord | undefined>;
+  /** Adds CAs (first set-up or a rollover) and, atomically, retires the ones named. `conflict` on a stale revision. */
+  addCas(
+    cas: readonly CaRecord[],
+    retire: readonly { id: string; expectedRevision: number }[],
+    settings: Readonly<Record<string, string>>,
+    audit: AuditEntry,
+  ): Promise<void>;
+  /** Replaces a CA's CRL (scheduled regeneration); not audited: nothing changes but the signing date. */
+  replaceCrl(change: CrlChange): Promise<void>;
+  createCertificate(certificate: CertificateRecord, audit: AuditEntry): Promise<void>;
+  getCertificate(serial: string): Promise<CertificateRecord | undefined>;
+  listCertificates(query?: CertificateQuery): Promise<CertificateRecord[]>;
+  /** Revoked certificates of `issuerId` not expired at `now`: a CRL's entries. */
+  listRevoked(issuerId: string, now: string): Promise<CertificateRecord[]>;
+  /** Revokes and replaces the issuer's CRL in one transaction. `conflict` if already revoked or the CRL moved on. */
+  revokeCertificate(
+    serial: string,
+    revokedAt: string,
+    reason: string,
+    crl: CrlChange,
+    audit: AuditEntry,
+  ): Promise<void>;
+
+  putRole(role: RoleRecord, expectedRevision: number | null, audit: AuditEntry): Promise<void>;
+  getRole(name: string): Promise<RoleRecord | undefined>;
+  listRoles(): Promise<RoleRecord[]>;
+  deleteRole(name: string, audit: AuditEntry): Promise<void>;
+
+  writeConsumer(change: ConsumerChange, audit: AuditEntry): Promise<void>;
+  getConsumer(name: string): Promise<ConsumerRecord | undefined>;
+  listConsumers(): Promise<ConsumerRecord[]>;
+  getConsumerGeneration(consumer: string, generation: number): Promise<ConsumerGenerationRecord | undefined>;
+  /** Records what an agent serves and, when given, the consumer's new record (a rotation completing). */
+  reportConsumerAgent(
+    agent: ConsumerAgentRecord,
+    consumerUpdate: { consumer: ConsumerRecord; expectedRevision: number } | null,
+    audit: AuditEntry,
+  ): Promise<void>;
+  listConsumerAgents(consumer: string): Promise<ConsumerAgentRecord[]>;
 
   // audit
   /** Appends one record (group-committed with other writes); resolves once durable. */

@@ -7,6 +7,14 @@ import type {
   AuditEntry,
   AuditQuery,
   AuditRecord,
+  CaRecord,
+  CertificateQuery,
+  CertificateRecord,
+  ConsumerAgentRecord,
+  ConsumerChange,
+  ConsumerGenerationRecord,
+  ConsumerRecord,
+  CrlChange,
   GroupRecord,
   InitialState,
   KeyChange,
@@ -14,6 +22,7 @@ import type {
   KeyRecord,
   KeyVersionRecord,
   PolicyRecord,
+  RoleRecord,
   Store,
   SudoGrantRecord,
   TokenRecord,
@@ -21,6 +30,7 @@ import type {
 } from "../types.js";
 import { MAX_BUSY_TIMEOUT_MS, openDatabase } from "./connection.js";
 import { toStoreError, unavailable } from "./errors.js";
+import * as pki from "./pki.js";
 import {
   type AuditRow,
   auditFromRow,
@@ -80,6 +90,12 @@ export class SqliteStore implements Store {
   readonly #db: Database.Database;
   readonly #queue: WriteQueue<ChainHead>;
   readonly #statements = new Map<string, Database.Statement>();
+  /** Statement helpers lent to the per-area SQL modules. */
+  readonly #sql: pki.Sql = {
+    get: (sql, ...params) => this.#get(sql, ...params),
+    all: (sql, ...params) => this.#all(sql, ...params),
+    run: (sql, ...params) => this.#run(sql, ...params),
+  };
   #head: ChainHead = { seq: 0, hash: GENESIS_HASH };
   #headStale = true;
   #closed = false;
@@ -660,6 +676,127 @@ export class SqliteStore implements Store {
       if (result.changes === 0) throw new CustosError("not_found", "sudo grant not found");
       this.#appendAuditRow(audit);
     });
+  }
+
+  // ---- pki (statements in pki.ts) ---------------------------------------------
+
+  listCas(): Promise<CaRecord[]> {
+    return this.#read(() => pki.listCas(this.#sql));
+  }
+
+  getCa(id: string): Promise<CaRecord | undefined> {
+    return this.#read(() => pki.getCa(this.#sql, id));
+  }
+
+  addCas(
+    cas: readonly CaRecord[],
+    retire: readonly { id: string; expectedRevision: number }[],
+    settings: Readonly<Record<string, string>>,
+    audit: AuditEntry,
+  ): Promise<void> {
+    return this.#write(() => {
+      for (const r of retire) pki.retireCa(this.#sql, r.id, r.expectedRevision);
+      for (const ca of cas) pki.insertCa(this.#sql, ca);
+      for (const [name, value] of Object.entries(settings)) this.#upsertSetting(name, value);
+      this.#appendAuditRow(audit);
+    });
+  }
+
+  replaceCrl(change: CrlChange): Promise<void> {
+    return this.#write(() => pki.replaceCrl(this.#sql, change));
+  }
+
+  createCertificate(certificate: CertificateRecord, audit: AuditEntry): Promise<void> {
+    return this.#write(() => {
+      pki.insertCertificate(this.#sql, certificate);
+      this.#appendAuditRow(audit);
+    });
+  }
+
+  getCertificate(serial: string): Promise<CertificateRecord | undefined> {
+    return this.#read(() => pki.getCertificate(this.#sql, serial));
+  }
+
+  listCertificates(query: CertificateQuery = {}): Promise<CertificateRecord[]> {
+    return this.#read(() => {
+      const limit = query.limit === undefined ? AUDIT_DEFAULT_LIMIT : checkLimit(query.limit, AUDIT_MAX_LIMIT);
+      return pki.listCertificates(this.#sql, query, limit);
+    });
+  }
+
+  listRevoked(issuerId: string, now: string): Promise<CertificateRecord[]> {
+    return this.#read(() => pki.listRevoked(this.#sql, issuerId, now));
+  }
+
+  revokeCertificate(
+    serial: string,
+    revokedAt: string,
+    reason: string,
+    crl: CrlChange,
+    audit: AuditEntry,
+  ): Promise<void> {
+    return this.#write(() => {
+      pki.revokeCertificate(this.#sql, serial, revokedAt, reason);
+      pki.replaceCrl(this.#sql, crl);
+      this.#appendAuditRow(audit);
+    });
+  }
+
+  putRole(role: RoleRecord, expectedRevision: number | null, audit: AuditEntry): Promise<void> {
+    return this.#write(() => {
+      pki.putRole(this.#sql, role, expectedRevision);
+      this.#appendAuditRow(audit);
+    });
+  }
+
+  getRole(name: string): Promise<RoleRecord | undefined> {
+    return this.#read(() => pki.getRole(this.#sql, name));
+  }
+
+  listRoles(): Promise<RoleRecord[]> {
+    return this.#read(() => pki.listRoles(this.#sql));
+  }
+
+  deleteRole(name: string, audit: AuditEntry): Promise<void> {
+    return this.#write(() => {
+      pki.deleteRole(this.#sql, name);
+      this.#appendAuditRow(audit);
+    });
+  }
+
+  writeConsumer(change: ConsumerChange, audit: AuditEntry): Promise<void> {
+    return this.#write(() => {
+      pki.writeConsumer(this.#sql, change);
+      this.#appendAuditRow(audit);
+    });
+  }
+
+  getConsumer(name: string): Promise<ConsumerRecord | undefined> {
+    return this.#read(() => pki.getConsumer(this.#sql, name));
+  }
+
+  listConsumers(): Promise<ConsumerRecord[]> {
+    return this.#read(() => pki.listConsumers(this.#sql));
+  }
+
+  getConsumerGeneration(consumer: string, generation: number): Promise<ConsumerGenerationRecord | undefined> {
+    return this.#read(() => pki.getConsumerGeneration(this.#sql, consumer, generation));
+  }
+
+  reportConsumerAgent(
+    agent: ConsumerAgentRecord,
+    consumerUpdate: { consumer: ConsumerRecord; expectedRevision: number } | null,
+    audit: AuditEntry,
+  ): Promise<void> {
+    return this.#write(() => {
+      pki.upsertConsumerAgent(this.#sql, agent);
+      if (consumerUpdate !== null) pki.writeConsumer(this.#sql, consumerUpdate);
+      this.#appendAuditRow(audit);
+    });
+  }
+
+  listConsumerAgents(consumer: string): Promise<ConsumerAgentRecord[]> {
+    return this.#read(() => pki.listConsumerAgents(this.#sql, consumer));
   }
 
   // ---- audit ------------------------------------------------------------------

@@ -1,0 +1,286 @@
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
+import { CustosError } from "../../errors/index.js";
+import { crlToPem, type IssueInput, REVOCATION_REASONS, type SignInput } from "../../pki/index.js";
+import { type ApiDeps, authorize } from "../app.js";
+import { actorOf } from "../context.js";
+import { fromBase64 } from "../encoding.js";
+import { nameParam, stringList } from "../schemas.js";
+
+const publicRoute = { config: { public: true }, schema: { hide: true } } as const;
+const serviceAudits = { serviceAudits: true } as const;
+const DER_CERT = "application/pkix-cert";
+const DER_CRL = "application/pkix-crl";
+const PEM = "application/x-pem-file";
+const OCSP_RESPONSE = "application/ocsp-response";
+/** An OCSP request is a few hundred bytes; anything near this is not one. */
+const MAX_OCSP_REQUEST = 16 * 1024;
+
+const serialParam = {
+  type: "object",
+  required: ["serial"],
+  properties: { serial: { type: "string", pattern: "^[0-9a-fA-F]{1,64}$" } },
+} as const;
+const idParam = {
+  type: "object",
+  required: ["id"],
+  properties: { id: { type: "string", pattern: "^(root|int)-[0-9]{1,6}$" } },
+} as const;
+const ttlSeconds = { type: "integer", minimum: 1, maximum: 10 * 365 * 86_400 } as const;
+const names = {
+  commonName: { type: "string", minLength: 1, maxLength: 253 },
+  dnsNames: stringList,
+  ipAddresses: stringList,
+  uris: { type: "array", maxItems: 100, items: { type: "string", minLength: 1, maxLength: 2048 } },
+} as const;
+
+type Name = { Params: { name: string } };
+type Serial = { Params: { serial: string } };
+type Id = { Params: { id: string } };
+
+function send(reply: FastifyReply, type: string, body: string | Buffer): FastifyReply {
+  return reply.type(type).header("cache-control", "no-cache").send(body);
+}
+
+/** The PKI: public CA material, CRLs and OCSP; roles; issuing, renewal, revocation and inventory. */
+export function pkiRoutes(deps: ApiDeps): FastifyPluginAsync {
+  const { authority, issuer } = deps.pki;
+  const detail = (req: FastifyRequest, details: Record<string, unknown>) => Object.assign(req.custos.details, details);
+
+  return async (app) => {
+    app.addContentTypeParser(
+      "application/ocsp-request",
+      { parseAs: "buffer", bodyLimit: MAX_OCSP_REQUEST },
+      (_r, body, done) => done(null, body),
+    );
+
+    // ---- public -------------------------------------------------------------
+
+    app.get("/v1/pki/ca.pem", publicRoute, async (req, reply) => {
+      req.custos.action = "pki.ca.read";
+      return send(reply, PEM, authority.root().certPem);
+    });
+    app.get("/v1/pki/ca", publicRoute, async (req, reply) => {
+      req.custos.action = "pki.ca.read";
+      return send(reply, DER_CERT, pemToDer(authority.root().certPem));
+    });
+    app.get("/v1/pki/chain.pem", publicRoute, async (req, reply) => {
+      req.custos.action = "pki.ca.read";
+      return send(reply, PEM, authority.caChainPem(authority.active().id));
+    });
+    app.get("/v1/pki/issuers", publicRoute, async (req) => {
+      req.custos.action = "pki.ca.read";
+      return { issuers: authority.issuers() };
+    });
+    app.get<Id>(
+      "/v1/pki/issuers/:id/cert.pem",
+      { ...publicRoute, schema: { hide: true, params: idParam } },
+      async (req, reply) => {
+        req.custos.action = "pki.ca.read";
+        return send(reply, PEM, authority.issuer(req.params.id).certPem);
+      },
+    );
+    app.get<Id>(
+      "/v1/pki/issuers/:id/crl",
+      { ...publicRoute, schema: { hide: true, params: idParam } },
+      async (req, reply) => {
+        req.custos.action = "pki.crl.read";
+        return send(reply, DER_CRL, authority.crl(req.params.id));
+      },
+    );
+    app.get<Id>(
+      "/v1/pki/issuers/:id/crl.pem",
+      { ...publicRoute, schema: { hide: true, params: idParam } },
+      async (req, reply) => {
+        req.custos.action = "pki.crl.read";
+        return send(reply, PEM, crlToPem(authority.crl(req.params.id)));
+      },
+    );
+    app.get("/v1/pki/crl", publicRoute, async (req, reply) => {
+      req.custos.action = "pki.crl.read";
+      return send(reply, DER_CRL, authority.crl(authority.active().id));
+    });
+    app.get("/v1/pki/crl.pem", publicRoute, async (req, reply) => {
+      req.custos.action = "pki.crl.read";
+      return send(reply, PEM, crlToPem(authority.crl(authority.active().id)));
+    });
+
+    const ocsp = async (req: FastifyRequest, reply: FastifyReply, request: Buffer) => {
+      req.custos.action = "pki.ocsp";
+      const answer = await authority.ocsp(request, (serial) => issuer.find(serial));
+      return reply.type(OCSP_RESPONSE).header("cache-control", "max-age=60").send(answer);
+    };
+    app.post<{ Body: Buffer }>("/v1/pki/ocsp", publicRoute, async (req, reply) => {
+      if (!Buffer.isBuffer(req.body)) {
+        throw new CustosError("invalid_request", "an OCSP request is sent as application/ocsp-request");
+      }
+      return ocsp(req, reply, req.body);
+    });
+    app.get<{ Params: { "*": string } }>("/v1/pki/ocsp/*", publicRoute, async (req, reply) => {
+      // RFC 6960 A.1: the DER request, base64, URL-encoded, as the path.
+      const encoded = decodeURIComponent(req.params["*"]);
+      if (encoded.length > MAX_OCSP_REQUEST) throw new CustosError("payload_too_large", "OCSP request too large");
+      return ocsp(req, reply, fromBase64(encoded, "the OCSP request"));
+    });
+
+    // ---- roles ----------------------------------------------------------------
+
+    app.put<Name & { Body: Record<string, unknown> }>(
+      "/v1/pki/roles/:name",
+      { config: serviceAudits, schema: { params: nameParam, body: { type: "object" } } },
+      async (req) => {
+        authorize(deps, req, "pki:role-write", `pki/role/${req.params.name}`);
+        return { role: await issuer.putRole(actorOf(req), req.params.name, req.body) };
+      },
+    );
+    app.get("/v1/pki/roles", async (req) => {
+      authorize(deps, req, "pki:read", "pki/role/*");
+      return { roles: await issuer.listRoles() };
+    });
+    app.get<Name>("/v1/pki/roles/:name", { schema: { params: nameParam } }, async (req) => {
+      authorize(deps, req, "pki:read", `pki/role/${req.params.name}`);
+      return { role: await issuer.getRole(req.params.name) };
+    });
+    app.delete<Name>("/v1/pki/roles/:name", { config: serviceAudits, schema: { params: nameParam } }, async (req) => {
+      authorize(deps, req, "pki:role-write", `pki/role/${req.params.name}`);
+      await issuer.deleteRole(actorOf(req), req.params.name);
+      return { deleted: true };
+    });
+
+    // ---- issuing ----------------------------------------------------------------
+
+    app.post<Name & { Body: SignInput }>(
+      "/v1/pki/roles/:name/sign",
+      {
+        config: serviceAudits,
+        schema: {
+          params: nameParam,
+          body: {
+            type: "object",
+            required: ["csr"],
+            additionalProperties: false,
+            properties: { csr: { type: "string", minLength: 1, maxLength: 65_536 }, ttlSeconds, ...names },
+          },
+        },
+      },
+      async (req) => {
+        detail(req, { role: req.params.name, mode: "csr" });
+        authorize(deps, req, "pki:issue", `pki/role/${req.params.name}`);
+        return issuer.sign(actorOf(req), req.params.name, req.body);
+      },
+    );
+    app.post<Name & { Body: IssueInput }>(
+      "/v1/pki/roles/:name/issue",
+      {
+        config: serviceAudits,
+        schema: {
+          params: nameParam,
+          body: {
+            type: "object",
+            additionalProperties: false,
+            properties: { ttlSeconds, keyType: { type: "string", maxLength: 16 }, ...names },
+          },
+        },
+      },
+      async (req) => {
+        detail(req, { role: req.params.name, mode: "generated" });
+        authorize(deps, req, "pki:issue", `pki/role/${req.params.name}`);
+        return issuer.issue(actorOf(req), req.params.name, req.body);
+      },
+    );
+
+    // ---- inventory and revocation -------------------------------------------------
+
+    app.get<{
+      Querystring: { role?: string; status?: "valid" | "revoked" | "expired"; after?: string; limit?: string };
+    }>(
+      "/v1/pki/certs",
+      {
+        schema: {
+          querystring: {
+            type: "object",
+            additionalProperties: false,
+            properties: {
+              role: { type: "string", maxLength: 64 },
+              status: { enum: ["valid", "revoked", "expired"] },
+              after: { type: "string", pattern: "^[0-9a-f]{1,64}$" },
+              limit: { type: "string", pattern: "^[0-9]{1,5}$" },
+            },
+          },
+        },
+      },
+      async (req) => {
+        authorize(deps, req, "pki:read", "pki/cert/*");
+        const { role, status, after, limit } = req.query;
+        return {
+          certificates: await issuer.list({
+            ...(role === undefined ? {} : { role }),
+            ...(status === undefined ? {} : { status }),
+            ...(after === undefined ? {} : { after }),
+            ...(limit === undefined ? {} : { limit: Number(limit) }),
+          }),
+        };
+      },
+    );
+    app.get<Serial>("/v1/pki/certs/:serial", { schema: { params: serialParam } }, async (req) => {
+      authorize(deps, req, "pki:read", `pki/cert/${req.params.serial.toLowerCase()}`);
+      return { certificate: await issuer.get(req.params.serial) };
+    });
+    app.post<Serial & { Body: { reason?: string } }>(
+      "/v1/pki/certs/:serial/revoke",
+      {
+        config: serviceAudits,
+        schema: {
+          params: serialParam,
+          body: {
+            type: ["object", "null"],
+            additionalProperties: false,
+            properties: { reason: { enum: [...REVOCATION_REASONS] } },
+          },
+        },
+      },
+      async (req) => {
+        authorize(deps, req, "pki:revoke", `pki/cert/${req.params.serial.toLowerCase()}`);
+        return { certificate: await issuer.revoke(actorOf(req), req.params.serial, req.body?.reason) };
+      },
+    );
+    app.post<Serial & { Body: { ttlSeconds?: number } }>(
+      "/v1/pki/certs/:serial/renew",
+      {
+        config: serviceAudits,
+        schema: {
+          params: serialParam,
+          body: { type: ["object", "null"], additionalProperties: false, properties: { ttlSeconds } },
+        },
+      },
+      async (req) => {
+        // Renewal issues under the certificate's role: it needs the right to issue there.
+        const role = await issuer.roleOf(req.params.serial);
+        detail(req, { role, mode: "renew", serial: req.params.serial.toLowerCase() });
+        authorize(deps, req, "pki:issue", `pki/role/${role}`);
+        return issuer.renew(actorOf(req), req.params.serial, req.body?.ttlSeconds);
+      },
+    );
+
+    app.post<{ Body: { algorithm?: "ecdsa-p256" | "rsa-3072" } | null }>(
+      "/v1/pki/issuers/rotate",
+      {
+        config: serviceAudits,
+        schema: {
+          body: {
+            type: ["object", "null"],
+            additionalProperties: false,
+            properties: { algorithm: { enum: ["ecdsa-p256", "rsa-3072"] } },
+          },
+        },
+      },
+      async (req) => {
+        authorize(deps, req, "pki:ca-rotate", "pki/ca");
+        return authority.rotateIntermediate(actorOf(req), req.body?.algorithm);
+      },
+    );
+  };
+}
+
+function pemToDer(pem: string): Buffer {
+  return Buffer.from(pem.replace(/-----[A-Z ]+-----/g, "").replace(/\s+/g, ""), "base64");
+}
