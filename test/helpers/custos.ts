@@ -29,6 +29,7 @@ export interface CustosInstance {
   readonly dir: string;
   readonly port: number;
   readonly url: string;
+  /** The CA file clients trust (`tls/ca.pem`), read afresh: a migration may replace it. */
   readonly ca: string;
   readonly adminToken: string;
   readonly token: TestToken;
@@ -75,7 +76,7 @@ export async function startCustos(config: Record<string, unknown> = {}): Promise
   };
   const init = await initialize(loadConfig({ env }), { adminName: "admin" });
   const adminToken = readFileSync(init.adminTokenFile, "utf8").trim();
-  const ca = readFileSync(init.caCertFile, "utf8");
+  const trusted = (): string => readFileSync(init.caCertFile, "utf8");
   const logFile = join(dir, "server.log");
   let child: ChildProcess | undefined;
 
@@ -88,7 +89,7 @@ export async function startCustos(config: Record<string, unknown> = {}): Promise
           port,
           path,
           method,
-          ca,
+          ca: trusted(),
           agent: false,
           headers: {
             ...(data !== undefined ? { "content-type": "application/json" } : {}),
@@ -118,7 +119,9 @@ export async function startCustos(config: Record<string, unknown> = {}): Promise
     dir,
     port,
     url: `https://127.0.0.1:${port}`,
-    ca,
+    get ca() {
+      return trusted();
+    },
     adminToken,
     token,
     env,

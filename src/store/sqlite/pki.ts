@@ -65,7 +65,7 @@ function caFromRow(r: CaRow): CaRecord {
 }
 
 export function listCas(sql: Sql): CaRecord[] {
-  return sql.all<CaRow>("SELECT * FROM pki_cas ORDER BY created_at, id").map(caFromRow);
+  return sql.all<CaRow>("SELECT * FROM pki_cas ORDER BY kind DESC, created_at, id").map(caFromRow);
 }
 
 export function getCa(sql: Sql, id: string): CaRecord | undefined {
