@@ -7,6 +7,7 @@ import { registerCryptoCommands } from "./commands/crypto.js";
 import { registerFileCommands } from "./commands/file.js";
 import { registerKeyCommands } from "./commands/keys.js";
 import { registerLocalCommands } from "./commands/local.js";
+import { registerPkiCommands } from "./commands/pki.js";
 import { registerGroupCommands, registerUserCommands } from "./commands/principals.js";
 import { registerStorageCommands } from "./commands/storage.js";
 import type { CliContext } from "./context.js";
@@ -48,6 +49,7 @@ export function buildProgram(ctx: CliContext): Command {
   registerCryptoCommands(program, ctx);
   registerFileCommands(program, ctx);
   registerStorageCommands(program, ctx);
+  registerPkiCommands(program, ctx);
   registerUserCommands(program, ctx);
   registerGroupCommands(program, ctx);
   registerPolicyCommands(program, ctx);

@@ -52,7 +52,10 @@ describe("opening", () => {
       db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as Array<{ name: string }>
     ).map((r) => r.name);
     db.close();
-    assert.deepEqual(rows, [{ version: 1, name: "initial" }]);
+    assert.deepEqual(rows, [
+      { version: 1, name: "initial" },
+      { version: 2, name: "pki" },
+    ]);
     for (const t of [
       "settings",
       "keys",
@@ -65,6 +68,12 @@ describe("opening", () => {
       "sudo_grants",
       "audit_log",
       "audit_checkpoints",
+      "pki_cas",
+      "pki_certificates",
+      "pki_roles",
+      "cert_consumers",
+      "cert_consumer_generations",
+      "cert_consumer_agents",
     ]) {
       assert.ok(tables.includes(t), `table ${t}`);
     }
