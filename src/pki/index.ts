@@ -24,4 +24,5 @@ export {
   SERVER_ROLE,
   type SignInput,
 } from "./issuer.js";
+export { ocspErrorResponse } from "./ocsp.js";
 export { defaultServerNames, issueServerCertificate, type ServerTls, serverNeedsNew } from "./tls.js";

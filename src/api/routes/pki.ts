@@ -1,6 +1,6 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
 import { CustosError } from "../../errors/index.js";
-import { crlToPem, type IssueInput, REVOCATION_REASONS, type SignInput } from "../../pki/index.js";
+import { crlToPem, type IssueInput, ocspErrorResponse, REVOCATION_REASONS, type SignInput } from "../../pki/index.js";
 import { type ApiDeps, authorize } from "../app.js";
 import { actorOf } from "../context.js";
 import { fromBase64 } from "../encoding.js";
@@ -106,7 +106,14 @@ export function pkiRoutes(deps: ApiDeps): FastifyPluginAsync {
 
     const ocsp = async (req: FastifyRequest, reply: FastifyReply, request: Buffer) => {
       req.custos.action = "pki.ocsp";
-      const answer = await authority.ocsp(request, (serial) => issuer.find(serial));
+      let answer: Buffer;
+      try {
+        answer = await authority.ocsp(request, (serial) => issuer.find(serial));
+      } catch (err) {
+        // OCSP clients read OCSP, not our JSON errors: tell them to come back (RFC 6960 tryLater).
+        req.log.warn({ err }, "OCSP answer failed");
+        return reply.type(OCSP_RESPONSE).header("cache-control", "no-store").send(ocspErrorResponse("tryLater"));
+      }
       return reply.type(OCSP_RESPONSE).header("cache-control", "max-age=60").send(answer);
     };
     app.post<{ Body: Buffer }>("/v1/pki/ocsp", publicRoute, async (req, reply) => {
