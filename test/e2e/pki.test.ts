@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { createHash, X509Certificate } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createHash, createPrivateKey, X509Certificate } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -296,6 +296,26 @@ describe("internal PKI", () => {
     assert.deepEqual([view.status, view.role, view.dnsNames], ["valid", "web", ["r.svc.test"]]);
     const listed = await custos.call("GET", "/v1/pki/certs?status=revoked");
     assert.ok(((listed.body as Json).certificates as Json[]).every((c) => c.status === "revoked"));
+  });
+
+  test("a consumer's private key is stored sealed: its bytes appear nowhere in the database or the log", async () => {
+    const created = await custos.call("PUT", "/v1/pki/consumers/edge", { role: "web", dnsNames: ["edge.svc.test"] });
+    assert.equal(created.status, 200, created.text);
+    const material = await custos.call("GET", "/v1/pki/consumers/edge/certificate?role=web");
+    assert.equal(material.status, 200, material.text);
+    const pem = String((material.body as Json).privateKey);
+    const der = createPrivateKey(pem).export({ type: "pkcs8", format: "der" });
+    const scalar = createPrivateKey(pem).export({ format: "jwk" }).d as string;
+    const needles = [der, Buffer.from(scalar, "base64url"), Buffer.from(pem), Buffer.from(der.toString("base64"))];
+    for (const f of ["custos.db", "custos.db-wal", "server.log"]) {
+      const path = join(custos.dir, f);
+      if (!existsSync(path)) continue;
+      const bytes = readFileSync(path);
+      for (const needle of needles) assert.equal(bytes.indexOf(needle), -1, `${f} holds the private key`);
+    }
+    // The key still matches the certificate it was fetched with.
+    const cert = new X509Certificate(String((material.body as Json).certificate));
+    assert.ok(cert.checkPrivateKey(createPrivateKey(pem)));
   });
 
   test("CA rollover: a new intermediate issues, the old one stays trusted and keeps its CRL and OCSP", async () => {
