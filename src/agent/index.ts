@@ -1,0 +1,23 @@
+/**
+ * Agents that run beside what Custos serves: `runCertAgent` keeps a TLS endpoint's
+ * certificate files equal to its consumer's target and reports what it serves.
+ */
+export {
+  type AgentLog,
+  type AgentLogLevel,
+  CertAgent,
+  CertAgentError,
+  type CertAgentErrorCode,
+  type CertAgentOptions,
+  type CheckTarget,
+  defaultServername,
+  fingerprintOf,
+  isRefusal,
+  presentedFingerprint,
+  type RoundResult,
+  type RunOptions,
+  runCertAgent,
+  runReload,
+  STATE_SUFFIX,
+  writeFileAtomic,
+} from "./cert-agent.js";
