@@ -1,8 +1,10 @@
 /** The `custos` command tree. */
 import { Command } from "commander";
 import { registerPolicyCommands, registerSudoCommands } from "./commands/admin.js";
+import { registerAgentCommands } from "./commands/agent.js";
 import { registerAuditCommands } from "./commands/audit.js";
 import { registerAuthCommands } from "./commands/auth.js";
+import { registerCertCommands } from "./commands/cert.js";
 import { registerCryptoCommands } from "./commands/crypto.js";
 import { registerFileCommands } from "./commands/file.js";
 import { registerKeyCommands } from "./commands/keys.js";
@@ -50,6 +52,8 @@ export function buildProgram(ctx: CliContext): Command {
   registerFileCommands(program, ctx);
   registerStorageCommands(program, ctx);
   registerPkiCommands(program, ctx);
+  registerCertCommands(program, ctx);
+  registerAgentCommands(program, ctx);
   registerUserCommands(program, ctx);
   registerGroupCommands(program, ctx);
   registerPolicyCommands(program, ctx);
