@@ -101,6 +101,16 @@ async function waitReady(child: ChildProcess, probe: () => Promise<unknown>): Pr
   throw new Error("server did not become ready");
 }
 
+/** waitReady, killing the child when it never gets ready: the caller has no handle on it yet. */
+async function readyOrKill(child: ChildProcess, probe: () => Promise<unknown>): Promise<void> {
+  try {
+    await waitReady(child, probe);
+  } catch (e) {
+    child.kill("SIGKILL");
+    throw e;
+  }
+}
+
 function stop(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   const exited = new Promise<void>((r) => child.once("exit", () => r()));
@@ -240,7 +250,7 @@ async function startCustos(
   });
   const base = `https://127.0.0.1:${port}`;
   let ca = "";
-  await waitReady(child, async () => {
+  await readyOrKill(child, async () => {
     ca = readFileSync(caFile, "utf8");
     return call(`${base}/v1/random`, "POST", { bytes: 1 }, { ca, token: admin });
   });
@@ -295,7 +305,7 @@ async function startCfssl(dir: string, port: number): Promise<{ child: ChildProc
     { stdio: ["ignore", "ignore", "ignore"] },
   );
   // This CFSSL has no health endpoint: ready when /info answers for the default profile.
-  await waitReady(child, () => call(`${base}/api/v1/cfssl/info`, "POST", {}));
+  await readyOrKill(child, () => call(`${base}/api/v1/cfssl/info`, "POST", {}));
   return { child, base, caPem: made.cert };
 }
 
