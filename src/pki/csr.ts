@@ -1,7 +1,8 @@
-import "reflect-metadata";
-import { createPublicKey, type KeyObject } from "node:crypto";
+import { createPublicKey, type KeyObject, verify } from "node:crypto";
 import { isIP, SocketAddress } from "node:net";
-import * as x509 from "@peculiar/x509";
+import { CertificationRequest, type CertificationRequestInfo } from "@peculiar/asn1-csr";
+import { AsnConvert } from "@peculiar/asn1-schema";
+import * as asn1X509 from "@peculiar/asn1-x509";
 import { CustosError } from "../errors/index.js";
 import type { KeyType } from "./role.js";
 
@@ -22,7 +23,6 @@ export const MAX_CSR_BYTES = 64 * 1024;
 
 const PEM_RE =
   /^-----BEGIN (NEW )?CERTIFICATE REQUEST-----\r?\n([A-Za-z0-9+/=\r\n]+)-----END \1CERTIFICATE REQUEST-----\s*$/;
-const SUBJECT_ALT_NAME_OID = "2.5.29.17";
 const BASE64_RE = /^[A-Za-z0-9+/]+={0,2}$/;
 
 function csrInvalid(message: string, cause?: unknown): CustosError {
@@ -108,47 +108,60 @@ function canonicalIp(text: string): string | undefined {
   return new SocketAddress({ address: text, family: family === 4 ? "ipv4" : "ipv6" }).address;
 }
 
-function requestedNames(csr: x509.Pkcs10CertificateRequest): Pick<ParsedCsr, "dnsNames" | "ipAddresses" | "uris"> {
+const EXTENSION_REQUEST_OID = "1.2.840.113549.1.9.14";
+const COMMON_NAME_OID = "2.5.4.3";
+/** Signature algorithms a CSR may be signed with, and the digest node:crypto.verify needs (null: none, Ed25519). */
+const CSR_SIGNATURES: Readonly<Record<string, string | null>> = {
+  "1.2.840.10045.4.3.2": "sha256",
+  "1.2.840.10045.4.3.3": "sha384",
+  "1.2.840.10045.4.3.4": "sha512",
+  "1.2.840.113549.1.1.11": "sha256",
+  "1.2.840.113549.1.1.12": "sha384",
+  "1.2.840.113549.1.1.13": "sha512",
+  "1.3.101.112": null,
+};
+
+const SAN_TYPE_NAMES: Readonly<Record<string, string>> = { rfc822Name: "email", registeredID: "registeredId" };
+
+function requestedNames(info: CertificationRequestInfo): Pick<ParsedCsr, "dnsNames" | "ipAddresses" | "uris"> {
   const out = { dnsNames: [] as string[], ipAddresses: [] as string[], uris: [] as string[] };
-  const sans = csr.getExtensions(SUBJECT_ALT_NAME_OID);
+  const requests = info.attributes.filter((a) => a.type === EXTENSION_REQUEST_OID);
+  const sans = requests
+    .flatMap((a) => a.values.map((v) => AsnConvert.parse(v, asn1X509.Extensions)))
+    .flatMap((extensions) => extensions.filter((e) => e.extnID === asn1X509.id_ce_subjectAltName));
   if (sans.length > 1) throw csrInvalid("the CSR requests more than one subjectAltName extension");
   const san = sans[0];
   if (san === undefined) return out;
-  if (!(san instanceof x509.SubjectAlternativeNameExtension))
-    throw csrInvalid("the CSR's subjectAltName does not parse");
-  for (const name of san.names.items) {
-    switch (name.type) {
-      case "dns":
-        out.dnsNames.push(name.value);
-        break;
-      case "url":
-        out.uris.push(name.value);
-        break;
-      case "ip": {
-        // 8- or 32-byte values (address and mask) come out as "a.b.c.d/n": not an address.
-        const ip = canonicalIp(name.value);
-        if (ip === undefined) throw csrInvalid(`the CSR requests an IP SAN that is no IP address (${name.value})`);
-        out.ipAddresses.push(ip);
-        break;
-      }
-      default:
-        throw csrInvalid(
-          `the CSR requests a SAN of type ${name.type} (${name.value}); Custos issues only DNS, IP and URI names`,
-        );
+  for (const name of AsnConvert.parse(san.extnValue, asn1X509.SubjectAlternativeName)) {
+    if (name.dNSName !== undefined) out.dnsNames.push(name.dNSName);
+    else if (name.uniformResourceIdentifier !== undefined) out.uris.push(name.uniformResourceIdentifier);
+    else if (name.iPAddress !== undefined) {
+      // 8- or 32-byte values (address and mask) come out as "a.b.c.d/n": not an address.
+      const ip = canonicalIp(name.iPAddress);
+      if (ip === undefined) throw csrInvalid(`the CSR requests an IP SAN that is no IP address (${name.iPAddress})`);
+      out.ipAddresses.push(ip);
+    } else {
+      const [field, value] = Object.entries(name).find(([, v]) => v !== undefined) ?? (["unknown", undefined] as const);
+      const shown = typeof value === "string" ? ` (${value})` : "";
+      throw csrInvalid(
+        `the CSR requests a SAN of type ${SAN_TYPE_NAMES[field] ?? field}${shown}; Custos issues only DNS, IP and URI names`,
+      );
     }
   }
   return out;
 }
 
-function commonNameOf(csr: x509.Pkcs10CertificateRequest): string | undefined {
-  const cns = csr.subjectName.getField("CN");
+function commonNameOf(info: CertificationRequestInfo): string | undefined {
+  const cns = info.subject.flatMap((rdn) => rdn.filter((atv) => atv.type === COMMON_NAME_OID));
   if (cns.length > 1) throw csrInvalid("the CSR's subject has more than one common name");
-  return cns[0];
+  return cns[0]?.value.toString();
 }
 
 /**
- * Parses a PEM (or base64 DER) PKCS#10 request with @peculiar/x509, verifies its
- * self-signature, and reads the SANs from its extensionRequest.
+ * Parses a PEM (or base64 DER) PKCS#10 request, verifies its self-signature, and
+ * reads the SANs from its extensionRequest. The request is decoded once with the
+ * PKCS#10 schema of @peculiar/asn1-csr and its signature checked by node:crypto over
+ * the request's own bytes (not a re-encoding of them).
  *
  * csr_invalid when the text is larger than 64 KiB (checked first, in UTF-8
  * bytes), does not parse (trailing bytes after the DER included), holds a key
@@ -162,24 +175,32 @@ export async function parseCsr(text: string): Promise<ParsedCsr> {
   if (typeof text !== "string") throw csrInvalid("the CSR must be a string");
   if (Buffer.byteLength(text, "utf8") > MAX_CSR_BYTES) throw csrInvalid("the CSR is larger than 64 KiB");
   const der = derOf(text);
+  if (derLength(der) !== der.length) throw csrInvalid("the CSR has bytes after its end");
 
-  let csr: x509.Pkcs10CertificateRequest;
+  let csr: CertificationRequest;
   try {
-    csr = new x509.Pkcs10CertificateRequest(der);
+    csr = AsnConvert.parse(der, CertificationRequest);
   } catch (e) {
     throw csrInvalid("the CSR does not parse as PKCS#10", e);
   }
-  if (derLength(der) !== der.length) throw csrInvalid("the CSR has bytes after its end");
-
-  const spki = Buffer.from(csr.publicKey.rawData);
+  const info = csr.certificationRequestInfo;
+  const spki = Buffer.from(AsnConvert.serialize(info.subjectPKInfo));
+  const key = publicKeyObject(spki);
   const keyType = keyTypeOf(spki);
-  if (keyType === undefined) {
-    throw csrInvalid(`the CSR holds ${describeKey(spki, csr.publicKey.algorithm.name)}, which Custos does not certify`);
+  if (key === undefined || keyType === undefined) {
+    throw csrInvalid(
+      `the CSR holds ${describeKey(spki, info.subjectPKInfo.algorithm.algorithm)}, which Custos does not certify`,
+    );
   }
 
+  const digest = CSR_SIGNATURES[csr.signatureAlgorithm.algorithm];
+  const signed = csr.certificationRequestInfoRaw;
+  if (digest === undefined || signed === undefined) {
+    throw csrInvalid(`the CSR is signed with ${csr.signatureAlgorithm.algorithm}, which Custos does not check`);
+  }
   let verified = false;
   try {
-    verified = await csr.verify();
+    verified = verify(digest, Buffer.from(signed), key, Buffer.from(csr.signature));
   } catch (e) {
     throw csrInvalid("the CSR's signature does not verify", e);
   }
@@ -188,13 +209,12 @@ export async function parseCsr(text: string): Promise<ParsedCsr> {
   let names: ReturnType<typeof requestedNames>;
   let commonName: string | undefined;
   try {
-    names = requestedNames(csr);
-    commonName = commonNameOf(csr);
+    names = requestedNames(info);
+    commonName = commonNameOf(info);
   } catch (e) {
     if (e instanceof CustosError) throw e;
     throw csrInvalid("the CSR's subject or extensions do not parse", e);
   }
 
-  const publicKey = publicKeyObject(spki)?.export({ type: "spki", format: "der" }) ?? spki;
-  return { publicKey, keyType, commonName, ...names };
+  return { publicKey: key.export({ type: "spki", format: "der" }), keyType, commonName, ...names };
 }

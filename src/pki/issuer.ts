@@ -4,7 +4,7 @@ import { type Actor, auditEntry } from "../audit/index.js";
 import { CustosError, isCustosError } from "../errors/index.js";
 import type { CertificateQuery, CertificateRecord, RoleRecord, Store } from "../store/index.js";
 import type { Authority } from "./authority.js";
-import { BACKDATE_MS, buildLeaf, fingerprintOf, newSerial, pemOf } from "./certificate.js";
+import { BACKDATE_MS, buildLeaf, fingerprintOf, newSerial } from "./certificate.js";
 import { isRevocationReason, REVOCATION_REASONS } from "./crl.js";
 import { keyTypeOf, parseCsr } from "./csr.js";
 import { generateCallerKey } from "./keys.js";
@@ -320,8 +320,8 @@ export class Issuer {
       publicKey: request.publicKey,
       notBefore: cert.notBefore.toISOString(),
       notAfter: cert.notAfter.toISOString(),
-      fingerprint: fingerprintOf(cert.rawData),
-      pem: pemOf(cert),
+      fingerprint: fingerprintOf(cert.der),
+      pem: cert.pem,
       status: "valid",
       revokedAt: null,
       revocationReason: null,

@@ -18,10 +18,10 @@ import {
 } from "@peculiar/asn1-ocsp";
 import { AsnConvert, OctetString } from "@peculiar/asn1-schema";
 import { Certificate, CRLReason, type Extension } from "@peculiar/asn1-x509";
-import * as x509 from "@peculiar/x509";
+import type * as x509 from "@peculiar/x509";
 import { CustosError } from "../errors/index.js";
 import { CRL_REASON_CODES, isRevocationReason, type RevocationReason } from "./crl.js";
-import type { CaSigner } from "./signer.js";
+import { type CaSigner, signAsX509 } from "./signer.js";
 
 /** What an OCSP CertID names: a certificate by its issuer's hashed name and key, and its serial. */
 export interface OcspCertId {
@@ -259,13 +259,7 @@ function certStatus(status: OcspStatus): CertStatus {
 
 /** Signs the ResponseData with the CA's key the way @peculiar/x509 signs a certificate. */
 async function sign(signer: CaSigner, tbsResponseData: ResponseData): Promise<BasicOCSPResponse> {
-  // The key's algorithm completes the signing one (the RSA hash, the EC curve), as in X509CrlGenerator.
-  const algorithm = { ...signer.signingAlgorithm, ...signer.signingKey.algorithm };
-  const signatureAlgorithm = new x509.AlgorithmProvider().toAsnAlgorithm(algorithm);
-  const tbs = AsnConvert.serialize(tbsResponseData);
-  const raw = await signer.crypto.subtle.sign(algorithm, signer.signingKey, tbs);
-  // WebCrypto and the HSM give ECDSA as r‖s; X.509 wants a DER ECDSA-Sig-Value. RSA passes as is.
-  const signature = new x509.AsnEcSignatureFormatter().toAsnSignature(algorithm, raw) ?? raw;
+  const { signatureAlgorithm, signature } = await signAsX509(signer, AsnConvert.serialize(tbsResponseData));
   return new BasicOCSPResponse({ tbsResponseData, signatureAlgorithm, signature });
 }
 

@@ -1,6 +1,7 @@
 import "reflect-metadata";
 import { webcrypto } from "node:crypto";
-import type * as x509 from "@peculiar/x509";
+import type { AlgorithmIdentifier } from "@peculiar/asn1-x509";
+import * as x509 from "@peculiar/x509";
 import type { HsmKeyRef, Keystore, SignatureScheme } from "../hsm/index.js";
 
 /** Algorithms a CA key may have. */
@@ -77,6 +78,25 @@ export function hsmSigningKey(algorithm: CaAlgorithm): webcrypto.CryptoKey {
     usages: ["sign"],
   } as unknown as webcrypto.CryptoKey;
 }
+
+/**
+ * Signs DER `tbs` bytes as the CA: the AlgorithmIdentifier to put beside them and
+ * the signature in its X.509 form (ECDSA comes from WebCrypto and the HSM as r‖s and
+ * becomes a DER ECDSA-Sig-Value; RSA passes as is).
+ */
+export async function signAsX509(
+  signer: CaSigning,
+  tbs: ArrayBuffer | Uint8Array,
+): Promise<{ signatureAlgorithm: AlgorithmIdentifier; signature: ArrayBuffer }> {
+  // The key's algorithm completes the signing one (the RSA hash, the EC curve), as @peculiar/x509's generators do.
+  const algorithm = { ...signer.signingAlgorithm, ...signer.signingKey.algorithm };
+  const signatureAlgorithm = algorithmProvider.toAsnAlgorithm(algorithm);
+  const raw = await signer.crypto.subtle.sign(algorithm, signer.signingKey, tbs);
+  return { signatureAlgorithm, signature: ecFormatter.toAsnSignature(algorithm, raw) ?? raw };
+}
+
+const algorithmProvider = new x509.AlgorithmProvider();
+const ecFormatter = new x509.AsnEcSignatureFormatter();
 
 /** What signs for a CA before it has a certificate (a root signing itself). */
 export type CaSigning = Omit<CaSigner, "certificate">;
