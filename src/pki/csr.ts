@@ -74,8 +74,13 @@ function publicKeyObject(spki: Buffer): KeyObject | undefined {
 /** The KeyType of a SPKI DER (node:crypto createPublicKey + asymmetricKeyDetails), or undefined when it is none of KEY_TYPES. */
 export function keyTypeOf(spki: Buffer): KeyType | undefined {
   const key = publicKeyObject(spki);
-  const details = key?.asymmetricKeyDetails;
-  switch (key?.asymmetricKeyType) {
+  return key === undefined ? undefined : keyTypeOfKey(key);
+}
+
+/** The KeyType of a public key already decoded (decoding costs more than the rest of a CSR check). */
+function keyTypeOfKey(key: KeyObject): KeyType | undefined {
+  const details = key.asymmetricKeyDetails;
+  switch (key.asymmetricKeyType) {
     case "ec":
       if (details?.namedCurve === "prime256v1") return "ec-p256";
       if (details?.namedCurve === "secp384r1") return "ec-p384";
@@ -186,7 +191,7 @@ export async function parseCsr(text: string): Promise<ParsedCsr> {
   const info = csr.certificationRequestInfo;
   const spki = Buffer.from(AsnConvert.serialize(info.subjectPKInfo));
   const key = publicKeyObject(spki);
-  const keyType = keyTypeOf(spki);
+  const keyType = key === undefined ? undefined : keyTypeOfKey(key);
   if (key === undefined || keyType === undefined) {
     throw csrInvalid(
       `the CSR holds ${describeKey(spki, info.subjectPKInfo.algorithm.algorithm)}, which Custos does not certify`,
@@ -216,5 +221,6 @@ export async function parseCsr(text: string): Promise<ParsedCsr> {
     throw csrInvalid("the CSR's subject or extensions do not parse", e);
   }
 
-  return { publicKey: key.export({ type: "spki", format: "der" }), keyType, commonName, ...names };
+  // The schema re-encodes the SPKI in DER, so it is already the canonical form node:crypto would export.
+  return { publicKey: spki, keyType, commonName, ...names };
 }
