@@ -25,4 +25,5 @@ export {
   type SignInput,
 } from "./issuer.js";
 export { ocspErrorResponse } from "./ocsp.js";
+export { KEY_TYPES, type KeyType } from "./role.js";
 export { defaultServerNames, issueServerCertificate, type ServerTls, serverNeedsNew } from "./tls.js";

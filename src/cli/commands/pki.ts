@@ -11,6 +11,7 @@ import { request as httpsRequest } from "node:https";
 import { basename, dirname, join } from "node:path";
 import { type Command, Option } from "commander";
 import { apiError, ClientError, configError, transportError } from "../../client/index.js";
+import { KEY_TYPES, REVOCATION_REASONS } from "../../pki/index.js";
 import { arg, type CliContext, seg } from "../context.js";
 import { CliError, EXIT_CLIENT, EXIT_SERVER, usageError } from "../errors.js";
 import { errorCode, readInput } from "../io.js";
@@ -33,19 +34,8 @@ interface Issued {
 
 const KEY_USAGES = ["digitalSignature", "keyEncipherment", "keyAgreement"];
 const EXT_KEY_USAGES: Readonly<Record<string, string>> = { server: "serverAuth", client: "clientAuth" };
-const KEY_TYPES = ["ec-p256", "ec-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096"];
 const CA_ALGORITHMS = ["ecdsa-p256", "rsa-3072"];
 const CERT_STATUSES = ["valid", "revoked", "expired"];
-const REVOCATION_REASONS = [
-  "unspecified",
-  "keyCompromise",
-  "caCompromise",
-  "affiliationChanged",
-  "superseded",
-  "cessationOfOperation",
-  "certificateHold",
-  "privilegeWithdrawn",
-];
 
 const ISSUER_COLUMNS = ["id", "name", "kind", "state", "algorithm", "notAfter", "fingerprint"];
 const ROLE_COLUMNS = ["name", "dnsNames", "ipRanges", "uris", "keyTypes", "ttlSeconds", "maxTtlSeconds"];
@@ -354,7 +344,7 @@ function registerRoleCommands(pki: Command, ctx: CliContext): void {
     .option(
       "--key-type <type>",
       `allowed key type: ${KEY_TYPES.join(", ")} (repeatable)`,
-      arg<string[], string[] | undefined>(choice(KEY_TYPES)),
+      arg<string[], string[] | undefined>(choice([...KEY_TYPES])),
     )
     .option("--max-ttl <duration>", "longest lifetime a caller may ask for (default 30d)", arg(parseDuration))
     .option("--ttl <duration>", "lifetime when the caller asks for none (default 7d)", arg(parseDuration))
@@ -421,7 +411,7 @@ function registerIssueCommands(pki: Command, ctx: CliContext): void {
       .description("issue a certificate with a key Custos generates: PREFIX.pem, PREFIX.key (0600), PREFIX.chain.pem"),
   )
     .addOption(ttlOption())
-    .addOption(new Option("--key-type <type>", "key to generate (default: the server's)").choices(KEY_TYPES))
+    .addOption(new Option("--key-type <type>", "key to generate (default: the server's)").choices([...KEY_TYPES]))
     .option("--out <prefix>", "write PREFIX.pem, PREFIX.key and PREFIX.chain.pem")
     .action(async (roleName: string, o: NameOptions & { ttl?: number; keyType?: string; out?: string }) => {
       // Checked before asking: a key generated for nobody to keep is a key generated in vain.
@@ -505,7 +495,7 @@ function registerCertCommands(pki: Command, ctx: CliContext): void {
   cert
     .command("revoke <serial>")
     .description("revoke a certificate (the CRL is regenerated at once)")
-    .addOption(new Option("--reason <reason>", "revocation reason").choices(REVOCATION_REASONS))
+    .addOption(new Option("--reason <reason>", "revocation reason").choices([...REVOCATION_REASONS]))
     .action(async (serial: string, o: { reason?: string }): Promise<void> => {
       const body = o.reason === undefined ? {} : { reason: o.reason };
       const answer = await ctx.client().request<{ certificate: Json }>("POST", `${path(serial)}/revoke`, { body });
