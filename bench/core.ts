@@ -10,27 +10,16 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:https";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { loadConfig } from "../src/config/index.js";
 import { initialize } from "../src/main.js";
+import { freePort } from "../test/helpers/custos.js";
 import { createTestToken } from "../test/helpers/softhsm.js";
 import { rawHsmRates } from "./hsm.js";
 import { ensureWrk, type LoadResult, wrkPost } from "./http-load.js";
 
 const ROOT = resolve(import.meta.dirname, "..");
-
-async function freePort(): Promise<number> {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.once("error", fail);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => ok(port));
-    });
-  });
-}
 
 function post(port: number, ca: string, token: string, path: string, body: unknown): Promise<unknown> {
   return new Promise((ok, fail) => {

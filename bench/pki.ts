@@ -19,12 +19,12 @@ import { webcrypto } from "node:crypto";
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import * as x509 from "@peculiar/x509";
 import { loadConfig } from "../src/config/index.js";
 import { initialize } from "../src/main.js";
+import { freePort } from "../test/helpers/custos.js";
 import { createTestToken } from "../test/helpers/softhsm.js";
 import { rawHsmRates } from "./hsm.js";
 import { ensureWrk } from "./http-load.js";
@@ -46,17 +46,6 @@ interface CertLoad {
   readonly socketErrors: number;
   /** CPU time of the server process (all its threads) per second of wall time: 1.0 is one core. */
   readonly serverCores: number;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.once("error", fail);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => ok(port));
-    });
-  });
 }
 
 /** One JSON call (HTTPS when `ca` is given, else plain HTTP); rejects on >= 400. */

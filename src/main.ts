@@ -2,7 +2,7 @@
  * The composition root: the only place that picks concrete implementations
  * (PKCS#11 keystore, SQLite store) and wires the services to the API.
  */
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, resolve } from "node:path";
 import { buildApp } from "./api/app.js";
@@ -10,13 +10,13 @@ import { AuditLog, auditEntry, systemActor } from "./audit/index.js";
 import { AuthService, buildInitialAdmin } from "./auth/index.js";
 import type { CustosConfig } from "./config/index.js";
 import { CustosError } from "./errors/index.js";
+import { writeFileAtomic } from "./files/index.js";
 import type { HsmKeyRef, Keystore } from "./hsm/index.js";
 import { Pkcs11Keystore } from "./hsm/pkcs11/index.js";
 import { KmsService } from "./kms/index.js";
 import { createLogger, type Logger } from "./log/index.js";
 import {
   Authority,
-  BACKDATE_MS,
   Consumers,
   defaultServerNames,
   Issuer,
@@ -83,7 +83,6 @@ function openPki(config: CustosConfig, keystore: Keystore, store: Store): Pki {
     issuer,
     authority,
     agentStaleSeconds: config.pki.agentStaleSeconds,
-    backdateMs: BACKDATE_MS,
   });
   return { authority, issuer, consumers };
 }
@@ -203,12 +202,10 @@ export async function openServices(config: CustosConfig, logger: Logger = create
   }
 }
 
-/** Writes `data` to `path` atomically (temp file, fsync by rename) with `mode`. */
-function writeFileAtomic(path: string, data: string, mode: number): void {
+/** Writes one of Custos's own files (token, CA, server certificate) durably, making its directory if needed. */
+async function writeOwnFile(path: string, data: string, mode: number): Promise<void> {
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-  const tmp = `${path}.tmp-${process.pid}`;
-  writeFileSync(tmp, data, { mode, flush: true });
-  renameSync(tmp, path);
+  await writeFileAtomic(path, data, mode);
 }
 
 export interface InitResult {
@@ -234,7 +231,7 @@ export async function initialize(config: CustosConfig, options: { adminName: str
     const writeCa = async (): Promise<void> => {
       const pki = openPki(config, keystore, store);
       await pki.authority.ensure(systemActor("init"));
-      writeFileAtomic(caCertFile, pki.authority.root().certPem, 0o644);
+      await writeOwnFile(caCertFile, pki.authority.root().certPem, 0o644);
     };
     if (await store.isInitialized()) {
       await checkRootKey(keystore, store);
@@ -247,7 +244,7 @@ export async function initialize(config: CustosConfig, options: { adminName: str
     const { policies, admin, adminToken, token } = await buildInitialAdmin({ name: options.adminName });
     try {
       // The token file is written first: if the store write then fails, a rerun replaces it.
-      writeFileAtomic(adminTokenFile, `${token.exposeText()}\n`, 0o600);
+      await writeOwnFile(adminTokenFile, `${token.exposeText()}\n`, 0o600);
     } finally {
       token.destroy();
     }
@@ -287,7 +284,7 @@ async function serverTls(services: Services): Promise<ServerTls | { cert: string
   }
   const certFile = resolve(config.tls.dir, "server.pem");
   const keyFile = resolve(config.tls.dir, "server.key");
-  writeFileAtomic(resolve(config.tls.dir, "ca.pem"), pki.authority.root().certPem, 0o644);
+  await writeOwnFile(resolve(config.tls.dir, "ca.pem"), pki.authority.root().certPem, 0o644);
   if (existsSync(certFile) && existsSync(keyFile)) {
     const cert = readFileSync(certFile, "utf8");
     if (!serverNeedsNew(cert, pki.authority)) return { cert, key: readFileSync(keyFile, "utf8") };
@@ -299,8 +296,8 @@ async function serverTls(services: Services): Promise<ServerTls | { cert: string
     defaultServerNames(config.listen.host),
     config.tls.serverCertTtlSeconds,
   );
-  writeFileAtomic(keyFile, issued.key, 0o600);
-  writeFileAtomic(certFile, issued.cert, 0o644);
+  await writeOwnFile(keyFile, issued.key, 0o600);
+  await writeOwnFile(certFile, issued.cert, 0o644);
   services.logger.info({ notAfter: issued.notAfter.toISOString() }, "issued the server certificate");
   return issued;
 }

@@ -9,13 +9,14 @@
  * report is a statement about what clients see, never about what was intended.
  */
 import { spawn } from "node:child_process";
-import { createHash, createPrivateKey, randomBytes, X509Certificate } from "node:crypto";
-import { open, readFile, rename, rm } from "node:fs/promises";
+import { createHash, createPrivateKey, X509Certificate } from "node:crypto";
+import { readFile } from "node:fs/promises";
 import { isIP } from "node:net";
-import { basename, dirname, join } from "node:path";
+import { basename } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect } from "node:tls";
 import { ClientError, type CustosClient } from "../client/index.js";
+import { writeFileAtomic as durableWrite } from "../files/index.js";
 import { Secret } from "../secret/index.js";
 
 /** Where `--check` connects, and the name it asks for. */
@@ -521,34 +522,14 @@ function withNewline(pem: string): string {
 }
 
 /**
- * Replaces `path` with `data` so that readers see the old file or the new one,
- * never a mix, and so that after a crash the new one is on disk or the old one
- * is: a temporary file beside it, created with `mode` (so a key is never readable
- * by others, not even for a moment), synced, renamed over `path`, then the
- * directory synced so the rename itself is durable.
+ * Replaces `path` durably with `data` (old or new file after a crash, `mode` from
+ * creation: see src/files).
+ * @throws CertAgentError `io_error`
  */
 export async function writeFileAtomic(path: string, data: Uint8Array, mode: number): Promise<void> {
-  const dir = dirname(path);
-  const temp = join(dir, `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
   try {
-    const handle = await open(temp, "wx", mode);
-    try {
-      // The umask may have narrowed the mode; a certificate must stay readable to the server.
-      await handle.chmod(mode);
-      await handle.writeFile(data);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temp, path);
-    const directory = await open(dir, "r");
-    try {
-      await directory.sync();
-    } finally {
-      await directory.close();
-    }
+    await durableWrite(path, data, mode);
   } catch (e) {
-    await rm(temp, { force: true });
     throw new CertAgentError("io_error", `cannot write ${path}: ${messageOf(e)}`, { cause: e });
   }
 }

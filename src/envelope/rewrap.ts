@@ -10,6 +10,7 @@ import { copyFile, type FileHandle, open, rename, rm, stat } from "node:fs/promi
 import { basename, dirname, join } from "node:path";
 import { Transform } from "node:stream";
 import { CustosError } from "../errors/index.js";
+import { syncPath } from "../files/index.js";
 import { decryptionFailed } from "./errors.js";
 import { type Header, IncompleteHeader, MAGIC, parseHeader, replaceKeySection } from "./format.js";
 import { type EnvelopeKms, isItemError, itemError, KmsItemError } from "./kms.js";
@@ -179,7 +180,7 @@ export async function replaceHeader(path: string, oldLength: number, header: Buf
       throw new CustosError("conflict", `${basename(path)} changed while it was being rewrapped; run again`);
     }
     await rename(temp, path);
-    await syncDirectory(dir);
+    await syncPath(dir);
   } catch (e) {
     await rm(temp, { force: true });
     throw e;
@@ -223,15 +224,6 @@ async function copyShifted(path: string, temp: string, oldLength: number, header
 async function keepOwnership(handle: FileHandle, before: Stats): Promise<void> {
   await handle.chmod(before.mode & 0o7777);
   if (process.getuid?.() === 0) await handle.chown(before.uid, before.gid);
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  const handle = await open(dir, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 /** Runs `fn` over `items` with at most `limit` calls in flight. */

@@ -4,7 +4,7 @@ import { type Actor, auditEntry } from "../audit/index.js";
 import { CustosError, isCustosError } from "../errors/index.js";
 import { ensureKeyPair, type Keystore } from "../hsm/index.js";
 import type { CaRecord, CertificateRecord, Store } from "../store/index.js";
-import { buildIntermediate, buildRoot, type CaUrls, fingerprintOf, pemOf } from "./certificate.js";
+import { buildIntermediate, buildRoot, type CaUrls, derToPem, fingerprintOf } from "./certificate.js";
 import { buildCrl, type RevocationReason, type RevokedEntry } from "./crl.js";
 import { answerOcsp, type OcspStatus } from "./ocsp.js";
 import { type CaAlgorithm, type CaSigner, hsmCaSigner, hsmSigning } from "./signer.js";
@@ -129,7 +129,7 @@ export class Authority {
       algorithm,
       hsmLabel: ref.label,
       hsmId: ref.id,
-      certPem: pemOf(cert),
+      certPem: derToPem(cert.rawData),
       parentId,
       state: "active",
       createdAt: now.toISOString(),

@@ -4,7 +4,7 @@ import { AsnConvert, OctetString } from "@peculiar/asn1-schema";
 import * as asn1X509 from "@peculiar/asn1-x509";
 import * as x509 from "@peculiar/x509";
 import type { ExtKeyUsageName, KeyUsageName } from "./role.js";
-import { type CaSigner, type CaSigning, signAsX509 } from "./signer.js";
+import { type CaSigner, type CaSigning, signAsX509, signatureAlgorithmOf } from "./signer.js";
 
 /**
  * Building certificates with @peculiar/x509: the root, intermediates and leaves.
@@ -42,9 +42,15 @@ export function fingerprintOf(der: ArrayBuffer | Uint8Array): string {
 }
 
 /** PEM ending in a newline, so PEMs concatenate into a valid bundle (@peculiar/x509 writes none). */
-export function pemOf(cert: x509.X509Certificate): string {
-  const pem = cert.toString("pem");
-  return pem.endsWith("\n") ? pem : `${pem}\n`;
+export function derToPem(der: ArrayBuffer | Uint8Array, label = "CERTIFICATE"): string {
+  return `${x509.PemConverter.encode(der, label)}\n`;
+}
+
+/** When two thirds of a certificate's life (from issue, not from the backdated start) have passed. */
+export function renewAtOf(notBefore: string, notAfter: string): Date {
+  const from = Date.parse(notBefore) + BACKDATE_MS;
+  const to = Date.parse(notAfter);
+  return new Date(from + ((to - from) * 2) / 3);
 }
 
 function caName(kind: "Root" | "Intermediate", generation: number): x509.JsonName {
@@ -162,7 +168,7 @@ const NAME_OIDS: Readonly<Record<string, string>> = {
 };
 
 /** The subject a leaf gets: its CN (when it has one) and any extra attributes. */
-export function leafSubject(spec: Pick<LeafSpec, "commonName" | "subject">): x509.JsonName {
+function leafSubject(spec: Pick<LeafSpec, "commonName" | "subject">): x509.JsonName {
   return [...(spec.commonName === undefined ? [] : [{ CN: [spec.commonName] }]), ...(spec.subject ?? [])];
 }
 
@@ -173,6 +179,7 @@ function extension(extnID: string, critical: boolean, value: unknown): asn1X509.
 /** What every leaf of one CA shares, encoded once per CA rather than once per certificate. */
 interface LeafTemplate {
   readonly issuer: asn1X509.Name;
+  readonly signatureAlgorithm: asn1X509.AlgorithmIdentifier;
   readonly authorityKeyId: asn1X509.Extension;
   readonly crlDistribution: asn1X509.Extension;
   readonly authorityInfo: asn1X509.Extension;
@@ -193,6 +200,7 @@ function templateOf(ca: CaSigner, urls: CaUrls): LeafTemplate {
   const uri = (value: string) => new asn1X509.GeneralName({ uniformResourceIdentifier: value });
   const template: LeafTemplate = {
     issuer: caTbs.subject,
+    signatureAlgorithm: signatureAlgorithmOf(ca),
     authorityKeyId: extension(
       asn1X509.id_ce_authorityKeyIdentifier,
       false,
@@ -247,11 +255,6 @@ function nameText(name: x509.JsonName): string {
     .join(", ");
 }
 
-function toPem(der: Buffer): string {
-  const b64 = der.toString("base64").replace(/.{64}/g, "$&\n");
-  return `-----BEGIN CERTIFICATE-----\n${b64}${b64.endsWith("\n") ? "" : "\n"}-----END CERTIFICATE-----\n`;
-}
-
 const wholeSeconds = (d: Date): Date => new Date(Math.floor(d.getTime() / 1000) * 1000);
 
 /**
@@ -292,11 +295,10 @@ export async function buildLeaf(ca: CaSigner, spec: LeafSpec, urls: CaUrls): Pro
   ];
   const notBefore = wholeSeconds(spec.notBefore);
   const notAfter = wholeSeconds(spec.notAfter);
-  const algorithm = { ...ca.signingAlgorithm, ...ca.signingKey.algorithm };
   const tbsCertificate = new asn1X509.TBSCertificate({
     version: asn1X509.Version.v3,
     serialNumber: new Uint8Array(Buffer.from(spec.serial, "hex")).buffer,
-    signature: algorithmProvider.toAsnAlgorithm(algorithm),
+    signature: template.signatureAlgorithm,
     issuer: template.issuer,
     validity: new asn1X509.Validity({ notBefore, notAfter }),
     subject: asnName(subject),
@@ -304,11 +306,15 @@ export async function buildLeaf(ca: CaSigner, spec: LeafSpec, urls: CaUrls): Pro
     extensions: new asn1X509.Extensions(extensions),
   });
   const tbs = AsnConvert.serialize(tbsCertificate);
-  const { signatureAlgorithm, signature } = await signAsX509(ca, tbs);
+  const signature = await signAsX509(ca, tbs);
   const der = Buffer.from(
-    AsnConvert.serialize(new asn1X509.Certificate({ tbsCertificate, signatureAlgorithm, signatureValue: signature })),
+    AsnConvert.serialize(
+      new asn1X509.Certificate({
+        tbsCertificate,
+        signatureAlgorithm: template.signatureAlgorithm,
+        signatureValue: signature,
+      }),
+    ),
   );
-  return { der, pem: toPem(der), subject: nameText(subject), notBefore, notAfter };
+  return { der, pem: derToPem(der), subject: nameText(subject), notBefore, notAfter };
 }
-
-const algorithmProvider = new x509.AlgorithmProvider();

@@ -5,11 +5,13 @@ import type { Keystore } from "../hsm/index.js";
 import type {
   CertificateRecord,
   ConsumerAgentRecord,
+  ConsumerGenerationRecord,
   ConsumerRecord,
   ConsumerRotation,
   Store,
 } from "../store/index.js";
 import { type Authority, CONSUMER_SEAL_KEY_SETTING } from "./authority.js";
+import { renewAtOf } from "./certificate.js";
 import { defaultKeyType, type Issuer } from "./issuer.js";
 import { generateCallerKey } from "./keys.js";
 import { type CheckedNames, checkKeyType, checkNames, checkRoleName, checkTtl, isKeyType, type Role } from "./role.js";
@@ -75,13 +77,6 @@ export type ConsumerMaterial =
   | (MaterialHead & { readonly unchanged: true })
   | (MaterialHead & { readonly certificate: string; readonly chain: string; readonly privateKey: string });
 
-/** When two thirds of a certificate's life (from issue, not from the backdated start) have passed. */
-export function renewAtOf(notBefore: string, notAfter: string, backdateMs: number): Date {
-  const from = Date.parse(notBefore) + backdateMs;
-  const to = Date.parse(notAfter);
-  return new Date(from + ((to - from) * 2) / 3);
-}
-
 const AGENT_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 const FINGERPRINT = /^[0-9a-f]{64}$/;
 
@@ -98,7 +93,6 @@ export class Consumers {
   readonly #issuer: Issuer;
   readonly #authority: Authority;
   readonly #staleMs: number;
-  readonly #backdateMs: number;
   readonly #now: () => Date;
 
   constructor(options: {
@@ -107,7 +101,6 @@ export class Consumers {
     issuer: Issuer;
     authority: Authority;
     agentStaleSeconds: number;
-    backdateMs: number;
     clock?: () => Date;
   }) {
     this.#store = options.store;
@@ -115,7 +108,6 @@ export class Consumers {
     this.#issuer = options.issuer;
     this.#authority = options.authority;
     this.#staleMs = options.agentStaleSeconds * 1000;
-    this.#backdateMs = options.backdateMs;
     this.#now = options.clock ?? (() => new Date());
   }
 
@@ -190,7 +182,7 @@ export class Consumers {
     const fp = checkFingerprint(fingerprint);
     const consumer = await this.#consumer(name);
     const target = await this.#generation(consumer, consumer.targetGeneration);
-    const due = renewAtOf(target.notBefore, target.notAfter, this.#backdateMs).getTime() <= this.#now().getTime();
+    const due = renewAtOf(target.notBefore, target.notAfter).getTime() <= this.#now().getTime();
     if (target.fingerprint !== fp || !due || (await this.#rotating(consumer))) return this.#view(consumer);
     try {
       return await this.#stage(actor, consumer, "renew");
@@ -264,17 +256,14 @@ export class Consumers {
         `consumer ${name} is issued under role ${consumer.role}, not ${String(query.role)}`,
       );
     }
-    const generation = await this.#store.getConsumerGeneration(name, consumer.targetGeneration);
-    const cert = await this.#generation(consumer, consumer.targetGeneration);
-    if (!generation)
-      throw new CustosError("internal", `consumer ${name} lost its generation ${consumer.targetGeneration}`);
+    const { generation, cert } = await this.#generationWithCertificate(consumer, consumer.targetGeneration);
     const head: MaterialHead = {
       generation: generation.generation,
       serial: cert.serial,
       fingerprint: cert.fingerprint,
       notBefore: cert.notBefore,
       notAfter: cert.notAfter,
-      renewAt: renewAtOf(cert.notBefore, cert.notAfter, this.#backdateMs).toISOString(),
+      renewAt: renewAtOf(cert.notBefore, cert.notAfter).toISOString(),
     };
     if (query.known !== undefined && query.known === cert.fingerprint) return { ...head, unchanged: true };
     const privateKey = await this.#unseal(name, generation.generation, generation.sealedKey);
@@ -377,10 +366,17 @@ export class Consumers {
   }
 
   async #generation(consumer: ConsumerRecord, generation: number): Promise<CertificateRecord> {
-    const g = await this.#store.getConsumerGeneration(consumer.name, generation);
-    const cert = g && (await this.#store.getCertificate(g.serial));
-    if (!cert) throw new CustosError("internal", `consumer ${consumer.name} lost generation ${generation}`);
-    return cert;
+    return (await this.#generationWithCertificate(consumer, generation)).cert;
+  }
+
+  async #generationWithCertificate(
+    consumer: ConsumerRecord,
+    number: number,
+  ): Promise<{ generation: ConsumerGenerationRecord; cert: CertificateRecord }> {
+    const generation = await this.#store.getConsumerGeneration(consumer.name, number);
+    const cert = generation && (await this.#store.getCertificate(generation.serial));
+    if (!generation || !cert) throw new CustosError("internal", `consumer ${consumer.name} lost generation ${number}`);
+    return { generation, cert };
   }
 
   async #latestGeneration(consumer: ConsumerRecord): Promise<number> {

@@ -4,6 +4,7 @@ import { AsnConvert } from "@peculiar/asn1-schema";
 import { CRLNumber, CRLReasons, id_ce_cRLNumber } from "@peculiar/asn1-x509";
 import * as x509 from "@peculiar/x509";
 import { CustosError } from "../errors/index.js";
+import { derToPem } from "./certificate.js";
 import type { CaSigner } from "./signer.js";
 
 /** The revocation reasons Custos records (RFC 5280 §5.3.1, minus the ones only attribute authorities or delta CRLs use). */
@@ -115,7 +116,7 @@ export async function buildCrl(
 
 /** PEM of a DER CRL, with the label OpenSSL expects ("X509 CRL"; @peculiar/x509 writes "CRL"). */
 export function crlToPem(der: Uint8Array): string {
-  return `${x509.PemConverter.encode(der, "X509 CRL")}\n`;
+  return derToPem(der, "X509 CRL");
 }
 
 /**

@@ -4,7 +4,6 @@
  * Custos's own HTTPS certificate.
  */
 export { Authority, type AuthorityOptions, type IssuerView } from "./authority.js";
-export { BACKDATE_MS } from "./certificate.js";
 export {
   type AgentView,
   type ConsumerInput,

@@ -21,7 +21,7 @@ import { Certificate, CRLReason, type Extension } from "@peculiar/asn1-x509";
 import type * as x509 from "@peculiar/x509";
 import { CustosError } from "../errors/index.js";
 import { CRL_REASON_CODES, isRevocationReason, type RevocationReason } from "./crl.js";
-import { type CaSigner, signAsX509 } from "./signer.js";
+import { type CaSigner, signAsX509, signatureAlgorithmOf } from "./signer.js";
 
 /** What an OCSP CertID names: a certificate by its issuer's hashed name and key, and its serial. */
 export interface OcspCertId {
@@ -259,8 +259,8 @@ function certStatus(status: OcspStatus): CertStatus {
 
 /** Signs the ResponseData with the CA's key the way @peculiar/x509 signs a certificate. */
 async function sign(signer: CaSigner, tbsResponseData: ResponseData): Promise<BasicOCSPResponse> {
-  const { signatureAlgorithm, signature } = await signAsX509(signer, AsnConvert.serialize(tbsResponseData));
-  return new BasicOCSPResponse({ tbsResponseData, signatureAlgorithm, signature });
+  const signature = await signAsX509(signer, AsnConvert.serialize(tbsResponseData));
+  return new BasicOCSPResponse({ tbsResponseData, signatureAlgorithm: signatureAlgorithmOf(signer), signature });
 }
 
 /**

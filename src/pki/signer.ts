@@ -45,7 +45,7 @@ const PLANS: Readonly<Record<CaAlgorithm, AlgorithmPlan>> = {
 };
 
 /** A WebCrypto `Crypto` whose `subtle.sign` is the HSM signing with `key`. */
-export function hsmSigningCrypto(keystore: Keystore, key: HsmKeyRef, algorithm: CaAlgorithm): webcrypto.Crypto {
+function hsmSigningCrypto(keystore: Keystore, key: HsmKeyRef, algorithm: CaAlgorithm): webcrypto.Crypto {
   const subtle = webcrypto.subtle;
   const { scheme } = PLANS[algorithm];
   const sign = async (_algorithm: unknown, _key: unknown, data: webcrypto.BufferSource): Promise<ArrayBuffer> => {
@@ -70,7 +70,7 @@ export function hsmSigningCrypto(keystore: Keystore, key: HsmKeyRef, algorithm: 
 }
 
 /** The CryptoKey-shaped handle @peculiar/x509 reads a key's algorithm from. */
-export function hsmSigningKey(algorithm: CaAlgorithm): webcrypto.CryptoKey {
+function hsmSigningKey(algorithm: CaAlgorithm): webcrypto.CryptoKey {
   return {
     algorithm: PLANS[algorithm].keyAlgorithm,
     type: "private",
@@ -79,20 +79,25 @@ export function hsmSigningKey(algorithm: CaAlgorithm): webcrypto.CryptoKey {
   } as unknown as webcrypto.CryptoKey;
 }
 
+/** The key's algorithm completes the signing one (the RSA hash, the EC curve), as @peculiar/x509's generators do. */
+function fullAlgorithm(signer: CaSigning): webcrypto.Algorithm {
+  return { ...signer.signingAlgorithm, ...signer.signingKey.algorithm };
+}
+
+/** The AlgorithmIdentifier of the signer's signatures, to put in what it signs and beside it. */
+export function signatureAlgorithmOf(signer: CaSigning): AlgorithmIdentifier {
+  return algorithmProvider.toAsnAlgorithm(fullAlgorithm(signer));
+}
+
 /**
- * Signs DER `tbs` bytes as the CA: the AlgorithmIdentifier to put beside them and
- * the signature in its X.509 form (ECDSA comes from WebCrypto and the HSM as r‖s and
- * becomes a DER ECDSA-Sig-Value; RSA passes as is).
+ * Signs DER `tbs` bytes as the CA, returning the signature in its X.509 form
+ * (ECDSA comes from WebCrypto and the HSM as r‖s and becomes a DER
+ * ECDSA-Sig-Value; RSA passes as is).
  */
-export async function signAsX509(
-  signer: CaSigning,
-  tbs: ArrayBuffer | Uint8Array,
-): Promise<{ signatureAlgorithm: AlgorithmIdentifier; signature: ArrayBuffer }> {
-  // The key's algorithm completes the signing one (the RSA hash, the EC curve), as @peculiar/x509's generators do.
-  const algorithm = { ...signer.signingAlgorithm, ...signer.signingKey.algorithm };
-  const signatureAlgorithm = algorithmProvider.toAsnAlgorithm(algorithm);
+export async function signAsX509(signer: CaSigning, tbs: ArrayBuffer | Uint8Array): Promise<ArrayBuffer> {
+  const algorithm = fullAlgorithm(signer);
   const raw = await signer.crypto.subtle.sign(algorithm, signer.signingKey, tbs);
-  return { signatureAlgorithm, signature: ecFormatter.toAsnSignature(algorithm, raw) ?? raw };
+  return ecFormatter.toAsnSignature(algorithm, raw) ?? raw;
 }
 
 const algorithmProvider = new x509.AlgorithmProvider();

@@ -4,8 +4,7 @@ import { hostname } from "node:os";
 import type { Actor } from "../audit/index.js";
 import type { Store } from "../store/index.js";
 import type { Authority } from "./authority.js";
-import { BACKDATE_MS } from "./certificate.js";
-import { renewAtOf } from "./consumers.js";
+import { renewAtOf } from "./certificate.js";
 import { type Issuer, SERVER_ROLE } from "./issuer.js";
 import { generateCallerKey } from "./keys.js";
 import type { Role } from "./role.js";
@@ -73,7 +72,7 @@ export async function issueServerCertificate(
  */
 export function serverNeedsNew(certPem: string, authority: Authority, now = new Date()): boolean {
   const leaf = new X509Certificate(certPem);
-  const renewAt = renewAtOf(new Date(leaf.validFrom).toISOString(), new Date(leaf.validTo).toISOString(), BACKDATE_MS);
+  const renewAt = renewAtOf(new Date(leaf.validFrom).toISOString(), new Date(leaf.validTo).toISOString());
   if (now.getTime() >= renewAt.getTime()) return true;
   return !authority.issuers().some((ca) => {
     if (ca.kind !== "intermediate") return false;

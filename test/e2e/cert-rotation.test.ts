@@ -9,68 +9,16 @@ import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_pr
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { request } from "node:https";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import type { TLSSocket } from "node:tls";
-import { pathToFileURL } from "node:url";
-import { CliContext } from "../../src/cli/context.js";
-import { processIo } from "../../src/cli/io.js";
-import { buildProgram } from "../../src/cli/program.js";
-import { type CliResult, type CustosInstance, startCustos } from "../helpers/custos.js";
+import { type CliResult, type CustosInstance, freePort, startCustos } from "../helpers/custos.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 type Json = Record<string, unknown>;
 
 const nginxMissing = spawnSync("nginx", ["-v"]).error !== undefined;
-
-/** Whether src/cli/program.ts registers `cert` and `agent` (then the real binary is what runs). */
-function programHasCertCommands(): boolean {
-  const names = buildProgram(new CliContext({ ...processIo(), env: {} })).commands.map((c) => c.name());
-  return names.includes("cert") && names.includes("agent");
-}
-
-/**
- * The node arguments that run `custos`: bin/custos.js once program.ts registers the
- * commands, else the same run with them added (what src/cli/run.ts does, as a script).
- */
-function cliEntry(): string[] {
-  if (programHasCertCommands()) return [join(ROOT, "bin/custos.js")];
-  const src = (path: string) => JSON.stringify(pathToFileURL(join(ROOT, "src", path)).href);
-  const script = `
-    const { buildProgram } = await import(${src("cli/program.ts")});
-    const { registerAgentCommands } = await import(${src("cli/commands/agent.ts")});
-    const { registerCertCommands } = await import(${src("cli/commands/cert.ts")});
-    const { CliContext } = await import(${src("cli/context.ts")});
-    const { processIo } = await import(${src("cli/io.ts")});
-    const { exitCodeOf, formatError, isCommanderError } = await import(${src("cli/errors.ts")});
-    const ctx = new CliContext(processIo());
-    try {
-      const program = buildProgram(ctx);
-      registerCertCommands(program, ctx);
-      registerAgentCommands(program, ctx);
-      await program.parseAsync(process.argv.slice(1), { from: "user" });
-      process.exitCode = ctx.exitCode;
-    } catch (e) {
-      if (!isCommanderError(e)) process.stderr.write(formatError(e) + "\\n");
-      process.exitCode = exitCodeOf(e);
-    } finally {
-      ctx.close();
-    }`;
-  return ["--import", "tsx", "--input-type=module", "-e", script, "--"];
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.once("error", fail);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => ok(port));
-    });
-  });
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -308,7 +256,7 @@ describe("certificate rotation across two nginx endpoints", { skip: nginxMissing
     work = mkdtempSync(join(tmpdir(), "custos-cert-rotation-"));
     caFile = join(work, "ca.pem");
     writeFileSync(caFile, custos.ca);
-    entry = cliEntry();
+    entry = [join(ROOT, "bin/custos.js")];
     const role = await custos.call("PUT", "/v1/pki/roles/router", {
       dnsNames: ["router.test", "*.apps.test"],
       allowWildcardNames: true,

@@ -5,17 +5,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable, Writable } from "node:stream";
 import { after, before, describe, test } from "node:test";
-import { registerPkiCommands } from "../../src/cli/commands/pki.js";
 import { CliContext } from "../../src/cli/context.js";
 import { EXIT_CLIENT, EXIT_OK, EXIT_USAGE, exitCodeOf, formatError, isCommanderError } from "../../src/cli/errors.js";
 import { buildProgram } from "../../src/cli/program.js";
 import { type CliResult, type CustosInstance, startCustos } from "../helpers/custos.js";
-
-/** Whether src/cli/program.ts registers `pki` itself (then the real binary is what runs). */
-function programHasPki(): boolean {
-  const program = buildProgram(new CliContext(ioFor({}, "").io));
-  return program.commands.some((c) => c.name() === "pki");
-}
 
 function ioFor(env: NodeJS.ProcessEnv, input: string | Buffer, stdoutIsTty = false) {
   const out: Buffer[] = [];
@@ -39,10 +32,7 @@ function ioFor(env: NodeJS.ProcessEnv, input: string | Buffer, stdoutIsTty = fal
   return { io, out, err };
 }
 
-/**
- * The CLI in process, as src/cli/run.ts runs it, with `pki` added when the program
- * does not have it yet.
- */
+/** The CLI in process, as src/cli/run.ts runs it: for what a child process can't show (a TTY stdout). */
 async function runInProcess(
   args: readonly string[],
   env: NodeJS.ProcessEnv,
@@ -53,9 +43,7 @@ async function runInProcess(
   const ctx = new CliContext(io);
   let status: number;
   try {
-    const program = buildProgram(ctx);
-    if (!program.commands.some((c) => c.name() === "pki")) registerPkiCommands(program, ctx);
-    await program.parseAsync([...args], { from: "user" });
+    await buildProgram(ctx).parseAsync([...args], { from: "user" });
     status = ctx.exitCode;
   } catch (e) {
     if (!isCommanderError(e)) io.stderr.write(`${formatError(e)}\n`);
@@ -133,14 +121,11 @@ describe("custos pki: refusals decided before any request", () => {
 describe("custos pki against a running Custos", () => {
   let custos: CustosInstance;
   let dir: string;
-  let env: NodeJS.ProcessEnv;
-  let viaBinary: boolean;
   /** The root CA PEM as `pki ca` printed it. */
   let rootFile: string;
 
-  /** Runs the CLI: the real binary once program.ts registers `pki`, else the same program in process. */
   const cli = async (args: string[], input?: string): Promise<CliResult> =>
-    viaBinary ? custos.cli(args, input === undefined ? {} : { input }) : runInProcess(args, env, input ?? "");
+    custos.cli(args, input === undefined ? {} : { input });
   const ok = async (args: string[], input?: string): Promise<CliResult> => {
     const r = await cli(args, input);
     assert.equal(r.status, EXIT_OK, `custos ${args.join(" ")} failed: ${r.stderr}`);
@@ -166,10 +151,6 @@ describe("custos pki against a running Custos", () => {
   before(async () => {
     custos = await startCustos();
     dir = mkdtempSync(join(tmpdir(), "custos-pki-cli-"));
-    const caFile = join(dir, "server-ca.pem");
-    writeFileSync(caFile, custos.ca);
-    env = { CUSTOS_ADDR: custos.url, CUSTOS_CACERT: caFile, CUSTOS_TOKEN: custos.adminToken };
-    viaBinary = programHasPki();
     rootFile = file("root.pem");
   });
   after(async () => {

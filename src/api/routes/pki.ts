@@ -1,3 +1,4 @@
+import { X509Certificate } from "node:crypto";
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
 import { CustosError } from "../../errors/index.js";
 import { crlToPem, type IssueInput, ocspErrorResponse, REVOCATION_REASONS, type SignInput } from "../../pki/index.js";
@@ -61,7 +62,7 @@ export function pkiRoutes(deps: ApiDeps): FastifyPluginAsync {
     });
     app.get("/v1/pki/ca", publicRoute, async (req, reply) => {
       req.custos.action = "pki.ca.read";
-      return send(reply, DER_CERT, pemToDer(authority.root().certPem));
+      return send(reply, DER_CERT, new X509Certificate(authority.root().certPem).raw);
     });
     app.get("/v1/pki/chain.pem", publicRoute, async (req, reply) => {
       req.custos.action = "pki.ca.read";
@@ -286,8 +287,4 @@ export function pkiRoutes(deps: ApiDeps): FastifyPluginAsync {
       },
     );
   };
-}
-
-function pemToDer(pem: string): Buffer {
-  return Buffer.from(pem.replace(/-----[A-Z ]+-----/g, "").replace(/\s+/g, ""), "base64");
 }

@@ -20,6 +20,7 @@ import {
   rewrapFiles,
   rewrapStream,
 } from "../../envelope/index.js";
+import { syncPath } from "../../files/index.js";
 import { arg, type CliContext } from "../context.js";
 import { CliError, EXIT_CLIENT, usageError } from "../errors.js";
 import { errorCode } from "../io.js";
@@ -171,15 +172,6 @@ async function transfer(ctx: CliContext, stages: Stage[], to: string | undefined
       throw new CliError("io_error", `cannot write ${to}: ${errorCode(e)}`, EXIT_CLIENT, { cause: e });
     }
     throw e;
-  }
-}
-
-async function syncPath(path: string): Promise<void> {
-  const handle = await open(path, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 

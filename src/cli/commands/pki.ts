@@ -11,6 +11,7 @@ import { request as httpsRequest } from "node:https";
 import { basename, dirname, join } from "node:path";
 import { type Command, Option } from "commander";
 import { apiError, ClientError, configError, transportError } from "../../client/index.js";
+import { syncPath } from "../../files/index.js";
 import { KEY_TYPES, REVOCATION_REASONS } from "../../pki/index.js";
 import { arg, type CliContext, seg } from "../context.js";
 import { CliError, EXIT_CLIENT, EXIT_SERVER, usageError } from "../errors.js";
@@ -139,15 +140,6 @@ async function emitPem(ctx: CliContext, pem: string): Promise<void> {
 interface PendingFile {
   readonly to: string;
   readonly temp: string;
-}
-
-async function syncPath(path: string): Promise<void> {
-  const handle = await open(path, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 /**
