@@ -8,6 +8,7 @@ import { dirname, resolve } from "node:path";
 import { buildApp } from "./api/app.js";
 import { AuditLog, auditEntry, systemActor } from "./audit/index.js";
 import { AuthService, buildInitialAdmin } from "./auth/index.js";
+import { Broker } from "./broker/index.js";
 import type { CustosConfig } from "./config/index.js";
 import { CustosError } from "./errors/index.js";
 import { writeFileAtomic } from "./files/index.js";
@@ -24,7 +25,9 @@ import {
   type ServerTls,
   serverNeedsNew,
 } from "./pki/index.js";
+import { Platform } from "./platform/index.js";
 import { Secret } from "./secret/index.js";
+import { Secrets } from "./secrets/index.js";
 import type { Store } from "./store/index.js";
 import { SqliteStore } from "./store/sqlite/index.js";
 
@@ -50,6 +53,9 @@ export interface Services {
   readonly kms: KmsService;
   readonly auth: AuthService;
   readonly pki: Pki;
+  readonly platform: Platform;
+  readonly secrets: Secrets;
+  readonly broker: Broker;
   close(): Promise<void>;
 }
 
@@ -179,6 +185,19 @@ export async function openServices(config: CustosConfig, logger: Logger = create
     const pki = openPki(config, keystore, store);
     // Creates the CA hierarchy on installs made before the PKI existed; loads it otherwise.
     await pki.authority.ensure(systemActor("pki-init"));
+    const platform = new Platform({ store, kms });
+    const secrets = new Secrets({ store, kms, platform });
+    const broker = new Broker({
+      store,
+      keystore,
+      auth,
+      platform,
+      secrets,
+      issuer: pki.issuer,
+      authority: pki.authority,
+      config: config.broker,
+      baseUrl: pkiBaseUrl(config),
+    });
     const opened = store;
     return {
       config,
@@ -189,6 +208,9 @@ export async function openServices(config: CustosConfig, logger: Logger = create
       kms,
       auth,
       pki,
+      platform,
+      secrets,
+      broker,
       async close() {
         await audit.stop();
         await opened.close();
@@ -302,6 +324,21 @@ async function serverTls(services: Services): Promise<ServerTls | { cert: string
   return issued;
 }
 
+/**
+ * Instances authenticate to the broker with their identity certificates (mutual
+ * TLS). Asking for a client certificate is harmless to every other client: one
+ * that sends none is served as before, and only the broker's instance routes look
+ * at what was sent. The PKI's root and intermediates are the trust anchors.
+ */
+function clientCertificates(services: Services): { requestCert: true; rejectUnauthorized: false; ca: string[] } {
+  const { authority } = services.pki;
+  return {
+    requestCert: true,
+    rejectUnauthorized: false,
+    ca: authority.issuers().map((ca) => authority.issuer(ca.id).certPem),
+  };
+}
+
 export interface RunningServer {
   readonly address: string;
   close(): Promise<void>;
@@ -320,12 +357,15 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
       auth: services.auth,
       audit,
       pki: services.pki,
+      platform: services.platform,
+      secrets: services.secrets,
+      broker: services.broker,
       hsmHealth: () => keystore.health(),
       logger,
       version: VERSION,
       bodyLimitBytes: config.api.bodyLimitBytes,
       loginAttemptsPerMinute: config.auth.loginAttemptsPerMinute,
-      ...(tls ? { https: { ...tls, minVersion: "TLSv1.2" as const } } : {}),
+      ...(tls ? { https: { ...tls, ...clientCertificates(services), minVersion: "TLSv1.2" as const } } : {}),
     });
     const address = await app.listen({ host: config.listen.host, port: config.listen.port });
     audit.start();
@@ -344,7 +384,12 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
         const fresh = await serverTls(services);
         if (fresh.cert === serving) return;
         const server = app.server as unknown as import("node:tls").Server;
-        server.setSecureContext({ cert: fresh.cert, key: fresh.key, minVersion: "TLSv1.2" });
+        server.setSecureContext({
+          cert: fresh.cert,
+          key: fresh.key,
+          ca: clientCertificates(services).ca,
+          minVersion: "TLSv1.2",
+        });
         serving = fresh.cert;
       };
       timers.push(

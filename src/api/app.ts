@@ -6,24 +6,33 @@ import Fastify, { type FastifyInstance, type FastifyRequest, LogController } fro
 import type { AuditLog } from "../audit/index.js";
 import { auditEntry } from "../audit/index.js";
 import type { Action, AuthService } from "../auth/index.js";
+import type { Broker } from "../broker/index.js";
 import { CustosError, type ErrorCode, isCustosError } from "../errors/index.js";
 import type { HsmHealth } from "../hsm/index.js";
 import type { KmsService } from "../kms/index.js";
 import type { Logger } from "../log/index.js";
 import type { Authority, Consumers, Issuer } from "../pki/index.js";
+import type { Platform } from "../platform/index.js";
+import type { Secrets } from "../secrets/index.js";
 import { actorOf, newRequestState, principalOf } from "./context.js";
 import { adminRoutes } from "./routes/admin.js";
 import { auditRoutes } from "./routes/audit.js";
 import { authRoutes } from "./routes/auth.js";
+import { brokerRoutes } from "./routes/broker.js";
 import { consumerRoutes } from "./routes/consumers.js";
 import { keyRoutes } from "./routes/keys.js";
 import { pkiRoutes } from "./routes/pki.js";
+import { platformRoutes } from "./routes/platform.js";
+import { secretRoutes } from "./routes/secrets.js";
 
 export interface ApiDeps {
   readonly kms: KmsService;
   readonly auth: AuthService;
   readonly audit: AuditLog;
   readonly pki: { readonly authority: Authority; readonly issuer: Issuer; readonly consumers: Consumers };
+  readonly platform: Platform;
+  readonly secrets: Secrets;
+  readonly broker: Broker;
   readonly hsmHealth: () => HsmHealth;
   readonly logger: Logger;
   readonly version: string;
@@ -166,5 +175,8 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(auditRoutes(deps));
   await app.register(pkiRoutes(deps));
   await app.register(consumerRoutes(deps));
+  await app.register(platformRoutes(deps));
+  await app.register(secretRoutes(deps));
+  await app.register(brokerRoutes(deps));
   return app;
 }

@@ -35,6 +35,20 @@ export const ACTIONS = [
   "cert:write",
   "cert:rotate",
   "cert:agent",
+  // platform model: resources `org/<org>`, `org/<org>/space/<space>`, `org/<org>/space/<space>/app/<app>`
+  "platform:read",
+  "platform:write",
+  // secrets: resources `secret/<org>/<space>/<app>/<path>` and `secret/shared/<path>`
+  "secret:list",
+  "secret:read",
+  "secret:write",
+  "secret:delete",
+  "secret:destroy",
+  "secret:grant",
+  // broker, for platform agents: resource `instance/<org>/<space>/<app>/<instance>`
+  "instance:register",
+  "instance:deregister",
+  "instance:read",
   // identities and access
   "user:read",
   "user:write",
@@ -64,6 +78,7 @@ export const PRIVILEGED_ACTIONS: readonly Action[] = [
   "key:destroy",
   "pki:role-write",
   "pki:ca-rotate",
+  "secret:grant",
   "policy:write",
   "sudo:grant",
   "sudo:revoke",

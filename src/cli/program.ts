@@ -4,13 +4,17 @@ import { registerPolicyCommands, registerSudoCommands } from "./commands/admin.j
 import { registerAgentCommands } from "./commands/agent.js";
 import { registerAuditCommands } from "./commands/audit.js";
 import { registerAuthCommands } from "./commands/auth.js";
+import { registerBrokerCommands } from "./commands/broker.js";
 import { registerCertCommands } from "./commands/cert.js";
 import { registerCryptoCommands } from "./commands/crypto.js";
 import { registerFileCommands } from "./commands/file.js";
 import { registerKeyCommands } from "./commands/keys.js";
 import { registerLocalCommands } from "./commands/local.js";
 import { registerPkiCommands } from "./commands/pki.js";
+import { registerPlatformCommands } from "./commands/platform.js";
 import { registerGroupCommands, registerUserCommands } from "./commands/principals.js";
+import { registerRunCommand } from "./commands/run.js";
+import { registerSecretCommands } from "./commands/secrets.js";
 import { registerStorageCommands } from "./commands/storage.js";
 import type { CliContext } from "./context.js";
 
@@ -54,6 +58,10 @@ export function buildProgram(ctx: CliContext): Command {
   registerPkiCommands(program, ctx);
   registerCertCommands(program, ctx);
   registerAgentCommands(program, ctx);
+  registerPlatformCommands(program, ctx);
+  registerSecretCommands(program, ctx);
+  registerBrokerCommands(program, ctx);
+  registerRunCommand(program, ctx);
   registerUserCommands(program, ctx);
   registerGroupCommands(program, ctx);
   registerPolicyCommands(program, ctx);

@@ -48,6 +48,21 @@ export interface CustosConfig {
     /** An agent silent this long no longer holds back a rotation. */
     readonly agentStaleSeconds: number;
   };
+  readonly broker: {
+    /** The SPIFFE trust domain of identity certificates. */
+    readonly trustDomain: string;
+    readonly identityTtlSeconds: number;
+    readonly jwtTtlSeconds: number;
+    /** The JWT `iss`; null: the PKI base URL. */
+    readonly jwtIssuer: string | null;
+    readonly jwtAudience: readonly string[];
+    /** Lifetime of a bootstrap token. */
+    readonly bootstrapTokenTtlSeconds: number;
+    /** Lease of an instance when its agent names none. */
+    readonly defaultLeaseSeconds: number;
+    /** How often lapsed leases are looked for. */
+    readonly sweepSeconds: number;
+  };
 }
 
 type Json = Record<string, unknown>;
@@ -83,6 +98,16 @@ function defaults(dataDir: string): CustosConfig {
       crlValiditySeconds: 7 * 86_400,
       ocspValiditySeconds: 3600,
       agentStaleSeconds: 600,
+    },
+    broker: {
+      trustDomain: "custos",
+      identityTtlSeconds: 3600,
+      jwtTtlSeconds: 600,
+      jwtIssuer: null,
+      jwtAudience: ["custos"],
+      bootstrapTokenTtlSeconds: 300,
+      defaultLeaseSeconds: 86_400,
+      sweepSeconds: 10,
     },
   };
 }
@@ -188,6 +213,21 @@ export function loadConfig(options: LoadConfigOptions = {}): CustosConfig {
   }
   if (c.pki.baseUrl !== null && !/^https?:\/\/[^/]+$/.test(c.pki.baseUrl)) {
     throw invalid('"pki.baseUrl" must be a URL with no path, like https://custos.example:8443');
+  }
+  positiveInt("broker.identityTtlSeconds", c.broker.identityTtlSeconds, 30 * 86_400, 60);
+  positiveInt("broker.jwtTtlSeconds", c.broker.jwtTtlSeconds, 86_400, 30);
+  positiveInt("broker.bootstrapTokenTtlSeconds", c.broker.bootstrapTokenTtlSeconds, 86_400, 10);
+  positiveInt("broker.defaultLeaseSeconds", c.broker.defaultLeaseSeconds, 365 * 86_400, 10);
+  positiveInt("broker.sweepSeconds", c.broker.sweepSeconds, 86_400, 1);
+  if (!/^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$/.test(c.broker.trustDomain)) {
+    throw invalid('"broker.trustDomain" must be a lower-case DNS name, like custos or platform.example');
+  }
+  if (
+    !Array.isArray(c.broker.jwtAudience) ||
+    c.broker.jwtAudience.length === 0 ||
+    !c.broker.jwtAudience.every((a) => typeof a === "string" && a.length > 0 && a.length <= 256)
+  ) {
+    throw invalid('"broker.jwtAudience" must be a non-empty list of strings');
   }
   if ((c.tls.certFile === null) !== (c.tls.keyFile === null)) {
     throw invalid('"tls.certFile" and "tls.keyFile" go together');

@@ -24,6 +24,7 @@ export type ErrorCode =
   | "name_not_allowed"
   | "ttl_too_long"
   | "key_type_not_allowed"
+  | "credential_revoked"
   | "not_initialized"
   | "already_initialized"
   | "root_key_mismatch"
@@ -52,6 +53,7 @@ export const httpStatusOf: Readonly<Record<ErrorCode, number>> = {
   name_not_allowed: 400,
   ttl_too_long: 400,
   key_type_not_allowed: 400,
+  credential_revoked: 401,
   not_initialized: 503,
   already_initialized: 409,
   root_key_mismatch: 500,

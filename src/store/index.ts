@@ -1,4 +1,7 @@
 export { auditCheckpointMessage, auditRecordHash, canonicalJson, GENESIS_HASH } from "./audit-chain.js";
+export type * from "./broker.js";
+export type * from "./platform.js";
+export type * from "./secrets.js";
 export {
   AUDIT_DEFAULT_LIMIT,
   AUDIT_MAX_LIMIT,

@@ -1,3 +1,6 @@
+import type { BrokerStore } from "./broker.js";
+import type { PlatformStore } from "./platform.js";
+import type { SecretStore } from "./secrets.js";
 /**
  * The `Store`: everything Custos persists, seen as use-case-level atomic operations.
  * No SQL, no transactions and nothing SQLite-specific crosses this line, so a
@@ -350,6 +353,11 @@ export interface InitialState {
 // ---- the interface ----------------------------------------------------------
 
 export interface Store {
+  /** Areas with their own operations (docs/broker.md). */
+  readonly platform: PlatformStore;
+  readonly secrets: SecretStore;
+  readonly broker: BrokerStore;
+
   /** True once `initialize` has committed. */
   isInitialized(): Promise<boolean>;
   /** Writes the initial state atomically; `conflict` if already initialised. */

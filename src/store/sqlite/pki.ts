@@ -14,17 +14,13 @@ import type {
   CrlChange,
   RoleRecord,
 } from "../types.js";
+import type { Sql } from "./area.js";
 
 /**
  * The PKI's statements and row mappings. The store runs them inside its own
  * transactions (each function is one step of an operation) and appends the audit
  * record; nothing here commits.
  */
-export interface Sql {
-  get<R>(sql: string, ...params: unknown[]): R | undefined;
-  all<R>(sql: string, ...params: unknown[]): R[];
-  run(sql: string, ...params: unknown[]): { changes: number };
-}
 
 // ---- CAs --------------------------------------------------------------------
 

@@ -28,9 +28,12 @@ import type {
   TokenRecord,
   UserRecord,
 } from "../types.js";
+import type { Area, Sql } from "./area.js";
+import { brokerStore } from "./broker.js";
 import { MAX_BUSY_TIMEOUT_MS, openDatabase } from "./connection.js";
 import { toStoreError, unavailable } from "./errors.js";
 import * as pki from "./pki.js";
+import { platformStore } from "./platform.js";
 import {
   type AuditRow,
   auditFromRow,
@@ -57,6 +60,7 @@ import {
   userFromRow,
   userParams,
 } from "./rows.js";
+import { secretStore } from "./secrets.js";
 import { WriteQueue } from "./write-queue.js";
 
 export interface SqliteStoreOptions {
@@ -91,11 +95,19 @@ export class SqliteStore implements Store {
   readonly #queue: WriteQueue<ChainHead>;
   readonly #statements = new Map<string, Database.Statement>();
   /** Statement helpers lent to the per-area SQL modules. */
-  readonly #sql: pki.Sql = {
+  readonly #sql: Sql = {
     get: (sql, ...params) => this.#get(sql, ...params),
     all: (sql, ...params) => this.#all(sql, ...params),
     run: (sql, ...params) => this.#run(sql, ...params),
   };
+  /** How the per-area modules read and write (see area.ts). */
+  readonly #area: Area = {
+    read: (fn) => this.#read(() => fn(this.#sql)),
+    write: (fn) => this.#write(() => fn(this.#sql, (entry) => this.#appendAuditRow(entry))),
+  };
+  readonly platform = platformStore(this.#area);
+  readonly secrets = secretStore(this.#area);
+  readonly broker = brokerStore(this.#area);
   #head: ChainHead = { seq: 0, hash: GENESIS_HASH };
   #headStale = true;
   #closed = false;
