@@ -3,6 +3,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { AsnConvert, OctetString } from "@peculiar/asn1-schema";
 import * as asn1X509 from "@peculiar/asn1-x509";
 import * as x509 from "@peculiar/x509";
+import { BIT_STRING, readTlv, SEQUENCE, subjectPublicKeyBits, tlv } from "./der.js";
 import type { ExtKeyUsageName, KeyUsageName } from "./role.js";
 import { type CaSigner, type CaSigning, signAsX509, signatureAlgorithmOf } from "./signer.js";
 
@@ -176,13 +177,23 @@ function extension(extnID: string, critical: boolean, value: unknown): asn1X509.
   return new asn1X509.Extension({ extnID, critical, extnValue: new OctetString(AsnConvert.serialize(value)) });
 }
 
-/** What every leaf of one CA shares, encoded once per CA rather than once per certificate. */
+const der = (value: unknown): Buffer => Buffer.from(AsnConvert.serialize(value));
+
+/**
+ * What every leaf of one CA shares, DER-encoded once per CA rather than once per
+ * certificate: encoding is most of what issuing a leaf costs.
+ */
 interface LeafTemplate {
-  readonly issuer: asn1X509.Name;
-  readonly signatureAlgorithm: asn1X509.AlgorithmIdentifier;
-  readonly authorityKeyId: asn1X509.Extension;
-  readonly crlDistribution: asn1X509.Extension;
-  readonly authorityInfo: asn1X509.Extension;
+  /** [0] EXPLICIT version v3. */
+  readonly version: Buffer;
+  readonly signatureAlgorithm: Buffer;
+  readonly issuer: Buffer;
+  readonly basicConstraints: Buffer;
+  readonly authorityKeyId: Buffer;
+  readonly crlDistribution: Buffer;
+  readonly authorityInfo: Buffer;
+  /** keyUsage and extKeyUsage by role profile (few distinct ones). */
+  readonly usages: Map<string, Buffer>;
 }
 
 const templates = new WeakMap<CaSigner, { urls: CaUrls; template: LeafTemplate }>();
@@ -198,36 +209,78 @@ function templateOf(ca: CaSigner, urls: CaUrls): LeafTemplate {
         createHash("sha1").update(new Uint8Array(caTbs.subjectPublicKeyInfo.subjectPublicKey)).digest(),
       );
   const uri = (value: string) => new asn1X509.GeneralName({ uniformResourceIdentifier: value });
+  // The version is the one field of a TBSCertificate with a tag of its own: take it from an encoded one.
+  const probe = der(
+    new asn1X509.TBSCertificate({ version: asn1X509.Version.v3, issuer: caTbs.subject, subject: caTbs.subject }),
+  );
+  const outer = readTlv(probe, 0);
+  const version = outer && readTlv(probe, outer.start);
+  if (!version || version.tag !== 0xa0) throw new Error("unexpected TBSCertificate encoding");
   const template: LeafTemplate = {
-    issuer: caTbs.subject,
-    signatureAlgorithm: signatureAlgorithmOf(ca),
-    authorityKeyId: extension(
-      asn1X509.id_ce_authorityKeyIdentifier,
-      false,
-      new asn1X509.AuthorityKeyIdentifier({ keyIdentifier }),
+    version: probe.subarray(outer.start, version.end),
+    signatureAlgorithm: der(signatureAlgorithmOf(ca)),
+    issuer: der(caTbs.subject),
+    basicConstraints: der(
+      extension(asn1X509.id_ce_basicConstraints, true, new asn1X509.BasicConstraints({ cA: false })),
     ),
-    crlDistribution: extension(
-      asn1X509.id_ce_cRLDistributionPoints,
-      false,
-      new asn1X509.CRLDistributionPoints([
-        new asn1X509.DistributionPoint({
-          distributionPoint: new asn1X509.DistributionPointName({ fullName: [uri(urls.crl)] }),
-        }),
-      ]),
+    authorityKeyId: der(
+      extension(asn1X509.id_ce_authorityKeyIdentifier, false, new asn1X509.AuthorityKeyIdentifier({ keyIdentifier })),
     ),
-    authorityInfo: extension(
-      asn1X509.id_pe_authorityInfoAccess,
-      false,
-      new asn1X509.AuthorityInfoAccessSyntax([
-        new asn1X509.AccessDescription({ accessMethod: asn1X509.id_ad_caIssuers, accessLocation: uri(urls.caIssuers) }),
-        ...(urls.ocsp === undefined
-          ? []
-          : [new asn1X509.AccessDescription({ accessMethod: asn1X509.id_ad_ocsp, accessLocation: uri(urls.ocsp) })]),
-      ]),
+    crlDistribution: der(
+      extension(
+        asn1X509.id_ce_cRLDistributionPoints,
+        false,
+        new asn1X509.CRLDistributionPoints([
+          new asn1X509.DistributionPoint({
+            distributionPoint: new asn1X509.DistributionPointName({ fullName: [uri(urls.crl)] }),
+          }),
+        ]),
+      ),
     ),
+    authorityInfo: der(
+      extension(
+        asn1X509.id_pe_authorityInfoAccess,
+        false,
+        new asn1X509.AuthorityInfoAccessSyntax([
+          new asn1X509.AccessDescription({
+            accessMethod: asn1X509.id_ad_caIssuers,
+            accessLocation: uri(urls.caIssuers),
+          }),
+          ...(urls.ocsp === undefined
+            ? []
+            : [new asn1X509.AccessDescription({ accessMethod: asn1X509.id_ad_ocsp, accessLocation: uri(urls.ocsp) })]),
+        ]),
+      ),
+    ),
+    usages: new Map(),
   };
   templates.set(ca, { urls, template });
   return template;
+}
+
+/** keyUsage then extKeyUsage, encoded once per distinct profile. */
+function usageExtensions(
+  template: LeafTemplate,
+  keyUsages: readonly KeyUsageName[],
+  extKeyUsages: readonly ExtKeyUsageName[],
+): Buffer {
+  const id = `${keyUsages.join(",")}/${extKeyUsages.join(",")}`;
+  let encoded = template.usages.get(id);
+  if (encoded === undefined) {
+    const usage = keyUsages.reduce((flags, u) => flags | KEY_USAGE_BITS[u], 0);
+    encoded = Buffer.concat([
+      der(extension(asn1X509.id_ce_keyUsage, true, new asn1X509.KeyUsage(usage))),
+      der(
+        extension(
+          asn1X509.id_ce_extKeyUsage,
+          false,
+          new asn1X509.ExtendedKeyUsage(extKeyUsages.map((u) => EXT_KEY_USAGE_OIDS[u])),
+        ),
+      ),
+    ]);
+    template.usages.set(id, encoded);
+  }
+  return encoded;
 }
 
 function asnName(name: x509.JsonName): asn1X509.Name {
@@ -258,63 +311,58 @@ function nameText(name: x509.JsonName): string {
 const wholeSeconds = (d: Date): Date => new Date(Math.floor(d.getTime() / 1000) * 1000);
 
 /**
- * An end-entity certificate issued by `ca`. It is assembled from the X.509 schema of
- * @peculiar/asn1-x509 (the ASN.1 layer @peculiar/x509 builds on), with what every
- * leaf of the CA shares encoded once: the issuing hot path would otherwise spend
- * milliseconds per certificate re-parsing names and extensions in the high-level
- * generator.
+ * An end-entity certificate issued by `ca`. Every field is encoded by the X.509
+ * schema of @peculiar/asn1-x509 (the ASN.1 layer @peculiar/x509 builds on); what
+ * all leaves of the CA share is encoded once (templateOf), and the fields are
+ * joined into the TBSCertificate and Certificate SEQUENCEs (der.ts) rather than
+ * re-encoded as a whole: the high-level generator spent milliseconds per
+ * certificate re-encoding names and extensions that never change.
  */
 export async function buildLeaf(ca: CaSigner, spec: LeafSpec, urls: CaUrls): Promise<BuiltLeaf> {
   const template = templateOf(ca, urls);
   const subject = leafSubject(spec);
-  const spki = AsnConvert.parse(spec.publicKey, asn1X509.SubjectPublicKeyInfo);
   const names = [
     ...spec.dnsNames.map((dNSName) => new asn1X509.GeneralName({ dNSName })),
     ...spec.ipAddresses.map((ip) => new asn1X509.GeneralName({ iPAddress: ip })),
     ...spec.uris.map((uniformResourceIdentifier) => new asn1X509.GeneralName({ uniformResourceIdentifier })),
   ];
-  const usage = spec.keyUsages.reduce((flags, u) => flags | KEY_USAGE_BITS[u], 0);
+  const keyId = createHash("sha1").update(subjectPublicKeyBits(spec.publicKey)).digest();
   const extensions = [
-    extension(asn1X509.id_ce_basicConstraints, true, new asn1X509.BasicConstraints({ cA: false })),
-    extension(asn1X509.id_ce_keyUsage, true, new asn1X509.KeyUsage(usage)),
-    extension(
-      asn1X509.id_ce_extKeyUsage,
-      false,
-      new asn1X509.ExtendedKeyUsage(spec.extKeyUsages.map((u) => EXT_KEY_USAGE_OIDS[u])),
-    ),
+    template.basicConstraints,
+    usageExtensions(template, spec.keyUsages, spec.extKeyUsages),
     // RFC 5280: with an empty subject the SAN extension must be critical.
-    extension(asn1X509.id_ce_subjectAltName, subject.length === 0, new asn1X509.SubjectAlternativeName(names)),
+    der(extension(asn1X509.id_ce_subjectAltName, subject.length === 0, new asn1X509.SubjectAlternativeName(names))),
     template.authorityKeyId,
-    extension(
-      asn1X509.id_ce_subjectKeyIdentifier,
-      false,
-      new asn1X509.SubjectKeyIdentifier(createHash("sha1").update(new Uint8Array(spki.subjectPublicKey)).digest()),
-    ),
+    der(extension(asn1X509.id_ce_subjectKeyIdentifier, false, new asn1X509.SubjectKeyIdentifier(keyId))),
     template.crlDistribution,
     template.authorityInfo,
   ];
   const notBefore = wholeSeconds(spec.notBefore);
   const notAfter = wholeSeconds(spec.notAfter);
-  const tbsCertificate = new asn1X509.TBSCertificate({
-    version: asn1X509.Version.v3,
-    serialNumber: new Uint8Array(Buffer.from(spec.serial, "hex")).buffer,
-    signature: template.signatureAlgorithm,
-    issuer: template.issuer,
-    validity: new asn1X509.Validity({ notBefore, notAfter }),
-    subject: asnName(subject),
-    subjectPublicKeyInfo: spki,
-    extensions: new asn1X509.Extensions(extensions),
-  });
-  const tbs = AsnConvert.serialize(tbsCertificate);
+  const tbs = tlv(SEQUENCE, [
+    template.version,
+    serialNumber(spec.serial),
+    template.signatureAlgorithm,
+    template.issuer,
+    der(new asn1X509.Validity({ notBefore, notAfter })),
+    der(asnName(subject)),
+    spec.publicKey,
+    tlv(EXTENSIONS, [tlv(SEQUENCE, extensions)]),
+  ]);
   const signature = await signAsX509(ca, tbs);
-  const der = Buffer.from(
-    AsnConvert.serialize(
-      new asn1X509.Certificate({
-        tbsCertificate,
-        signatureAlgorithm: template.signatureAlgorithm,
-        signatureValue: signature,
-      }),
-    ),
-  );
-  return { der, pem: derToPem(der), subject: nameText(subject), notBefore, notAfter };
+  const certificate = tlv(SEQUENCE, [
+    tbs,
+    template.signatureAlgorithm,
+    tlv(BIT_STRING, [Buffer.from([0]), Buffer.from(signature)]),
+  ]);
+  return { der: certificate, pem: derToPem(certificate), subject: nameText(subject), notBefore, notAfter };
+}
+
+/** [3] EXPLICIT, the extensions' tag in a TBSCertificate. */
+const EXTENSIONS = 0xa3;
+
+/** The serial as a DER INTEGER: positive, so a leading zero byte when its top bit is set. */
+function serialNumber(hex: string): Buffer {
+  const bytes = Buffer.from(hex, "hex");
+  return tlv(0x02, (bytes[0] ?? 0) >= 0x80 ? [Buffer.from([0]), bytes] : [bytes]);
 }
