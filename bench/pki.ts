@@ -17,15 +17,11 @@ import "reflect-metadata";
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { webcrypto } from "node:crypto";
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { request as httpRequest } from "node:http";
-import { request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import * as x509 from "@peculiar/x509";
-import { loadConfig } from "../src/config/index.js";
-import { initialize } from "../src/main.js";
 import { freePort } from "../test/helpers/custos.js";
-import { createTestToken } from "../test/helpers/softhsm.js";
+import { benchInstall, call, cpuSeconds, readyOrKill, startCustos, stop } from "./custos-server.js";
 import { rawHsmRates } from "./hsm.js";
 import { ensureWrk } from "./http-load.js";
 
@@ -48,65 +44,6 @@ interface CertLoad {
   readonly serverCores: number;
 }
 
-/** One JSON call (HTTPS when `ca` is given, else plain HTTP); rejects on >= 400. */
-function call(
-  url: string,
-  method: string,
-  body: unknown,
-  options: { ca?: string; token?: string } = {},
-): Promise<Record<string, unknown>> {
-  return new Promise((ok, fail) => {
-    const u = new URL(url);
-    const headers: Record<string, string> = { "content-type": "application/json" };
-    if (options.token) headers.authorization = `Bearer ${options.token}`;
-    const onResponse = (res: import("node:http").IncomingMessage) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("end", () => {
-        const text = Buffer.concat(chunks).toString("utf8");
-        if ((res.statusCode ?? 500) >= 400) fail(new Error(`${method} ${u.pathname}: ${res.statusCode} ${text}`));
-        else ok(text.startsWith("{") ? JSON.parse(text) : { text });
-      });
-    };
-    // A fresh connection each time: these calls are few, and a pooled one left idle
-    // through a long wrk run can be closed under us.
-    const common = { host: u.hostname, port: u.port, path: u.pathname, method, headers, agent: false as const };
-    const req = options.ca ? httpsRequest({ ...common, ca: options.ca }, onResponse) : httpRequest(common, onResponse);
-    req.on("error", fail);
-    req.end(body === undefined ? undefined : JSON.stringify(body));
-  });
-}
-
-async function waitReady(child: ChildProcess, probe: () => Promise<unknown>): Promise<void> {
-  for (let i = 0; i < 300; i++) {
-    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
-    try {
-      await probe();
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  throw new Error("server did not become ready");
-}
-
-/** waitReady, killing the child when it never gets ready: the caller has no handle on it yet. */
-async function readyOrKill(child: ChildProcess, probe: () => Promise<unknown>): Promise<void> {
-  try {
-    await waitReady(child, probe);
-  } catch (e) {
-    child.kill("SIGKILL");
-    throw e;
-  }
-}
-
-function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  const exited = new Promise<void>((r) => child.once("exit", () => r()));
-  child.kill("SIGTERM");
-  return exited;
-}
-
 /** Installs CFSSL (Debian package golang-cfssl) if missing. */
 function ensureCfssl(): void {
   if (spawnSync("which", ["cfssl"]).status === 0) return;
@@ -114,24 +51,6 @@ function ensureCfssl(): void {
   // The package lists may be missing or stale on a fresh machine: update only when the plain install fails.
   execFileSync("bash", ["-c", `${install} || (apt-get update -qq && ${install})`], { stdio: "inherit" });
 }
-
-/** CPU seconds (user + system, all threads) the process has used so far. */
-function cpuSeconds(pid: number | undefined): number {
-  if (pid === undefined) return 0;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // Fields after the command name (which may hold spaces) start at the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
-  } catch {
-    return 0;
-  }
-}
-
-const CLOCK_TICKS = (() => {
-  const r = spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" });
-  return Number(r.stdout.trim()) || 100;
-})();
 
 /** A Lua long string that cannot be closed early by its content. */
 function luaString(text: string): string {
@@ -215,35 +134,6 @@ async function makeCsrs(n: number): Promise<{ name: string; pem: string }[]> {
     out.push({ name, pem: csr.toString("pem") });
   }
   return out;
-}
-
-// ---- the Custos server ---------------------------------------------------------
-
-interface CustosRun {
-  readonly child: ChildProcess;
-  readonly base: string;
-  readonly ca: string;
-}
-
-async function startCustos(
-  env: NodeJS.ProcessEnv,
-  port: number,
-  caFile: string,
-  admin: string,
-  profileDir?: string,
-): Promise<CustosRun> {
-  const profile = profileDir ? ["--cpu-prof", "--cpu-prof-dir", profileDir] : [];
-  const child = spawn(process.execPath, [...profile, "--import", "tsx", join(ROOT, "src/cli/main.ts"), "server"], {
-    env,
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  const base = `https://127.0.0.1:${port}`;
-  let ca = "";
-  await readyOrKill(child, async () => {
-    ca = readFileSync(caFile, "utf8");
-    return call(`${base}/v1/random`, "POST", { bytes: 1 }, { ca, token: admin });
-  });
-  return { child, base, ca };
 }
 
 // ---- CFSSL ------------------------------------------------------------------------
@@ -516,27 +406,13 @@ export default async function main(args: string[]): Promise<void> {
   ensureWrk();
   ensureCfssl();
 
-  const token = createTestToken("custos-bench");
-  const dir = mkdtempSync(join(tmpdir(), "custos-bench-"));
+  const { dir, token, env, port, admin, caCertFile } = await benchInstall("custos-bench");
   const children: ChildProcess[] = [];
   try {
-    writeFileSync(join(dir, "hsm.pin"), token.pin, { mode: 0o600 });
-    const port = await freePort();
-    const env = {
-      ...process.env,
-      CUSTOS_DATA_DIR: dir,
-      CUSTOS_HSM_TOKEN: token.label,
-      CUSTOS_HSM_PIN_FILE: join(dir, "hsm.pin"),
-      CUSTOS_LISTEN: `127.0.0.1:${port}`,
-      CUSTOS_LOG_LEVEL: "warn",
-    };
-    const config = loadConfig({ env });
-    const init = await initialize(config, { adminName: "admin" });
-    const admin = readFileSync(init.adminTokenFile, "utf8").trim();
     const csrs = await makeCsrs(CSR_COUNT);
 
     // ---- Custos
-    let custos = await startCustos(env, port, init.caCertFile, admin);
+    let custos = await startCustos(env, port, caCertFile, admin);
     children.push(custos.child);
     await call(
       `${custos.base}/v1/pki/roles/bench`,
@@ -648,7 +524,7 @@ export default async function main(args: string[]): Promise<void> {
     if (profileRun) {
       const profileDir = join(dir, "profile");
       mkdirSync(profileDir);
-      custos = await startCustos(env, port, init.caCertFile, admin, profileDir);
+      custos = await startCustos(env, port, caCertFile, admin, profileDir);
       children.push(custos.child);
       wrkRotate(signUrl, signBodies, auth, 8, warmup, custos.child.pid);
       const from = monotonicUs();
