@@ -1,9 +1,12 @@
 import type { Actor } from "../audit/index.js";
+import type { EncryptionContext } from "../context/index.js";
+import type { Secret } from "../secret/index.js";
 import * as batch from "./batch.js";
 import type { KmsContext } from "./internal.js";
 import * as keys from "./keys.js";
 import * as ops from "./operations.js";
 import { runDue } from "./schedule.js";
+import { openFor, sealFor } from "./sealing.js";
 import * as signing from "./signing.js";
 import type {
   BatchItemResult,
@@ -141,6 +144,25 @@ export class KmsService {
     items: readonly DataKeyInput[],
   ): Promise<BatchItemResult<DataKeyResult>[]> {
     return batch.generateDataKeyBatch(this.#ctx, actor, name, items);
+  }
+
+  // --- for services that audit their own operations ------------------------
+
+  /**
+   * Encrypts under the key's latest version without a `key.encrypt` record: for a
+   * service (secrets) that writes its own record per operation, atomically with its
+   * change. Not exposed by the API. See sealing.ts.
+   */
+  sealFor(name: string, plaintext: Uint8Array, context: EncryptionContext): Promise<string> {
+    return sealFor(this.#ctx, name, plaintext, context);
+  }
+
+  /**
+   * Decrypts what `sealFor` made, without a `key.decrypt` record (the calling service
+   * audits the read). A destroyed key answers `key_destroyed`; the caller owns the `Secret`.
+   */
+  openFor(name: string, ciphertext: string, context: EncryptionContext): Promise<Secret> {
+    return openFor(this.#ctx, name, ciphertext, context);
   }
 
   // --- signing and randomness -----------------------------------------------

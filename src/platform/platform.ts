@@ -1,7 +1,10 @@
+import { randomUUID } from "node:crypto";
+import { type Actor, auditEntry } from "../audit/index.js";
 import type { Principal } from "../auth/index.js";
-import { CustosError } from "../errors/index.js";
+import { CustosError, isCustosError } from "../errors/index.js";
 import type { KmsService } from "../kms/index.js";
-import type { Store } from "../store/index.js";
+import type { AppRecord, OrgRecord, SpaceRecord, Store } from "../store/index.js";
+import { appKeyName, checkKeyNameFits, checkLabel, checkOrgName } from "./names.js";
 
 export interface PlatformOptions {
   readonly store: Store;
@@ -28,24 +31,349 @@ export interface App extends AppRef {
   readonly revision: number;
 }
 
-const notBuilt = () => new CustosError("internal", "the platform model is not built yet");
+/** Owners as the API names them: user and group names. */
+export interface OwnersInput {
+  readonly users?: readonly string[];
+  readonly groups?: readonly string[];
+}
 
-/** Orgs, spaces, apps and owners (docs/broker.md). */
+/** An app as the API shows it: owners by name, its key, and its instances. */
+export interface AppView {
+  readonly id: string;
+  readonly org: string;
+  readonly space: string;
+  readonly app: string;
+  readonly keyName: string;
+  readonly owners: { readonly users: string[]; readonly groups: string[] };
+  /** Instances by state (filled in by the broker; empty when none is wired). */
+  readonly instances: Readonly<Record<string, number>>;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  readonly revision: number;
+}
+
+/** Counts an app's instances by state; the broker provides it (`useInstanceCounts`). */
+export type InstanceCounter = (app: App) => Promise<Record<string, number>>;
+
+const MAX_OWNERS = 64;
+
+/** The path of an app: `<org>/<space>/<app>`. */
+export function appPath(ref: AppRef): string {
+  return `${ref.org}/${ref.space}/${ref.app}`;
+}
+
+/** The policy resource of an app: `org/<org>/space/<space>/app/<app>`. */
+export function appResource(ref: AppRef): string {
+  return `org/${ref.org}/space/${ref.space}/app/${ref.app}`;
+}
+
+/** Parses `<org>/<space>/<app>`; `invalid_request` otherwise. */
+export function parseAppPath(value: unknown): AppRef {
+  const parts = typeof value === "string" ? value.split("/") : [];
+  if (parts.length !== 3) throw new CustosError("invalid_request", "an app is written <org>/<space>/<app>");
+  return checkAppRef({ org: parts[0], space: parts[1], app: parts[2] });
+}
+
+/** Validates the three names of an app reference. */
+export function checkAppRef(ref: { org?: unknown; space?: unknown; app?: unknown }): AppRef {
+  return {
+    org: checkOrgName(ref.org),
+    space: checkLabel(ref.space, "space name"),
+    app: checkLabel(ref.app, "app name"),
+  };
+}
+
+function fromRecord(r: AppRecord): App {
+  return {
+    id: r.id,
+    org: r.org,
+    space: r.space,
+    app: r.name,
+    keyName: r.keyName,
+    ownerUsers: r.ownerUsers,
+    ownerGroups: r.ownerGroups,
+    createdAt: r.createdAt,
+    updatedAt: r.updatedAt,
+    revision: r.revision,
+  };
+}
+
+function toRecord(a: App): AppRecord {
+  return {
+    id: a.id,
+    org: a.org,
+    space: a.space,
+    name: a.app,
+    keyName: a.keyName,
+    ownerUsers: a.ownerUsers,
+    ownerGroups: a.ownerGroups,
+    createdAt: a.createdAt,
+    updatedAt: a.updatedAt,
+    revision: a.revision,
+  };
+}
+
+/**
+ * Orgs, spaces, apps and owners (docs/broker.md). Each app has its own KMS key,
+ * created with it and destroyed with it (crypto-shredding its secrets). Every
+ * change commits with its audit record in one store transaction; the key's
+ * creation and destruction are audited by the KMS.
+ */
 export class Platform {
-  constructor(_options: PlatformOptions) {}
+  readonly #store: Store;
+  readonly #kms: KmsService;
+  readonly #now: () => Date;
+  #instanceCounter: InstanceCounter | undefined;
+
+  constructor(options: PlatformOptions) {
+    this.#store = options.store;
+    this.#kms = options.kms;
+    this.#now = options.clock ?? (() => new Date());
+  }
+
+  /** Lets the broker report instance counts in `describeApp` (it is built after the platform). */
+  useInstanceCounts(counter: InstanceCounter): void {
+    this.#instanceCounter = counter;
+  }
+
+  // ---- orgs -----------------------------------------------------------------
+
+  async createOrg(actor: Actor, name: unknown): Promise<OrgRecord> {
+    const org: OrgRecord = { name: checkOrgName(name), createdAt: this.#now().toISOString() };
+    await this.#store.platform.createOrg(org, auditEntry(actor, "platform.org.create", `org/${org.name}`, { org }));
+    return org;
+  }
+
+  listOrgs(): Promise<OrgRecord[]> {
+    return this.#store.platform.listOrgs();
+  }
+
+  /** `conflict` while it has spaces. */
+  async deleteOrg(actor: Actor, name: unknown): Promise<void> {
+    const org = checkOrgName(name);
+    await this.#store.platform.deleteOrg(org, auditEntry(actor, "platform.org.delete", `org/${org}`));
+  }
+
+  // ---- spaces -----------------------------------------------------------------
+
+  async createSpace(actor: Actor, org: unknown, name: unknown): Promise<SpaceRecord> {
+    const space: SpaceRecord = {
+      org: checkOrgName(org),
+      name: checkLabel(name, "space name"),
+      createdAt: this.#now().toISOString(),
+    };
+    const resource = `org/${space.org}/space/${space.name}`;
+    await this.#store.platform.createSpace(space, auditEntry(actor, "platform.space.create", resource, { space }));
+    return space;
+  }
+
+  async listSpaces(org: unknown): Promise<SpaceRecord[]> {
+    const name = checkOrgName(org);
+    if ((await this.#store.platform.getOrg(name)) === undefined) {
+      throw new CustosError("not_found", `org ${name} not found`);
+    }
+    return this.#store.platform.listSpaces(name);
+  }
+
+  /** `conflict` while it has apps. */
+  async deleteSpace(actor: Actor, org: unknown, name: unknown): Promise<void> {
+    const o = checkOrgName(org);
+    const s = checkLabel(name, "space name");
+    await this.#store.platform.deleteSpace(o, s, auditEntry(actor, "platform.space.delete", `org/${o}/space/${s}`));
+  }
+
+  // ---- apps -----------------------------------------------------------------
 
   /** The app, or `not_found`. */
-  async getApp(_ref: AppRef): Promise<App> {
-    throw notBuilt();
+  async getApp(ref: AppRef): Promise<App> {
+    const r = checkAppRef(ref);
+    const record = await this.#store.platform.getApp(r.org, r.space, r.app);
+    if (record === undefined) throw new CustosError("not_found", `app ${appPath(r)} not found`);
+    return fromRecord(record);
   }
 
   /** The app with this id, or undefined. */
-  async appById(_id: string): Promise<App | undefined> {
-    throw notBuilt();
+  async appById(id: string): Promise<App | undefined> {
+    const record = await this.#store.platform.getAppById(id);
+    return record === undefined ? undefined : fromRecord(record);
   }
 
   /** Whether the principal's user owns the app, directly or through a group. */
-  async isOwner(_principal: Principal, _app: App): Promise<boolean> {
-    throw notBuilt();
+  async isOwner(principal: Principal, app: App): Promise<boolean> {
+    const userId = principal.userId;
+    if (userId === null) return false;
+    if (app.ownerUsers.includes(userId)) return true;
+    if (app.ownerGroups.length === 0) return false;
+    const groups = await this.#store.groupsOfUser(userId);
+    return groups.some((g) => app.ownerGroups.includes(g.id));
+  }
+
+  /** The apps of a space (`not_found` if the space doesn't exist). */
+  async listApps(org: unknown, space: unknown): Promise<AppView[]> {
+    const o = checkOrgName(org);
+    const s = checkLabel(space, "space name");
+    if ((await this.#store.platform.getSpace(o, s)) === undefined) {
+      throw new CustosError("not_found", `space ${o}/${s} not found`);
+    }
+    const names = await this.#ownerNames();
+    return (await this.#store.platform.listApps(o, s)).map((r) => this.#view(fromRecord(r), names, {}));
+  }
+
+  /** One app with owners by name, its key and its instance counts. */
+  async describeApp(ref: AppRef): Promise<AppView> {
+    const app = await this.getApp(ref);
+    const counts = this.#instanceCounter === undefined ? {} : await this.#instanceCounter(app);
+    return this.#view(app, await this.#ownerNames(), counts);
+  }
+
+  /**
+   * Creates the app and its KMS key `app.<org>.<space>.<app>` (AES-256, encrypt).
+   * `conflict` if the app or a key of that name exists (the key of a deleted app
+   * stays, destroyed, and keeps its name).
+   */
+  async createApp(actor: Actor, ref: AppRef, owners: OwnersInput = {}): Promise<AppView> {
+    const r = checkAppRef(ref);
+    checkKeyNameFits(r.org, r.space, r.app);
+    const ids = await this.#resolveOwners(owners);
+    if ((await this.#store.platform.getSpace(r.org, r.space)) === undefined) {
+      throw new CustosError("not_found", `space ${r.org}/${r.space} not found`);
+    }
+    if ((await this.#store.platform.getApp(r.org, r.space, r.app)) !== undefined) {
+      throw new CustosError("conflict", `app ${appPath(r)} already exists`);
+    }
+    const keyName = appKeyName(r.org, r.space, r.app);
+    try {
+      await this.#kms.createKey(actor, {
+        name: keyName,
+        purpose: "encrypt",
+        algorithm: "aes-256-gcm",
+        description: `secrets of app ${appPath(r)}`,
+      });
+    } catch (e) {
+      if (isCustosError(e, "conflict")) {
+        throw new CustosError(
+          "conflict",
+          `a key named ${keyName} exists already (a deleted app's key keeps its name); choose another app name`,
+        );
+      }
+      throw e;
+    }
+    const now = this.#now().toISOString();
+    const app: App = { id: randomUUID(), ...r, keyName, ...ids, createdAt: now, updatedAt: now, revision: 1 };
+    const names = await this.#ownerNames();
+    const view = this.#view(app, names, {});
+    try {
+      await this.#store.platform.createApp(
+        toRecord(app),
+        auditEntry(actor, "platform.app.create", appResource(r), { app: appPath(r), keyName, owners: view.owners }),
+      );
+    } catch (e) {
+      await this.#shredQuietly(actor, keyName, e);
+      throw e;
+    }
+    return view;
+  }
+
+  /** Replaces the owners. */
+  async setOwners(actor: Actor, ref: AppRef, owners: OwnersInput): Promise<AppView> {
+    const ids = await this.#resolveOwners(owners);
+    for (let attempt = 1; ; attempt++) {
+      const before = await this.getApp(ref);
+      const after: App = { ...before, ...ids, updatedAt: this.#now().toISOString(), revision: before.revision + 1 };
+      const names = await this.#ownerNames();
+      const view = this.#view(after, names, {});
+      try {
+        await this.#store.platform.updateApp(
+          toRecord(after),
+          before.revision,
+          auditEntry(actor, "platform.app.update", appResource(before), {
+            before: { owners: this.#view(before, names, {}).owners },
+            after: { owners: view.owners },
+          }),
+        );
+        return view;
+      } catch (e) {
+        if (!isCustosError(e, "conflict") || attempt >= 3) throw e;
+      }
+    }
+  }
+
+  /**
+   * Deletes the app: its key is destroyed first (so its secrets are unrecoverable
+   * even if the rest fails), then the app, owners, secrets and grants go in one
+   * transaction.
+   */
+  async deleteApp(actor: Actor, ref: AppRef): Promise<void> {
+    const app = await this.getApp(ref);
+    try {
+      await this.#kms.destroyKey(actor, app.keyName);
+    } catch (e) {
+      if (!isCustosError(e, "not_found")) throw e;
+    }
+    await this.#store.platform.deleteApp(
+      app.id,
+      auditEntry(actor, "platform.app.delete", appResource(app), { app: appPath(app), keyName: app.keyName }),
+    );
+  }
+
+  // ---- helpers ----------------------------------------------------------------
+
+  async #resolveOwners(owners: OwnersInput): Promise<{ ownerUsers: string[]; ownerGroups: string[] }> {
+    const users = [...new Set(owners.users ?? [])];
+    const groups = [...new Set(owners.groups ?? [])];
+    if (users.length + groups.length > MAX_OWNERS) {
+      throw new CustosError("invalid_request", `an app has at most ${MAX_OWNERS} owners`);
+    }
+    const ownerUsers: string[] = [];
+    for (const name of users) {
+      const user = typeof name === "string" ? await this.#store.getUserByName(name) : undefined;
+      if (user === undefined) throw new CustosError("invalid_request", `owner: no user named ${String(name)}`);
+      ownerUsers.push(user.id);
+    }
+    const ownerGroups: string[] = [];
+    for (const name of groups) {
+      const group = typeof name === "string" ? await this.#store.getGroupByName(name) : undefined;
+      if (group === undefined) throw new CustosError("invalid_request", `owner: no group named ${String(name)}`);
+      ownerGroups.push(group.id);
+    }
+    return { ownerUsers, ownerGroups };
+  }
+
+  /** Names of users and groups by id, for showing owners. */
+  async #ownerNames(): Promise<Map<string, string>> {
+    const [users, groups] = await Promise.all([this.#store.listUsers(), this.#store.listGroups()]);
+    return new Map([...users.map((u) => [u.id, u.name] as const), ...groups.map((g) => [g.id, g.name] as const)]);
+  }
+
+  #view(app: App, names: Map<string, string>, instances: Record<string, number>): AppView {
+    return {
+      id: app.id,
+      org: app.org,
+      space: app.space,
+      app: app.app,
+      keyName: app.keyName,
+      owners: {
+        users: app.ownerUsers.map((id) => names.get(id) ?? id),
+        groups: app.ownerGroups.map((id) => names.get(id) ?? id),
+      },
+      instances,
+      createdAt: app.createdAt,
+      updatedAt: app.updatedAt,
+      revision: app.revision,
+    };
+  }
+
+  /**
+   * A key made for an app whose record was certainly not written is destroyed: it
+   * protects nothing. After an ambiguous failure the app may exist, so the key stays.
+   */
+  async #shredQuietly(actor: Actor, keyName: string, cause: unknown): Promise<void> {
+    const certain = isCustosError(cause, "conflict") || isCustosError(cause, "not_found");
+    if (!certain && !isCustosError(cause, "invalid_request")) return;
+    try {
+      await this.#kms.destroyKey(actor, keyName);
+    } catch {
+      // The store's error is the one the caller must see.
+    }
   }
 }
