@@ -198,6 +198,8 @@ export async function openServices(config: CustosConfig, logger: Logger = create
       config: config.broker,
       baseUrl: pkiBaseUrl(config),
     });
+    // The JWT signing key in the HSM and the built-in platform-agent policy.
+    await broker.ensure();
     const opened = store;
     return {
       config,
@@ -377,6 +379,10 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
         .catch((err: unknown) => logger.warn({ err }, "CRL refresh failed; will retry"));
     };
     timers.push(setInterval(runDue, config.kms.schedulerIntervalMs));
+    const sweepBroker = (): void => {
+      services.broker.sweep().catch((err: unknown) => logger.warn({ err }, "broker lease sweep failed; will retry"));
+    };
+    timers.push(setInterval(sweepBroker, config.broker.sweepSeconds * 1000));
     if (tls && !config.tls.certFile) {
       // Renew the listener's certificate in place: new connections get it, no restart.
       let serving = tls.cert;

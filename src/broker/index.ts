@@ -1,2 +1,19 @@
 /** Container instances: registration, bootstrap tokens, identity, JWTs, delivery of secrets, revocation. */
-export { Broker, type BrokerOptions } from "./broker.js";
+export {
+  type AuthenticatedInstance,
+  Broker,
+  type BrokerOptions,
+  type ExchangeAnswer,
+  type IdentityAnswer,
+  type InstanceCredential,
+  type InstanceView,
+  MAX_LEASE_SECONDS,
+  PLATFORM_AGENT_POLICY,
+  type Registered,
+  type RegisterInput,
+  type RequestInfo,
+  wasAudited,
+} from "./broker.js";
+export { IDENTITY_ROLE } from "./identity.js";
+export { type InstanceClaims, JWT_KEY_LABEL, JWT_KEY_SETTING } from "./jwt.js";
+export { instanceResource, isDnsLabel, spiffeIdOf } from "./names.js";

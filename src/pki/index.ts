@@ -13,16 +13,18 @@ export {
   type GenerationView,
 } from "./consumers.js";
 export { crlToPem, REVOCATION_REASONS, type RevocationReason } from "./crl.js";
+export { MAX_CSR_BYTES, type ParsedCsr, parseCsr } from "./csr.js";
 export {
   type CertificateView,
   type Issued,
   type IssuedWithKey,
   type IssueInput,
   Issuer,
+  type LeafRequest,
   type RoleView,
   SERVER_ROLE,
   type SignInput,
 } from "./issuer.js";
 export { ocspErrorResponse } from "./ocsp.js";
-export { KEY_TYPES, type KeyType } from "./role.js";
+export { KEY_TYPES, type KeyType, type Role } from "./role.js";
 export { defaultServerNames, issueServerCertificate, type ServerTls, serverNeedsNew } from "./tls.js";

@@ -5,7 +5,7 @@ import { CustosError, isCustosError } from "../errors/index.js";
 import type { CertificateQuery, CertificateRecord, RoleRecord, Store } from "../store/index.js";
 import type { Authority } from "./authority.js";
 import { BACKDATE_MS, buildLeaf, fingerprintOf, newSerial } from "./certificate.js";
-import { isRevocationReason, REVOCATION_REASONS } from "./crl.js";
+import { isRevocationReason, REVOCATION_REASONS, type RevocationReason } from "./crl.js";
 import { keyTypeOf, parseCsr } from "./csr.js";
 import { generateCallerKey } from "./keys.js";
 import {
@@ -376,6 +376,27 @@ export class Issuer {
         if (!(isCustosError(e) && e.code === "conflict") || attempt >= REVOKE_ATTEMPTS) throw e;
       }
     }
+  }
+
+  /**
+   * Revokes each certificate in turn, each with its issuer's CRL re-signed in the
+   * same transaction (as `revoke`); ones revoked meanwhile are skipped. Returns the
+   * serials this call revoked. Used when everything issued to something must go
+   * (a stopped container instance).
+   */
+  async revokeAll(actor: Actor, serials: readonly string[], reason: RevocationReason): Promise<string[]> {
+    const revoked: string[] = [];
+    for (const serial of serials) {
+      try {
+        await this.revoke(actor, serial, reason);
+        revoked.push(serial);
+      } catch (e) {
+        if (!(isCustosError(e) && e.code === "conflict" && (await this.#certificate(serial)).status === "revoked")) {
+          throw e;
+        }
+      }
+    }
+    return revoked;
   }
 
   async #certificate(serial: string): Promise<CertificateRecord> {

@@ -1,7 +1,221 @@
-import type { FastifyPluginAsync } from "fastify";
-import type { ApiDeps } from "../app.js";
+import type { TLSSocket } from "node:tls";
+import type { FastifyPluginAsync, FastifyRequest } from "fastify";
+import {
+  type AuthenticatedInstance,
+  type InstanceCredential,
+  instanceResource,
+  MAX_LEASE_SECONDS,
+  type RegisterInput,
+  type RequestInfo,
+  wasAudited,
+} from "../../broker/index.js";
+import { MAX_CSR_BYTES } from "../../pki/index.js";
+import { type ApiDeps, authorize } from "../app.js";
+import { actorOf } from "../context.js";
 
-/** The broker routes (docs/broker.md). */
-export function brokerRoutes(_deps: ApiDeps): FastifyPluginAsync {
-  return async () => {};
+/** A DNS label (docs/broker.md, Names). */
+const label = { type: "string", pattern: "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$" } as const;
+const ttlSeconds = { type: "integer", minimum: 10, maximum: MAX_LEASE_SECONDS } as const;
+const csr = { type: "string", minLength: 1, maxLength: MAX_CSR_BYTES } as const;
+const idParam = { type: "object", required: ["id"], properties: { id: label } } as const;
+/** A JWT of ours is well under 2 KiB; a bootstrap token is 64 characters. */
+const MAX_JWT = 8192;
+
+/** Instance routes authenticate the instance themselves and the broker writes every record, refusals included. */
+const instanceRoute = { public: true, serviceAudits: true } as const;
+
+type Id = { Params: { id: string } };
+
+/**
+ * The credential an instance presented: the client certificate of this TLS
+ * connection when it sent one (the listener asks, never requires, and checks the
+ * chain against the PKI's CAs: `authorized`), else an instance JWT as bearer token.
+ */
+function credentialOf(req: FastifyRequest): InstanceCredential | null {
+  const socket = req.raw.socket as Partial<TLSSocket>;
+  const peer = typeof socket.getPeerCertificate === "function" ? socket.getPeerCertificate() : undefined;
+  if (peer?.serialNumber) {
+    // Node prints serials in upper case, possibly zero-padded; the PKI records them lower case without.
+    const serial = peer.serialNumber.toLowerCase().replace(/^0+(?=.)/, "");
+    return { kind: "mtls", serial, authorized: socket.authorized === true };
+  }
+  const header = req.headers.authorization;
+  const match = header ? /^Bearer ([A-Za-z0-9_.-]+)$/.exec(header) : null;
+  if (match?.[1] && match[1].length <= MAX_JWT) return { kind: "jwt", token: match[1] };
+  return null;
+}
+
+function requestInfo(req: FastifyRequest): RequestInfo {
+  return { requestId: req.id, source: req.ip };
+}
+
+/** The broker (docs/broker.md): instance management for platform agents, and the instances' own endpoints. */
+export function brokerRoutes(deps: ApiDeps): FastifyPluginAsync {
+  const { broker } = deps;
+
+  /** Authenticates the instance, runs `fn`, and tells the API the broker has written the record. */
+  const asInstance = async <T>(
+    req: FastifyRequest,
+    action: string,
+    fn: (who: AuthenticatedInstance) => Promise<T>,
+  ): Promise<T> => {
+    req.custos.action = action;
+    try {
+      const who = await broker.authenticate(requestInfo(req), credentialOf(req), action);
+      req.custos.resource = instanceResource({ ...who.record, instance: who.record.id });
+      const result = await fn(who);
+      req.custos.audited = true;
+      return result;
+    } catch (e) {
+      if (wasAudited(e)) req.custos.audited = true;
+      throw e;
+    }
+  };
+
+  return async (app) => {
+    // ---- platform agents ---------------------------------------------------------
+
+    app.post<{ Body: RegisterInput }>(
+      "/v1/broker/instances",
+      {
+        config: { serviceAudits: true },
+        schema: {
+          body: {
+            type: "object",
+            required: ["org", "space", "app", "instance"],
+            additionalProperties: false,
+            properties: { org: label, space: label, app: label, instance: label, ttlSeconds },
+          },
+        },
+      },
+      async (req, reply) => {
+        const { org, space, app: appName, instance } = req.body;
+        authorize(deps, req, "instance:register", instanceResource({ org, space, app: appName, instance }));
+        const registered = await broker.register(actorOf(req), req.body);
+        reply.status(201).header("cache-control", "no-store");
+        return registered;
+      },
+    );
+
+    app.get<Id>("/v1/broker/instances/:id", { schema: { params: idParam } }, async (req) => {
+      const record = await broker.instance(req.params.id);
+      authorize(deps, req, "instance:read", instanceResource({ ...record, instance: record.id }));
+      return broker.view(record);
+    });
+
+    app.post<Id & { Body: { ttlSeconds: number } }>(
+      "/v1/broker/instances/:id/lease",
+      {
+        config: { serviceAudits: true },
+        schema: {
+          params: idParam,
+          body: { type: "object", required: ["ttlSeconds"], additionalProperties: false, properties: { ttlSeconds } },
+        },
+      },
+      async (req) => {
+        const record = await broker.instance(req.params.id);
+        // Extending a lease keeps an instance registered: the agent's register right.
+        authorize(deps, req, "instance:register", instanceResource({ ...record, instance: record.id }));
+        return broker.view(await broker.extendLease(actorOf(req), record, req.body.ttlSeconds));
+      },
+    );
+
+    app.delete<Id>(
+      "/v1/broker/instances/:id",
+      { config: { serviceAudits: true }, schema: { params: idParam } },
+      async (req) => {
+        const record = await broker.instance(req.params.id);
+        authorize(deps, req, "instance:deregister", instanceResource({ ...record, instance: record.id }));
+        return broker.view(await broker.deregister(actorOf(req), record));
+      },
+    );
+
+    // ---- instances -----------------------------------------------------------------
+
+    app.post<{ Body: { token: string; instance: string; csr: string } }>(
+      "/v1/broker/exchange",
+      {
+        config: instanceRoute,
+        schema: {
+          body: {
+            type: "object",
+            required: ["token", "instance", "csr"],
+            additionalProperties: false,
+            properties: { token: { type: "string", minLength: 1, maxLength: 512 }, instance: label, csr },
+          },
+        },
+      },
+      async (req, reply) => {
+        req.custos.action = "broker.exchange";
+        try {
+          const answer = await broker.exchange(requestInfo(req), req.body);
+          req.custos.audited = true;
+          reply.header("cache-control", "no-store");
+          return answer;
+        } catch (e) {
+          if (wasAudited(e)) req.custos.audited = true;
+          throw e;
+        }
+      },
+    );
+
+    app.post<{ Body: { csr: string } }>(
+      "/v1/broker/renew",
+      {
+        config: instanceRoute,
+        schema: {
+          body: { type: "object", required: ["csr"], additionalProperties: false, properties: { csr } },
+        },
+      },
+      async (req, reply) => {
+        reply.header("cache-control", "no-store");
+        return asInstance(req, "broker.renew", (who) => broker.renew(who, req.body.csr));
+      },
+    );
+
+    app.post("/v1/broker/jwt", { config: instanceRoute }, async (req, reply) => {
+      reply.header("cache-control", "no-store");
+      return asInstance(req, "broker.jwt", (who) => broker.refreshJwt(who));
+    });
+
+    app.get("/v1/broker/secrets", { config: instanceRoute }, async (req, reply) => {
+      reply.header("cache-control", "no-store");
+      return asInstance(req, "broker.secrets.read", async (who) => ({ secrets: await broker.secrets(who) }));
+    });
+
+    app.get<{ Params: { "*": string } }>("/v1/broker/secrets/*", { config: instanceRoute }, async (req, reply) => {
+      reply.header("cache-control", "no-store");
+      return asInstance(req, "broker.secret.read", (who) => broker.secret(who, req.params["*"]));
+    });
+
+    app.get("/v1/broker/whoami", { config: instanceRoute }, async (req) =>
+      asInstance(req, "broker.whoami", (who) => broker.whoami(who)),
+    );
+
+    app.get("/v1/broker/jwks", { config: { public: true } }, async (req, reply) => {
+      req.custos.action = "broker.jwks.read";
+      reply.header("cache-control", "max-age=300");
+      return broker.jwks();
+    });
+
+    app.post<{ Body: { token: string } }>(
+      "/v1/broker/introspect",
+      {
+        config: { public: true },
+        schema: {
+          body: {
+            type: "object",
+            required: ["token"],
+            additionalProperties: false,
+            properties: { token: { type: "string", minLength: 1, maxLength: MAX_JWT } },
+          },
+        },
+      },
+      async (req, reply) => {
+        req.custos.action = "broker.introspect";
+        reply.header("cache-control", "no-store");
+        return broker.introspect(req.body.token);
+      },
+    );
+  };
 }

@@ -1,5 +1,105 @@
+/** `custos broker …`: what a platform agent does — its token, and registering, inspecting and stopping instances. */
 import type { Command } from "commander";
-import type { CliContext } from "../context.js";
+import { arg, type CliContext, seg } from "../context.js";
+import { usageError } from "../errors.js";
+import { writePrivateFile } from "../io.js";
+import { renderRecord } from "../output.js";
+import { parseDuration } from "../parse.js";
 
-/** The broker commands (docs/broker.md). */
-export function registerBrokerCommands(_program: Command, _ctx: CliContext): void {}
+type Json = Record<string, unknown>;
+
+const LABEL_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/** `<org>/<space>/<app>`, each a DNS label. */
+function parseAppRef(text: string): { org: string; space: string; app: string } {
+  const parts = text.split("/");
+  if (parts.length !== 3 || !parts.every((p) => LABEL_RE.test(p))) {
+    throw usageError(`"${text}" is not an app: write <org>/<space>/<app>, each a DNS label (a-z, 0-9, '-')`);
+  }
+  const [org, space, app] = parts as [string, string, string];
+  return { org, space, app };
+}
+
+function checkInstance(id: string): string {
+  if (!LABEL_RE.test(id)) throw usageError(`"${id}" is not an instance id: a DNS label (a-z, 0-9, '-', 1-63)`);
+  return id;
+}
+
+/** The instance as an operator reads it; credentials as tables. */
+function renderInstance(view: Json): string {
+  return renderRecord(view);
+}
+
+/** Registers `broker` and its subcommands. */
+export function registerBrokerCommands(program: Command, ctx: CliContext): void {
+  const broker = program.command("broker").description("the container credential broker: agents and instances");
+  const path = (id: string): string => `/v1/broker/instances/${seg(checkInstance(id))}`;
+
+  broker
+    .command("agent-token <name>")
+    .description("create an API token holding only the platform-agent policy (shown once)")
+    .option("--ttl <duration>", "lifetime (e.g. 30d); default: no expiry", arg(parseDuration))
+    .option("--token-file <file>", "write the token here (mode 0600) instead of printing it")
+    .action(async (name: string, o: { ttl?: number; tokenFile?: string }) => {
+      const body: Json = { name, policies: ["platform-agent"] };
+      if (o.ttl !== undefined) body.ttlSeconds = o.ttl;
+      const answer = await ctx.client().request<Json>("POST", "/v1/auth/tokens", { body });
+      const token = String(answer.token);
+      if (o.tokenFile !== undefined) {
+        writePrivateFile(o.tokenFile, `${token}\n`);
+        const { token: _t, ...rest } = answer;
+        await ctx.emit(rest);
+        return;
+      }
+      if (ctx.json) return ctx.emit(answer);
+      await ctx.note(`agent token ${String(answer.id)} (${name}); it is shown once:`);
+      await ctx.out(`${token}\n`);
+    });
+
+  broker
+    .command("register <app> <instance>")
+    .description("register an instance of <org>/<space>/<app>; prints its one-time bootstrap token")
+    .option("--ttl <duration>", "the instance's lease (e.g. 1h); default: the server's", arg(parseDuration))
+    .option("--token-file <file>", "write the bootstrap token here (mode 0600) instead of printing it")
+    .action(async (appText: string, instance: string, o: { ttl?: number; tokenFile?: string }) => {
+      const body: Json = { ...parseAppRef(appText), instance: checkInstance(instance) };
+      if (o.ttl !== undefined) body.ttlSeconds = o.ttl;
+      const answer = await ctx.client().request<Json>("POST", "/v1/broker/instances", { body });
+      const token = String(answer.bootstrapToken);
+      const { bootstrapToken: _t, ...rest } = answer;
+      if (o.tokenFile !== undefined) {
+        writePrivateFile(o.tokenFile, `${token}\n`);
+        await ctx.emit(rest);
+        return;
+      }
+      if (ctx.json) return ctx.emit(answer);
+      await ctx.note(
+        `instance ${String(answer.instance)} registered; lease until ${String(answer.leaseExpiresAt)}; ` +
+          `bootstrap token (single use, until ${String(answer.tokenExpiresAt)}):`,
+      );
+      await ctx.out(`${token}\n`);
+    });
+
+  broker
+    .command("instance <instance>")
+    .description("show an instance: state, lease and the credentials issued to it")
+    .action(async (id: string) => {
+      await ctx.emit(await ctx.client().request<Json>("GET", path(id)), renderInstance);
+    });
+
+  broker
+    .command("deregister <instance>")
+    .description("stop an instance: its certificates are revoked, its JWTs and unused token refused")
+    .action(async (id: string) => {
+      await ctx.emit(await ctx.client().request<Json>("DELETE", path(id)), renderInstance);
+    });
+
+  broker
+    .command("lease <instance>")
+    .description("extend a live instance's lease to --ttl from now")
+    .requiredOption("--ttl <duration>", "the new lease, from now (e.g. 1h)", arg(parseDuration))
+    .action(async (id: string, o: { ttl: number }) => {
+      const answer = await ctx.client().request<Json>("POST", `${path(id)}/lease`, { body: { ttlSeconds: o.ttl } });
+      await ctx.emit(answer, renderInstance);
+    });
+}
