@@ -1,0 +1,118 @@
+/**
+ * Which environment variables `custos run` gives the app: the files it wrote and
+ * its SPIFFE id under fixed `CUSTOS_*` names, and its secrets — each under its
+ * name upper-cased with every other character turned into `_` (`db/password` →
+ * `DB_PASSWORD`, `shared/ca-bundle` → `SHARED_CA_BUNDLE`; a leading digit gets a
+ * `_` in front), or under the name `--env NAME=<secret>` gives it.
+ */
+
+/** The variables `custos run` always sets; no secret may take one of these names. */
+export const RESERVED_VARIABLES = [
+  "CUSTOS_CERT_FILE",
+  "CUSTOS_KEY_FILE",
+  "CUSTOS_CA_FILE",
+  "CUSTOS_JWT_FILE",
+  "CUSTOS_SPIFFE_ID",
+  "CUSTOS_BOOTSTRAP_TOKEN",
+] as const;
+
+const VARIABLE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** One `--env NAME=<secret>`. */
+export interface EnvMapping {
+  readonly variable: string;
+  /** The secret's name (`db/password`, `shared/ca-bundle`) or whole path. */
+  readonly secret: string;
+}
+
+/** How secrets reach the environment. */
+export interface EnvPolicy {
+  /** Every secret not mapped explicitly goes in under its default name (off with `--no-env`). */
+  readonly automatic: boolean;
+  readonly mappings: readonly EnvMapping[];
+}
+
+/** A secret as the environment sees it. */
+export interface NamedValue {
+  readonly path: string;
+  readonly name: string;
+  readonly value: string;
+}
+
+/** The default variable for a secret name: `db/password` → `DB_PASSWORD`. */
+export function variableFor(name: string): string {
+  const upper = name.toUpperCase().replace(/[^A-Z0-9]/g, "_");
+  return /^[0-9]/.test(upper) ? `_${upper}` : upper;
+}
+
+/** Parses `NAME=<secret>`. @throws Error naming what is wrong. */
+export function parseEnvMapping(text: string): EnvMapping {
+  const at = text.indexOf("=");
+  const variable = at < 0 ? "" : text.slice(0, at);
+  const secret = at < 0 ? "" : text.slice(at + 1);
+  if (!VARIABLE.test(variable)) {
+    throw new Error(`invalid --env "${text}": expected NAME=<secret name>, NAME being letters, digits and _`);
+  }
+  if (secret === "") throw new Error(`invalid --env "${text}": the secret name is empty`);
+  if ((RESERVED_VARIABLES as readonly string[]).includes(variable)) {
+    throw new Error(`invalid --env "${text}": ${variable} is set by custos run itself`);
+  }
+  return { variable, secret };
+}
+
+/** Finds a secret by name or by whole path. */
+export function findSecret<T extends { readonly path: string; readonly name: string }>(
+  secrets: readonly T[],
+  nameOrPath: string,
+): T | undefined {
+  return secrets.find((s) => s.name === nameOrPath) ?? secrets.find((s) => s.path === nameOrPath);
+}
+
+/**
+ * The secret variables for `secrets` under `policy`, and the problems that kept
+ * some out: a mapping naming a secret the instance doesn't have, or two secrets
+ * (or a secret and a `CUSTOS_*` variable) wanting one name. Problems name secrets
+ * and variables, never values.
+ */
+export function secretVariables(
+  secrets: readonly NamedValue[],
+  policy: EnvPolicy,
+): { variables: Record<string, string>; problems: string[] } {
+  const variables: Record<string, string> = {};
+  const owner = new Map<string, string>();
+  const problems: string[] = [];
+  const explicit = new Set<string>();
+  const claim = (variable: string, secret: NamedValue): void => {
+    const other = owner.get(variable);
+    if (other !== undefined) {
+      problems.push(`secrets ${other} and ${secret.name} both go into ${variable}: map one with --env NAME=<secret>`);
+      delete variables[variable];
+      return;
+    }
+    owner.set(variable, secret.name);
+    variables[variable] = secret.value;
+  };
+  for (const mapping of policy.mappings) {
+    const secret = findSecret(secrets, mapping.secret);
+    if (secret === undefined) {
+      problems.push(`--env ${mapping.variable}: secret "${mapping.secret}" is not one this instance receives`);
+      continue;
+    }
+    explicit.add(secret.path);
+    claim(mapping.variable, secret);
+  }
+  if (policy.automatic) {
+    for (const secret of [...secrets].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+      if (explicit.has(secret.path)) continue;
+      const variable = variableFor(secret.name);
+      if ((RESERVED_VARIABLES as readonly string[]).includes(variable)) {
+        problems.push(
+          `secret ${secret.name} would go into ${variable}, which custos run sets itself: map it with --env`,
+        );
+        continue;
+      }
+      claim(variable, secret);
+    }
+  }
+  return { variables, problems };
+}
