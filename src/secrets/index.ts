@@ -1,6 +1,6 @@
 /** Versioned secrets scoped to apps (and shared ones granted to apps), encrypted at rest through the KMS. */
 export { ALPHABETS, DEFAULT_LENGTH, MAX_LENGTH, MIN_LENGTH } from "./generate.js";
-export { type ListTarget, parseListPrefix, parseSecretPath, type SecretTarget } from "./paths.js";
+export { type ListTarget, parseGrantTarget, parseListPrefix, parseSecretPath, type SecretTarget } from "./paths.js";
 export {
   DEFAULT_MAX_VERSIONS,
   type DeliveredSecret,
