@@ -122,18 +122,9 @@ describe("container credential broker", () => {
     assert.equal(a.status, 200, a.text);
     return (a.body as { records: Json[] }).records;
   };
-  const crlText = (): string => {
-    const r = spawnSync("openssl", ["crl", "-inform", "DER", "-noout", "-text"], {
-      input: readCrl(),
-      encoding: "buffer",
-    });
-    assert.equal(r.status, 0, r.stderr.toString());
-    return r.stdout.toString();
-  };
-  let crlDer = Buffer.alloc(0);
-  const readCrl = (): Buffer => crlDer;
-  const fetchCrl = async (): Promise<void> => {
-    crlDer = await new Promise<Buffer>((ok, fail) => {
+  /** The active intermediate's CRL as openssl prints it. */
+  const crlText = async (): Promise<string> => {
+    const der = await new Promise<Buffer>((ok, fail) => {
       const req = request(
         { host: "127.0.0.1", port: custos.port, path: "/v1/pki/crl", ca: custos.ca, agent: false },
         (res) => {
@@ -145,6 +136,9 @@ describe("container credential broker", () => {
       req.on("error", fail);
       req.end();
     });
+    const r = openssl(["crl", "-inform", "DER", "-noout", "-text"], der);
+    assert.equal(r.status, 0, r.out);
+    return r.out;
   };
 
   before(async () => {
@@ -323,8 +317,7 @@ describe("container credential broker", () => {
     const stop = await custos.call("DELETE", "/v1/broker/instances/web-1", undefined, agentToken);
     assert.equal(stop.status, 200, stop.text);
     assert.equal((stop.body as Json).state, "stopped");
-    await fetchCrl();
-    const crl = crlText();
+    const crl = await crlText();
     for (const pem of [String(answer.certificate), renewedCert]) {
       const serial = serialOf(pem);
       const at = crl.indexOf(serial);
@@ -434,8 +427,7 @@ describe("container credential broker", () => {
     const view = await custos.call("GET", "/v1/broker/instances/web-short", undefined, agentToken);
     assert.equal((view.body as Json).state, "stopped");
     assert.equal((view.body as Json).stopReason, "lease-lapsed");
-    await fetchCrl();
-    assert.ok(crlText().includes(serialOf(String(answer.certificate))));
+    assert.ok((await crlText()).includes(serialOf(String(answer.certificate))));
     const extend = await custos.call("POST", "/v1/broker/instances/web-short/lease", { ttlSeconds: 3600 }, agentToken);
     assert.equal(extend.status, 409, extend.text);
   });
