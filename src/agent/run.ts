@@ -306,7 +306,7 @@ class Background {
     this.#loops = [
       this.#loop(
         "renew the identity certificate",
-        () => this.#state.identity.renewAt.getTime() - Date.now(),
+        () => renewalWait(this.#state.identity),
         () => this.#renew(),
       ),
       this.#loop(
@@ -399,7 +399,7 @@ class Background {
       await Promise.all([state.writeCredentials(), state.writeTemplates()]);
       await this.#notify(`identity certificate renewed (until ${renewed.identity.notAfter.toISOString()})`);
     });
-    return renewed.identity.renewAt.getTime() - Date.now();
+    return renewalWait(renewed.identity);
   }
 
   async #refreshJwt(): Promise<number> {
@@ -446,6 +446,16 @@ class Background {
     this.#applying = next.catch(() => undefined);
     return next;
   }
+}
+
+/**
+ * How long until the certificate should be renewed: at its renewAt, but no sooner
+ * than a quarter of its remaining life, so a renewAt already past (a clock behind
+ * the server's, or a lifetime as short as the issuer's backdating) can't make the
+ * renewals run back to back.
+ */
+export function renewalWait(identity: Pick<Identity, "renewAt" | "notAfter">, now = Date.now()): number {
+  return Math.max(identity.renewAt.getTime() - now, (identity.notAfter.getTime() - now) / 4);
 }
 
 /** The names of secrets added, removed or given a new version (values are compared too, never shown). */

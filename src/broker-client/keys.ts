@@ -8,8 +8,8 @@ import { webcrypto } from "node:crypto";
 import * as x509 from "@peculiar/x509";
 import { BrokerError } from "./errors.js";
 
-/** Key types an instance may ask its identity for. */
-export const KEY_TYPES = ["ec-p256", "ec-p384", "ed25519"] as const;
+/** Key types an instance may ask its identity for (those the broker's identity role takes, short of RSA). */
+export const KEY_TYPES = ["ec-p256", "ed25519"] as const;
 export type KeyType = (typeof KEY_TYPES)[number];
 
 /** A fresh key pair: its private half as PKCS#8 PEM and a CSR for its public half. */
@@ -25,7 +25,6 @@ interface Algorithms {
 
 const ALGORITHMS: Readonly<Record<KeyType, Algorithms>> = {
   "ec-p256": { generate: { name: "ECDSA", namedCurve: "P-256" }, sign: { name: "ECDSA", hash: "SHA-256" } },
-  "ec-p384": { generate: { name: "ECDSA", namedCurve: "P-384" }, sign: { name: "ECDSA", hash: "SHA-384" } },
   ed25519: { generate: { name: "Ed25519" }, sign: { name: "Ed25519" } },
 };
 
