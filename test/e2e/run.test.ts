@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { createLocalJWKSet, type JSONWebKeySet, jwtVerify } from "jose";
+import { BrokerError, BrokerSession, bootstrap } from "../../src/broker-client/index.js";
 import { type CustosInstance, startCustos } from "../helpers/custos.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
@@ -321,6 +322,67 @@ describe("custos run", () => {
     } finally {
       if (run.proc.exitCode === null) run.proc.kill("SIGKILL");
     }
+  });
+
+  test("the in-process client: bootstrap, mTLS session, own and granted secrets only, renewal, revocation", async () => {
+    const token = await register("web", "web-7");
+    const options = { address: custos.url, ca: custos.ca };
+    const creds = await bootstrap({ ...options, token, instance: "web-7" });
+    const spiffeId = "spiffe://custos/org/acme/space/prod/app/web/instance/web-7";
+    assert.equal(creds.identity.spiffeId, spiffeId);
+    assert.ok(
+      new X509Certificate(creds.identity.certificate).checkPrivateKey(createPrivateKey(creds.identity.privateKeyPem)),
+    );
+    assert.ok(creds.identity.renewAt < creds.identity.notAfter);
+    assert.deepEqual(creds.secrets.map((s) => s.name).sort(), ["api-key", "db/password", "shared/ca-bundle"]);
+    // Credentials stay out of serialisations of the answer.
+    const printed = JSON.stringify(creds);
+    assert.ok(
+      !printed.includes(creds.jwt) && !printed.includes("PRIVATE KEY") && !printed.includes("shared-bundle-value"),
+    );
+
+    // The token is spent.
+    await assert.rejects(
+      bootstrap({ ...options, token, instance: "web-7" }),
+      (e: unknown) => e instanceof BrokerError && e.code === "unauthenticated" && e.status === 401,
+    );
+
+    const session = new BrokerSession(options, creds);
+    try {
+      assert.equal((await session.whoami()).spiffeId, spiffeId);
+      assert.equal((await session.secret("shared/ca-bundle")).value, "shared-bundle-value");
+      assert.equal((await session.secret("acme/prod/web/api-key")).value, "web-api-key-value");
+      await assert.rejects(
+        session.secret("acme/prod/api/queue/token"),
+        (e: unknown) => e instanceof BrokerError && e.code === "forbidden" && e.status === 403,
+      );
+      assert.ok((await session.secrets()).some((s) => s.path === "acme/prod/web/db/password"));
+      const fresh = await session.refreshJwt();
+      assert.notEqual(fresh.jwt, creds.jwt);
+      assert.equal(session.jwt, fresh.jwt);
+
+      const renewed = await session.renew();
+      assert.notEqual(renewed.identity.certificate, creds.identity.certificate);
+      assert.notEqual(renewed.identity.privateKeyPem, creds.identity.privateKeyPem);
+      const who = await session.whoami();
+      assert.equal(
+        who.serial,
+        new X509Certificate(renewed.identity.certificate).serialNumber.toLowerCase().replace(/^0+/, ""),
+      );
+
+      await ok("DELETE", "/v1/broker/instances/web-7", undefined, agentToken);
+      await assert.rejects(
+        session.renew(),
+        (e: unknown) => e instanceof BrokerError && e.code === "credential_revoked",
+      );
+      await assert.rejects(
+        session.secrets(),
+        (e: unknown) => e instanceof BrokerError && e.code === "credential_revoked",
+      );
+    } finally {
+      session.close();
+    }
+    await assert.rejects(session.whoami(), (e: unknown) => e instanceof BrokerError && e.code === "closed");
   });
 
   test("a killed app's run ends with 128 + the signal", async () => {
