@@ -55,6 +55,8 @@ describe("opening", () => {
     assert.deepEqual(rows, [
       { version: 1, name: "initial" },
       { version: 2, name: "pki" },
+      { version: 3, name: "platform-secrets" },
+      { version: 4, name: "broker" },
     ]);
     for (const t of [
       "settings",
