@@ -1,0 +1,128 @@
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { changedSecrets, renewalWait } from "../../src/agent/run.js";
+import { Child, exitCodeOf } from "../../src/agent/run-child.js";
+
+const node = process.execPath;
+const spec = (command: string[], shell = false) => ({ command, shell, stopGraceMs: 2000 });
+
+async function waitFor(what: string, check: () => boolean): Promise<void> {
+  const until = Date.now() + 20_000;
+  while (!check()) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe("custos run's app process", () => {
+  let dir: string;
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), "custos-run-child-"));
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  test("exit codes: the app's own, 128 + signal, 1 when neither is known", () => {
+    assert.equal(exitCodeOf(0, null), 0);
+    assert.equal(exitCodeOf(42, null), 42);
+    assert.equal(exitCodeOf(null, "SIGKILL"), 137);
+    assert.equal(exitCodeOf(null, "SIGTERM"), 143);
+    assert.equal(exitCodeOf(null, null), 1);
+  });
+
+  test("the app's exit code and environment", async () => {
+    const child = new Child(spec([node, "-e", "process.exit(Number(process.env.CODE))"]), () => {});
+    child.start({ ...process.env, CODE: "23" });
+    assert.equal(await child.exited, 23);
+  });
+
+  test("a command that doesn't exist ends with 127 and says so", async () => {
+    const lines: string[] = [];
+    const child = new Child(spec([join(dir, "no-such-command")]), (l) => lines.push(l));
+    child.start(process.env);
+    assert.equal(await child.exited, 127);
+    assert.match(lines.join("\n"), /cannot start .*no-such-command: ENOENT/);
+  });
+
+  test("--shell runs the words through /bin/sh -c", async () => {
+    const child = new Child(spec(["exit", "$((6*7))"], true), () => {});
+    child.start(process.env);
+    assert.equal(await child.exited, 42);
+  });
+
+  test("signals reach the app; a forwarded SIGTERM ends it", async () => {
+    const hups = join(dir, "hups");
+    const ready = join(dir, "ready");
+    const script = `const fs = require("node:fs");
+      process.on("SIGHUP", () => fs.appendFileSync(${JSON.stringify(hups)}, "hup\\n"));
+      fs.writeFileSync(${JSON.stringify(ready)}, "");
+      setInterval(() => {}, 1000);`;
+    const child = new Child(spec([node, "-e", script]), () => {});
+    child.start(process.env);
+    await waitFor("the app", () => existsSync(ready));
+    assert.equal(child.signal("SIGHUP"), true);
+    await waitFor("the SIGHUP", () => existsSync(hups));
+    child.forward("SIGTERM");
+    assert.equal(await child.exited, 143);
+    assert.equal(child.signal("SIGHUP"), false, "no app left to signal");
+    assert.equal(readFileSync(hups, "utf8"), "hup\n");
+  });
+
+  test("restart: the old app stops, a new one starts with the new environment, exited waits for the last", async () => {
+    const log = join(dir, "restarts");
+    const script = `require("node:fs").appendFileSync(${JSON.stringify(log)}, process.env.GEN + "\\n");
+      process.on("SIGTERM", () => process.exit(0)); setInterval(() => {}, 1000);`;
+    const lines = (): string[] => (existsSync(log) ? readFileSync(log, "utf8").trim().split("\n") : []);
+    const child = new Child(spec([node, "-e", script]), () => {});
+    child.start({ ...process.env, GEN: "1" });
+    await waitFor("the first app", () => lines().length === 1);
+    const first = child.pid;
+    await child.restart({ ...process.env, GEN: "2" });
+    await waitFor("the second app", () => lines().length === 2);
+    assert.deepEqual(lines(), ["1", "2"]);
+    assert.notEqual(child.pid, first);
+    child.forward("SIGINT");
+    assert.equal(await child.exited, 130);
+  });
+
+  test("an app that ignores SIGTERM is killed after the grace period on restart", async () => {
+    const ready = join(dir, "stubborn");
+    const script = `process.on("SIGTERM", () => {}); require("node:fs").writeFileSync(${JSON.stringify(ready)}, "");
+      setInterval(() => {}, 1000);`;
+    const child = new Child({ command: [node, "-e", script], shell: false, stopGraceMs: 300 }, () => {});
+    child.start(process.env);
+    await waitFor("the app", () => existsSync(ready));
+    const first = child.pid;
+    rmSync(ready);
+    await child.restart(process.env);
+    assert.notEqual(child.pid, first);
+    await waitFor("the second app", () => existsSync(ready));
+    child.signal("SIGKILL");
+    assert.equal(await child.exited, 137);
+  });
+});
+
+describe("custos run's schedule and change detection", () => {
+  const secret = (path: string, version: number, value: string) => ({ path, name: path, version, value });
+
+  test("renewal at renewAt, but never sooner than a quarter of the remaining life", () => {
+    const now = Date.parse("2030-01-01T00:00:00Z");
+    const at = (s: number) => new Date(now + s * 1000);
+    assert.equal(renewalWait({ renewAt: at(1800), notAfter: at(3600) }, now), 1_800_000);
+    assert.equal(renewalWait({ renewAt: at(-5), notAfter: at(60) }, now), 15_000);
+    assert.equal(renewalWait({ renewAt: at(0), notAfter: at(0) }, now), 0);
+  });
+
+  test("changes: added, removed, new version, same version with another value; order-insensitive", () => {
+    const before = [secret("a", 1, "x"), secret("b", 1, "y"), secret("c", 2, "z")];
+    assert.deepEqual(changedSecrets(before, [...before].reverse()), []);
+    assert.deepEqual(changedSecrets(before, [secret("a", 2, "x2"), secret("b", 1, "y-changed"), secret("d", 1, "w")]), [
+      "a",
+      "b",
+      "c",
+      "d",
+    ]);
+  });
+});

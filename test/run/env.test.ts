@@ -1,0 +1,77 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { parseEnvMapping, secretVariables, variableFor } from "../../src/agent/run-env.js";
+
+const secret = (name: string, value: string, path = `acme/prod/web/${name}`) => ({ path, name, value });
+const WEB = [
+  secret("db/password", "pw"),
+  secret("api-key", "key"),
+  secret("shared/ca-bundle", "bundle", "shared/ca-bundle"),
+];
+
+describe("custos run environment", () => {
+  test("default names: upper case, every other character _, a leading digit prefixed", () => {
+    assert.equal(variableFor("db/password"), "DB_PASSWORD");
+    assert.equal(variableFor("shared/ca-bundle"), "SHARED_CA_BUNDLE");
+    assert.equal(variableFor("api.v2-key"), "API_V2_KEY");
+    assert.equal(variableFor("1st/token"), "_1ST_TOKEN");
+    assert.equal(variableFor("Already_UPPER"), "ALREADY_UPPER");
+  });
+
+  test("--env NAME=<secret> parses; bad names and reserved ones are refused", () => {
+    assert.deepEqual(parseEnvMapping("PGPASSWORD=db/password"), { variable: "PGPASSWORD", secret: "db/password" });
+    assert.deepEqual(parseEnvMapping("X=a=b"), { variable: "X", secret: "a=b" });
+    assert.throws(() => parseEnvMapping("db/password"), /expected NAME=<secret name>/);
+    assert.throws(() => parseEnvMapping("1X=db"), /expected NAME=<secret name>/);
+    assert.throws(() => parseEnvMapping("A-B=db"), /expected NAME=<secret name>/);
+    assert.throws(() => parseEnvMapping("X="), /the secret name is empty/);
+    assert.throws(() => parseEnvMapping("CUSTOS_KEY_FILE=db"), /set by custos run itself/);
+  });
+
+  test("automatic: every secret under its default name", () => {
+    const { variables, problems } = secretVariables(WEB, { automatic: true, mappings: [] });
+    assert.deepEqual(variables, { API_KEY: "key", DB_PASSWORD: "pw", SHARED_CA_BUNDLE: "bundle" });
+    assert.deepEqual(problems, []);
+  });
+
+  test("an explicit mapping replaces the default name; by name or whole path", () => {
+    const { variables, problems } = secretVariables(WEB, {
+      automatic: true,
+      mappings: [
+        { variable: "PGPASSWORD", secret: "db/password" },
+        { variable: "CA", secret: "shared/ca-bundle" },
+      ],
+    });
+    assert.deepEqual(variables, { PGPASSWORD: "pw", CA: "bundle", API_KEY: "key" });
+    assert.deepEqual(problems, []);
+    const byPath = secretVariables(WEB, {
+      automatic: false,
+      mappings: [{ variable: "K", secret: "acme/prod/web/api-key" }],
+    });
+    assert.deepEqual(byPath.variables, { K: "key" });
+  });
+
+  test("--no-env: only the mapped ones", () => {
+    assert.deepEqual(secretVariables(WEB, { automatic: false, mappings: [] }).variables, {});
+    assert.deepEqual(
+      secretVariables(WEB, { automatic: false, mappings: [{ variable: "P", secret: "db/password" }] }).variables,
+      { P: "pw" },
+    );
+  });
+
+  test("problems: a mapped secret that didn't come, two secrets for one name, a reserved name; never a value", () => {
+    const clash = [...WEB, secret("db-password", "other"), secret("custos/spiffe-id", "sneaky")];
+    const { variables, problems } = secretVariables(clash, {
+      automatic: true,
+      mappings: [{ variable: "Q", secret: "queue/token" }],
+    });
+    assert.equal(variables.DB_PASSWORD, undefined, "a clash puts neither in");
+    assert.equal(variables.CUSTOS_SPIFFE_ID, undefined);
+    assert.equal(variables.API_KEY, "key");
+    assert.equal(problems.length, 3);
+    assert.match(problems[0] ?? "", /--env Q: secret "queue\/token" is not one this instance receives/);
+    assert.ok(problems.some((p) => /custos\/spiffe-id would go into CUSTOS_SPIFFE_ID/.test(p)));
+    assert.ok(problems.some((p) => /db-password and db\/password both go into DB_PASSWORD/.test(p)));
+    for (const p of problems) assert.ok(!/\bpw\b|other|sneaky/.test(p), p);
+  });
+});
