@@ -28,21 +28,26 @@ type Id = { Params: { id: string } };
 
 /**
  * The credential an instance presented: the client certificate of this TLS
- * connection when it sent one (the listener asks, never requires, and checks the
- * chain against the PKI's CAs: `authorized`), else an instance JWT as bearer token.
+ * connection (the listener asks, never requires, and checks the chain against the
+ * PKI's CAs: `authorized`), or an instance JWT as bearer token. A certificate the
+ * chain check passed wins; one it failed (expired, say) gives way to a JWT sent
+ * beside it, and is judged (and refused) only when there is none.
  */
 function credentialOf(req: FastifyRequest): InstanceCredential | null {
   const socket = req.raw.socket as Partial<TLSSocket>;
   const peer = typeof socket.getPeerCertificate === "function" ? socket.getPeerCertificate() : undefined;
-  if (peer?.serialNumber) {
-    // Node prints serials in upper case, possibly zero-padded; the PKI records them lower case without.
-    const serial = peer.serialNumber.toLowerCase().replace(/^0+(?=.)/, "");
-    return { kind: "mtls", serial, authorized: socket.authorized === true };
-  }
   const header = req.headers.authorization;
   const match = header ? /^Bearer ([A-Za-z0-9_.-]+)$/.exec(header) : null;
-  if (match?.[1] && match[1].length <= MAX_JWT) return { kind: "jwt", token: match[1] };
-  return null;
+  const jwt: InstanceCredential | null =
+    match?.[1] && match[1].length <= MAX_JWT ? { kind: "jwt", token: match[1] } : null;
+  if (peer?.serialNumber) {
+    const authorized = socket.authorized === true;
+    if (!authorized && jwt !== null) return jwt;
+    // Node prints serials in upper case, possibly zero-padded; the PKI records them lower case without.
+    const serial = peer.serialNumber.toLowerCase().replace(/^0+(?=.)/, "");
+    return { kind: "mtls", serial, authorized };
+  }
+  return jwt;
 }
 
 function requestInfo(req: FastifyRequest): RequestInfo {
