@@ -162,8 +162,9 @@ export async function runApp(options: RunAppOptions): Promise<number> {
     return await child.exited;
   } finally {
     for (const s of SIGNALS_FORWARDED) process.off(s, forward);
-    await background.stop();
+    // Closing first aborts calls in flight, so a hung connection can't hold up the exit.
     session.close();
+    await background.stop();
   }
 }
 
@@ -344,7 +345,7 @@ class Background {
         if (failures > 0) this.#log(`${what}: working again`);
         failures = 0;
       } catch (e) {
-        if (this.#stop.signal.aborted) return;
+        if (this.#stop.signal.aborted || isBrokerError(e, "closed")) return;
         if (isBrokerError(e, "credential_revoked")) {
           this.#revoked(e.message);
           return;
@@ -422,8 +423,15 @@ class Background {
     const changed = changedSecrets(this.#state.secrets, secrets);
     if (changed.length > 0) {
       await this.#apply(async () => {
+        const previous = this.#state.secrets;
         this.#state.secrets = secrets;
-        await this.#state.writeTemplates();
+        try {
+          await this.#state.writeTemplates();
+        } catch (e) {
+          // Seen as unchanged otherwise: the next poll must try again.
+          this.#state.secrets = previous;
+          throw e;
+        }
         await this.#notify(`secrets changed (${changed.join(", ")})`);
       });
     }
