@@ -57,6 +57,11 @@ describe("broker: CLI and CSR checks", () => {
     const agent = readFileSync(agentFile, "utf8").trim();
     assert.match(agent, /^cst_/);
     assert.ok(!made.stdout.includes(agent), "the token went to the file only");
+    // Standalone: it acts for no user, so it outlives the admin who made it.
+    const listed = (await custos.call("GET", "/v1/auth/tokens")).body as {
+      tokens: { name: string; userId: unknown }[];
+    };
+    assert.equal(listed.tokens.find((t) => t.name === "node-7")?.userId, null);
 
     const tokenFile = join(dir, "boot.token");
     const reg = custos.cli(

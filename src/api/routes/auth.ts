@@ -58,7 +58,7 @@ export function authRoutes(deps: ApiDeps): FastifyPluginAsync {
       return { kind: p.kind, id: p.id, name: p.name, policies: p.policies, isAdmin: p.isAdmin, sudoUntil: p.sudoUntil };
     });
 
-    app.post<{ Body: { name: string; policies?: string[]; ttlSeconds?: number } }>(
+    app.post<{ Body: { name: string; policies?: string[]; ttlSeconds?: number; forUser?: boolean } }>(
       "/v1/auth/tokens",
       {
         config: { serviceAudits: true },
@@ -71,6 +71,8 @@ export function authRoutes(deps: ApiDeps): FastifyPluginAsync {
               name: { type: "string", minLength: 1, maxLength: 128 },
               policies: stringList,
               ttlSeconds: { type: "integer", minimum: 60, maximum: 31_536_000 },
+              // false: a standalone token (a platform agent's), which outlives its creator's account.
+              forUser: { type: "boolean" },
             },
           },
         },

@@ -41,7 +41,7 @@ export function registerBrokerCommands(program: Command, ctx: CliContext): void 
     .option("--ttl <duration>", "lifetime (e.g. 30d); default: no expiry", arg(parseDuration))
     .option("--token-file <file>", "write the token here (mode 0600) instead of printing it")
     .action(async (name: string, o: { ttl?: number; tokenFile?: string }) => {
-      const body: Json = { name, policies: ["platform-agent"] };
+      const body: Json = { name, policies: ["platform-agent"], forUser: false };
       if (o.ttl !== undefined) body.ttlSeconds = o.ttl;
       const answer = await ctx.client().request<Json>("POST", "/v1/auth/tokens", { body });
       const token = String(answer.token);
