@@ -201,6 +201,7 @@ export async function openServices(config: CustosConfig, logger: Logger = create
     // The JWT signing key in the HSM and the built-in platform-agent policy.
     await broker.ensure();
     const opened = store;
+    platform.useInstanceCounts((app) => opened.broker.instanceCounts(app.id));
     return {
       config,
       logger,

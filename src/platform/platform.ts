@@ -305,6 +305,12 @@ export class Platform {
    */
   async deleteApp(actor: Actor, ref: AppRef): Promise<void> {
     const app = await this.getApp(ref);
+    // Checked before the key goes: running instances would lose their secrets under them.
+    const counts = (await this.#instanceCounter?.(app)) ?? {};
+    const live = (counts.registered ?? 0) + (counts.running ?? 0);
+    if (live > 0) {
+      throw new CustosError("conflict", `app ${appPath(app)} has ${live} live instances: deregister them first`);
+    }
     try {
       await this.#kms.destroyKey(actor, app.keyName);
     } catch (e) {

@@ -96,6 +96,8 @@ export interface BrokerStore {
   stop(id: string, at: string, reason: string, audit: AuditEntry): Promise<string[]>;
   /** Live instances whose lease ended at `now`. */
   listLapsed(now: string): Promise<InstanceRecord[]>;
+  /** How many of an app's instances are in each state. */
+  instanceCounts(appId: string): Promise<Record<string, number>>;
   /** Stopped instances that still have unexpired certificates not revoked (a stop interrupted half-way). */
   listUnrevoked(now: string): Promise<{ instanceId: string; serial: string }[]>;
   /** The instance a certificate was issued to, and the certificate's status. */

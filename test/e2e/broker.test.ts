@@ -313,6 +313,15 @@ describe("container credential broker", () => {
     assert.equal((view.body as Json).state, "running");
     assert.equal(((view.body as Json).certificates as Json[]).length, 2);
 
+    // The app shows its running instance, and can't be deleted from under it.
+    const app = await custos.call("GET", "/v1/platform/apps/acme/prod/web");
+    assert.equal((((app.body as Json).app as Json).instances as Json).running, 1, app.text);
+    const removal = await custos.call("DELETE", "/v1/platform/apps/acme/prod/web");
+    assert.equal(removal.status, 409, removal.text);
+    assert.match(removal.text, /live instances: deregister them first/);
+    const stillReadable = await custos.call("GET", "/v1/broker/secrets", undefined, jwt);
+    assert.equal(stillReadable.status, 200, "the refused deletion destroyed nothing");
+
     // Deregistration.
     const stop = await custos.call("DELETE", "/v1/broker/instances/web-1", undefined, agentToken);
     assert.equal(stop.status, 200, stop.text);

@@ -267,6 +267,18 @@ export function brokerStore(area: Area): BrokerStore {
           .map(instanceFromRow),
       ),
 
+    instanceCounts: (appId) =>
+      area.read((sql) =>
+        Object.fromEntries(
+          sql
+            .all<{ state: string; n: number }>(
+              "SELECT state, count(*) AS n FROM broker_instances WHERE app_id = ? GROUP BY state",
+              appId,
+            )
+            .map((r) => [r.state, r.n]),
+        ),
+      ),
+
     listUnrevoked: (now) =>
       area.read((sql) =>
         sql
