@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- broker [quick]`: N container instances (100, then 1,000) booting
+ * `npm run bench -- broker [quick] [profile]`: N container instances (100, then 1,000) booting
  * at once. A platform agent (a token holding only `platform-agent`) registers them;
  * then every instance exchanges its bootstrap token and a CSR for its identity
  * certificate, JWT and its app's 5 secrets, each on its own fresh TLS connection as
@@ -16,12 +16,15 @@
 import "reflect-metadata";
 import { type ChildProcess, spawn } from "node:child_process";
 import { webcrypto, X509Certificate } from "node:crypto";
-import { rmSync } from "node:fs";
-import { request } from "node:https";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { type RequestOptions, request } from "node:https";
+import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { createSecureContext, type SecureContext } from "node:tls";
 import * as x509 from "@peculiar/x509";
 import { benchInstall, call, startCustos, stop } from "./custos-server.js";
 import { rawHsmRates } from "./hsm.js";
+import { monotonicUs, reportProfile } from "./profile.js";
 
 const ROOT = resolve(import.meta.dirname, "..");
 /** Exchanges in flight at once: the agents launch containers in a burst; the listener's backlog is 511. */
@@ -39,25 +42,27 @@ interface Boot {
 }
 
 /** One POST on a connection of its own; resolves with the status and parsed body. */
-function post(url: string, body: string, ca: string): Promise<{ status: number; body: Record<string, unknown> }> {
+function post(
+  url: string,
+  body: string,
+  trust: SecureContext,
+): Promise<{ status: number; body: Record<string, unknown> }> {
   return new Promise((ok, fail) => {
     const u = new URL(url);
-    const req = request(
-      {
-        host: u.hostname,
-        port: u.port,
-        path: u.pathname,
-        method: "POST",
-        ca,
-        agent: false,
-        headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () => ok({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) }));
-      },
-    );
+    const options: RequestOptions & { secureContext: SecureContext } = {
+      host: u.hostname,
+      port: u.port,
+      path: u.pathname,
+      method: "POST",
+      secureContext: trust,
+      agent: false,
+      headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body) },
+    };
+    const req = request(options, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("end", () => ok({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) }));
+    });
     req.on("error", fail);
     req.end(body);
   });
@@ -70,6 +75,9 @@ async function burst(
   ca: string,
   check: (answer: { status: number; body: Record<string, unknown> }) => boolean,
 ): Promise<Boot> {
+  // One trust store for every connection, as each container builds its own once: without
+  // it node would parse the CA again for every connection, on the machine Custos runs on.
+  const trust = createSecureContext({ ca });
   const latencies: number[] = [];
   let failures = 0;
   let next = 0;
@@ -80,7 +88,7 @@ async function burst(
         const body = bodies[next++] as string;
         const t = performance.now();
         try {
-          if (!check(await post(url, body, ca))) failures++;
+          if (!check(await post(url, body, trust))) failures++;
         } catch {
           failures++;
         }
@@ -119,11 +127,12 @@ function row(name: string, b: Boot, extra = ""): string {
 
 export default async function main(args: string[]): Promise<void> {
   const sizes = args.includes("quick") ? [100, 1000] : [100, 1000, 1000];
+  const profileDir = args.includes("profile") ? mkdtempSync(join(tmpdir(), "custos-broker-profile-")) : undefined;
   const install = await benchInstall("custos-broker-bench");
   const { env, port, admin, caCertFile, token, dir } = install;
   const children: ChildProcess[] = [];
   try {
-    const custos = await startCustos(env, port, caCertFile, admin);
+    const custos = await startCustos(env, port, caCertFile, admin, profileDir);
     children.push(custos.child);
     const { base, ca } = custos;
     const asAdmin = { ca, token: admin };
@@ -139,6 +148,7 @@ export default async function main(args: string[]): Promise<void> {
     ).token as string;
 
     const boots: Boot[] = [];
+    const windows: { n: number; from: number; to: number }[] = [];
     const registrations: Boot[] = [];
     let checked = "";
     for (const [round, n] of sizes.entries()) {
@@ -163,6 +173,7 @@ export default async function main(args: string[]): Promise<void> {
       );
       registrations.push({ n, seconds: (performance.now() - regStart) / 1000, p50Ms: 0, p99Ms: 0, failures: 0 });
       const requests = await csrs(n);
+      if (profileDir) windows.push({ n, from: monotonicUs(), to: 0 });
       const bodies = ids.map((instance, i) =>
         JSON.stringify({ token: tokens.get(instance), instance, csr: requests[i] }),
       );
@@ -181,8 +192,11 @@ export default async function main(args: string[]): Promise<void> {
           return complete;
         }),
       );
+      const window = windows.at(-1);
+      if (profileDir && window) window.to = monotonicUs();
     }
     await stop(custos.child);
+    const profile = profileDir && readdirSync(profileDir).find((f) => f.endsWith(".cpuprofile"));
 
     // ---- the ceiling: plain fastify, the same bodies, fresh TLS connections, same concurrency
     const plain = spawn(
@@ -229,9 +243,14 @@ export default async function main(args: string[]): Promise<void> {
       `\ngoal check: 1,000 instances hold identity, JWT and secrets in ${best.toFixed(2)} s (best of ${thousand.length}; ` +
         `goal <= ${GOAL_SECONDS} s): ${best <= GOAL_SECONDS && thousand.every((b) => b.failures === 0) ? "MET" : "NOT MET"}`,
     );
+    const last = windows.at(-1);
+    if (profileDir && profile && last) {
+      reportProfile(join(profileDir, profile), last, `${last.n} instances exchanging (under --cpu-prof)`);
+    }
   } finally {
     for (const c of children) await stop(c);
     token.remove();
     rmSync(dir, { recursive: true, force: true });
+    if (profileDir) rmSync(profileDir, { recursive: true, force: true });
   }
 }
