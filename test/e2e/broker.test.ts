@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { calculateJwkThumbprint, createLocalJWKSet, type JSONWebKeySet, jwtVerify } from "jose";
-import { type CustosInstance, type HttpAnswer, startCustos } from "../helpers/custos.js";
+import { type CustosInstance, type HttpAnswer, httpsJson, startCustos } from "../helpers/custos.js";
 
 type Json = Record<string, unknown>;
 
@@ -55,40 +55,7 @@ function mtls(
   body?: unknown,
   bearer?: string,
 ): Promise<HttpAnswer> {
-  return new Promise((ok, fail) => {
-    const data = body === undefined ? undefined : JSON.stringify(body);
-    const req = request(
-      {
-        host: "127.0.0.1",
-        port: custos.port,
-        path,
-        method,
-        ca: custos.ca,
-        agent: false,
-        ...(client ? { key: client.key, cert: client.cert } : {}),
-        headers: {
-          ...(data !== undefined ? { "content-type": "application/json" } : {}),
-          ...(bearer ? { authorization: `Bearer ${bearer}` } : {}),
-        },
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () => {
-          const text = Buffer.concat(chunks).toString("utf8");
-          let parsed: unknown = null;
-          try {
-            parsed = JSON.parse(text);
-          } catch {
-            parsed = null;
-          }
-          ok({ status: res.statusCode ?? 0, body: parsed, text });
-        });
-      },
-    );
-    req.on("error", fail);
-    req.end(data);
-  });
+  return httpsJson({ port: custos.port, ca: custos.ca, method, path, body, bearer: bearer ?? null, client });
 }
 
 function errorCode(a: HttpAnswer): string | undefined {

@@ -57,6 +57,53 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/** One HTTPS request to a local Custos; `client` presents a certificate (mutual TLS). */
+export function httpsJson(o: {
+  port: number;
+  ca: string;
+  method: string;
+  path: string;
+  body?: unknown;
+  bearer?: string | null;
+  client?: { key: string; cert: string } | null;
+}): Promise<HttpAnswer> {
+  return new Promise<HttpAnswer>((ok, fail) => {
+    const { body, bearer, client } = o;
+    const data = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
+    const req = request(
+      {
+        host: "127.0.0.1",
+        port: o.port,
+        path: o.path,
+        method: o.method,
+        ca: o.ca,
+        agent: false,
+        ...(client ? { key: client.key, cert: client.cert } : {}),
+        headers: {
+          ...(data !== undefined ? { "content-type": "application/json" } : {}),
+          ...(bearer ? { authorization: `Bearer ${bearer}` } : {}),
+        },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString("utf8");
+          let parsed: unknown = null;
+          try {
+            parsed = JSON.parse(text);
+          } catch {
+            parsed = null;
+          }
+          ok({ status: res.statusCode ?? 0, body: parsed, text });
+        });
+      },
+    );
+    req.on("error", fail);
+    req.end(data);
+  });
+}
+
 /**
  * Initialises a fresh Custos (as `custos init` does) and starts its server.
  * `config` becomes the data dir's custos.json (settings beyond the defaults).
@@ -82,39 +129,7 @@ export async function startCustos(config: Record<string, unknown> = {}): Promise
   let child: ChildProcess | undefined;
 
   const call = (method: string, path: string, body?: unknown, bearer: string | null = adminToken) =>
-    new Promise<HttpAnswer>((ok, fail) => {
-      const data = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
-      const req = request(
-        {
-          host: "127.0.0.1",
-          port,
-          path,
-          method,
-          ca: trusted(),
-          agent: false,
-          headers: {
-            ...(data !== undefined ? { "content-type": "application/json" } : {}),
-            ...(bearer ? { authorization: `Bearer ${bearer}` } : {}),
-          },
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () => {
-            const text = Buffer.concat(chunks).toString("utf8");
-            let parsed: unknown = null;
-            try {
-              parsed = JSON.parse(text);
-            } catch {
-              parsed = null;
-            }
-            ok({ status: res.statusCode ?? 0, body: parsed, text });
-          });
-        },
-      );
-      req.on("error", fail);
-      req.end(data);
-    });
+    httpsJson({ port, ca: trusted(), method, path, body, bearer });
 
   const instance: CustosInstance = {
     dir,
