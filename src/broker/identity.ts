@@ -40,6 +40,9 @@ export function identityRequest(
   keyType: KeyType,
   ttlSeconds: number,
 ): LeafRequest {
+  // The whole validity, backdating included, is the configured lifetime (≤ 1 h by
+  // default): the backdate (a tenth of it, at most a minute) comes out of it.
+  const backdateSeconds = Math.min(60, Math.floor(ttlSeconds / 10));
   return {
     role: identityRole(ttlSeconds),
     names: {
@@ -50,7 +53,8 @@ export function identityRequest(
     },
     publicKey,
     keyType,
-    ttlSeconds,
+    ttlSeconds: ttlSeconds - backdateSeconds,
+    backdateMs: backdateSeconds * 1000,
     subject: [{ OU: [`app:${names.app}`] }, { OU: [`space:${names.space}`] }, { O: [names.org] }],
   };
 }

@@ -91,6 +91,8 @@ export interface LeafRequest {
   readonly ttlSeconds: number;
   /** Extra subject attributes after the CN (organisation, units). */
   readonly subject?: x509.JsonName;
+  /** How far notBefore goes back for clients with slow clocks; default BACKDATE_MS. */
+  readonly backdateMs?: number;
 }
 
 /** Role names Custos keeps for itself. */
@@ -301,7 +303,7 @@ export class Issuer {
         uris: names.uris,
         keyUsages: request.role.keyUsages,
         extKeyUsages: request.role.extKeyUsages,
-        notBefore: new Date(now.getTime() - BACKDATE_MS),
+        notBefore: new Date(now.getTime() - (request.backdateMs ?? BACKDATE_MS)),
         notAfter,
         ...(request.subject === undefined ? {} : { subject: request.subject }),
       },

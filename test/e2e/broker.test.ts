@@ -187,7 +187,7 @@ describe("container credential broker", () => {
     assert.match(cert.subject, /OU=space:prod/);
     assert.doesNotMatch(cert.subject, /evil|someone-else/);
     const lifetime = Date.parse(cert.validTo) - Date.parse(cert.validFrom);
-    assert.ok(lifetime <= 3600 * 1000 + 5 * 60 * 1000, `lifetime ${lifetime} ms`);
+    assert.ok(lifetime <= 3600 * 1000, `lifetime ${lifetime} ms: at most an hour, backdating included`);
     assert.ok(Date.parse(cert.validTo) - Date.now() <= 3600 * 1000 + 1000);
     assert.ok(cert.publicKey.export({ type: "spki", format: "pem" }).toString().length > 0);
     const certFile = join(dir, "web-1.crt");
