@@ -14,19 +14,18 @@
  * container makes its own on its own node, not on the machine running Custos.
  */
 import "reflect-metadata";
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { webcrypto, X509Certificate } from "node:crypto";
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { type RequestOptions, request } from "node:https";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { createSecureContext, type SecureContext } from "node:tls";
 import * as x509 from "@peculiar/x509";
-import { benchInstall, call, startCustos, stop } from "./custos-server.js";
+import { benchInstall, call, startCustos, startPlainServer, stop } from "./custos-server.js";
 import { rawHsmRates } from "./hsm.js";
 import { monotonicUs, reportProfile } from "./profile.js";
 
-const ROOT = resolve(import.meta.dirname, "..");
 /** Exchanges in flight at once: the agents launch containers in a burst; the listener's backlog is 511. */
 const IN_FLIGHT = 128;
 const SECRETS = 5;
@@ -199,19 +198,8 @@ export default async function main(args: string[]): Promise<void> {
     const profile = profileDir && readdirSync(profileDir).find((f) => f.endsWith(".cpuprofile"));
 
     // ---- the ceiling: plain fastify, the same bodies, fresh TLS connections, same concurrency
-    const plain = spawn(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        join(ROOT, "bench/plain-server.ts"),
-        String(port),
-        ...["server.pem", "server.key"].map((f) => join(dir, "tls", f)),
-      ],
-      { stdio: ["ignore", "pipe", "inherit"] },
-    );
+    const plain = await startPlainServer(port, dir);
     children.push(plain);
-    await new Promise((r) => plain.stdout?.once("data", r));
     const plainBodies = Array.from({ length: 1000 }, () => JSON.stringify({ context: "x".repeat(600) }));
     const ceiling = await burst(`${base}/plain`, plainBodies, ca, ({ status }) => status === 200);
     await stop(plain);

@@ -16,6 +16,7 @@ import { loadConfig } from "../src/config/index.js";
 import { initialize } from "../src/main.js";
 import { freePort } from "../test/helpers/custos.js";
 import { createTestToken } from "../test/helpers/softhsm.js";
+import { startPlainServer, waitReady } from "./custos-server.js";
 import { rawHsmRates } from "./hsm.js";
 import { ensureWrk, type LoadResult, wrkPost } from "./http-load.js";
 
@@ -49,19 +50,6 @@ function post(port: number, ca: string, token: string, path: string, body: unkno
     req.on("error", fail);
     req.end(data);
   });
-}
-
-async function waitReady(child: ChildProcess, probe: () => Promise<unknown>): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
-    try {
-      await probe();
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  throw new Error("server did not become ready");
 }
 
 function row(name: string, r: LoadResult, ceiling?: LoadResult): string {
@@ -144,20 +132,8 @@ export default async function main(args: string[]): Promise<void> {
     server.kill("SIGTERM");
     await new Promise((r) => server.once("exit", r));
 
-    const plain = spawn(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        join(ROOT, "bench/plain-server.ts"),
-        String(port),
-        join(dir, "tls/server.pem"),
-        join(dir, "tls/server.key"),
-      ],
-      { stdio: ["ignore", "pipe", "inherit"] },
-    );
+    const plain = await startPlainServer(port, dir);
     children.push(plain);
-    await new Promise((r) => plain.stdout?.once("data", r));
     const plainResults = levels.map((c) => wrkPost(`${base}/plain`, JSON.stringify({ context }), auth, c, seconds));
     plain.kill("SIGTERM");
 

@@ -73,7 +73,7 @@ export function call(
   });
 }
 
-async function waitReady(child: ChildProcess, probe: () => Promise<unknown>): Promise<void> {
+export async function waitReady(child: ChildProcess, probe: () => Promise<unknown>): Promise<void> {
   for (let i = 0; i < 300; i++) {
     if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
     try {
@@ -146,4 +146,24 @@ export async function startCustos(
     return call(`${base}/v1/random`, "POST", { bytes: 1 }, { ca, token: admin });
   });
   return { child, base, ca };
+}
+
+/**
+ * The ceiling the benchmarks measure beside Custos: bench/plain-server.ts (fastify,
+ * HTTPS, no work) on `port`, with the server certificate of the install in `dir`.
+ */
+export async function startPlainServer(port: number, dir: string): Promise<ChildProcess> {
+  const plain = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      join(ROOT, "bench/plain-server.ts"),
+      String(port),
+      ...["server.pem", "server.key"].map((f) => join(dir, "tls", f)),
+    ],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  );
+  await new Promise((r) => plain.stdout?.once("data", r));
+  return plain;
 }

@@ -18,15 +18,14 @@ import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_pr
 import { webcrypto } from "node:crypto";
 import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import { freePort } from "../test/helpers/custos.js";
-import { benchInstall, call, cpuSeconds, readyOrKill, startCustos, stop } from "./custos-server.js";
+import { benchInstall, call, cpuSeconds, readyOrKill, startCustos, startPlainServer, stop } from "./custos-server.js";
 import { rawHsmRates } from "./hsm.js";
 import { ensureWrk } from "./http-load.js";
 import { monotonicUs, reportProfile } from "./profile.js";
 
-const ROOT = resolve(import.meta.dirname, "..");
 const CSR_COUNT = 200;
 const LEVELS = [1, 8] as const;
 const TTL_SECONDS = 86_400;
@@ -282,19 +281,8 @@ export default async function main(args: string[]): Promise<void> {
 
     // ---- the HTTPS ceiling: plain fastify on the same certificate, the same request
     // bodies, a small JSON answer and no work (Custos answers ~3 KB of PEM).
-    const plain = spawn(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        join(ROOT, "bench/plain-server.ts"),
-        String(port),
-        ...["server.pem", "server.key"].map((f) => join(dir, "tls", f)),
-      ],
-      { stdio: ["ignore", "pipe", "inherit"] },
-    );
+    const plain = await startPlainServer(port, dir);
     children.push(plain);
-    await new Promise((r) => plain.stdout?.once("data", r));
     const plainUrl = `${custos.base}/plain`;
     wrkRotate(plainUrl, signBodies, auth, 8, warmup, plain.pid);
     const ceiling = LEVELS.map((c) => wrkRotate(plainUrl, signBodies, auth, c, seconds, plain.pid));

@@ -181,40 +181,33 @@ export function secretRoutes(deps: ApiDeps): FastifyPluginAsync {
       return await secrets.list(t.prefix);
     });
 
-    // ---- versions
-    const versionsBody = (required: boolean) => ({
-      type: "object",
-      additionalProperties: false,
-      ...(required ? { required: ["versions"] } : {}),
-      properties: { versions: versionList },
-    });
-    app.post<Wild & { Body: { versions?: number[] } }>(
-      "/v1/secrets/delete/*",
-      { config: serviceAudits, schema: { body: versionsBody(false) } },
-      async (req) => {
-        const target = secretTarget(req);
-        await authorizeSecret(req, "secret:delete", target, "secret.delete");
-        return { metadata: await secrets.deleteVersions(actorOf(req), target.path, req.body?.versions) };
-      },
-    );
-    app.post<Wild & { Body: { versions: number[] } }>(
-      "/v1/secrets/undelete/*",
-      { config: serviceAudits, schema: { body: versionsBody(true) } },
-      async (req) => {
-        const target = secretTarget(req);
-        await authorizeSecret(req, "secret:delete", target, "secret.undelete");
-        return { metadata: await secrets.undeleteVersions(actorOf(req), target.path, req.body.versions) };
-      },
-    );
-    app.post<Wild & { Body: { versions: number[] } }>(
-      "/v1/secrets/destroy/*",
-      { config: serviceAudits, schema: { body: versionsBody(true) } },
-      async (req) => {
-        const target = secretTarget(req);
-        await authorizeSecret(req, "secret:destroy", target, "secret.destroy");
-        return { metadata: await secrets.destroyVersions(actorOf(req), target.path, req.body.versions) };
-      },
-    );
+    // ---- versions: delete (latest when none are named), undelete, destroy
+    const versionRoutes = [
+      ["delete", "secret:delete", false, secrets.deleteVersions],
+      ["undelete", "secret:delete", true, secrets.undeleteVersions],
+      ["destroy", "secret:destroy", true, secrets.destroyVersions],
+    ] as const;
+    for (const [verb, action, required, change] of versionRoutes) {
+      app.post<Wild & { Body: { versions?: number[] } }>(
+        `/v1/secrets/${verb}/*`,
+        {
+          config: serviceAudits,
+          schema: {
+            body: {
+              type: "object",
+              additionalProperties: false,
+              ...(required ? { required: ["versions"] } : {}),
+              properties: { versions: versionList },
+            },
+          },
+        },
+        async (req) => {
+          const target = secretTarget(req);
+          await authorizeSecret(req, action, target, `secret.${verb}`);
+          return { metadata: await change.call(secrets, actorOf(req), target.path, req.body?.versions) };
+        },
+      );
+    }
 
     // ---- grants of shared secrets
     app.put<Wild & { Body: { apps: string[] } }>(
