@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(softhsm2 opensc openssl ca-certificates nginx)
+packages=(softhsm2 opensc openssl ca-certificates nginx openssh-client openssh-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
