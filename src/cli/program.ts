@@ -15,6 +15,7 @@ import { registerPlatformCommands } from "./commands/platform.js";
 import { registerGroupCommands, registerUserCommands } from "./commands/principals.js";
 import { registerRunCommand } from "./commands/run.js";
 import { registerSecretCommands } from "./commands/secrets.js";
+import { registerSshCommands } from "./commands/ssh.js";
 import { registerStorageCommands } from "./commands/storage.js";
 import type { CliContext } from "./context.js";
 
@@ -62,6 +63,7 @@ export function buildProgram(ctx: CliContext): Command {
   registerSecretCommands(program, ctx);
   registerBrokerCommands(program, ctx);
   registerRunCommand(program, ctx);
+  registerSshCommands(program, ctx);
   registerUserCommands(program, ctx);
   registerGroupCommands(program, ctx);
   registerPolicyCommands(program, ctx);
