@@ -28,6 +28,7 @@ import {
 import { Platform } from "./platform/index.js";
 import { Secret } from "./secret/index.js";
 import { Secrets } from "./secrets/index.js";
+import { SshCa } from "./ssh-ca/index.js";
 import type { Store } from "./store/index.js";
 import { SqliteStore } from "./store/sqlite/index.js";
 
@@ -56,6 +57,7 @@ export interface Services {
   readonly platform: Platform;
   readonly secrets: Secrets;
   readonly broker: Broker;
+  readonly ssh: SshCa;
   close(): Promise<void>;
 }
 
@@ -202,6 +204,14 @@ export async function openServices(config: CustosConfig, logger: Logger = create
     await broker.ensure();
     const opened = store;
     platform.useInstanceCounts((app) => opened.broker.instanceCounts(app.id));
+    const ssh = new SshCa({
+      keystore,
+      store,
+      caAlgorithm: config.ssh.caAlgorithm,
+      knownHostsPattern: config.ssh.knownHostsPattern,
+    });
+    // The user and host CA keys in the HSM, the built-in roles and the first KRL.
+    await ssh.ensure(systemActor("ssh-init"));
     return {
       config,
       logger,
@@ -214,6 +224,7 @@ export async function openServices(config: CustosConfig, logger: Logger = create
       platform,
       secrets,
       broker,
+      ssh,
       async close() {
         await audit.stop();
         await opened.close();
@@ -363,6 +374,7 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
       platform: services.platform,
       secrets: services.secrets,
       broker: services.broker,
+      ssh: services.ssh,
       hsmHealth: () => keystore.health(),
       logger,
       version: VERSION,

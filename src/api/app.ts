@@ -14,6 +14,7 @@ import type { Logger } from "../log/index.js";
 import type { Authority, Consumers, Issuer } from "../pki/index.js";
 import type { Platform } from "../platform/index.js";
 import type { Secrets } from "../secrets/index.js";
+import type { SshCa } from "../ssh-ca/index.js";
 import { actorOf, newRequestState, principalOf } from "./context.js";
 import { adminRoutes } from "./routes/admin.js";
 import { auditRoutes } from "./routes/audit.js";
@@ -24,6 +25,7 @@ import { keyRoutes } from "./routes/keys.js";
 import { pkiRoutes } from "./routes/pki.js";
 import { platformRoutes } from "./routes/platform.js";
 import { secretRoutes } from "./routes/secrets.js";
+import { sshRoutes } from "./routes/ssh.js";
 
 export interface ApiDeps {
   readonly kms: KmsService;
@@ -33,6 +35,7 @@ export interface ApiDeps {
   readonly platform: Platform;
   readonly secrets: Secrets;
   readonly broker: Broker;
+  readonly ssh: SshCa;
   readonly hsmHealth: () => HsmHealth;
   readonly logger: Logger;
   readonly version: string;
@@ -178,5 +181,6 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(platformRoutes(deps));
   await app.register(secretRoutes(deps));
   await app.register(brokerRoutes(deps));
+  await app.register(sshRoutes(deps));
   return app;
 }

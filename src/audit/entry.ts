@@ -35,3 +35,17 @@ export function auditEntry(
     details,
   };
 }
+
+/** Errors a service has recorded in the audit log already: the API must not record them again. */
+const audited = new WeakSet<object>();
+
+/** Marks an error as audited by the service that throws it. */
+export function markAudited<E extends object>(err: E): E {
+  audited.add(err);
+  return err;
+}
+
+/** Whether a service already audited this error. */
+export function wasAudited(err: unknown): boolean {
+  return typeof err === "object" && err !== null && audited.has(err);
+}

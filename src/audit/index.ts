@@ -1,4 +1,4 @@
-export { type Actor, auditEntry, systemActor } from "./entry.js";
+export { type Actor, auditEntry, markAudited, systemActor, wasAudited } from "./entry.js";
 export {
   AUDIT_CHECKPOINT_KEY_LABEL,
   AUDIT_HMAC_KEY_LABEL,

@@ -1,4 +1,4 @@
-import { type Actor, auditEntry, systemActor } from "../audit/index.js";
+import { type Actor, auditEntry, markAudited, systemActor, wasAudited } from "../audit/index.js";
 import type { AuthService } from "../auth/index.js";
 import type { CustosConfig } from "../config/index.js";
 import { CustosError, isCustosError } from "../errors/index.js";
@@ -106,19 +106,6 @@ export interface IdentityAnswer {
 
 export interface ExchangeAnswer extends IdentityAnswer {
   readonly secrets: readonly DeliveredSecret[];
-}
-
-/** Errors the broker has recorded in the audit log already: the API must not record them again. */
-const audited = new WeakSet<object>();
-
-/** Whether the broker already audited this error. */
-export function wasAudited(err: unknown): boolean {
-  return typeof err === "object" && err !== null && audited.has(err);
-}
-
-function auditedError(err: CustosError): CustosError {
-  audited.add(err);
-  return err;
 }
 
 const INVALID_TOKEN = "invalid bootstrap token";
@@ -375,7 +362,7 @@ export class Broker {
           "unauthenticated",
         ),
       );
-      throw auditedError(new CustosError("unauthenticated", INVALID_TOKEN));
+      throw markAudited(new CustosError("unauthenticated", INVALID_TOKEN));
     };
 
     const tokenId = bootstrapTokenId(input.token);
@@ -444,7 +431,7 @@ export class Broker {
           code,
         ),
       );
-      throw auditedError(new CustosError(code, message));
+      throw markAudited(new CustosError(code, message));
     };
     if (credential === null) {
       return refuse("unauthenticated", "an identity certificate (mutual TLS) or an instance JWT is required");
@@ -729,8 +716,7 @@ export class Broker {
           error.code,
         ),
       );
-      audited.add(error);
-      throw error;
+      throw markAudited(error);
     }
   }
 }

@@ -12,7 +12,6 @@ export {
   type Registered,
   type RegisterInput,
   type RequestInfo,
-  wasAudited,
 } from "./broker.js";
 export { IDENTITY_ROLE } from "./identity.js";
 export { type InstanceClaims, JWT_KEY_LABEL, JWT_KEY_SETTING } from "./jwt.js";

@@ -63,6 +63,12 @@ export interface CustosConfig {
     /** How often lapsed leases are looked for. */
     readonly sweepSeconds: number;
   };
+  readonly ssh: {
+    /** Algorithm of new SSH CA keys. */
+    readonly caAlgorithm: "ecdsa-p256" | "ed25519";
+    /** The hosts the `@cert-authority` known_hosts line covers. */
+    readonly knownHostsPattern: string;
+  };
 }
 
 type Json = Record<string, unknown>;
@@ -109,6 +115,7 @@ function defaults(dataDir: string): CustosConfig {
       defaultLeaseSeconds: 86_400,
       sweepSeconds: 10,
     },
+    ssh: { caAlgorithm: "ecdsa-p256", knownHostsPattern: "*" },
   };
 }
 
@@ -228,6 +235,13 @@ export function loadConfig(options: LoadConfigOptions = {}): CustosConfig {
     !c.broker.jwtAudience.every((a) => typeof a === "string" && a.length > 0 && a.length <= 256)
   ) {
     throw invalid('"broker.jwtAudience" must be a non-empty list of strings');
+  }
+  if (c.ssh.caAlgorithm !== "ecdsa-p256" && c.ssh.caAlgorithm !== "ed25519") {
+    throw invalid('"ssh.caAlgorithm" must be "ecdsa-p256" or "ed25519"');
+  }
+  // A known_hosts host pattern list: no spaces (the line's separator), no newlines.
+  if (!/^[\x21-\x7e]{1,1024}$/.test(c.ssh.knownHostsPattern)) {
+    throw invalid('"ssh.knownHostsPattern" must be a known_hosts pattern list without spaces, like * or *.example');
   }
   if ((c.tls.certFile === null) !== (c.tls.keyFile === null)) {
     throw invalid('"tls.certFile" and "tls.keyFile" go together');

@@ -24,6 +24,9 @@ export type ErrorCode =
   | "name_not_allowed"
   | "ttl_too_long"
   | "key_type_not_allowed"
+  | "principal_not_allowed"
+  | "extension_not_allowed"
+  | "option_not_allowed"
   | "credential_revoked"
   | "not_initialized"
   | "already_initialized"
@@ -53,6 +56,9 @@ export const httpStatusOf: Readonly<Record<ErrorCode, number>> = {
   name_not_allowed: 400,
   ttl_too_long: 400,
   key_type_not_allowed: 400,
+  principal_not_allowed: 403,
+  extension_not_allowed: 400,
+  option_not_allowed: 400,
   credential_revoked: 401,
   not_initialized: 503,
   already_initialized: 409,

@@ -8,4 +8,5 @@ export {
   SqliteStore,
   type SqliteStoreOptions,
 } from "./sqlite/index.js";
+export type * from "./ssh.js";
 export * from "./types.js";

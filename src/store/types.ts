@@ -1,6 +1,7 @@
 import type { BrokerStore } from "./broker.js";
 import type { PlatformStore } from "./platform.js";
 import type { SecretStore } from "./secrets.js";
+import type { SshStore } from "./ssh.js";
 /**
  * The `Store`: everything Custos persists, seen as use-case-level atomic operations.
  * No SQL, no transactions and nothing SQLite-specific crosses this line, so a
@@ -357,6 +358,7 @@ export interface Store {
   readonly platform: PlatformStore;
   readonly secrets: SecretStore;
   readonly broker: BrokerStore;
+  readonly ssh: SshStore;
 
   /** True once `initialize` has committed. */
   isInitialized(): Promise<boolean>;

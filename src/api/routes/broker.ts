@@ -1,5 +1,6 @@
 import type { TLSSocket } from "node:tls";
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
+import { wasAudited } from "../../audit/index.js";
 import {
   type AuthenticatedInstance,
   type InstanceCredential,
@@ -7,7 +8,6 @@ import {
   MAX_LEASE_SECONDS,
   type RegisterInput,
   type RequestInfo,
-  wasAudited,
 } from "../../broker/index.js";
 import { MAX_CSR_BYTES } from "../../pki/index.js";
 import { type ApiDeps, authorize } from "../app.js";

@@ -61,6 +61,7 @@ import {
   userParams,
 } from "./rows.js";
 import { secretStore } from "./secrets.js";
+import { sshStore } from "./ssh.js";
 import { WriteQueue } from "./write-queue.js";
 
 export interface SqliteStoreOptions {
@@ -108,6 +109,7 @@ export class SqliteStore implements Store {
   readonly platform = platformStore(this.#area);
   readonly secrets = secretStore(this.#area);
   readonly broker = brokerStore(this.#area);
+  readonly ssh = sshStore(this.#area);
   #head: ChainHead = { seq: 0, hash: GENESIS_HASH };
   #headStale = true;
   #closed = false;

@@ -2,9 +2,16 @@ import { initialSchema } from "./001-initial.js";
 import { pkiSchema } from "./002-pki.js";
 import { platformSecretsSchema } from "./003-platform-secrets.js";
 import { brokerSchema } from "./004-broker.js";
+import { sshSchema } from "./005-ssh.js";
 import type { Migration } from "./types.js";
 
 export type { Migration } from "./types.js";
 
 /** Every migration, in order. Append only: a released migration is never edited. */
-export const migrations: readonly Migration[] = [initialSchema, pkiSchema, platformSecretsSchema, brokerSchema];
+export const migrations: readonly Migration[] = [
+  initialSchema,
+  pkiSchema,
+  platformSecretsSchema,
+  brokerSchema,
+  sshSchema,
+];
