@@ -331,9 +331,11 @@ describe("certificates we build, judged by ssh-keygen -L", () => {
           [r, raw.subarray(0, 32)],
           [s, raw.subarray(32)],
         ] as const) {
-          if (((half[0] as number) & 0x80) !== 0) assert.equal(v.length, 33);
-          if (half[0] === 0) assert.ok(v.length < 32);
+          // Same number, positive (no high bit), minimal (no needless leading zero).
+          assert.equal(BigInt(`0x${v.toString("hex")}`), BigInt(`0x${half.toString("hex")}`));
+          assert.equal((v[0] as number) & 0x80, 0);
           assert.ok(v[0] !== 0 || ((v[1] as number) & 0x80) !== 0);
+          if (((half[0] as number) & 0x80) !== 0) assert.equal(v.length, 33);
         }
         listing(writeLine("mpint", certificateLine(blob)));
         seen.high ||= high;
