@@ -47,7 +47,8 @@ export interface ToolResult {
 
 /** Runs `ssh-keygen` with `args`; `input` on stdin. */
 export function sshKeygen(args: string[], input?: string | Buffer): ToolResult {
-  const r = spawnSync("ssh-keygen", args, { input: input ?? "", timeout: 60_000 });
+  // UTC, so `-L` prints validity times comparable with the API's ISO times.
+  const r = spawnSync("ssh-keygen", args, { input: input ?? "", timeout: 60_000, env: { ...process.env, TZ: "UTC" } });
   return { status: r.status ?? -1, stdout: r.stdout.toString("utf8"), stderr: r.stderr.toString("utf8") };
 }
 
