@@ -7,13 +7,14 @@
  * certificates from any OpenSSH CA, not only ours.
  */
 
-import { createHash, type KeyObject, verify } from "node:crypto";
+import { hash, type KeyObject, verify } from "node:crypto";
 import { CustosError } from "../errors/index.js";
 import {
   CERT_SUFFIX,
   checkComment,
   decodeBase64,
   ecdsaCurve,
+  publicKeyObject,
   readKeyFields,
   SUBJECT_KEY_TYPES,
   type SubjectKey,
@@ -293,7 +294,7 @@ export function parseCertificate(lineOrBlob: string | Buffer): ParsedCertificate
   sr.end("the signature");
 
   const subjectBlob = new SshWriter(stringSize(subjectType) + fields.length).string(subjectType).raw(fields).bytes();
-  const fingerprintRaw = createHash("sha256").update(subjectBlob).digest();
+  const fingerprintRaw = hash("sha256", subjectBlob, "buffer");
   return {
     type,
     certType: code === 1 ? "user" : "host",
@@ -349,10 +350,8 @@ export function verifyCertificate(cert: ParsedCertificate): boolean {
   let caType: string;
   let key: KeyObject;
   try {
-    const r = new SshReader(cert.caKey);
-    caType = r.text();
-    key = readKeyFields(caType, r).key;
-    r.end("the CA key");
+    caType = new SshReader(cert.caKey).text();
+    key = publicKeyObject(cert.caKey);
   } catch {
     return false;
   }

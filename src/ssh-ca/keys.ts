@@ -8,7 +8,7 @@
  * be anything, a private key included.
  */
 
-import { createHash, createPublicKey, type KeyObject } from "node:crypto";
+import { createPublicKey, ECDH, hash, type KeyObject } from "node:crypto";
 import { CustosError } from "../errors/index.js";
 import { SshReader, SshWriter, stringSize } from "./wire.js";
 
@@ -43,6 +43,7 @@ interface Curve {
   readonly coordinate: number; // bytes per coordinate
   readonly hash: "sha256" | "sha384" | "sha512"; // what OpenSSH signs with on this curve
   readonly jwk: string;
+  readonly openssl: string; // the curve's OpenSSL name
   readonly spkiPrefix: Buffer; // SPKI DER up to the uncompressed point
 }
 
@@ -53,6 +54,7 @@ const CURVES: Readonly<Record<string, Curve>> = {
     coordinate: 32,
     hash: "sha256",
     jwk: "P-256",
+    openssl: "prime256v1",
     spkiPrefix: Buffer.from("3059301306072a8648ce3d020106082a8648ce3d030107034200", "hex"),
   },
   "ecdsa-sha2-nistp384": {
@@ -61,6 +63,7 @@ const CURVES: Readonly<Record<string, Curve>> = {
     coordinate: 48,
     hash: "sha384",
     jwk: "P-384",
+    openssl: "secp384r1",
     spkiPrefix: Buffer.from("3076301006072a8648ce3d020106052b81040022036200", "hex"),
   },
   "ecdsa-sha2-nistp521": {
@@ -69,6 +72,7 @@ const CURVES: Readonly<Record<string, Curve>> = {
     coordinate: 66,
     hash: "sha512",
     jwk: "P-521",
+    openssl: "secp521r1",
     spkiPrefix: Buffer.from("30819b301006072a8648ce3d020106052b8104002303818600", "hex"),
   },
 };
@@ -107,18 +111,31 @@ function fingerprintOf(raw: Buffer): string {
 
 /** "SHA256:<base64 without padding>" of a public key blob, as `ssh-keygen -l -E sha256` prints. */
 export function sshFingerprint(blob: Buffer): string {
-  return fingerprintOf(createHash("sha256").update(blob).digest());
+  return fingerprintOf(hash("sha256", blob, "buffer"));
 }
 
 /**
- * Reads a key's type-specific fields (everything after the type string) from
- * `r`, checks them, and returns the family, size and a node:crypto key. Certificates
- * embed these same fields, so the certificate parser uses this too.
+ * Reads a key's type-specific fields (everything after the type string) from `r`
+ * and checks them. Certificates embed these same fields, so the certificate parser
+ * uses this too. `load` also returns a node:crypto key (for verifying signatures);
+ * without it the checks avoid `createPublicKey`, which is what limits sign requests.
  */
-export function readKeyFields(type: string, r: SshReader): { family: KeyFamily; bits: number; key: KeyObject } {
+export function readKeyFields(type: string, r: SshReader): { family: KeyFamily; bits: number };
+export function readKeyFields(
+  type: string,
+  r: SshReader,
+  load: true,
+): { family: KeyFamily; bits: number; key: KeyObject };
+export function readKeyFields(
+  type: string,
+  r: SshReader,
+  load = false,
+): { family: KeyFamily; bits: number; key?: KeyObject } {
   if (type === "ssh-ed25519") {
     const pk = r.string();
     if (pk.length !== 32) throw refuse("ssh-ed25519 public key must be 32 bytes");
+    // Neither OpenSSH nor OpenSSL checks an Ed25519 point on import: 32 bytes is all there is.
+    if (!load) return { family: "ed25519", bits: 256 };
     return { family: "ed25519", bits: 256, key: loadSpki(Buffer.concat([ED25519_SPKI_PREFIX, pk]), type) };
   }
   const curve = ecdsaCurve(type);
@@ -130,8 +147,16 @@ export function readKeyFields(type: string, r: SshReader): { family: KeyFamily; 
     if (point.length !== 1 + 2 * curve.coordinate || point[0] !== 4) {
       throw refuse(`${type} public key is not an uncompressed point`);
     }
-    // node:crypto (OpenSSL) refuses a point that is not on the curve.
-    return { family: "ecdsa", bits: curve.bits, key: loadSpki(Buffer.concat([curve.spkiPrefix, point]), type) };
+    if (load)
+      return { family: "ecdsa", bits: curve.bits, key: loadSpki(Buffer.concat([curve.spkiPrefix, point]), type) };
+    // OpenSSL's point decoding refuses coordinates out of range and points off the
+    // curve, as createPublicKey does, at an eighth of its cost.
+    try {
+      ECDH.convertKey(point, curve.openssl, undefined, undefined, "compressed");
+    } catch (cause) {
+      throw new CustosError("invalid_request", `${type} public key is not a valid point`, { cause });
+    }
+    return { family: "ecdsa", bits: curve.bits };
   }
   if (type === "ssh-rsa") {
     const e = r.mpint();
@@ -157,6 +182,15 @@ export function readKeyFields(type: string, r: SshReader): { family: KeyFamily; 
   throw refuse(`unsupported key type ${shownType(type)}`);
 }
 
+/** A node:crypto public key for an SSH public key blob (for verifying signatures). */
+export function publicKeyObject(blob: Buffer): KeyObject {
+  const r = new SshReader(blob);
+  const type = r.text();
+  const { key } = readKeyFields(type, r, true);
+  r.end(`the ${type} key`);
+  return key;
+}
+
 function loadSpki(spki: Buffer, type: string): KeyObject {
   try {
     return createPublicKey({ key: spki, format: "der", type: "spki" });
@@ -169,7 +203,7 @@ function subjectFrom(blob: Buffer, type: string, fieldsAt: number, comment: stri
   const r = new SshReader(blob.subarray(fieldsAt));
   const { family, bits } = readKeyFields(type, r);
   r.end(`the ${type} key`);
-  const fingerprintRaw = createHash("sha256").update(blob).digest();
+  const fingerprintRaw = hash("sha256", blob, "buffer");
   return {
     type,
     family,

@@ -207,6 +207,12 @@ describe("parsePublicKeyLine refusals", () => {
     bad[bad.length - 1] = (bad[bad.length - 1] as number) ^ 1; // y changes: off the curve
     refusedWith(() => parsePublicKeyLine(`ecdsa-sha2-nistp256 ${bad.toString("base64")}`), /not a valid point/);
     refusedWith(() => parsePublicKeyBlob(bad), /not a valid point/);
+    for (const bits of [384, 521]) {
+      const other = Buffer.from(sshKeygen("ecdsa", bits).line.split(" ")[1] as string, "base64");
+      assert.equal(parsePublicKeyBlob(other).bits, bits);
+      other[other.length - 1] = (other[other.length - 1] as number) ^ 1;
+      refusedWith(() => parsePublicKeyBlob(other), /not a valid point/);
+    }
     // The same x as a compressed point (OpenSSH never writes those).
     const r = new SshReader(blob);
     r.text();
