@@ -121,7 +121,7 @@ export function sshRoutes(deps: ApiDeps): FastifyPluginAsync {
 
     // ---- inventory and revocation ---------------------------------------------------
 
-    app.get<{ Querystring: { status?: "valid" | "revoked"; limit?: number } }>(
+    app.get<{ Querystring: { status?: "valid" | "revoked"; limit?: string } }>(
       "/v1/ssh/certificates",
       {
         schema: {
@@ -130,15 +130,16 @@ export function sshRoutes(deps: ApiDeps): FastifyPluginAsync {
             additionalProperties: false,
             properties: {
               status: { type: "string", enum: ["valid", "revoked"] },
-              limit: { type: "integer", minimum: 1, maximum: AUDIT_MAX_LIMIT },
+              limit: { type: "string", pattern: "^[1-9][0-9]{0,4}$" },
             },
           },
         },
       },
       async (req) => {
         authorize(deps, req, "ssh:read", "ssh/cert");
-        const { status, limit = AUDIT_DEFAULT_LIMIT } = req.query;
-        return { certificates: await ssh.certificates({ ...(status ? { status } : {}), limit }) };
+        const { status, limit } = req.query;
+        const count = Math.min(limit === undefined ? AUDIT_DEFAULT_LIMIT : Number(limit), AUDIT_MAX_LIMIT);
+        return { certificates: await ssh.certificates({ ...(status ? { status } : {}), limit: count }) };
       },
     );
     app.get<{ Params: { serial: string } }>(
@@ -195,16 +196,20 @@ export function sshRoutes(deps: ApiDeps): FastifyPluginAsync {
         return reply.status(201).send(grant);
       },
     );
-    app.get<{ Querystring: { active?: boolean } }>(
+    app.get<{ Querystring: { active?: "true" | "false" } }>(
       "/v1/ssh/sudo",
       {
         schema: {
-          querystring: { type: "object", additionalProperties: false, properties: { active: { type: "boolean" } } },
+          querystring: {
+            type: "object",
+            additionalProperties: false,
+            properties: { active: { type: "string", enum: ["true", "false"] } },
+          },
         },
       },
       async (req) => {
         authorize(deps, req, "ssh:sudo-read", "ssh/sudo");
-        return { grants: await ssh.sudoGrants(req.query.active === true) };
+        return { grants: await ssh.sudoGrants(req.query.active === "true") };
       },
     );
     app.delete<{ Params: { id: string } }>(
