@@ -2,6 +2,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { cpuSeconds } from "./custos-server.js";
 
 /** One load run's figures. */
 export interface LoadResult {
@@ -57,6 +58,84 @@ export function wrkPost(
       p50Ms: Number(m[3]),
       p99Ms: Number(m[4]),
       non2xx: Number(m[5]),
+    };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** One load run's figures; only 2xx answers count as certificates. */
+export interface CertLoad {
+  readonly concurrency: number;
+  readonly certsPerSec: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+  readonly non2xx: number;
+  readonly socketErrors: number;
+  /** CPU time of the server process (all its threads) per second of wall time: 1.0 is one core. */
+  readonly serverCores: number;
+}
+
+/** A Lua long string that cannot be closed early by its content. */
+function luaString(text: string): string {
+  let eq = "=";
+  while (text.includes(`]${eq}]`)) eq += "=";
+  return `[${eq}[${text}]${eq}]`;
+}
+
+/**
+ * POSTs the bodies to `url` in turn with keep-alive at `concurrency` for `seconds`,
+ * using wrk (one thread: the other core belongs to the server under test).
+ * wrkPost sends one fixed body; certificates need distinct requests, so this
+ * rotates through them with wrk's `request` hook.
+ */
+export function wrkRotate(
+  url: string,
+  bodies: readonly string[],
+  headers: Record<string, string>,
+  concurrency: number,
+  seconds: number,
+  serverPid: number | undefined,
+): CertLoad {
+  const dir = mkdtempSync(join(tmpdir(), "custos-wrk-"));
+  try {
+    const script = join(dir, "rotate.lua");
+    const headerLines = Object.entries({ "content-type": "application/json", ...headers })
+      .map(([k, v]) => `wrk.headers[${JSON.stringify(k)}] = ${JSON.stringify(v)}`)
+      .join("\n");
+    writeFileSync(
+      script,
+      `wrk.method = "POST"\n${headerLines}\n` +
+        `local bodies = {\n${bodies.map(luaString).join(",\n")}\n}\n` +
+        `local i = 0\n` +
+        `request = function()\n  i = i % #bodies + 1\n  return wrk.format(nil, nil, nil, bodies[i])\nend\n` +
+        `done = function(summary, latency, requests)\n` +
+        `  local e = summary.errors\n` +
+        `  io.write(string.format("RESULT %d %d %.3f %.3f %d %d\\n", summary.requests, summary.duration, ` +
+        `latency:percentile(50)/1000, latency:percentile(99)/1000, e.status, e.connect + e.read + e.write + e.timeout))\n` +
+        `end\n`,
+    );
+    const cpuBefore = cpuSeconds(serverPid);
+    const wallBefore = performance.now();
+    const out = execFileSync(
+      "wrk",
+      ["-t1", `-c${concurrency}`, `-d${seconds}s`, "--timeout", "10s", "--latency", "-s", script, url],
+      { encoding: "utf8" },
+    );
+    const serverCores = (cpuSeconds(serverPid) - cpuBefore) / ((performance.now() - wallBefore) / 1000);
+    const m = /RESULT (\d+) (\d+) ([\d.]+) ([\d.]+) (\d+) (\d+)/.exec(out);
+    if (!m) throw new Error(`unexpected wrk output:\n${out}`);
+    const requests = Number(m[1]);
+    const non2xx = Number(m[5]);
+    return {
+      concurrency,
+      // wrk counts answers >= 400 as status errors; nothing here redirects, so the rest are 200s: certificates.
+      certsPerSec: (requests - non2xx) / (Number(m[2]) / 1e6),
+      p50Ms: Number(m[3]),
+      p99Ms: Number(m[4]),
+      non2xx,
+      socketErrors: Number(m[6]),
+      serverCores,
     };
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -16,14 +16,13 @@
 import "reflect-metadata";
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { webcrypto } from "node:crypto";
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import { freePort } from "../test/helpers/custos.js";
-import { benchInstall, call, cpuSeconds, readyOrKill, startCustos, startPlainServer, stop } from "./custos-server.js";
+import { benchInstall, call, readyOrKill, startCustos, startPlainServer, stop } from "./custos-server.js";
 import { rawHsmRates } from "./hsm.js";
-import { ensureWrk } from "./http-load.js";
+import { type CertLoad, ensureWrk, wrkRotate } from "./http-load.js";
 import { monotonicUs, reportProfile } from "./profile.js";
 
 const CSR_COUNT = 200;
@@ -32,90 +31,12 @@ const TTL_SECONDS = 86_400;
 /** What the issue asks for: at least twice CFSSL's rate at concurrency 8. */
 const GOAL_RATIO = 2;
 
-/** One load run's figures; only 2xx answers count as certificates. */
-interface CertLoad {
-  readonly concurrency: number;
-  readonly certsPerSec: number;
-  readonly p50Ms: number;
-  readonly p99Ms: number;
-  readonly non2xx: number;
-  readonly socketErrors: number;
-  /** CPU time of the server process (all its threads) per second of wall time: 1.0 is one core. */
-  readonly serverCores: number;
-}
-
 /** Installs CFSSL (Debian package golang-cfssl) if missing. */
 function ensureCfssl(): void {
   if (spawnSync("which", ["cfssl"]).status === 0) return;
   const install = "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-cfssl";
   // The package lists may be missing or stale on a fresh machine: update only when the plain install fails.
   execFileSync("bash", ["-c", `${install} || (apt-get update -qq && ${install})`], { stdio: "inherit" });
-}
-
-/** A Lua long string that cannot be closed early by its content. */
-function luaString(text: string): string {
-  let eq = "=";
-  while (text.includes(`]${eq}]`)) eq += "=";
-  return `[${eq}[${text}]${eq}]`;
-}
-
-/**
- * POSTs the bodies to `url` in turn with keep-alive at `concurrency` for `seconds`,
- * using wrk (one thread: the other core belongs to the server under test).
- * bench/http-load.ts's wrkPost sends one fixed body; certificates need distinct
- * requests, so this script rotates through them with wrk's `request` hook.
- */
-function wrkRotate(
-  url: string,
-  bodies: readonly string[],
-  headers: Record<string, string>,
-  concurrency: number,
-  seconds: number,
-  serverPid: number | undefined,
-): CertLoad {
-  const dir = mkdtempSync(join(tmpdir(), "custos-wrk-"));
-  try {
-    const script = join(dir, "rotate.lua");
-    const headerLines = Object.entries({ "content-type": "application/json", ...headers })
-      .map(([k, v]) => `wrk.headers[${JSON.stringify(k)}] = ${JSON.stringify(v)}`)
-      .join("\n");
-    writeFileSync(
-      script,
-      `wrk.method = "POST"\n${headerLines}\n` +
-        `local bodies = {\n${bodies.map(luaString).join(",\n")}\n}\n` +
-        `local i = 0\n` +
-        `request = function()\n  i = i % #bodies + 1\n  return wrk.format(nil, nil, nil, bodies[i])\nend\n` +
-        `done = function(summary, latency, requests)\n` +
-        `  local e = summary.errors\n` +
-        `  io.write(string.format("RESULT %d %d %.3f %.3f %d %d\\n", summary.requests, summary.duration, ` +
-        `latency:percentile(50)/1000, latency:percentile(99)/1000, e.status, e.connect + e.read + e.write + e.timeout))\n` +
-        `end\n`,
-    );
-    const cpuBefore = cpuSeconds(serverPid);
-    const wallBefore = performance.now();
-    const out = execFileSync(
-      "wrk",
-      ["-t1", `-c${concurrency}`, `-d${seconds}s`, "--timeout", "10s", "--latency", "-s", script, url],
-      { encoding: "utf8" },
-    );
-    const serverCores = (cpuSeconds(serverPid) - cpuBefore) / ((performance.now() - wallBefore) / 1000);
-    const m = /RESULT (\d+) (\d+) ([\d.]+) ([\d.]+) (\d+) (\d+)/.exec(out);
-    if (!m) throw new Error(`unexpected wrk output:\n${out}`);
-    const requests = Number(m[1]);
-    const non2xx = Number(m[5]);
-    return {
-      concurrency,
-      // wrk counts answers >= 400 as status errors; nothing here redirects, so the rest are 200s: certificates.
-      certsPerSec: (requests - non2xx) / (Number(m[2]) / 1e6),
-      p50Ms: Number(m[3]),
-      p99Ms: Number(m[4]),
-      non2xx,
-      socketErrors: Number(m[6]),
-      serverCores,
-    };
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
 }
 
 /** N EC P-256 CSRs for h<i>.bench.test (CN and DNS SAN), PEM. */
