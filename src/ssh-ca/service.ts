@@ -361,17 +361,23 @@ export class SshCa {
       });
       const signature = await this.#o.keystore.sign(ca.ref, ca.scheme, tbs);
       const blob = certificateBlob(tbs, ca.record.algorithm, signature);
-      const record: SshCertificateRecord = {
+      // What the requester is told, and what the audit record says, about the certificate.
+      const facts: Omit<SignedCertificate, "certificate"> = {
         serial: serial.toString(),
-        caId: ca.record.id,
-        certType: plan.role.certType,
         keyId: plan.keyId,
-        role: plan.role.name,
+        certType: plan.role.certType,
+        caId: ca.record.id,
         principals: plan.principals,
-        requester: plan.requester,
-        fingerprint: plan.key.fingerprint,
         validAfter: plan.validAfter.toISOString(),
         validBefore: plan.validBefore.toISOString(),
+        extensions: plan.extensions,
+        criticalOptions: plan.criticalOptions,
+        fingerprint: plan.key.fingerprint,
+      };
+      const record: SshCertificateRecord = {
+        ...facts,
+        role: plan.role.name,
+        requester: plan.requester,
         issuedAt: plan.issuedAt.toISOString(),
         sudoGrantId: plan.grantId,
         status: "valid",
@@ -381,37 +387,13 @@ export class SshCa {
       try {
         await this.#o.store.ssh.insertCertificate(
           record,
-          auditEntry(actor, "ssh.sign", `ssh/role/${plan.role.name}`, {
-            serial: record.serial,
-            keyId: record.keyId,
-            certType: record.certType,
-            caId: record.caId,
-            principals: record.principals,
-            validAfter: record.validAfter,
-            validBefore: record.validBefore,
-            extensions: plan.extensions,
-            criticalOptions: plan.criticalOptions,
-            fingerprint: record.fingerprint,
-            sudoGrantId: record.sudoGrantId,
-          }),
+          auditEntry(actor, "ssh.sign", `ssh/role/${plan.role.name}`, { ...facts, sudoGrantId: plan.grantId }),
         );
       } catch (e) {
         if (attempt < 3 && isCustosError(e) && e.code === "conflict") continue;
         throw e;
       }
-      return {
-        certificate: certificateLine(blob, plan.keyId),
-        serial: record.serial,
-        keyId: record.keyId,
-        certType: record.certType,
-        caId: record.caId,
-        principals: record.principals,
-        validAfter: record.validAfter,
-        validBefore: record.validBefore,
-        extensions: plan.extensions,
-        criticalOptions: plan.criticalOptions,
-        fingerprint: record.fingerprint,
-      };
+      return { certificate: certificateLine(blob, plan.keyId), ...facts };
     }
   }
 
