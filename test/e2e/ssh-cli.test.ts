@@ -375,10 +375,13 @@ describe("custos ssh (CLI) against real OpenSSH", () => {
     assert.deepEqual(keyDirs(tmp), []);
   });
 
-  test("while ssh connect runs, its key, certificate and known_hosts sit in a private directory", async () => {
-    const tmp = freshTmp("running");
+  /**
+   * Starts `ssh connect web-1` in the background with a remote command that prints
+   * "ready" and then waits for stdin to close, so the session stays open while a
+   * test looks at its files or signals it.
+   */
+  const startConnect = (tmp: string) => {
     const args = ["ssh", "connect", "web-1", "--host", "127.0.0.1", "--port", String(sshd.port), "--user", ACCOUNT];
-    // The remote command waits for stdin to close, so the session stays open while the files are looked at.
     const child = spawn(process.execPath, [BIN, ...args, "--", "echo ready; read line; echo done"], {
       env: {
         ...custos.env,
@@ -390,20 +393,26 @@ describe("custos ssh (CLI) against real OpenSSH", () => {
       },
       stdio: ["pipe", "pipe", "pipe"],
     });
-    let stdout = "";
-    let stderr = "";
+    const output = { stdout: "", stderr: "" };
     child.stderr.on("data", (c: Buffer) => {
-      stderr += c.toString();
+      output.stderr += c.toString();
     });
     const exited = new Promise<number | null>((resolve) => child.once("close", (code) => resolve(code)));
-    try {
-      await new Promise<void>((resolve, reject) => {
-        child.stdout.on("data", (c: Buffer) => {
-          stdout += c.toString();
-          if (stdout.includes("ready\n")) resolve();
-        });
-        child.once("close", () => reject(new Error(`ssh connect ended early: ${stderr}\nsshd:\n${sshd.log()}`)));
+    const ready = new Promise<void>((resolve, reject) => {
+      child.stdout.on("data", (c: Buffer) => {
+        output.stdout += c.toString();
+        if (output.stdout.includes("ready\n")) resolve();
       });
+      child.once("close", () => reject(new Error(`ssh connect ended early: ${output.stderr}\nsshd:\n${sshd.log()}`)));
+    });
+    return { child, output, ready, exited };
+  };
+
+  test("while ssh connect runs, its key, certificate and known_hosts sit in a private directory", async () => {
+    const tmp = freshTmp("running");
+    const session = startConnect(tmp);
+    try {
+      await session.ready;
       const [keyDir, ...more] = keyDirs(tmp);
       assert.ok(keyDir !== undefined && more.length === 0, readdirSync(tmp).join(", "));
       const path = join(tmp, keyDir);
@@ -422,11 +431,28 @@ describe("custos ssh (CLI) against real OpenSSH", () => {
       assert.match(shown.stdout, /Principals:\s*\n\s+web-1\n/);
       assert.match(shown.stdout, /Key ID: "user:alice role=owner request=/);
     } finally {
-      child.stdin.end();
+      session.child.stdin.end();
     }
-    assert.equal(await exited, 0, stderr);
-    assert.equal(stdout, "ready\ndone\n");
+    assert.equal(await session.exited, 0, session.output.stderr);
+    assert.equal(session.output.stdout, "ready\ndone\n");
     assert.deepEqual(keyDirs(tmp), [], "the key directory outlived ssh");
+  });
+
+  test("a signal to ssh connect ends the session and still deletes the key", async () => {
+    const tmp = freshTmp("signalled");
+    const session = startConnect(tmp);
+    try {
+      await session.ready;
+      assert.equal(keyDirs(tmp).length, 1);
+      session.child.kill("SIGTERM");
+      const code = await session.exited;
+      assert.notEqual(code, 0, session.output.stderr);
+      assert.notEqual(code, null, "custos died of the signal instead of passing it on");
+      assert.ok(!session.output.stdout.includes("done"), session.output.stdout);
+      assert.deepEqual(keyDirs(tmp), [], "the key directory outlived the signal");
+    } finally {
+      session.child.stdin.end();
+    }
   });
 
   test("ssh connect refuses a host without a Custos host certificate", async () => {

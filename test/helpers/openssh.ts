@@ -300,10 +300,11 @@ export function sshRun(o: SshRunOptions): Promise<ToolResult> {
       clearTimeout(timer);
       reject(e);
     });
-    child.once("close", (code, signal) => {
+    child.once("close", (code) => {
       clearTimeout(timer);
       resolve({
-        status: code ?? (signal ? -1 : -1),
+        // Killed (by the timeout or a signal): no exit status.
+        status: code ?? -1,
         stdout: Buffer.concat(out).toString("utf8"),
         stderr: Buffer.concat(err).toString("utf8"),
       });

@@ -3,7 +3,7 @@
  * and `ssh connect` (docs/ssh-ca.md). Thin wrappers over the HTTP API, except
  * `connect`, which makes a throwaway key, has it certified and runs the system ssh.
  */
-import { spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request as httpsRequest } from "node:https";
 import { constants, tmpdir, userInfo } from "node:os";
@@ -508,8 +508,8 @@ interface ConnectOptions {
   port?: number;
 }
 
-/** Signals that end a session: passed on to ssh, which ends and lets the key be deleted. */
-const FORWARDED_SIGNALS = ["SIGTERM", "SIGHUP"] as const;
+/** Signals that end a session: passed on to ssh, whose end lets the key be deleted. */
+const SESSION_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
 
 function registerConnectCommand(ssh: Command, ctx: CliContext): void {
   ssh
@@ -559,6 +559,19 @@ interface ConnectPlan {
 
 async function connect(ctx: CliContext, plan: ConnectPlan): Promise<ExitCode> {
   const dir = mkdtempSync(join(tmpdir(), "custos-ssh-"));
+  const session: { ssh?: ChildProcess } = {};
+  // The key must not outlive the command, whatever ends it: a signal while ssh runs
+  // goes on to ssh (its end runs the cleanup below); one before, ends things here.
+  const onSignal = (signal: NodeJS.Signals): void => {
+    const ssh = session.ssh;
+    if (ssh !== undefined && ssh.exitCode === null && ssh.signalCode === null) {
+      ssh.kill(signal);
+      return;
+    }
+    rmSync(dir, { recursive: true, force: true });
+    process.exit(128 + signalNumber(signal));
+  };
+  for (const s of SESSION_SIGNALS) process.on(s, onSignal);
   try {
     chmodSync(dir, 0o700);
     const keyFile = join(dir, "id_ed25519");
@@ -604,36 +617,26 @@ async function connect(ctx: CliContext, plan: ConnectPlan): Promise<ExitCode> {
       `${plan.user}@${plan.host}`,
       ...plan.sshArgs,
     ];
-    return await runSsh(args);
+    return await runSsh(args, session);
   } finally {
+    for (const s of SESSION_SIGNALS) process.off(s, onSignal);
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
-/** Runs the system ssh on this terminal and returns its exit code (128 + signal number if a signal ended it). */
-function runSsh(args: readonly string[]): Promise<ExitCode> {
+/**
+ * Runs the system ssh on this terminal (stdio inherited) and returns its exit code
+ * (128 + the signal's number if a signal ended it). `session.ssh` is the running child.
+ */
+function runSsh(args: readonly string[], session: { ssh?: ChildProcess }): Promise<ExitCode> {
   return new Promise<ExitCode>((resolve, reject) => {
     const child = spawn("ssh", [...args], { stdio: "inherit" });
-    // Ctrl-C reaches ssh itself (same process group); custos must outlive it to delete the key.
-    const ignore = (): void => {};
-    const forward = (signal: NodeJS.Signals) => (): void => {
-      child.kill(signal);
-    };
-    const handlers = FORWARDED_SIGNALS.map((s) => [s, forward(s)] as const);
-    process.on("SIGINT", ignore);
-    for (const [s, h] of handlers) process.on(s, h);
-    const done = (): void => {
-      process.off("SIGINT", ignore);
-      for (const [s, h] of handlers) process.off(s, h);
-    };
+    session.ssh = child;
     child.once("error", (e) => {
-      done();
       reject(new CliError("ssh_failed", `cannot run ssh: ${errorCode(e)}`, EXIT_CLIENT, { cause: e }));
     });
     child.once("exit", (code, signal) => {
-      done();
-      if (code !== null) resolve(code as ExitCode);
-      else resolve((128 + signalNumber(signal)) as ExitCode);
+      resolve((code ?? 128 + signalNumber(signal)) as ExitCode);
     });
   });
 }
