@@ -24,6 +24,7 @@ import {
   describeCertificate,
   ensureLocalUser,
   makeKey,
+  opensshUnavailable,
   type Sshd,
   sshKeygen,
   sshRun,
@@ -53,7 +54,7 @@ function shellQuote(s: string): string {
   return `'${s.replaceAll("'", "'\\''")}'`;
 }
 
-describe("custos ssh (CLI) against real OpenSSH", () => {
+describe("custos ssh (CLI) against real OpenSSH", { skip: opensshUnavailable() }, () => {
   let custos: CustosInstance;
   let dir: string;
   let caFile: string;

@@ -17,6 +17,7 @@ import {
   type KeyPair,
   type KeySpec,
   makeKey,
+  opensshUnavailable,
   type Sshd,
   sshKeygen,
   sshRun,
@@ -88,7 +89,7 @@ function fingerprintOf(pubLine: string, dir: string): string {
   return r.stdout.split(" ")[1] ?? "";
 }
 
-describe("SSH CA against real OpenSSH", () => {
+describe("SSH CA against real OpenSSH", { skip: opensshUnavailable() }, () => {
   let custos: CustosInstance;
   let dir: string;
   let sshd: Sshd;

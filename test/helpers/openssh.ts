@@ -45,6 +45,19 @@ export interface ToolResult {
   readonly stderr: string;
 }
 
+/**
+ * Why these tests can't run here, or false when they can: sshd must run as root (to
+ * log in as other accounts) and the OpenSSH tools must be installed.
+ */
+export function opensshUnavailable(): string | false {
+  if (process.getuid?.() !== 0) return "sshd must run as root (these tests log in as other local accounts)";
+  if (!existsSync(SSHD)) return `${SSHD} is not installed (openssh-server)`;
+  for (const tool of ["ssh", "ssh-keygen"]) {
+    if (spawnSync(tool, ["-V"]).error !== undefined) return `${tool} is not installed (openssh-client)`;
+  }
+  return false;
+}
+
 /** Runs `ssh-keygen` with `args`; `input` on stdin. */
 export function sshKeygen(args: string[], input?: string | Buffer): ToolResult {
   // UTC, so `-L` prints validity times comparable with the API's ISO times.
@@ -82,19 +95,30 @@ export function describeCertificate(file: string): ToolResult {
  */
 export function ensureLocalUser(name: string): void {
   if (!/^[a-z_][a-z0-9_-]{0,30}$/.test(name)) throw new Error(`"${name}" is not a POSIX user name`);
-  if (spawnSync("id", ["-u", name]).status !== 0) {
+  // Test files run side by side: another may hold the passwd lock, or make the account first.
+  retry(`useradd ${name}`, () => {
+    if (spawnSync("id", ["-u", name]).status === 0) return null;
     const made = spawnSync("useradd", ["-m", "-s", "/bin/sh", name], { encoding: "utf8" });
-    // Another test file may have made it meanwhile: only a still-missing account is a failure.
-    if (made.status !== 0 && spawnSync("id", ["-u", name]).status !== 0) {
-      throw new Error(`useradd ${name} failed: ${made.stderr}`);
-    }
-  }
-  const shadow = spawnSync("getent", ["shadow", name], { encoding: "utf8" }).stdout;
-  const password = shadow.split(":")[1] ?? "";
-  if (password.startsWith("!") || password === "") {
+    return made.status === 0 || spawnSync("id", ["-u", name]).status === 0 ? null : made.stderr;
+  });
+  retry(`usermod -p '*' ${name}`, () => {
+    const shadow = spawnSync("getent", ["shadow", name], { encoding: "utf8" }).stdout;
+    const password = shadow.split(":")[1] ?? "";
+    if (!password.startsWith("!") && password !== "") return null;
     const r = spawnSync("usermod", ["-p", "*", name], { encoding: "utf8" });
-    if (r.status !== 0) throw new Error(`usermod -p '*' ${name} failed: ${r.stderr}`);
+    return r.status === 0 ? null : r.stderr;
+  });
+}
+
+/** Runs `attempt` (null: done, else why not) up to 10 times, 0.3 s apart. */
+function retry(what: string, attempt: () => string | null): void {
+  let why: string | null = null;
+  for (let i = 0; i < 10; i++) {
+    why = attempt();
+    if (why === null) return;
+    spawnSync("sleep", ["0.3"]);
   }
+  throw new Error(`${what} failed: ${why}`);
 }
 
 export interface SshdOptions {

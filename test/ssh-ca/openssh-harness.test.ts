@@ -13,6 +13,7 @@ import {
   ensureLocalUser,
   type KeyPair,
   makeKey,
+  opensshUnavailable,
   type Sshd,
   sshKeygen,
   sshRun,
@@ -22,7 +23,7 @@ import {
 const ACCOUNT = "custos-harness";
 const INSTANCE = "web-7";
 
-describe("OpenSSH harness (ssh-keygen's own CA)", () => {
+describe("OpenSSH harness (ssh-keygen's own CA)", { skip: opensshUnavailable() }, () => {
   let dir: string;
   let userCa: KeyPair;
   let hostCa: KeyPair;
