@@ -2,7 +2,7 @@
  * `npm run bench -- ssh [seconds|quick] [profile]`: OpenSSH user certificates signed
  * per second over the API (POST /v1/ssh/sign with an admin's token and a role with a
  * literal principal), at concurrency 1 and 16, with the CA key (EC P-256) in SoftHSM
- * and every certificate recorded durably (SQLite, synchronous=FULL) with its audit
+ * and every certificate recorded durably (SQLite, the WAL fsynced before the answer) with its audit
  * record. In the same run, on the same machine: what an operator gets without Custos,
  * `ssh-keygen -s` with the same kind of CA key in a SoftHSM token (`-D`), one process
  * per certificate as a script would run it; and the raw HSM ECDSA P-256 sign rate,
@@ -380,7 +380,7 @@ export default async function main(args: string[]): Promise<void> {
     console.log(
       "\nNot the same work: Custos answers over HTTPS, checks a bearer token and a policy, applies the role, " +
         "signs with the CA key in SoftHSM (through pkcs11js on the thread pool) and commits every certificate and " +
-        "its audit record to SQLite (synchronous=FULL, group commit) before answering. ssh-keygen starts a process, " +
+        "its audit record to SQLite (group commit, the WAL fsynced) before answering. ssh-keygen starts a process, " +
         "loads the PKCS#11 module, opens and logs in to the token (the PIN from SSH_ASKPASS or -P), signs once and " +
         "writes the certificate beside the key; it keeps no record of what it signed.\n",
     );

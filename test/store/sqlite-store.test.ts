@@ -57,6 +57,7 @@ describe("opening", () => {
       { version: 2, name: "pki" },
       { version: 3, name: "platform-secrets" },
       { version: 4, name: "broker" },
+      { version: 5, name: "ssh" },
     ]);
     for (const t of [
       "settings",

@@ -49,6 +49,8 @@ export function openDatabase(path: string, busyTimeoutMs: number): Database.Data
     // Free pages are zeroed, so deleted rows (wrapped keys, hashes) don't linger in the file.
     db.pragma("secure_delete = ON");
     migrate(db, allMigrations);
+    // From here on, COMMIT leaves the WAL fsync to the write queue, which runs it off the main thread.
+    db.pragma("synchronous = NORMAL");
     if (!inMemory) restrictFileModes(path);
   } catch (e) {
     db.close();

@@ -86,9 +86,10 @@ const GROUP_COLUMNS = `g.id, g.name, g.policies, g.created_at, g.updated_at, g.r
 const INITIALIZED = "initialized_at";
 
 /**
- * The embedded `Store`: SQLite in WAL mode with `synchronous=FULL`. Writes are
- * group-committed (see `WriteQueue`); reads run on the same connection between
- * batches, so they see only committed state. The audit chain head is kept in
+ * The embedded `Store`: SQLite in WAL mode. Writes are group-committed and each
+ * batch's WAL is fsynced before it is acknowledged, off the main thread (see
+ * `WriteQueue`); reads run on the same connection between batches, so they see
+ * only committed state, and answer once it is durable. The audit chain head is kept in
  * memory, loaded at open, and follows every savepoint and transaction outcome.
  */
 export class SqliteStore implements Store {
@@ -115,7 +116,7 @@ export class SqliteStore implements Store {
   #closed = false;
   #closing: Promise<void> | undefined;
 
-  private constructor(db: Database.Database, options: SqliteStoreOptions) {
+  private constructor(db: Database.Database, options: SqliteStoreOptions, walPath: string | null) {
     this.#db = db;
     this.#loadHead();
     this.#queue = new WriteQueue<ChainHead>(
@@ -130,7 +131,7 @@ export class SqliteStore implements Store {
           this.#loadHead();
         },
       },
-      { timeoutMs: options.writeTimeoutMs ?? 5000, logger: options.logger },
+      { timeoutMs: options.writeTimeoutMs ?? 5000, logger: options.logger, walPath },
     );
   }
 
@@ -145,7 +146,7 @@ export class SqliteStore implements Store {
     }
     const db = openDatabase(path, Math.min(MAX_BUSY_TIMEOUT_MS, timeout));
     try {
-      return new SqliteStore(db, options);
+      return new SqliteStore(db, options, path === ":memory:" ? null : `${path}-wal`);
     } catch (e) {
       db.close();
       throw toStoreError(e);
@@ -177,11 +178,15 @@ export class SqliteStore implements Store {
 
   async #read<T>(fn: () => T): Promise<T> {
     if (this.#closed) throw unavailable(undefined, "the store is closed");
+    let value: T;
     try {
-      return fn();
+      value = fn();
     } catch (e) {
       throw toStoreError(e);
     }
+    // What was read may include a commit whose WAL sync is still running: answer once it is durable.
+    await this.#queue.whenDurable();
+    return value;
   }
 
   #write<T>(op: () => T): Promise<T> {
@@ -897,6 +902,7 @@ export class SqliteStore implements Store {
       this.#closed = true;
       this.#statements.clear();
       this.#db.close();
+      this.#queue.release();
     })();
     return this.#closing;
   }

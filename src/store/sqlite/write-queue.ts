@@ -1,3 +1,4 @@
+import { closeSync, fdatasync, openSync } from "node:fs";
 import type Database from "better-sqlite3";
 import type { Logger } from "../../log/index.js";
 import { isBusy, toStoreError, unavailable } from "./errors.js";
@@ -18,6 +19,11 @@ export interface WriteQueueOptions {
   /** A write not durable this long after it was submitted rejects with `store_unavailable`. */
   readonly timeoutMs: number;
   readonly logger?: Logger | undefined;
+  /**
+   * The database's WAL file, which the queue fsyncs after each COMMIT (the
+   * connection runs `synchronous=NORMAL`); null for an in-memory database.
+   */
+  readonly walPath: string | null;
 }
 
 interface Pending {
@@ -39,9 +45,18 @@ const BUSY_RETRY_MS = 20;
  * Group commit. Writes submitted during one event-loop turn run in a single
  * transaction flushed by `setImmediate`, each inside its own SAVEPOINT: an
  * operation that throws rolls back only itself and rejects only its own promise.
- * Promises settle only after COMMIT returns, which with `synchronous=FULL` means
- * the WAL is fsynced. If BEGIN or COMMIT fails, every write of the batch rejects
- * with `store_unavailable` and the transactional state is reloaded.
+ * If BEGIN or COMMIT fails, every write of the batch rejects with
+ * `store_unavailable` and the transactional state is reloaded.
+ *
+ * Durability: the connection runs `synchronous=NORMAL`, so COMMIT writes the WAL
+ * into the page cache (safe from a process crash) without waiting for the disk;
+ * the queue then fdatasyncs the WAL on libuv's thread pool and settles a batch's
+ * promises only after a sync that began after its COMMIT. The main thread keeps
+ * serving while the disk works, and one sync covers every batch committed while
+ * the previous one ran. This is what `synchronous=FULL` guarantees (an
+ * acknowledged write survives power loss) without blocking the event loop for
+ * each fsync. Readers wait for the same sync (`whenDurable`), so no answer is
+ * ever built on a write that could still be lost.
  */
 export class WriteQueue<S> {
   readonly #db: Database.Database;
@@ -57,6 +72,14 @@ export class WriteQueue<S> {
   #scheduled: NodeJS.Immediate | NodeJS.Timeout | undefined;
   #closed = false;
   #drainWaiters: Array<() => void> = [];
+  /** Committed batches whose outcomes wait for the WAL sync. */
+  #unsynced: Array<(error?: unknown) => void> = [];
+  #syncing = false;
+  #walFd: number | undefined;
+  /** Batches committed, and batches known durable: a reader waits until the second reaches the first. */
+  #committed = 0;
+  #durable = 0;
+  #durabilityWaiters: Array<{ readonly target: number; resolve(): void; reject(e: unknown): void }> = [];
 
   constructor(db: Database.Database, state: TransactionalState<S>, options: WriteQueueOptions) {
     this.#db = db;
@@ -93,8 +116,28 @@ export class WriteQueue<S> {
   /** Stops accepting writes; resolves once every queued write has settled. */
   close(): Promise<void> {
     this.#closed = true;
-    if (this.#items.length === 0 && this.#scheduled === undefined) return Promise.resolve();
+    if (this.#idle()) return Promise.resolve();
     return new Promise((resolve) => this.#drainWaiters.push(resolve));
+  }
+
+  /** Releases the WAL file descriptor; after the database is closed. */
+  release(): void {
+    if (this.#walFd !== undefined) closeSync(this.#walFd);
+    this.#walFd = undefined;
+  }
+
+  /**
+   * Resolves once every batch committed so far is on disk (at once when all are):
+   * readers call it so that what they read from a commit still in flight is not
+   * answered before the commit is durable. Rejects if that sync failed.
+   */
+  whenDurable(): Promise<void> | undefined {
+    if (this.#durable === this.#committed) return undefined;
+    return new Promise((resolve, reject) => this.#durabilityWaiters.push({ target: this.#committed, resolve, reject }));
+  }
+
+  #idle(): boolean {
+    return this.#items.length === 0 && this.#scheduled === undefined && !this.#syncing && this.#unsynced.length === 0;
   }
 
   #expire(item: Pending): void {
@@ -113,7 +156,7 @@ export class WriteQueue<S> {
   }
 
   #maybeDrained(): void {
-    if (this.#items.length > 0 || this.#scheduled !== undefined) return;
+    if (!this.#idle()) return;
     for (const resolve of this.#drainWaiters.splice(0)) resolve();
   }
 
@@ -192,9 +235,53 @@ export class WriteQueue<S> {
       this.#failBatch(batch, fatal.error);
       return;
     }
-    batch.forEach((item, i) => {
-      this.#settle(item, outcomes[i] ?? { ok: false, error: unavailable() });
-    });
+    // Committed: no deadline may now report the write as failed while its sync runs.
+    for (const item of batch) clearTimeout(item.timer);
+    this.#committed++;
+    this.#unsynced.push((error?: unknown) =>
+      batch.forEach((item, i) => {
+        this.#settle(
+          item,
+          error === undefined ? (outcomes[i] ?? { ok: false, error: unavailable() }) : { ok: false, error },
+        );
+      }),
+    );
+    if (!this.#syncing) this.#sync();
+  }
+
+  /** fdatasyncs the WAL off the main thread, then settles every batch committed before it began. */
+  #sync(): void {
+    const waiting = this.#unsynced;
+    const covers = this.#committed;
+    this.#unsynced = [];
+    this.#syncing = true;
+    const done = (err: unknown): void => {
+      this.#syncing = false;
+      const error = err ? unavailable(err, "the write could not be made durable") : undefined;
+      if (error) this.#options.logger?.error({ err }, "store: WAL sync failed");
+      for (const settle of waiting) settle(error);
+      this.#durable = covers;
+      this.#durabilityWaiters = this.#durabilityWaiters.filter((w) => {
+        if (w.target > covers) return true;
+        if (error) w.reject(error);
+        else w.resolve();
+        return false;
+      });
+      if (this.#unsynced.length > 0) this.#sync();
+      else this.#maybeDrained();
+    };
+    if (this.#options.walPath === null) {
+      setImmediate(done, null);
+      return;
+    }
+    try {
+      // Opened once, after the first COMMIT created the file, and never closed while SQLite has it open.
+      this.#walFd ??= openSync(this.#options.walPath, "r+");
+    } catch (e) {
+      setImmediate(done, e);
+      return;
+    }
+    fdatasync(this.#walFd, done);
   }
 
   #failBatch(batch: readonly Pending[], cause: unknown): void {
