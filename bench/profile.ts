@@ -61,6 +61,8 @@ const SOURCES: ReadonlyArray<[RegExp, string]> = [
   [/\/src\/log\//, "logging (pino)"],
   [/\/src\/api\//, "API layer (routes, schemas)"],
   [/\/src\/pki\//, "PKI logic (issuer, role, names)"],
+  [/\/src\/ssh-ca\/(keys|certificate|wire)\.ts/, "SSH keys and certificate building"],
+  [/\/src\/ssh-ca\//, "SSH CA logic (roles, principals)"],
   [/\/src\//, "other Custos code"],
 ];
 

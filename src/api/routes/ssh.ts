@@ -7,6 +7,7 @@ import {
   MAX_SUDO_TTL_SECONDS,
   MAX_TTL_SECONDS,
   MIN_SUDO_TTL_SECONDS,
+  parsePublicKeyLine,
   type SignInput,
 } from "../../ssh-ca/index.js";
 import { AUDIT_DEFAULT_LIMIT, AUDIT_MAX_LIMIT } from "../../store/index.js";
@@ -154,7 +155,11 @@ export function sshRoutes(deps: ApiDeps): FastifyPluginAsync {
       "/v1/ssh/revoke",
       { config: serviceAudits, schema: { body: revokeBody } },
       async (req) => {
-        const resource = req.body.serial !== undefined ? `ssh/cert/${req.body.serial}` : "ssh/key";
+        const { serial, publicKey } = req.body;
+        const resource =
+          serial !== undefined
+            ? `ssh/cert/${serial}`
+            : `ssh/key/${publicKey === undefined ? "" : parsePublicKeyLine(publicKey).fingerprint}`;
         authorize(deps, req, "ssh:revoke", resource);
         return ssh.revoke(actorOf(req), req.body);
       },
