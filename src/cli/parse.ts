@@ -91,3 +91,23 @@ export function parseInteger(text: string, what: string, min = 1, max = Number.M
 export function collect(value: string, previous: readonly string[] | undefined): string[] {
   return [...(previous ?? []), value];
 }
+
+// ---- the platform's names (docs/broker.md) ----
+
+const LABEL_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/** `<org>/<space>/<app>`, each a DNS label. */
+export function parseAppRef(text: string): { org: string; space: string; app: string } {
+  const parts = text.split("/");
+  if (parts.length !== 3 || !parts.every((p) => LABEL_RE.test(p))) {
+    throw usageError(`"${text}" is not an app: write <org>/<space>/<app>, each a DNS label (a-z, 0-9, '-')`);
+  }
+  const [org, space, app] = parts as [string, string, string];
+  return { org, space, app };
+}
+
+/** An instance id: a DNS label. */
+export function checkInstance(id: string): string {
+  if (!LABEL_RE.test(id)) throw usageError(`"${id}" is not an instance id: a DNS label (a-z, 0-9, '-', 1-63)`);
+  return id;
+}

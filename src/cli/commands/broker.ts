@@ -1,29 +1,11 @@
 /** `custos broker …`: what a platform agent does — its token, and registering, inspecting and stopping instances. */
 import type { Command } from "commander";
 import { arg, type CliContext, seg } from "../context.js";
-import { usageError } from "../errors.js";
 import { writePrivateFile } from "../io.js";
 import { renderRecord } from "../output.js";
-import { parseDuration } from "../parse.js";
+import { checkInstance, parseAppRef, parseDuration } from "../parse.js";
 
 type Json = Record<string, unknown>;
-
-const LABEL_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
-
-/** `<org>/<space>/<app>`, each a DNS label. */
-function parseAppRef(text: string): { org: string; space: string; app: string } {
-  const parts = text.split("/");
-  if (parts.length !== 3 || !parts.every((p) => LABEL_RE.test(p))) {
-    throw usageError(`"${text}" is not an app: write <org>/<space>/<app>, each a DNS label (a-z, 0-9, '-')`);
-  }
-  const [org, space, app] = parts as [string, string, string];
-  return { org, space, app };
-}
-
-function checkInstance(id: string): string {
-  if (!LABEL_RE.test(id)) throw usageError(`"${id}" is not an instance id: a DNS label (a-z, 0-9, '-', 1-63)`);
-  return id;
-}
 
 /** The instance as an operator reads it; credentials as tables. */
 function renderInstance(view: Json): string {

@@ -5,12 +5,9 @@
  * the raw answer.
  */
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { open, rename, rm } from "node:fs/promises";
-import { request as httpsRequest } from "node:https";
 import { basename, dirname, join } from "node:path";
 import { type Command, Option } from "commander";
-import { apiError, ClientError, configError, transportError } from "../../client/index.js";
 import { syncPath } from "../../files/index.js";
 import { KEY_TYPES, REVOCATION_REASONS } from "../../pki/index.js";
 import { arg, type CliContext, seg } from "../context.js";
@@ -18,6 +15,7 @@ import { CliError, EXIT_CLIENT, EXIT_SERVER, usageError } from "../errors.js";
 import { errorCode, readInput } from "../io.js";
 import { renderRecord, renderTable } from "../output.js";
 import { collect, parseDuration, parseInteger } from "../parse.js";
+import { getPublic } from "../public.js";
 
 type Json = Record<string, unknown>;
 
@@ -41,89 +39,6 @@ const CERT_STATUSES = ["valid", "revoked", "expired"];
 const ISSUER_COLUMNS = ["id", "name", "kind", "state", "algorithm", "notAfter", "fingerprint"];
 const ROLE_COLUMNS = ["name", "dnsNames", "ipRanges", "uris", "keyTypes", "ttlSeconds", "maxTtlSeconds"];
 const CERT_COLUMNS = ["serial", "role", "commonName", "status", "keyType", "notAfter"];
-
-/** Largest public answer taken (a CRL of many revocations is the big one). */
-const MAX_PUBLIC_ANSWER_BYTES = 64 * 1024 * 1024;
-const PUBLIC_TIMEOUT_MS = 60_000;
-const TLS_ERROR = /CERT|SELF_SIGNED|ISSUER|SIGNATURE|ERR_TLS|ERR_SSL|HOSTNAME/;
-
-/**
- * GETs a public, non-JSON endpoint (PEM or DER) without a token. The API client
- * speaks only JSON; this borrows its address (validated there) and trusts the same
- * CUSTOS_CACERT, with verification always on.
- */
-async function getPublic(ctx: CliContext, path: string): Promise<Buffer> {
-  const address = ctx.client().address;
-  const caFile = ctx.io.env.CUSTOS_CACERT?.trim();
-  let ca: Buffer | undefined;
-  if (caFile) {
-    try {
-      ca = readFileSync(caFile);
-    } catch (cause) {
-      throw configError(`cannot read CUSTOS_CACERT ${caFile}: ${errorCode(cause)}`, cause);
-    }
-  }
-  const url = new URL(`${address.pathname.replace(/\/+$/, "")}${path}`, address);
-  return new Promise<Buffer>((resolve, reject) => {
-    const req = httpsRequest(
-      url,
-      { method: "GET", agent: false, rejectUnauthorized: true, timeout: PUBLIC_TIMEOUT_MS, ...(ca ? { ca } : {}) },
-      (res) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        res.on("data", (chunk: Buffer) => {
-          size += chunk.length;
-          if (size > MAX_PUBLIC_ANSWER_BYTES) {
-            res.destroy(
-              transportError("internal", `answer from ${url.origin} exceeds ${MAX_PUBLIC_ANSWER_BYTES} bytes`),
-            );
-          } else {
-            chunks.push(chunk);
-          }
-        });
-        res.on("error", (e) => reject(e instanceof ClientError ? e : transportError("unavailable", e.message, e)));
-        res.on("end", () => {
-          const body = Buffer.concat(chunks);
-          const status = res.statusCode ?? 0;
-          if (status >= 200 && status < 300) {
-            resolve(body);
-            return;
-          }
-          const requestId = typeof res.headers["x-request-id"] === "string" ? res.headers["x-request-id"] : undefined;
-          let error: { code?: unknown; message?: unknown } | undefined;
-          try {
-            error = (JSON.parse(body.toString("utf8")) as { error?: typeof error }).error;
-          } catch {
-            error = undefined;
-          }
-          if (typeof error?.code === "string") {
-            const message = typeof error.message === "string" ? error.message : error.code;
-            reject(apiError(status, error.code, message, requestId));
-          } else {
-            reject(apiError(status, "http_error", `HTTP ${status} ${res.statusMessage ?? ""}`.trim(), requestId));
-          }
-        });
-      },
-    );
-    req.on("timeout", () => {
-      req.destroy(transportError("unavailable", `no answer from ${url.origin} within ${PUBLIC_TIMEOUT_MS} ms`));
-    });
-    req.on("error", (e) => {
-      if (e instanceof ClientError) {
-        reject(e);
-        return;
-      }
-      const code = (e as { code?: unknown }).code;
-      if (typeof code === "string" && TLS_ERROR.test(code)) {
-        const hint = ca ? "" : " (set CUSTOS_CACERT to the Custos CA certificate file)";
-        reject(transportError("tls_error", `TLS verification of ${url.origin} failed: ${e.message}${hint}`, e));
-      } else {
-        reject(transportError("unavailable", `cannot reach ${url.origin}: ${e.message}`, e));
-      }
-    });
-    req.end();
-  });
-}
 
 /** Whether the run's stdout is a terminal (binary output and private keys must not land there). */
 function stdoutIsTty(ctx: CliContext): boolean {
@@ -275,7 +190,7 @@ function registerCaCommands(pki: Command, ctx: CliContext): void {
     .description("print the root CA certificate (PEM), or with --chain the active intermediate then the root")
     .option("--chain", "the active intermediate, then the root")
     .action(async (o: { chain?: boolean }): Promise<void> => {
-      const pem = await getPublic(ctx, o.chain === true ? "/v1/pki/chain.pem" : "/v1/pki/ca.pem");
+      const pem = (await getPublic(ctx, o.chain === true ? "/v1/pki/chain.pem" : "/v1/pki/ca.pem")).body;
       await emitPem(ctx, pem.toString("utf8"));
     });
 
@@ -306,7 +221,7 @@ function registerCaCommands(pki: Command, ctx: CliContext): void {
         throw usageError("refusing to write a DER CRL to a terminal: redirect stdout or add --pem");
       }
       const base = o.issuer === undefined ? "/v1/pki/crl" : `/v1/pki/issuers/${seg(o.issuer)}/crl`;
-      const crl = await getPublic(ctx, pem ? `${base}.pem` : base);
+      const crl = (await getPublic(ctx, pem ? `${base}.pem` : base)).body;
       if (pem) await emitPem(ctx, crl.toString("utf8"));
       else await ctx.out(crl);
     });

@@ -5,17 +5,16 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { request as httpsRequest } from "node:https";
 import { constants, tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import { type Command, Option } from "commander";
-import { apiError, ClientError, configError, transportError } from "../../client/index.js";
 import { writeFileAtomic } from "../../files/index.js";
 import { arg, type CliContext, seg } from "../context.js";
 import { CliError, EXIT_CLIENT, EXIT_SERVER, type ExitCode, printable, usageError } from "../errors.js";
 import { errorCode, readInput } from "../io.js";
 import { formatValue, renderRecord, renderTable } from "../output.js";
-import { collect, parseDuration, parseInteger } from "../parse.js";
+import { checkInstance, collect, parseAppRef, parseDuration, parseInteger } from "../parse.js";
+import { getPublic } from "../public.js";
 
 type Json = Record<string, unknown>;
 
@@ -34,7 +33,6 @@ interface SignedCertificate {
   fingerprint: string;
 }
 
-const LABEL_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 /** A POSIX account name, as sshd and useradd take it. */
 const ACCOUNT_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
 const SERIAL_RE = /^[1-9][0-9]{0,19}$/;
@@ -47,11 +45,6 @@ const SUDO_COLUMNS = ["id", "org", "space", "app", "user", "group", "account", "
 
 // --- checks -------------------------------------------------------------------------
 
-function checkInstance(id: string): string {
-  if (!LABEL_RE.test(id)) throw usageError(`"${id}" is not an instance id: a DNS label (a-z, 0-9, '-', 1-63)`);
-  return id;
-}
-
 function checkAccount(name: string): string {
   if (!ACCOUNT_RE.test(name)) throw usageError(`"${name}" is not an account name (a-z, 0-9, '_', '-'; 1-32)`);
   return name;
@@ -60,16 +53,6 @@ function checkAccount(name: string): string {
 function checkSerial(text: string): string {
   if (!SERIAL_RE.test(text)) throw usageError(`"${text}" is not a certificate serial (a non-zero decimal number)`);
   return text;
-}
-
-/** `<org>/<space>/<app>`, each a DNS label. */
-function parseAppRef(text: string): { org: string; space: string; app: string } {
-  const parts = text.split("/");
-  if (parts.length !== 3 || !parts.every((p) => LABEL_RE.test(p))) {
-    throw usageError(`"${text}" is not an app: write <org>/<space>/<app>, each a DNS label (a-z, 0-9, '-')`);
-  }
-  const [org, space, app] = parts as [string, string, string];
-  return { org, space, app };
 }
 
 /** Adds one `--option name=value` (a critical option); a repeated name is a usage error. */
@@ -114,95 +97,6 @@ function certificateFileFor(pubFile: string): string {
 }
 
 // --- public endpoints ------------------------------------------------------------------
-
-/** Largest public answer taken (a KRL of many revocations is the big one). */
-const MAX_PUBLIC_ANSWER_BYTES = 64 * 1024 * 1024;
-const PUBLIC_TIMEOUT_MS = 60_000;
-const TLS_ERROR = /CERT|SELF_SIGNED|ISSUER|SIGNATURE|ERR_TLS|ERR_SSL|HOSTNAME/;
-
-interface PublicAnswer {
-  readonly body: Buffer;
-  readonly headers: NodeJS.Dict<string | string[]>;
-}
-
-/**
- * GETs a public, non-JSON endpoint (text or the binary KRL) without a token. The API
- * client speaks only JSON; this borrows its address (validated there) and trusts the
- * same CUSTOS_CACERT, verification always on. (The same as pki.ts's, which keeps its
- * own private.)
- */
-async function getPublic(ctx: CliContext, path: string): Promise<PublicAnswer> {
-  const address = ctx.client().address;
-  const caFile = ctx.io.env.CUSTOS_CACERT?.trim();
-  let ca: Buffer | undefined;
-  if (caFile) {
-    try {
-      ca = readFileSync(caFile);
-    } catch (cause) {
-      throw configError(`cannot read CUSTOS_CACERT ${caFile}: ${errorCode(cause)}`, cause);
-    }
-  }
-  const url = new URL(`${address.pathname.replace(/\/+$/, "")}${path}`, address);
-  return new Promise<PublicAnswer>((resolve, reject) => {
-    const req = httpsRequest(
-      url,
-      { method: "GET", agent: false, rejectUnauthorized: true, timeout: PUBLIC_TIMEOUT_MS, ...(ca ? { ca } : {}) },
-      (res) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        res.on("data", (chunk: Buffer) => {
-          size += chunk.length;
-          if (size > MAX_PUBLIC_ANSWER_BYTES) {
-            res.destroy(
-              transportError("internal", `answer from ${url.origin} exceeds ${MAX_PUBLIC_ANSWER_BYTES} bytes`),
-            );
-          } else {
-            chunks.push(chunk);
-          }
-        });
-        res.on("error", (e) => reject(e instanceof ClientError ? e : transportError("unavailable", e.message, e)));
-        res.on("end", () => {
-          const body = Buffer.concat(chunks);
-          const status = res.statusCode ?? 0;
-          if (status >= 200 && status < 300) {
-            resolve({ body, headers: res.headers });
-            return;
-          }
-          const requestId = typeof res.headers["x-request-id"] === "string" ? res.headers["x-request-id"] : undefined;
-          let error: { code?: unknown; message?: unknown } | undefined;
-          try {
-            error = (JSON.parse(body.toString("utf8")) as { error?: typeof error }).error;
-          } catch {
-            error = undefined;
-          }
-          if (typeof error?.code === "string") {
-            const message = typeof error.message === "string" ? error.message : error.code;
-            reject(apiError(status, error.code, message, requestId));
-          } else {
-            reject(apiError(status, "http_error", `HTTP ${status} ${res.statusMessage ?? ""}`.trim(), requestId));
-          }
-        });
-      },
-    );
-    req.on("timeout", () => {
-      req.destroy(transportError("unavailable", `no answer from ${url.origin} within ${PUBLIC_TIMEOUT_MS} ms`));
-    });
-    req.on("error", (e) => {
-      if (e instanceof ClientError) {
-        reject(e);
-        return;
-      }
-      const code = (e as { code?: unknown }).code;
-      if (typeof code === "string" && TLS_ERROR.test(code)) {
-        const hint = ca ? "" : " (set CUSTOS_CACERT to the Custos CA certificate file)";
-        reject(transportError("tls_error", `TLS verification of ${url.origin} failed: ${e.message}${hint}`, e));
-      } else {
-        reject(transportError("unavailable", `cannot reach ${url.origin}: ${e.message}`, e));
-      }
-    });
-    req.end();
-  });
-}
 
 /** Writes a public file (certificate, KRL) whole or not at all. */
 async function writePublicFile(file: string, data: string | Uint8Array): Promise<void> {
