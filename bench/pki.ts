@@ -16,14 +16,14 @@
 import "reflect-metadata";
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { webcrypto } from "node:crypto";
-import { copyFileSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import { freePort } from "../test/helpers/custos.js";
 import { benchInstall, call, readyOrKill, startCustos, startPlainServer, stop } from "./custos-server.js";
 import { rawHsmRates } from "./hsm.js";
 import { type CertLoad, ensureWrk, wrkRotate } from "./http-load.js";
-import { monotonicUs, reportProfile } from "./profile.js";
+import { monotonicUs, reportProfileIn } from "./profile.js";
 
 const CSR_COUNT = 200;
 const LEVELS = [1, 8] as const;
@@ -279,11 +279,7 @@ export default async function main(args: string[]): Promise<void> {
       const to = monotonicUs();
       await stop(custos.child);
       console.log(`\n${row("profiled Custos sign", profiled, "(under --cpu-prof)")}`);
-      const file = readdirSync(profileDir).find((f) => f.endsWith(".cpuprofile"));
-      if (!file) throw new Error("the server wrote no CPU profile");
-      // BENCH_PROFILE_OUT keeps the whole profile, to open in Chrome DevTools or speedscope.
-      if (process.env.BENCH_PROFILE_OUT) copyFileSync(join(profileDir, file), process.env.BENCH_PROFILE_OUT);
-      reportProfile(join(profileDir, file), { from, to }, "c=8 sign");
+      reportProfileIn(profileDir, { from, to }, "c=8 sign");
     }
   } finally {
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");

@@ -2,8 +2,8 @@
  * Where a benchmarked server's main thread spends its time: reads a V8 CPU profile
  * (`--cpu-prof`) and groups the samples of a time window by what they were doing.
  */
-import { readFileSync } from "node:fs";
-import { resolve } from "node:path";
+import { copyFileSync, readdirSync, readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
 
 const ROOT = resolve(import.meta.dirname, "..");
 
@@ -105,6 +105,17 @@ function categoryOf(node: ProfileNode, parent: Map<number, ProfileNode>): string
  * (the measured load, µs on the monotonic clock) count, so start-up and warm-up
  * don't.
  */
+/**
+ * Reports the one CPU profile a server wrote into `dir` (`--cpu-prof-dir`);
+ * BENCH_PROFILE_OUT=<file> keeps a copy to open in Chrome DevTools or speedscope.
+ */
+export function reportProfileIn(dir: string, window: { from: number; to: number }, load: string): void {
+  const file = readdirSync(dir).find((f) => f.endsWith(".cpuprofile"));
+  if (!file) throw new Error("the server wrote no CPU profile");
+  if (process.env.BENCH_PROFILE_OUT) copyFileSync(join(dir, file), process.env.BENCH_PROFILE_OUT);
+  reportProfile(join(dir, file), window, load);
+}
+
 export function reportProfile(file: string, window: { from: number; to: number }, load: string): void {
   const profile = JSON.parse(readFileSync(file, "utf8")) as CpuProfile;
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));

@@ -23,14 +23,14 @@
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createTestToken } from "../test/helpers/softhsm.js";
 import { type BenchInstall, benchInstall, call, startCustos, startPlainServer, stop } from "./custos-server.js";
 import { rawHsmRates } from "./hsm.js";
 import { type CertLoad, ensureWrk, wrkRotate } from "./http-load.js";
-import { monotonicUs, reportProfile } from "./profile.js";
+import { monotonicUs, reportProfileIn } from "./profile.js";
 
 const KEY_COUNT = 300;
 const LEVELS = [1, 16] as const;
@@ -418,11 +418,7 @@ export default async function main(args: string[]): Promise<void> {
       await stop(custos.child);
       console.log(`\n${row("profiled Custos sign", profiled, "(under --cpu-prof)")}`);
       assertClean("profiled Custos sign", [profiled]);
-      const file = readdirSync(profileDir).find((f) => f.endsWith(".cpuprofile"));
-      if (!file) throw new Error("the server wrote no CPU profile");
-      // BENCH_PROFILE_OUT keeps the whole profile, to open in Chrome DevTools or speedscope.
-      if (process.env.BENCH_PROFILE_OUT) copyFileSync(join(profileDir, file), process.env.BENCH_PROFILE_OUT);
-      reportProfile(join(profileDir, file), { from, to }, "c=16 ssh sign");
+      reportProfileIn(profileDir, { from, to }, "c=16 ssh sign");
     }
   } finally {
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");

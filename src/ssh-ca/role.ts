@@ -70,7 +70,17 @@ const ROLE_FIELDS = new Set([
 
 const invalid = (message: string) => new CustosError("invalid_request", message);
 
-function isTemplate(entry: string): entry is Template {
+const MAX_REASON = 1024;
+
+/** A revocation's or grant's reason: 1-1024 characters, not blank. */
+export function checkReason(reason: unknown): string {
+  if (typeof reason !== "string" || reason.trim() === "" || reason.length > MAX_REASON) {
+    throw invalid(`a reason of 1-${MAX_REASON} characters is required`);
+  }
+  return reason;
+}
+
+export function isPrincipalTemplate(entry: string): entry is Template {
   return entry.startsWith("{{");
 }
 
@@ -181,7 +191,7 @@ export function validateRoleSpec(input: unknown): RoleSpec {
   const selfService = body.selfService ?? false;
   if (typeof selfService !== "boolean") throw invalid("selfService must be true or false");
   for (const p of principals) {
-    if (isTemplate(p)) {
+    if (isPrincipalTemplate(p)) {
       if (!(TEMPLATES[certType] as readonly string[]).includes(p)) {
         throw invalid(`principal template ${p.slice(0, 64)} is not one of ${TEMPLATES[certType].join(", ")}`);
       }
@@ -262,10 +272,10 @@ export const BUILTIN_ROLES: Readonly<Record<string, RoleSpec>> = {
 /** key_type_not_allowed unless the role takes the key's family at its size. */
 export function checkSubjectKey(role: SshRole, key: SubjectKey): void {
   const minimum = role.keyTypes[key.family];
-  const allowed = Object.entries(role.keyTypes)
-    .map(([f, b]) => `${f} ≥ ${b}`)
-    .join(", ");
   if (minimum === undefined) {
+    const allowed = Object.entries(role.keyTypes)
+      .map(([f, b]) => `${f} ≥ ${b}`)
+      .join(", ");
     throw new CustosError(
       "key_type_not_allowed",
       `role ${role.name} does not take ${key.type} keys (allowed: ${allowed})`,
@@ -332,8 +342,4 @@ export function criticalOptionsFor(
 /** Whether `entry` (a role principal that is not a template) admits `principal`: itself, or a match of its `*` pattern. */
 export function literalAdmits(entry: string, principal: string): boolean {
   return entry.includes("*") ? globMatch(entry, principal) : entry === principal;
-}
-
-export function isPrincipalTemplate(entry: string): entry is Template {
-  return isTemplate(entry);
 }

@@ -18,6 +18,7 @@ import { buildKrl } from "./krl.js";
 import {
   BUILTIN_ROLES,
   checkPrincipalText,
+  checkReason,
   checkSubjectKey,
   criticalOptionsFor,
   extensionsFor,
@@ -29,7 +30,7 @@ import {
   ttlFor,
   validateRoleSpec,
 } from "./role.js";
-import { type GrantSudoInput, newSudoGrant, type SudoGrantView, sudoGrantView } from "./sudo.js";
+import { type GrantSudoInput, newSudoGrant, type SudoGrantView, subjectNames, sudoGrantView } from "./sudo.js";
 
 export interface SshCaOptions {
   readonly keystore: Keystore;
@@ -115,7 +116,6 @@ export interface Revoked {
 /** `validAfter` lies this far in the past, for hosts whose clocks run behind (Vault's not_before_duration). */
 const CLOCK_SKEW_MS = 30_000;
 const MAX_REQUESTED_PRINCIPALS = 256;
-const MAX_REASON = 1024;
 const SERIAL_RE = /^[1-9][0-9]{0,19}$/;
 const MAX_UINT64 = (1n << 64n) - 1n;
 
@@ -541,7 +541,10 @@ export class SshCa {
       );
       return { revoked: [input.serial], krlVersion: krl.version };
     }
-    const key = parseRevokedKey(input.publicKey);
+    if (typeof input.publicKey !== "string") {
+      throw new CustosError("invalid_request", "publicKey must be an OpenSSH public key line");
+    }
+    const key = parsePublicKeyLine(input.publicKey);
     const result = await this.#o.store.ssh.revokeKey(
       { fingerprint: key.fingerprint, fingerprintRaw: key.fingerprintRaw },
       at,
@@ -561,13 +564,14 @@ export class SshCa {
       grant,
       auditEntry(actor, "ssh.sudo.grant", `ssh/sudo/${grant.org}/${grant.space}/${grant.app}`, { after: grant }),
     );
-    return sudoGrantView(this.#o.store, grant, this.#now());
+    return sudoGrantView(await subjectNames(this.#o.store), grant, this.#now());
   }
 
   async sudoGrants(activeOnly: boolean): Promise<SudoGrantView[]> {
     const now = this.#now();
     const grants = await this.#o.store.ssh.listSudoGrants(activeOnly ? now.toISOString() : undefined);
-    return Promise.all(grants.map((g) => sudoGrantView(this.#o.store, g, now)));
+    const names = await subjectNames(this.#o.store);
+    return grants.map((g) => sudoGrantView(names, g, now));
   }
 
   /** Ends the grant and revokes every unexpired certificate issued under it, with the KRL, atomically. */
@@ -582,9 +586,8 @@ export class SshCa {
       this.#krlMaker(),
       auditEntry(actor, "ssh.sudo.revoke", `ssh/sudo/${grant.org}/${grant.space}/${grant.app}`, { grant: id }),
     );
-    const revoked = (await this.#o.store.ssh.getSudoGrant(id)) ?? grant;
     return {
-      grant: await sudoGrantView(this.#o.store, revoked, this.#now()),
+      grant: sudoGrantView(await subjectNames(this.#o.store), { ...grant, revokedAt: at }, this.#now()),
       revoked: result.serials,
       krlVersion: result.krl.version,
     };
@@ -634,20 +637,6 @@ function checkSerial(serial: string): void {
   if (!SERIAL_RE.test(serial) || BigInt(serial) > MAX_UINT64) {
     throw new CustosError("invalid_request", "serial must be a decimal number from 1 to 2^64-1");
   }
-}
-
-function checkReason(reason: unknown): string {
-  if (typeof reason !== "string" || reason.trim() === "" || reason.length > MAX_REASON) {
-    throw new CustosError("invalid_request", `reason must be 1-${MAX_REASON} characters`);
-  }
-  return reason;
-}
-
-/** A key to revoke: a plain public key line (a certificate is revoked by its serial). */
-function parseRevokedKey(line: unknown): SubjectKey {
-  if (typeof line !== "string")
-    throw new CustosError("invalid_request", "publicKey must be an OpenSSH public key line");
-  return parsePublicKeyLine(line);
 }
 
 function randomSerial(): bigint {

@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Actor } from "../audit/index.js";
 import { CustosError } from "../errors/index.js";
 import type { SshSudoGrantRecord, Store } from "../store/index.js";
+import { checkReason } from "./role.js";
 
 /** What an admin grants: `<account>@<instance>` on one app's instances, to a user or a group, for a while. */
 export interface GrantSudoInput {
@@ -34,7 +35,6 @@ export interface SudoGrantView {
 
 export const MIN_SUDO_TTL_SECONDS = 60;
 export const MAX_SUDO_TTL_SECONDS = 86_400;
-const MAX_REASON = 1024;
 /** A POSIX portable user name, as useradd takes it. */
 const ACCOUNT_RE = /^[a-z_][a-z0-9_-]{0,31}$/;
 
@@ -52,9 +52,7 @@ export async function newSudoGrant(
   if (!Number.isInteger(ttl) || ttl < MIN_SUDO_TTL_SECONDS || ttl > MAX_SUDO_TTL_SECONDS) {
     throw invalid(`ttlSeconds must be a whole number from ${MIN_SUDO_TTL_SECONDS} to ${MAX_SUDO_TTL_SECONDS}`);
   }
-  if (typeof input.reason !== "string" || input.reason.trim() === "" || input.reason.length > MAX_REASON) {
-    throw invalid(`a reason of 1-${MAX_REASON} characters is required`);
-  }
+  checkReason(input.reason);
   const account = input.account ?? "root";
   if (typeof account !== "string" || !ACCOUNT_RE.test(account)) {
     throw invalid("account must be a POSIX user name (a-z, 0-9, '_', '-'; up to 32 characters)");
@@ -88,13 +86,18 @@ export async function newSudoGrant(
   };
 }
 
+/** User and group names by id, read once for a set of grant views. */
+export async function subjectNames(store: Store): Promise<ReadonlyMap<string, string>> {
+  const [users, groups] = await Promise.all([store.listUsers(), store.listGroups()]);
+  return new Map([
+    ...users.map((u) => [`user:${u.id}`, u.name] as const),
+    ...groups.map((g) => [`group:${g.id}`, g.name] as const),
+  ]);
+}
+
 /** The grant with its user or group by name, and whether it is active now. */
-export async function sudoGrantView(store: Store, g: SshSudoGrantRecord, now: Date): Promise<SudoGrantView> {
-  const name =
-    g.subjectType === "user"
-      ? (await store.getUser(g.subjectId))?.name
-      : (await store.listGroups()).find((group) => group.id === g.subjectId)?.name;
-  const subject = name ?? `(deleted ${g.subjectType} ${g.subjectId})`;
+export function sudoGrantView(names: ReadonlyMap<string, string>, g: SshSudoGrantRecord, now: Date): SudoGrantView {
+  const subject = names.get(`${g.subjectType}:${g.subjectId}`) ?? `(deleted ${g.subjectType} ${g.subjectId})`;
   return {
     id: g.id,
     org: g.org,
