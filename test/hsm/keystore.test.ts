@@ -247,29 +247,45 @@ describe("Pkcs11Keystore against SoftHSM", () => {
     await assert.rejects(ks.sign(ed.ref, "rsa-pss-sha256", data), rejectsWith("invalid_request"));
   });
 
-  test("signing private keys are non-extractable and sensitive token objects", () => {
-    inj.withSession((s) => {
+  /** [CKA_TOKEN, CKA_SENSITIVE, CKA_EXTRACTABLE] of every private key under `label`, token objects first. */
+  function privateKeysLabelled(label: string): number[][] {
+    return inj.withSession((s) => {
       const p = inj.p;
       p.C_FindObjectsInit(s, [
-        { type: pkcs11js.CKA_LABEL, value: "sig-ec" },
+        { type: pkcs11js.CKA_LABEL, value: label },
         { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
       ]);
-      const h = p.C_FindObjects(s);
+      const handles = p.C_FindObjects(s, 100);
       p.C_FindObjectsFinal(s);
-      assert.ok(h);
-      const [tok, sens, extr] = p.C_GetAttributeValue(s, h, [
-        { type: pkcs11js.CKA_TOKEN },
-        { type: pkcs11js.CKA_SENSITIVE },
-        { type: pkcs11js.CKA_EXTRACTABLE },
-      ]);
-      assert.deepEqual([tok?.value[0], sens?.value[0], extr?.value[0]], [1, 1, 0]);
+      return handles
+        .map((h) =>
+          p
+            .C_GetAttributeValue(s, h, [
+              { type: pkcs11js.CKA_TOKEN },
+              { type: pkcs11js.CKA_SENSITIVE },
+              { type: pkcs11js.CKA_EXTRACTABLE },
+            ])
+            .map((a) => a.value[0] ?? -1),
+        )
+        .sort((a, b) => (b[0] ?? 0) - (a[0] ?? 0));
     });
+  }
+
+  test("signing private keys are non-extractable and sensitive token objects; their session copies too", () => {
+    // Signing above made session copies (one per pool session that signed), which
+    // must keep every protection of the token object.
+    const objects = privateKeysLabelled("sig-ec");
+    assert.deepEqual(objects[0], [1, 1, 0]);
+    assert.ok(objects.length >= 2, "signing made a session copy");
+    for (const copy of objects.slice(1)) assert.deepEqual(copy, [0, 1, 0]);
   });
 
-  test("destroyKeyPair removes both halves and is idempotent", async () => {
+  test("destroyKeyPair removes both halves, and every session copy, and is idempotent", async () => {
     const pair = await ks.generateKeyPair("ecdsa-p256", "doomed");
-    await ks.sign(pair.ref, "ecdsa-p256-sha256", Buffer.from("x"));
+    await Promise.all(Array.from({ length: 8 }, () => ks.sign(pair.ref, "ecdsa-p256-sha256", Buffer.from("x"))));
+    assert.ok(privateKeysLabelled("doomed").length >= 2);
     await ks.destroyKeyPair(pair.ref);
+    assert.deepEqual(privateKeysLabelled("doomed"), []);
     await ks.destroyKeyPair(pair.ref);
     await assert.rejects(ks.publicKey(pair.ref), rejectsWith("not_found"));
     await assert.rejects(ks.sign(pair.ref, "ecdsa-p256-sha256", Buffer.from("x")), rejectsWith("not_found"));
@@ -325,6 +341,8 @@ describe("Pkcs11Keystore against SoftHSM", () => {
         inj.p.C_FindObjectsInit(s, [
           { type: pkcs11js.CKA_TOKEN, value: false },
           { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+          // Unwrapped keys encrypt; the root key's session copies only wrap and unwrap.
+          { type: pkcs11js.CKA_ENCRYPT, value: true },
         ]);
         const found = inj.p.C_FindObjects(s, 1000);
         inj.p.C_FindObjectsFinal(s);
