@@ -6,14 +6,12 @@
  *
  *   npm run bench -- envelope [quick]
  */
-import { spawnSync } from "node:child_process";
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable, Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { fileURLToPath } from "node:url";
 import { type Actor, AuditLog } from "../src/audit/index.js";
 import type { EncryptionContext, EnvelopeKms } from "../src/envelope/index.js";
 import { Envelope } from "../src/envelope/index.js";
@@ -22,6 +20,7 @@ import { KmsService } from "../src/kms/index.js";
 import { Secret } from "../src/secret/index.js";
 import { SqliteStore } from "../src/store/index.js";
 import { createTestToken } from "../test/helpers/softhsm.js";
+import { type RssReadings, streamingRss } from "./envelope-rss.js";
 
 const MiB = 1024 ** 2;
 /** Our default chunk size; sources emit pieces of this size. */
@@ -178,52 +177,6 @@ function rawBuffer(data: Buffer): { encrypt(): void; decrypt(): void } {
   };
 }
 
-/**
- * Peak RSS in KiB. Linux's getrusage maxRSS carries the parent's peak over fork and
- * exec (the child starts at the bench's 500 MB or so), so read the high-water mark of
- * this process's own memory instead where there is one.
- */
-function peakRss(): number {
-  const hwm = /^VmHWM:\s+(\d+) kB$/m.exec(
-    existsSync("/proc/self/status") ? readFileSync("/proc/self/status", "utf8") : "",
-  );
-  return hwm ? Number(hwm[1]) : process.resourceUsage().maxRSS;
-}
-
-/**
- * Peak RSS of a process that only streams `total` bytes, once encrypting, once
- * encrypt→decrypt: through the envelope (with its own KMS), or through the raw
- * Transforms (no KMS) for what node streams cost by themselves. Both grow by
- * tens of MB: every update() allocates its output outside the V8 heap, and V8
- * collects that garbage only every few tens of MB of it.
- */
-async function rssChild(what: string, total: number): Promise<void> {
-  if (what === "inherited") {
-    console.log(JSON.stringify({ maxRSS: process.resourceUsage().maxRSS, hwm: peakRss() }));
-    return;
-  }
-  const atRest = peakRss();
-  const opened = what === "envelope" ? await openKms() : undefined;
-  const envelope = opened && new Envelope({ kms: opened.kms });
-  // One small message first, so that the KMS's first calls (HSM sessions, threads, SQLite) count as set-up.
-  const first = await envelope?.encrypt(Buffer.alloc(1), { key: KEY, context: CONTEXT });
-  if (first) await envelope?.decrypt(first, { context: CONTEXT });
-  const afterSetup = peakRss();
-  const seal = () => envelope?.encryptStream({ key: KEY, context: CONTEXT }) ?? rawStreams().seal;
-  await pipeline(source(total), seal(), sink(-1));
-  const afterEncrypt = peakRss();
-  const pair = envelope
-    ? {
-        seal: envelope.encryptStream({ key: KEY, context: CONTEXT }),
-        open: envelope.decryptStream({ context: CONTEXT }),
-      }
-    : rawStreams();
-  await pipeline(source(total), pair.seal, pair.open, sink(total));
-  const peak = peakRss();
-  await opened?.close();
-  console.log(JSON.stringify({ atRest, afterSetup, afterEncrypt, peak }));
-}
-
 const mbs = (bytes: number, seconds: number) => bytes / 1e6 / seconds;
 const fmt = (rate: number) => `${rate.toFixed(0).padStart(5)} MB/s`;
 const met = (ok: boolean) => (ok ? "met" : "NOT met");
@@ -370,32 +323,6 @@ export default async function main(args: string[]): Promise<void> {
       }
     }
 
-    // Children that do nothing else, so the buffers above don't count; they inherit SOFTHSM2_CONF for their token.
-    const rss = (what: string) => {
-      const args = ["--import", "tsx", fileURLToPath(import.meta.url), "--rss-child", what, String(total)];
-      const child = spawnSync(process.execPath, args, { encoding: "utf8", env: process.env });
-      if (child.status !== 0) throw new Error(`RSS child failed: ${child.stderr}`);
-      return JSON.parse(child.stdout.trim().split("\n").at(-1) as string) as Record<string, number>;
-    };
-    const mb = (kib: number | undefined) => `${(((kib ?? 0) * 1024) / 1e6).toFixed(0)} MB`;
-    const grew = (r: Record<string, number>) => mb((r.peak ?? 0) - (r.afterSetup ?? 0));
-    console.log(`\npeak RSS (VmHWM) streaming ${human(total)}: encrypt, then encrypt→decrypt, in a child of its own`);
-    const inherited = rss("inherited");
-    console.log(
-      `  (an idle child's getrusage maxRSS says ${mb(inherited.maxRSS)}, inherited from this process; VmHWM ${mb(inherited.hwm)})`,
-    );
-    const ours = rss("envelope");
-    const limit = rss("raw");
-    console.log(`  node + tsx + this file's imports, before anything: ${mb(ours.atRest)}`);
-    console.log(
-      `  envelope, real KMS on SoftHSM: set-up ${mb(ours.afterSetup)}, encrypt ${mb(ours.afterEncrypt)}, ` +
-        `encrypt→decrypt ${mb(ours.peak)} (+${grew(ours)} streaming)  goal ≤ 100 MB: ${met((ours.peak ?? Infinity) * 1024 <= GOAL.rssBytes)}`,
-    );
-    console.log(
-      `  limit, raw Transforms, no KMS: set-up ${mb(limit.afterSetup)}, encrypt ${mb(limit.afterEncrypt)}, ` +
-        `encrypt→decrypt ${mb(limit.peak)} (+${grew(limit)} streaming)`,
-    );
-
     const objects = Array.from({ length: size.objects }, () => randomBytes(1024));
     console.log(`\nKMS calls for ${size.objects} objects of 1 KiB under one key and context, one at a time`);
     const fresh = (cache: boolean) => new Envelope({ kms, ...(cache ? {} : { cache: false as const }) });
@@ -427,6 +354,25 @@ export default async function main(args: string[]): Promise<void> {
   } finally {
     await close();
   }
-}
 
-if (process.argv[2] === "--rss-child") await rssChild(process.argv[3] ?? "", Number(process.argv[4]));
+  // After the in-process KMS is closed: SoftHSM sees the server's new token only on a fresh C_Initialize.
+  const mb = (kib: number) => `${((kib * 1024) / 1e6).toFixed(0)} MB`;
+  const grew = (r: RssReadings) => mb(r.peak - r.afterSetup);
+  console.log(
+    `\npeak RSS (VmHWM) streaming ${human(size.stream)}: encrypt, then encrypt→decrypt, in a child of its own`,
+  );
+  console.log(
+    "  (plain node, the library compiled by tsc, data keys from a Custos server in another process over HTTPS)",
+  );
+  const rss = await streamingRss(size.stream);
+  console.log(`  node and the child's imports, before anything: ${mb(rss.envelope.atRest)}`);
+  console.log(
+    `  envelope: set-up ${mb(rss.envelope.afterSetup)}, encrypt ${mb(rss.envelope.afterEncrypt)}, ` +
+      `encrypt→decrypt ${mb(rss.envelope.peak)} (+${grew(rss.envelope)} streaming)  ` +
+      `goal ≤ 100 MB: ${met(rss.envelope.peak * 1024 <= GOAL.rssBytes)}`,
+  );
+  console.log(
+    `  limit, raw Transforms, no KMS: set-up ${mb(rss.raw.afterSetup)}, encrypt ${mb(rss.raw.afterEncrypt)}, ` +
+      `encrypt→decrypt ${mb(rss.raw.peak)} (+${grew(rss.raw)} streaming)`,
+  );
+}
