@@ -1,4 +1,4 @@
-import { createPublicKey, type KeyObject, verify } from "node:crypto";
+import { createPublicKey, type JsonWebKey, type KeyObject, verify } from "node:crypto";
 import { isIP, SocketAddress } from "node:net";
 import { CertificationRequest, type CertificationRequestInfo } from "@peculiar/asn1-csr";
 import { AsnConvert } from "@peculiar/asn1-schema";
@@ -61,6 +61,49 @@ function derLength(der: Buffer): number | undefined {
   let length = 0;
   for (let i = 0; i < count; i++) length = length * 256 + (der[2 + i] ?? 0);
   return 2 + count + length;
+}
+
+/** The curve parameters (DER OIDs) of the EC keys Custos certifies, with their JWK names and point sizes. */
+const EC_CURVES = [
+  { params: Buffer.from("06082a8648ce3d030107", "hex"), crv: "P-256", keyType: "ec-p256", size: 32 },
+  { params: Buffer.from("06052b81040022", "hex"), crv: "P-384", keyType: "ec-p384", size: 48 },
+] as const;
+const EC_PUBLIC_KEY_OID = "1.2.840.10045.2.1";
+const ED25519_OID = "1.3.101.112";
+
+/**
+ * The key of a parsed SPKI, imported as a JWK where it can be: OpenSSL 3 decodes a
+ * DER SPKI in about 130 us here, a JWK in about 70 (P-256, the point still checked
+ * to be on the curve) or 9 (Ed25519), and the key type is known without asking
+ * node:crypto for the key's details. Anything else (RSA, compressed points) takes
+ * the DER path.
+ */
+function importSpki(
+  info: asn1X509.SubjectPublicKeyInfo,
+  spki: Buffer,
+): { key: KeyObject; keyType: KeyType } | undefined {
+  const algorithm = info.algorithm.algorithm;
+  const point = Buffer.from(info.subjectPublicKey);
+  const fromJwk = (jwk: JsonWebKey, keyType: KeyType) => {
+    try {
+      return { key: createPublicKey({ key: jwk, format: "jwk" }), keyType };
+    } catch {
+      return undefined;
+    }
+  };
+  if (algorithm === ED25519_OID && point.length === 32 && info.algorithm.parameters == null) {
+    return fromJwk({ kty: "OKP", crv: "Ed25519", x: point.toString("base64url") }, "ed25519");
+  }
+  const params = info.algorithm.parameters ? Buffer.from(info.algorithm.parameters) : undefined;
+  const curve = EC_CURVES.find((c) => params?.equals(c.params));
+  if (algorithm === EC_PUBLIC_KEY_OID && curve && point.length === 1 + 2 * curve.size && point[0] === 0x04) {
+    const x = point.subarray(1, 1 + curve.size).toString("base64url");
+    const y = point.subarray(1 + curve.size).toString("base64url");
+    return fromJwk({ kty: "EC", crv: curve.crv, x, y }, curve.keyType);
+  }
+  const key = publicKeyObject(spki);
+  const keyType = key === undefined ? undefined : keyTypeOfKey(key);
+  return key === undefined || keyType === undefined ? undefined : { key, keyType };
 }
 
 function publicKeyObject(spki: Buffer): KeyObject | undefined {
@@ -190,9 +233,8 @@ export async function parseCsr(text: string): Promise<ParsedCsr> {
   }
   const info = csr.certificationRequestInfo;
   const spki = Buffer.from(AsnConvert.serialize(info.subjectPKInfo));
-  const key = publicKeyObject(spki);
-  const keyType = key === undefined ? undefined : keyTypeOfKey(key);
-  if (key === undefined || keyType === undefined) {
+  const imported = importSpki(info.subjectPKInfo, spki);
+  if (imported === undefined) {
     throw csrInvalid(
       `the CSR holds ${describeKey(spki, info.subjectPKInfo.algorithm.algorithm)}, which Custos does not certify`,
     );
@@ -205,7 +247,7 @@ export async function parseCsr(text: string): Promise<ParsedCsr> {
   }
   let verified = false;
   try {
-    verified = verify(digest, Buffer.from(signed), key, Buffer.from(csr.signature));
+    verified = verify(digest, Buffer.from(signed), imported.key, Buffer.from(csr.signature));
   } catch (e) {
     throw csrInvalid("the CSR's signature does not verify", e);
   }
@@ -222,5 +264,5 @@ export async function parseCsr(text: string): Promise<ParsedCsr> {
   }
 
   // The schema re-encodes the SPKI in DER, so it is already the canonical form node:crypto would export.
-  return { publicKey: spki, keyType, commonName, ...names };
+  return { publicKey: spki, keyType: imported.keyType, commonName, ...names };
 }

@@ -191,6 +191,29 @@ describe("parseCsr: refusals", () => {
     await rejectsCode(parseCsr(dsa.pem), "csr_invalid", /dsa/);
   });
 
+  test("a compressed P-256 point reads as ec-p256; a point moved off the curve is csr_invalid", async () => {
+    const plainKey = join(dir, "uncompressed.pem");
+    const keyFile = join(dir, "compressed.pem");
+    openssl(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", plainKey]);
+    openssl(["ec", "-in", plainKey, "-conv_form", "compressed", "-out", keyFile]);
+    const pem = openssl(["req", "-new", "-key", keyFile, "-subj", "/CN=c.example.com"]).toString();
+    const spki = openssl(["pkey", "-in", keyFile, "-pubout", "-outform", "DER"]);
+    assert.equal(spki.length, 59, "openssl wrote a compressed point (33 bytes)");
+    const parsed = await parseCsr(pem);
+    assert.equal(parsed.keyType, "ec-p256");
+    assert.deepEqual(
+      createPublicKey({ key: parsed.publicKey, format: "der", type: "spki" }).export({ format: "jwk" }),
+      createPublicKey({ key: spki, format: "der", type: "spki" }).export({ format: "jwk" }),
+    );
+
+    const plain = opensslCsr(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"], "/CN=a.example.com");
+    const der = derOf(plain.pem);
+    const at = der.indexOf(plain.spki.subarray(-65));
+    assert.ok(at > 0);
+    der[at + 64] = (der[at + 64] ?? 0) ^ 1; // the last byte of y
+    await rejectsCode(parseCsr(pemOf(der)), "csr_invalid", /does not certify/);
+  });
+
   test("an email SAN is csr_invalid (it would vanish from the certificate unnoticed)", async () => {
     const made = opensslCsr(["-newkey", "ed25519"], "/CN=a.example.com", "DNS:a.example.com,email:ops@example.com");
     await rejectsCode(parseCsr(made.pem), "csr_invalid", /SAN of type email \(ops@example\.com\)/);
