@@ -76,17 +76,18 @@ const ED25519_OID = "1.3.101.112";
  * DER SPKI in about 130 us here, a JWK in about 70 (P-256, the point still checked
  * to be on the curve) or 9 (Ed25519), and the key type is known without asking
  * node:crypto for the key's details. Anything else (RSA, compressed points) takes
- * the DER path.
+ * the DER path. The SPKI returned is node:crypto's DER export of the key (or the
+ * schema's DER re-encoding on the DER path): one encoding per key.
  */
 function importSpki(
   info: asn1X509.SubjectPublicKeyInfo,
-  spki: Buffer,
-): { key: KeyObject; keyType: KeyType } | undefined {
+): { key: KeyObject; keyType: KeyType; spki: Buffer } | undefined {
   const algorithm = info.algorithm.algorithm;
   const point = Buffer.from(info.subjectPublicKey);
   const fromJwk = (jwk: JsonWebKey, keyType: KeyType) => {
     try {
-      return { key: createPublicKey({ key: jwk, format: "jwk" }), keyType };
+      const key = createPublicKey({ key: jwk, format: "jwk" });
+      return { key, keyType, spki: key.export({ format: "der", type: "spki" }) };
     } catch {
       return undefined;
     }
@@ -101,9 +102,10 @@ function importSpki(
     const y = point.subarray(1 + curve.size).toString("base64url");
     return fromJwk({ kty: "EC", crv: curve.crv, x, y }, curve.keyType);
   }
+  const spki = Buffer.from(AsnConvert.serialize(info));
   const key = publicKeyObject(spki);
   const keyType = key === undefined ? undefined : keyTypeOfKey(key);
-  return key === undefined || keyType === undefined ? undefined : { key, keyType };
+  return key === undefined || keyType === undefined ? undefined : { key, keyType, spki };
 }
 
 function publicKeyObject(spki: Buffer): KeyObject | undefined {
@@ -232,9 +234,9 @@ export async function parseCsr(text: string): Promise<ParsedCsr> {
     throw csrInvalid("the CSR does not parse as PKCS#10", e);
   }
   const info = csr.certificationRequestInfo;
-  const spki = Buffer.from(AsnConvert.serialize(info.subjectPKInfo));
-  const imported = importSpki(info.subjectPKInfo, spki);
+  const imported = importSpki(info.subjectPKInfo);
   if (imported === undefined) {
+    const spki = Buffer.from(AsnConvert.serialize(info.subjectPKInfo));
     throw csrInvalid(
       `the CSR holds ${describeKey(spki, info.subjectPKInfo.algorithm.algorithm)}, which Custos does not certify`,
     );
@@ -263,6 +265,5 @@ export async function parseCsr(text: string): Promise<ParsedCsr> {
     throw csrInvalid("the CSR's subject or extensions do not parse", e);
   }
 
-  // The schema re-encodes the SPKI in DER, so it is already the canonical form node:crypto would export.
-  return { publicKey: spki, keyType: imported.keyType, commonName, ...names };
+  return { publicKey: imported.spki, keyType: imported.keyType, commonName, ...names };
 }
