@@ -1,12 +1,12 @@
 /**
  * Peak RSS of a storage layer streaming through the envelope, measured the way one
  * runs: the library compiled to JavaScript (tsc, as `custos/envelope` is built), in
- * a plain node process of its own (bench/envelope-rss-child.mjs), getting its data
+ * a plain node process of its own (bench/envelope-rss-child.ts, compiled with it), getting its data
  * keys from a Custos server in another process over HTTPS. The raw node:crypto
  * streams run in the same kind of child, for what node streams cost by themselves.
  */
 import { execFile } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
@@ -27,22 +27,29 @@ export async function streamingRss(total: number): Promise<{ envelope: RssReadin
   const out = mkdtempSync(join(tmpdir(), "custos-bench-rss-"));
   const install = await benchInstall("custos-bench-rss");
   try {
-    const tsc = join(ROOT, "node_modules/typescript/bin/tsc");
-    await run(process.execPath, [
-      tsc,
-      "-p",
-      join(ROOT, "tsconfig.build.json"),
-      "--outDir",
-      out,
-      "--declaration",
-      "false",
-    ]);
+    // The build's settings, with the child and its fixtures compiled beside the library.
+    const tsconfig = join(out, "tsconfig.json");
+    writeFileSync(
+      tsconfig,
+      JSON.stringify({
+        extends: join(ROOT, "tsconfig.build.json"),
+        // typeRoots: @types/node is found from the repository, not from this temporary directory.
+        compilerOptions: {
+          rootDir: ROOT,
+          outDir: out,
+          declaration: false,
+          typeRoots: [join(ROOT, "node_modules/@types")],
+        },
+        include: [join(ROOT, "src"), join(ROOT, "bench/envelope-rss-child.ts"), join(ROOT, "bench/stream-fixtures.ts")],
+      }),
+    );
+    await run(process.execPath, [join(ROOT, "node_modules/typescript/bin/tsc"), "-p", tsconfig]);
     const server = await startCustos(install.env, install.port, install.caCertFile, install.admin);
     try {
       const { base, ca } = server;
       await call(`${base}/v1/keys`, "POST", { name: "bench", purpose: "encrypt" }, { ca, token: install.admin });
       const child = async (what: string): Promise<RssReadings> => {
-        const args = [join(ROOT, "bench/envelope-rss-child.mjs"), join(out, "src"), what, String(total)];
+        const args = [join(out, "bench/envelope-rss-child.js"), what, String(total)];
         const env = {
           PATH: process.env.PATH,
           CUSTOS_ADDR: base,

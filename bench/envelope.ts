@@ -10,7 +10,6 @@ import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
-import { Readable, Transform, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { type Actor, AuditLog } from "../src/audit/index.js";
 import type { EncryptionContext, EnvelopeKms } from "../src/envelope/index.js";
@@ -21,10 +20,9 @@ import { Secret } from "../src/secret/index.js";
 import { SqliteStore } from "../src/store/index.js";
 import { createTestToken } from "../test/helpers/softhsm.js";
 import { type RssReadings, streamingRss } from "./envelope-rss.js";
+import { PIECE, rawStreams, sink, source } from "./stream-fixtures.js";
 
 const MiB = 1024 ** 2;
-/** Our default chunk size; sources emit pieces of this size. */
-const PIECE = 64 * 1024;
 const KEY = "bench";
 const CONTEXT: EncryptionContext = { bucket: "bench", object: "data" };
 const SDK_BUDGET_S = 60;
@@ -102,53 +100,6 @@ async function medians<K extends string>(
 }
 
 const once = async (run: () => Promise<unknown>) => (await medians(1, { run })).run;
-
-/** `total` bytes in PIECE-sized pieces, the same random piece each time (no generator cost in the figure). */
-function source(total: number): Readable {
-  const piece = randomBytes(PIECE);
-  let left = total;
-  return new Readable({
-    read() {
-      const n = Math.min(PIECE, left);
-      left -= n;
-      this.push(n > 0 ? piece.subarray(0, n) : null);
-    },
-  });
-}
-
-/** Discards, but counts, so that a short stream can't pass for a fast one. */
-function sink(expected: number): Writable {
-  let seen = 0;
-  return new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      seen += chunk.length;
-      done();
-    },
-    final(done) {
-      done(expected < 0 || seen === expected ? null : new Error(`sink saw ${seen} bytes, expected ${expected}`));
-    },
-  });
-}
-
-/** The limit as Transforms: one cipher over the whole stream, `update` per piece; the tag passes from one to the other. */
-function rawStreams(): { seal: Transform; open: Transform } {
-  const key = randomBytes(32);
-  const iv = randomBytes(12);
-  const cipher = createCipheriv("aes-256-gcm", key, iv);
-  const decipher = createDecipheriv("aes-256-gcm", key, iv);
-  const seal = new Transform({
-    transform: (chunk: Buffer, _e, done) => done(null, cipher.update(chunk)),
-    flush: (done) => done(null, cipher.final()),
-  });
-  const open = new Transform({
-    transform: (chunk: Buffer, _e, done) => done(null, decipher.update(chunk)),
-    flush(done) {
-      decipher.setAuthTag(cipher.getAuthTag());
-      done(null, decipher.final());
-    },
-  });
-  return { seal, open };
-}
 
 /**
  * The limit for buffers: what a buffer API must deliver, one contiguous output, made
