@@ -327,6 +327,40 @@ describe("Pkcs11Keystore against SoftHSM", () => {
     assert.deepEqual(mac, createHmac("sha256", key).update(data).digest());
   });
 
+  test("a key the HSM won't copy (CKA_COPYABLE false) is used as the token object itself", async () => {
+    const key = Buffer.alloc(32, 0x3c);
+    const id = Buffer.from("c0ffee01", "hex");
+    inj.withSession((s) =>
+      inj.p.C_CreateObject(s, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_GENERIC_SECRET },
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_PRIVATE, value: true },
+        { type: pkcs11js.CKA_LABEL, value: "hmac-uncopyable" },
+        { type: pkcs11js.CKA_ID, value: id },
+        { type: pkcs11js.CKA_VALUE, value: key },
+        { type: pkcs11js.CKA_SIGN, value: true },
+        { type: pkcs11js.CKA_COPYABLE, value: false },
+      ]),
+    );
+    const data = Buffer.from("audit me too");
+    const macs = await Promise.all(
+      Array.from({ length: 8 }, () => ks.hmac({ label: "hmac-uncopyable", id: "c0ffee01" }, data)),
+    );
+    for (const mac of macs) assert.deepEqual(mac, createHmac("sha256", key).update(data).digest());
+    const copies = inj.withSession((s) => {
+      inj.p.C_FindObjectsInit(s, [
+        { type: pkcs11js.CKA_LABEL, value: "hmac-uncopyable" },
+        { type: pkcs11js.CKA_TOKEN, value: false },
+      ]);
+      const found = inj.p.C_FindObjects(s, 10);
+      inj.p.C_FindObjectsFinal(s);
+      return found.length;
+    });
+    assert.equal(copies, 0);
+    assert.equal(ks.health().state, "ok");
+  });
+
   test("random: lengths 1..1024, other lengths rejected", async () => {
     assert.equal((await ks.random(1)).length, 1);
     const r = await ks.random(1024);

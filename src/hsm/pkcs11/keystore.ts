@@ -578,13 +578,17 @@ export class Pkcs11Keystore implements Keystore {
     return found;
   }
 
-  /** A session copy of `handle`, or undefined when the HSM refuses to copy it (CKA_COPYABLE false, no C_CopyObject). */
+  /**
+   * A session copy of `handle`, or undefined when the HSM won't make one: CKA_COPYABLE
+   * false, no C_CopyObject, or no room for more session objects (an HSM's memory is
+   * small; running out of it here is no reason to rebuild the connection).
+   */
   #sessionCopy(ctx: OpContext, handle: Buffer): Buffer | undefined {
     try {
       return ctx.p.C_CopyObject(ctx.session, handle, SESSION_COPY);
     } catch (e) {
       const ckr = ckrOf(e);
-      if (ckr && classify(ckr.name) === "other") return undefined;
+      if (ckr && (classify(ckr.name) === "other" || ckr.name === "CKR_DEVICE_MEMORY")) return undefined;
       throw e;
     }
   }
