@@ -7,50 +7,11 @@
  * The server runs in its own process (as in production); wrk, a load generator in C,
  * drives it from one thread, so each gets about one of the two cores.
  */
-import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { request } from "node:https";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import { loadConfig } from "../src/config/index.js";
-import { initialize } from "../src/main.js";
-import { freePort } from "../test/helpers/custos.js";
-import { createTestToken } from "../test/helpers/softhsm.js";
-import { startPlainServer, waitReady } from "./custos-server.js";
+import type { ChildProcess } from "node:child_process";
+import { rmSync } from "node:fs";
+import { benchInstall, call, startCustos, startPlainServer, stop } from "./custos-server.js";
 import { rawHsmRates } from "./hsm.js";
 import { ensureWrk, type LoadResult, wrkPost } from "./http-load.js";
-
-const ROOT = resolve(import.meta.dirname, "..");
-
-function post(port: number, ca: string, token: string, path: string, body: unknown): Promise<unknown> {
-  return new Promise((ok, fail) => {
-    const data = JSON.stringify(body);
-    const req = request(
-      {
-        host: "127.0.0.1",
-        port,
-        path,
-        method: "POST",
-        ca,
-        // A fresh connection each time: a pooled one left idle through the long wrk runs
-        // can be closed under us (the setup calls are few; batch calls are ~100 ms each).
-        agent: false,
-        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () => {
-          const text = Buffer.concat(chunks).toString("utf8");
-          if ((res.statusCode ?? 500) >= 400) fail(new Error(`${path}: ${res.statusCode} ${text}`));
-          else ok(JSON.parse(text));
-        });
-      },
-    );
-    req.on("error", fail);
-    req.end(data);
-  });
-}
 
 function row(name: string, r: LoadResult, ceiling?: LoadResult): string {
   const ratio = ceiling ? `${((100 * r.requestsPerSec) / ceiling.requestsPerSec).toFixed(0)}% of plain` : "";
@@ -61,43 +22,20 @@ function row(name: string, r: LoadResult, ceiling?: LoadResult): string {
 export default async function main(args: string[]): Promise<void> {
   const seconds = Number(args[0] ?? process.env.BENCH_SECONDS ?? 5);
   ensureWrk();
-  const token = createTestToken("custos-bench");
-  const dir = mkdtempSync(join(tmpdir(), "custos-bench-"));
+  const install = await benchInstall("custos-bench");
+  const { dir, token, port, admin } = install;
   const children: ChildProcess[] = [];
   try {
-    writeFileSync(join(dir, "hsm.pin"), token.pin, { mode: 0o600 });
-    const port = await freePort();
-    const env = {
-      ...process.env,
-      CUSTOS_DATA_DIR: dir,
-      CUSTOS_HSM_TOKEN: token.label,
-      CUSTOS_HSM_PIN_FILE: join(dir, "hsm.pin"),
-      CUSTOS_LISTEN: `127.0.0.1:${port}`,
-      CUSTOS_LOG_LEVEL: "warn",
-    };
-    const config = loadConfig({ env });
-    const init = await initialize(config, { adminName: "admin" });
-    const admin = readFileSync(init.adminTokenFile, "utf8").trim();
+    const server = await startCustos(install.env, port, install.caCertFile, admin);
+    children.push(server.child);
+    const { base, ca } = server;
+    const post = (path: string, body: unknown) => call(`${base}${path}`, "POST", body, { ca, token: admin });
+    await post("/v1/keys", { name: "bench", purpose: "encrypt" });
 
-    const server = spawn(process.execPath, ["--import", "tsx", join(ROOT, "src/cli/main.ts"), "server"], {
-      env,
-      stdio: ["ignore", "ignore", "inherit"],
-    });
-    children.push(server);
-    let ca = "";
-    await waitReady(server, async () => {
-      ca = readFileSync(init.caCertFile, "utf8");
-      return post(port, ca, admin, "/v1/random", { bytes: 1 });
-    });
-    await post(port, ca, admin, "/v1/keys", { name: "bench", purpose: "encrypt" });
-
-    const base = `https://127.0.0.1:${port}`;
     const auth = { authorization: `Bearer ${admin}` };
     const context = { app: "bench", tenant: "t-1" };
     const plaintext = Buffer.alloc(32, 7).toString("base64");
-    const { ciphertext } = (await post(port, ca, admin, "/v1/keys/bench/encrypt", { plaintext, context })) as {
-      ciphertext: string;
-    };
+    const { ciphertext } = await post("/v1/keys/bench/encrypt", { plaintext, context });
     const scenarios = [
       { name: "datakey", path: "/v1/keys/bench/datakey", body: { context } },
       { name: "encrypt 32 B", path: "/v1/keys/bench/encrypt", body: { plaintext, context } },
@@ -122,15 +60,14 @@ export default async function main(args: string[]): Promise<void> {
     await Promise.all(
       [0, 1].map(async () => {
         while (performance.now() < until) {
-          await post(port, ca, admin, "/v1/keys/bench/datakey", { items });
+          await post("/v1/keys/bench/datakey", { items });
           batchItems += items.length;
         }
       }),
     );
     const batchPerSec = batchItems / ((performance.now() - batchStart) / 1000);
 
-    server.kill("SIGTERM");
-    await new Promise((r) => server.once("exit", r));
+    await stop(server.child);
 
     const plain = await startPlainServer(port, dir);
     children.push(plain);

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { loadConfig } from "../src/config/index.js";
 import { initialize } from "../src/main.js";
-import { freePort } from "../test/helpers/custos.js";
+import { freePort } from "../test/helpers/ports.js";
 import { createTestToken, type TestToken } from "../test/helpers/softhsm.js";
 
 const ROOT = resolve(import.meta.dirname, "..");

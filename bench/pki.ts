@@ -19,7 +19,7 @@ import { webcrypto } from "node:crypto";
 import { mkdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
-import { freePort } from "../test/helpers/custos.js";
+import { freePort } from "../test/helpers/ports.js";
 import { benchInstall, call, readyOrKill, startCustos, startPlainServer, stop } from "./custos-server.js";
 import { rawHsmRates } from "./hsm.js";
 import { type CertLoad, ensureWrk, wrkRotate } from "./http-load.js";

@@ -13,7 +13,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import type { TLSSocket } from "node:tls";
-import { type CliResult, type CustosInstance, freePort, startCustos } from "../helpers/custos.js";
+import { type CliResult, type CustosInstance, startCustos } from "../helpers/custos.js";
+import { freePort } from "../helpers/ports.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 type Json = Record<string, unknown>;

@@ -19,7 +19,7 @@ import {
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { type CustosInstance, type HttpAnswer, startCustos } from "../helpers/custos.js";
+import { type CliResult, type CustosInstance, type HttpAnswer, startCustos } from "../helpers/custos.js";
 import {
   describeCertificate,
   ensureLocalUser,
@@ -37,13 +37,6 @@ const ROOT = resolve(import.meta.dirname, "../..");
 const BIN = join(ROOT, "bin/custos.js");
 const ACCOUNT = "custos-app";
 const PASSWORD = "correct horse battery staple";
-
-interface Run {
-  status: number;
-  stdout: string;
-  stdoutBytes: Buffer;
-  stderr: string;
-}
 
 function ok(a: HttpAnswer, status = 200): Json {
   assert.equal(a.status, status, a.text);
@@ -65,27 +58,9 @@ describe("custos ssh (CLI) against real OpenSSH", { skip: opensshUnavailable() }
   let bobToken: string;
 
   /** Runs the CLI as `token`'s holder, its temporary files in `tmp` (so a test can see what it leaves). */
-  const cli = (args: string[], o: { token?: string; tmp?: string; input?: string } = {}): Run => {
-    const r = spawnSync(process.execPath, [BIN, ...args], {
-      input: o.input ?? "",
-      env: {
-        ...custos.env,
-        CUSTOS_ADDR: custos.url,
-        CUSTOS_CACERT: caFile,
-        CUSTOS_TOKEN: o.token ?? custos.adminToken,
-        CUSTOS_TOKEN_FILE: "",
-        TMPDIR: o.tmp ?? tmpdir(),
-      },
-      timeout: 120_000,
-    });
-    return {
-      status: r.status ?? -1,
-      stdout: r.stdout.toString("utf8"),
-      stdoutBytes: r.stdout,
-      stderr: r.stderr.toString("utf8"),
-    };
-  };
-  const json = (r: Run): Json => {
+  const cli = (args: string[], { tmp, ...o }: { token?: string; tmp?: string; input?: string } = {}): CliResult =>
+    custos.cli(args, { ...o, env: { TMPDIR: tmp ?? tmpdir() } });
+  const json = (r: CliResult): Json => {
     assert.equal(r.status, 0, `exit ${r.status}: ${r.stderr}`);
     return JSON.parse(r.stdout) as Json;
   };

@@ -1,11 +1,11 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { request } from "node:https";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { loadConfig } from "../../src/config/index.js";
 import { initialize } from "../../src/main.js";
+import { freePort } from "./ports.js";
 import { createTestToken, type TestToken } from "./softhsm.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
@@ -38,23 +38,12 @@ export interface CustosInstance {
   readonly logFile: string;
   call(method: string, path: string, body?: unknown, bearer?: string | null): Promise<HttpAnswer>;
   /** Runs the CLI against this server as an operator would. */
-  cli(args: string[], options?: { input?: string | Buffer; token?: string }): CliResult;
+  /** Runs bin/custos.js against this server as `token`'s holder (the admin by default), `env` added last. */
+  cli(args: string[], options?: { input?: string | Buffer; token?: string; env?: NodeJS.ProcessEnv }): CliResult;
   start(): Promise<void>;
   stop(): Promise<void>;
   kill9(): Promise<void>;
   dispose(): Promise<void>;
-}
-
-/** A loopback port nothing listens on right now. */
-export async function freePort(): Promise<number> {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.once("error", fail);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => ok(port));
-    });
-  });
 }
 
 /** One HTTPS request to a local Custos; `client` presents a certificate (mutual TLS). */
@@ -152,8 +141,9 @@ export async function startCustos(config: Record<string, unknown> = {}): Promise
           CUSTOS_CACERT: init.caCertFile,
           CUSTOS_TOKEN: options.token ?? adminToken,
           CUSTOS_TOKEN_FILE: "",
+          ...options.env,
         },
-        timeout: 60_000,
+        timeout: 120_000,
       });
       return {
         status: r.status ?? -1,

@@ -16,28 +16,12 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
+import { freePort } from "./ports.js";
 
 const SSHD = "/usr/sbin/sshd";
-
-/**
- * A loopback port nothing listens on right now. The same as custos.ts's freePort,
- * kept here so the harness doesn't load the server's modules (custos.ts imports
- * them to initialise a data dir).
- */
-function freePort(): Promise<number> {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.once("error", fail);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => ok(port));
-    });
-  });
-}
 
 export interface ToolResult {
   readonly status: number;
