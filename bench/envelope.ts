@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { type Actor, AuditLog } from "../src/audit/index.js";
 import type { EncryptionContext, EnvelopeKms } from "../src/envelope/index.js";
-import { Envelope } from "../src/envelope/index.js";
+import { DEFAULT_CHUNK_SIZE, Envelope } from "../src/envelope/index.js";
 import { Pkcs11Keystore } from "../src/hsm/pkcs11/index.js";
 import { KmsService } from "../src/kms/index.js";
 import { Secret } from "../src/secret/index.js";
@@ -141,11 +141,16 @@ export default async function main(args: string[]): Promise<void> {
     `  median of ${size.reps} rounds (${size.reps * 3} for ${human(size.small)}), the contenders taking turns`,
   );
   console.log(`  buffers: one untimed round first; ${human(size.small)} timed in batches of 32 MiB`);
-  console.log(`  chunks and pieces of ${PIECE / 1024} KiB; MB = 10^6 bytes; data keys from KmsService on SoftHSM`);
+  console.log(
+    `  chunks of ${DEFAULT_CHUNK_SIZE / 1024} KiB (the default), stream pieces of ${PIECE / 1024} KiB; MB = 10^6 bytes; ` +
+      "data keys from KmsService on SoftHSM",
+  );
   console.log(`  limit = one node:crypto AES-256-GCM cipher over the data: buffers in one update (one output buffer,`);
   console.log(`    as a buffer API returns), streams in one update per piece (outputs passed on, never joined)`);
   console.log(`  SDK = @aws-crypto/client-node, raw AES keyring, as its users meet it: default 4 KiB frames;`);
-  console.log(`    with 64 KiB frames like our chunks it is faster, shown below the buffer rows, not judged`);
+  console.log(
+    `    with ${DEFAULT_CHUNK_SIZE / 1024} KiB frames like our chunks it is faster, shown below the buffer rows, not judged`,
+  );
   console.log(`    buffers as ours, its ${human(size.stream)} stream once if its buffer rate says < ${SDK_BUDGET_S} s`);
   console.log(`  stream decrypt: round trip source → encrypt → decrypt → sink in one pipeline, the limit likewise\n`);
 
@@ -225,11 +230,11 @@ export default async function main(args: string[]): Promise<void> {
       if (n !== size.large) continue;
       Object.assign(sdkRates, { encrypt: (n * inner) / enc.noSig, decrypt: (n * inner) / dec.noSig });
       // The SDK with frames the size of our chunks: shown, not judged.
-      const big = await sdkEnc(false, PIECE);
-      const e4 = await once(() => sdkEnc(false, PIECE));
+      const big = await sdkEnc(false, DEFAULT_CHUNK_SIZE);
+      const e4 = await once(() => sdkEnc(false, DEFAULT_CHUNK_SIZE));
       const d4 = await once(() => sdk.decrypt(keyring, big));
       console.log(
-        `  SDK no-sig with 64 KiB frames: encrypt ${fmt(mbs(n, e4))} (Custos ${((e4 * inner) / enc.ours).toFixed(1)}×), ` +
+        `  SDK no-sig with ${DEFAULT_CHUNK_SIZE / 1024} KiB frames: encrypt ${fmt(mbs(n, e4))} (Custos ${((e4 * inner) / enc.ours).toFixed(1)}×), ` +
           `decrypt ${fmt(mbs(n, d4))} (Custos ${((d4 * inner) / dec.ours).toFixed(1)}×)`,
       );
     }

@@ -6,7 +6,7 @@
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { Readable, Transform, Writable } from "node:stream";
 
-/** Our default chunk size; sources emit pieces of this size. */
+/** Sources emit pieces of this size, as fs.createReadStream does. */
 export const PIECE = 64 * 1024;
 
 /** `total` bytes in PIECE-sized pieces, the same random piece each time (no generator cost in the figure). */

@@ -31,7 +31,7 @@ export interface EnvelopeOptions {
   readonly kms: EnvelopeKms;
   /** Data-key cache limits (defaults in `DEFAULT_CACHE_LIMITS`), or `false` for one KMS call per message. */
   readonly cache?: Partial<CacheLimits> | false;
-  /** Plaintext bytes per chunk, 1 B to 16 MiB; 64 KiB by default. */
+  /** Plaintext bytes per chunk, 1 B to 16 MiB; 256 KiB by default. */
   readonly chunkSize?: number;
 }
 
@@ -145,8 +145,10 @@ export class Envelope {
       throw new CustosError("invalid_request", "key must be a KMS key name: 1..128 of [a-zA-Z0-9._-]");
     }
     const context = validateContext(options.context);
-    const messageId = randomBytes(MESSAGE_ID_BYTES);
-    const noncePrefix = randomBytes(NONCE_PREFIX_BYTES);
+    // One draw for both: each call into the RNG costs more than the bytes.
+    const random = randomBytes(MESSAGE_ID_BYTES + NONCE_PREFIX_BYTES);
+    const messageId = random.subarray(0, MESSAGE_ID_BYTES);
+    const noncePrefix = random.subarray(MESSAGE_ID_BYTES);
     const derived = await this.#keys.forEncryption(keyName, context, (dataKey) => deriveKeys(dataKey, messageId));
     const keys = derived.value;
     try {

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { CustosClient } from "../../src/client/index.js";
-import { bufferSource, Envelope, httpKms, readHeader } from "../../src/envelope/index.js";
+import { bufferSource, DEFAULT_CHUNK_SIZE, Envelope, httpKms, readHeader } from "../../src/envelope/index.js";
 import { Secret } from "../../src/secret/index.js";
 import { type CustosInstance, startCustos } from "../helpers/custos.js";
 
@@ -49,7 +49,9 @@ async function headerOf(path: string) {
 
 describe("custos file", () => {
   test("encrypt, inspect, decrypt, ranges, with files and with pipes", async () => {
-    const plaintext = randomBytes(200_000);
+    // Three whole chunks of the default size and a short fourth.
+    const plaintext = randomBytes(3 * DEFAULT_CHUNK_SIZE + 3392);
+    const acrossFirstEdge = DEFAULT_CHUNK_SIZE - 6;
     writeFileSync(join(work, "plain"), plaintext);
     const msg = join(work, "plain.cenv");
     ok(["file", "encrypt", "--key", "storage", "--context", "app=photos", "--in", join(work, "plain"), "--out", msg]);
@@ -71,11 +73,11 @@ describe("custos file", () => {
       "--in",
       msg,
       "--offset",
-      "65530",
+      String(acrossFirstEdge),
       "--length",
       "20",
     ]);
-    assert.deepEqual(range.stdoutBytes, plaintext.subarray(65530, 65550));
+    assert.deepEqual(range.stdoutBytes, plaintext.subarray(acrossFirstEdge, acrossFirstEdge + 20));
 
     // Pipes: stdin to stdout both ways.
     const piped = ok(["file", "encrypt", "--key", "storage"], plaintext).stdoutBytes;

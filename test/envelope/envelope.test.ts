@@ -85,12 +85,12 @@ describe("round trips", () => {
     });
   }
 
-  test("the default 64 KiB chunks, a multi-chunk stream", async () => {
+  test("the default 256 KiB chunks, a multi-chunk stream", async () => {
     const e = new Envelope({ kms });
-    const plaintext = randomBytes(3 * 65536 + 123);
+    const plaintext = randomBytes(3 * 262144 + 123);
     const encrypted = await collect(Readable.from([plaintext]), e.encryptStream({ key: "storage" }));
     const header = await readHeader(bufferSource(encrypted.out));
-    assert.equal(header.chunkSize, 65536);
+    assert.equal(header.chunkSize, 262144);
     const back = await collect(Readable.from([encrypted.out]), e.decryptStream());
     assert.deepEqual(back.out, plaintext);
   });

@@ -10,7 +10,7 @@ import { basename, dirname, join } from "node:path";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { Command } from "commander";
-import { chunkLayout, IncompleteHeader, parseHeader } from "../../envelope/format.js";
+import { chunkLayout, DEFAULT_CHUNK_SIZE, IncompleteHeader, parseHeader } from "../../envelope/format.js";
 import {
   Envelope,
   fileSource,
@@ -48,7 +48,7 @@ export function registerFileCommands(program: Command, ctx: CliContext): void {
     .option("--out <file>", "where to write the message (default: stdout)")
     .option(
       "--chunk-size <bytes>",
-      "plaintext bytes per chunk (default 65536)",
+      `plaintext bytes per chunk (default ${DEFAULT_CHUNK_SIZE})`,
       arg((t) => parseInteger(t, "chunk size")),
     )
     .action(async (o: { key: string; context?: Context; in?: string; out?: string; chunkSize?: number }) => {
