@@ -2,7 +2,7 @@ import type { EncryptionContext } from "../context/index.js";
 import { validateContext } from "../context/index.js";
 import { CustosError } from "../errors/index.js";
 import type { Secret } from "../secret/index.js";
-import { lazyView, open, seal } from "./crypto.js";
+import { type KeyView, lazyView, open, preloadedView, seal } from "./crypto.js";
 import { type KmsContext, loadKey } from "./internal.js";
 import { assertUsable } from "./state.js";
 import { checkName, checkPlaintext } from "./validate.js";
@@ -43,10 +43,38 @@ export async function openFor(
   ciphertext: string,
   context: EncryptionContext,
 ): Promise<Secret> {
-  checkName(name);
   const ctxChecked = validateContext(context);
+  const view = lazyView(ctx, await openableKey(ctx, name));
+  return (await open(ctx, view, ciphertext, ctxChecked)).plaintext;
+}
+
+/**
+ * `openFor` over several ciphertexts of one key, reading the key and its versions
+ * once (an instance's secrets at boot). All or nothing: if one fails, the plaintexts
+ * already made are destroyed and its error is thrown.
+ */
+export async function openManyFor(
+  ctx: KmsContext,
+  name: string,
+  items: readonly { readonly ciphertext: string; readonly context: EncryptionContext }[],
+): Promise<Secret[]> {
+  const checked = items.map((item) => ({ ciphertext: item.ciphertext, context: validateContext(item.context) }));
+  const view: KeyView = await preloadedView(ctx, await openableKey(ctx, name));
+  const out: Secret[] = [];
+  try {
+    for (const item of checked) out.push((await open(ctx, view, item.ciphertext, item.context)).plaintext);
+    return out;
+  } catch (e) {
+    for (const secret of out) secret.destroy();
+    throw e;
+  }
+}
+
+/** The key `name` if it may decrypt; a destroyed one is `key_destroyed` (see openFor). */
+async function openableKey(ctx: KmsContext, name: string) {
+  checkName(name);
   const key = await loadKey(ctx, name);
   if (key.state === "destroyed") throw new CustosError("key_destroyed", `key "${name}" is destroyed`);
   assertUsable(key, "encrypt", "decrypt");
-  return (await open(ctx, lazyView(ctx, key), ciphertext, ctxChecked)).plaintext;
+  return key;
 }

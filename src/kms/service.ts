@@ -6,7 +6,7 @@ import type { KmsContext } from "./internal.js";
 import * as keys from "./keys.js";
 import * as ops from "./operations.js";
 import { runDue } from "./schedule.js";
-import { openFor, sealFor } from "./sealing.js";
+import { openFor, openManyFor, sealFor } from "./sealing.js";
 import * as signing from "./signing.js";
 import type {
   BatchItemResult,
@@ -163,6 +163,14 @@ export class KmsService {
    */
   openFor(name: string, ciphertext: string, context: EncryptionContext): Promise<Secret> {
     return openFor(this.#ctx, name, ciphertext, context);
+  }
+
+  /** `openFor` over several ciphertexts of one key, all or nothing. See sealing.ts. */
+  openManyFor(
+    name: string,
+    items: readonly { readonly ciphertext: string; readonly context: EncryptionContext }[],
+  ): Promise<Secret[]> {
+    return openManyFor(this.#ctx, name, items);
   }
 
   // --- signing and randomness -----------------------------------------------

@@ -557,14 +557,37 @@ export class Secrets {
   async forApp(app: App): Promise<DeliveredSecret[]> {
     const versions = await this.#store.secrets.liveVersionsForApp(app.id);
     const own = `${appPath(app)}/`;
-    const out: DeliveredSecret[] = [];
-    for (const v of versions) {
+    // Its own secrets are under the app's key, granted ones under the shared key: one
+    // KMS call per key, so the key and its versions are read once, not once a secret.
+    const byKey = new Map<string, { target: SecretTarget; at: number }[]>();
+    for (const [at, v] of versions.entries()) {
       const target = parseSecretPath(v.path);
       const keyName = target.kind === "app" ? app.keyName : SHARED_KEY;
-      const value = await this.#open(target, keyName, v.ciphertext as string, v.version);
-      out.push({ path: v.path, name: this.#deliveredName(v.path, own), version: v.version, value });
+      byKey.set(keyName, [...(byKey.get(keyName) ?? []), { target, at }]);
     }
-    return out;
+    const values = new Array<string>(versions.length);
+    for (const [keyName, group] of byKey) {
+      const items = group.map(({ target, at }) => {
+        const v = versions[at] as SecretVersionRecord;
+        return { ciphertext: v.ciphertext as string, context: contextOf(target.path, v.version) };
+      });
+      const plaintexts = await this.#kms
+        .openManyFor(keyName, items)
+        .catch((e: unknown) => Promise.reject(this.#destroyedKey((group[0] as { target: SecretTarget }).target, e)));
+      try {
+        for (const [i, { at }] of group.entries()) {
+          values[at] = (plaintexts[i] as (typeof plaintexts)[number]).use((b) => b.toString("utf8"));
+        }
+      } finally {
+        for (const p of plaintexts) p.destroy();
+      }
+    }
+    return versions.map((v, i) => ({
+      path: v.path,
+      name: this.#deliveredName(v.path, own),
+      version: v.version,
+      value: values[i] as string,
+    }));
   }
 
   /**

@@ -189,6 +189,25 @@ describe("secrets service", () => {
     );
   });
 
+  test("openManyFor opens several ciphertexts of one key in order, and fails whole on one bad item", async () => {
+    const path = "acme/prod/web/db/password";
+    const v1 = await f.store.secrets.getSecretVersion(path, 1);
+    const v2 = await f.store.secrets.getSecretVersion(path, 2);
+    assert.ok(v1?.ciphertext && v2?.ciphertext);
+    const good = [
+      { ciphertext: v2.ciphertext, context: { secret: path, version: "2" } },
+      { ciphertext: v1.ciphertext, context: { secret: path, version: "1" } },
+    ];
+    const opened = await f.kms.openManyFor(web.keyName, good);
+    assert.deepEqual(
+      opened.map((s) => s.exposeText()),
+      ["two ✓", "one"],
+    );
+    const bad = [...good, { ciphertext: v1.ciphertext, context: { secret: path, version: "2" } }];
+    await assert.rejects(f.kms.openManyFor(web.keyName, bad), code("decryption_failed"));
+    await assert.rejects(f.kms.openManyFor("no-such-key", good), code("not_found"));
+  });
+
   test("a destroyed app key makes its secrets unreadable with key_destroyed", async () => {
     await f.kms.destroyKey(admin, api.keyName);
     const expected = (e: unknown) => {
