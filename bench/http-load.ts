@@ -1,8 +1,9 @@
-import { execFileSync, spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { type ChildProcess, execFileSync, spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { cpuSeconds } from "./custos-server.js";
+import { type BenchInstall, cpuSeconds, startCustos, stop } from "./custos-server.js";
+import { monotonicUs, reportProfileIn } from "./profile.js";
 
 /** One load run's figures. */
 export interface LoadResult {
@@ -76,6 +77,17 @@ export interface CertLoad {
   readonly serverCores: number;
 }
 
+/** One printed line of a load run, with its refusals and socket errors called out. */
+export function certLoadRow(name: string, r: CertLoad, note = "", unit = "certs/s"): string {
+  const errors =
+    (r.non2xx ? `  (${r.non2xx} non-2xx!)` : "") + (r.socketErrors ? `  (${r.socketErrors} socket errors!)` : "");
+  return (
+    `${name.padEnd(26)} c=${String(r.concurrency).padEnd(2)} ${r.certsPerSec.toFixed(0).padStart(7)} ${unit.padEnd(7)}  ` +
+    `p50 ${r.p50Ms.toFixed(2).padStart(6)} ms  p99 ${r.p99Ms.toFixed(2).padStart(7)} ms  ` +
+    `server CPU ${r.serverCores.toFixed(2)} cores  ${note}${errors}`
+  );
+}
+
 /** A Lua long string that cannot be closed early by its content. */
 function luaString(text: string): string {
   let eq = "=";
@@ -140,4 +152,32 @@ export function wrkRotate(
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Where the server's time goes under one wrkRotate load: a Custos server of its own
+ * under the V8 profiler, a warm-up run, the measured run (printed), then the
+ * profile's report. The server joins `children` so that the caller's clean-up
+ * kills it if anything here throws. Returns the measured run.
+ */
+export async function profiledRotate(
+  install: BenchInstall,
+  children: ChildProcess[],
+  load: { url: string; bodies: readonly string[]; headers: Record<string, string>; concurrency: number },
+  seconds: { warmup: number; measured: number },
+  label: string,
+): Promise<CertLoad> {
+  const profileDir = join(install.dir, "profile");
+  mkdirSync(profileDir);
+  const custos = await startCustos(install.env, install.port, install.caCertFile, install.admin, profileDir);
+  children.push(custos.child);
+  const run = (s: number) => wrkRotate(load.url, load.bodies, load.headers, load.concurrency, s, custos.child.pid);
+  run(seconds.warmup);
+  const from = monotonicUs();
+  const profiled = run(seconds.measured);
+  const to = monotonicUs();
+  await stop(custos.child);
+  console.log(`\n${certLoadRow("profiled Custos sign", profiled, "(under --cpu-prof)")}`);
+  reportProfileIn(profileDir, { from, to }, label);
+  return profiled;
 }

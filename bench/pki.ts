@@ -22,8 +22,7 @@ import * as x509 from "@peculiar/x509";
 import { freePort } from "../test/helpers/ports.js";
 import { benchInstall, call, readyOrKill, startCustos, startPlainServer, stop } from "./custos-server.js";
 import { rawHsmRates } from "./hsm.js";
-import { type CertLoad, ensureWrk, wrkRotate } from "./http-load.js";
-import { monotonicUs, reportProfileIn } from "./profile.js";
+import { type CertLoad, ensureWrk, profiledRotate, certLoadRow as row, wrkRotate } from "./http-load.js";
 
 const CSR_COUNT = 200;
 const LEVELS = [1, 8] as const;
@@ -145,16 +144,6 @@ function describeCert(pem: string): string {
   return `${c.rawData.byteLength} B DER, ${hours.toFixed(2)} h, ${exts.join(" ")}`;
 }
 
-function row(name: string, r: CertLoad, note = "", unit = "certs/s"): string {
-  const errors =
-    (r.non2xx ? `  (${r.non2xx} non-2xx!)` : "") + (r.socketErrors ? `  (${r.socketErrors} socket errors!)` : "");
-  return (
-    `${name.padEnd(24)} c=${String(r.concurrency).padEnd(2)} ${r.certsPerSec.toFixed(0).padStart(7)} ${unit.padEnd(7)}  ` +
-    `p50 ${r.p50Ms.toFixed(2).padStart(6)} ms  p99 ${r.p99Ms.toFixed(2).padStart(7)} ms  ` +
-    `server CPU ${r.serverCores.toFixed(2)} cores  ${note}${errors}`
-  );
-}
-
 export default async function main(args: string[]): Promise<void> {
   const quick = args.includes("quick");
   const profileRun = args.includes("profile");
@@ -164,13 +153,14 @@ export default async function main(args: string[]): Promise<void> {
   ensureWrk();
   ensureCfssl();
 
-  const { dir, token, env, port, admin, caCertFile } = await benchInstall("custos-bench");
+  const install = await benchInstall("custos-bench");
+  const { dir, token, env, port, admin, caCertFile } = install;
   const children: ChildProcess[] = [];
   try {
     const csrs = await makeCsrs(CSR_COUNT);
 
     // ---- Custos
-    let custos = await startCustos(env, port, caCertFile, admin);
+    const custos = await startCustos(env, port, caCertFile, admin);
     children.push(custos.child);
     await call(
       `${custos.base}/v1/pki/roles/bench`,
@@ -269,17 +259,8 @@ export default async function main(args: string[]): Promise<void> {
 
     // ---- where the server's time goes, c=8 sign, under the V8 profiler
     if (profileRun) {
-      const profileDir = join(dir, "profile");
-      mkdirSync(profileDir);
-      custos = await startCustos(env, port, caCertFile, admin, profileDir);
-      children.push(custos.child);
-      wrkRotate(signUrl, signBodies, auth, 8, warmup, custos.child.pid);
-      const from = monotonicUs();
-      const profiled = wrkRotate(signUrl, signBodies, auth, 8, seconds, custos.child.pid);
-      const to = monotonicUs();
-      await stop(custos.child);
-      console.log(`\n${row("profiled Custos sign", profiled, "(under --cpu-prof)")}`);
-      reportProfileIn(profileDir, { from, to }, "c=8 sign");
+      const load = { url: signUrl, bodies: signBodies, headers: auth, concurrency: 8 };
+      await profiledRotate(install, children, load, { warmup, measured: seconds }, "c=8 sign");
     }
   } finally {
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");

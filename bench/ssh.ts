@@ -29,8 +29,7 @@ import { join } from "node:path";
 import { createTestToken } from "../test/helpers/softhsm.js";
 import { type BenchInstall, benchInstall, call, startCustos, startPlainServer, stop } from "./custos-server.js";
 import { rawHsmRates } from "./hsm.js";
-import { type CertLoad, ensureWrk, wrkRotate } from "./http-load.js";
-import { monotonicUs, reportProfileIn } from "./profile.js";
+import { type CertLoad, ensureWrk, profiledRotate, certLoadRow as row, wrkRotate } from "./http-load.js";
 
 const KEY_COUNT = 300;
 const LEVELS = [1, 16] as const;
@@ -250,16 +249,6 @@ async function sshKeygenRun(
 
 // ---- report ---------------------------------------------------------------------------
 
-function row(name: string, r: CertLoad, note = "", unit = "certs/s"): string {
-  const errors =
-    (r.non2xx ? `  (${r.non2xx} non-2xx!)` : "") + (r.socketErrors ? `  (${r.socketErrors} socket errors!)` : "");
-  return (
-    `${name.padEnd(26)} c=${String(r.concurrency).padEnd(2)} ${r.certsPerSec.toFixed(0).padStart(7)} ${unit.padEnd(7)}  ` +
-    `p50 ${r.p50Ms.toFixed(2).padStart(6)} ms  p99 ${r.p99Ms.toFixed(2).padStart(7)} ms  ` +
-    `server CPU ${r.serverCores.toFixed(2)} cores  ${note}${errors}`
-  );
-}
-
 /** Throws when a load run got any refusal or socket error: its rate would count failures as certificates. */
 function assertClean(name: string, runs: readonly CertLoad[]): void {
   for (const r of runs) {
@@ -311,7 +300,7 @@ export default async function main(args: string[]): Promise<void> {
     const { dir, token, env, port, admin, caCertFile } = install;
 
     // ---- Custos
-    let custos = await startCustos(env, port, caCertFile, admin);
+    const custos = await startCustos(env, port, caCertFile, admin);
     children.push(custos.child);
     const tls = { ca: custos.ca, token: admin };
     await call(
@@ -407,18 +396,9 @@ export default async function main(args: string[]): Promise<void> {
 
     // ---- where the server's time goes, c=16 sign, under the V8 profiler
     if (profileRun) {
-      const profileDir = join(dir, "profile");
-      mkdirSync(profileDir);
-      custos = await startCustos(env, port, caCertFile, admin, profileDir);
-      children.push(custos.child);
-      wrkRotate(signUrl, bodies, auth, 16, warmup, custos.child.pid);
-      const from = monotonicUs();
-      const profiled = wrkRotate(signUrl, bodies, auth, 16, seconds, custos.child.pid);
-      const to = monotonicUs();
-      await stop(custos.child);
-      console.log(`\n${row("profiled Custos sign", profiled, "(under --cpu-prof)")}`);
+      const load = { url: signUrl, bodies, headers: auth, concurrency: 16 };
+      const profiled = await profiledRotate(install, children, load, { warmup, measured: seconds }, "c=16 ssh sign");
       assertClean("profiled Custos sign", [profiled]);
-      reportProfileIn(profileDir, { from, to }, "c=16 ssh sign");
     }
   } finally {
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");

@@ -2,7 +2,7 @@ import type { EncryptionContext } from "../context/index.js";
 import { validateContext } from "../context/index.js";
 import { CustosError } from "../errors/index.js";
 import type { Secret } from "../secret/index.js";
-import { type KeyView, lazyView, open, preloadedView, seal } from "./crypto.js";
+import { lazyView, open, preloadedView, seal } from "./crypto.js";
 import { type KmsContext, loadKey } from "./internal.js";
 import { assertUsable } from "./state.js";
 import { checkName, checkPlaintext } from "./validate.js";
@@ -43,6 +43,7 @@ export async function openFor(
   ciphertext: string,
   context: EncryptionContext,
 ): Promise<Secret> {
+  checkName(name);
   const ctxChecked = validateContext(context);
   const view = lazyView(ctx, await openableKey(ctx, name));
   return (await open(ctx, view, ciphertext, ctxChecked)).plaintext;
@@ -58,8 +59,9 @@ export async function openManyFor(
   name: string,
   items: readonly { readonly ciphertext: string; readonly context: EncryptionContext }[],
 ): Promise<Secret[]> {
+  checkName(name);
   const checked = items.map((item) => ({ ciphertext: item.ciphertext, context: validateContext(item.context) }));
-  const view: KeyView = await preloadedView(ctx, await openableKey(ctx, name));
+  const view = await preloadedView(ctx, await openableKey(ctx, name));
   const out: Secret[] = [];
   try {
     for (const item of checked) out.push((await open(ctx, view, item.ciphertext, item.context)).plaintext);
@@ -72,7 +74,6 @@ export async function openManyFor(
 
 /** The key `name` if it may decrypt; a destroyed one is `key_destroyed` (see openFor). */
 async function openableKey(ctx: KmsContext, name: string) {
-  checkName(name);
   const key = await loadKey(ctx, name);
   if (key.state === "destroyed") throw new CustosError("key_destroyed", `key "${name}" is destroyed`);
   assertUsable(key, "encrypt", "decrypt");

@@ -2,6 +2,7 @@ import { type Actor, auditEntry } from "../audit/index.js";
 import { CustosError, isCustosError } from "../errors/index.js";
 import type { KmsService } from "../kms/index.js";
 import { type App, type AppRef, appPath, type Platform } from "../platform/index.js";
+import type { Secret } from "../secret/index.js";
 import type {
   AuditEntry,
   SecretChange,
@@ -559,27 +560,29 @@ export class Secrets {
     const own = `${appPath(app)}/`;
     // Its own secrets are under the app's key, granted ones under the shared key: one
     // KMS call per key, so the key and its versions are read once, not once a secret.
-    const byKey = new Map<string, { target: SecretTarget; at: number }[]>();
+    type Item = { at: number; target: SecretTarget; ciphertext: string; context: Record<string, string> };
+    const byKey = new Map<string, Item[]>();
     for (const [at, v] of versions.entries()) {
       const target = parseSecretPath(v.path);
       const keyName = target.kind === "app" ? app.keyName : SHARED_KEY;
-      byKey.set(keyName, [...(byKey.get(keyName) ?? []), { target, at }]);
+      const group = byKey.get(keyName) ?? [];
+      group.push({ at, target, ciphertext: v.ciphertext as string, context: contextOf(target.path, v.version) });
+      byKey.set(keyName, group);
     }
     const values = new Array<string>(versions.length);
     for (const [keyName, group] of byKey) {
-      const items = group.map(({ target, at }) => {
-        const v = versions[at] as SecretVersionRecord;
-        return { ciphertext: v.ciphertext as string, context: contextOf(target.path, v.version) };
-      });
-      const plaintexts = await this.#kms
-        .openManyFor(keyName, items)
-        .catch((e: unknown) => Promise.reject(this.#destroyedKey((group[0] as { target: SecretTarget }).target, e)));
+      let plaintexts: Secret[];
       try {
-        for (const [i, { at }] of group.entries()) {
-          values[at] = (plaintexts[i] as (typeof plaintexts)[number]).use((b) => b.toString("utf8"));
+        plaintexts = await this.#kms.openManyFor(keyName, group);
+      } catch (e) {
+        throw this.#destroyedKey((group[0] as Item).target, e);
+      }
+      try {
+        for (const [i, plaintext] of plaintexts.entries()) {
+          values[(group[i] as Item).at] = plaintext.use((b) => b.toString("utf8"));
         }
       } finally {
-        for (const p of plaintexts) p.destroy();
+        for (const plaintext of plaintexts) plaintext.destroy();
       }
     }
     return versions.map((v, i) => ({
