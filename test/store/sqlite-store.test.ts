@@ -211,6 +211,40 @@ describe("SqliteStore round trips", () => {
     await rejectsWith(store.listKeys({ limit: 0 }), "invalid_request");
   });
 
+  test("keys and versions read from memory follow every write, a rename and a rolled-back one included", async () => {
+    const key = keyRecord("cached");
+    const v1 = aesVersion(key.id, 1);
+    await store.createKey(key, v1, entry("key.create"));
+    // Read twice, so the second answer comes from the cache: the same frozen record.
+    const first = await store.getKey("cached");
+    assert.equal(await store.getKey("cached"), first);
+    assert.ok(Object.isFrozen(first));
+    assert.equal(await store.getKeyVersion(key.id, 1), await store.getKeyVersion(key.id, 1));
+
+    const renamed = { ...key, name: "cached-renamed", revision: 2 };
+    await store.updateKey({ key: renamed, expectedRevision: 1 }, entry("key.rename"));
+    assert.equal(await store.getKey("cached"), undefined, "the old name is gone");
+    assert.deepEqual(await store.getKey("cached-renamed"), renamed);
+
+    // The version is destroyed, then a later write in the same update fails: nothing changed, nothing stale.
+    await rejectsWith(
+      store.updateKey(
+        { key: { ...renamed, revision: 3 }, expectedRevision: 2, destroyVersions: [1, 7] },
+        entry("key.destroy-version"),
+      ),
+      "not_found",
+    );
+    assert.deepEqual(await store.getKeyVersion(key.id, 1), v1);
+    assert.equal((await store.getKey("cached-renamed"))?.revision, 2);
+
+    await store.updateKey(
+      { key: { ...renamed, revision: 3 }, expectedRevision: 2, destroyVersions: [1] },
+      entry("key.destroy-version"),
+    );
+    assert.deepEqual(await store.getKeyVersion(key.id, 1), { ...v1, state: "destroyed", wrappedKey: null });
+    assert.equal((await store.getKey("cached-renamed"))?.revision, 3);
+  });
+
   test("users: create, get by id and name, list, update, conflicts, delete revokes tokens and leaves groups", async () => {
     const bob = userRecord("bob", { passwordHash: null, disabled: true, policies: [] });
     await store.createUser(bob, entry("user.create"));

@@ -34,6 +34,7 @@ import { MAX_BUSY_TIMEOUT_MS, openDatabase } from "./connection.js";
 import { toStoreError, unavailable } from "./errors.js";
 import * as pki from "./pki.js";
 import { platformStore } from "./platform.js";
+import { ReadCache } from "./read-cache.js";
 import {
   type AuditRow,
   auditFromRow,
@@ -85,6 +86,9 @@ const GROUP_COLUMNS = `g.id, g.name, g.policies, g.created_at, g.updated_at, g.r
 
 const INITIALIZED = "initialized_at";
 
+/** How many keys (and, separately, key versions) the read cache holds: the working set of a busy server. */
+const KEY_CACHE_LIMIT = 10_000;
+
 /**
  * The embedded `Store`: SQLite in WAL mode. Writes are group-committed and each
  * batch's WAL is fsynced before it is acknowledged, off the main thread (see
@@ -96,6 +100,9 @@ export class SqliteStore implements Store {
   readonly #db: Database.Database;
   readonly #queue: WriteQueue<ChainHead>;
   readonly #statements = new Map<string, Database.Statement>();
+  /** Keys by name and key versions by `<key id>/<version>`: cleared by every write to either table. */
+  readonly #keys = new ReadCache<KeyRecord>(KEY_CACHE_LIMIT);
+  readonly #keyVersions = new ReadCache<KeyVersionRecord>(KEY_CACHE_LIMIT);
   /** Statement helpers lent to the per-area SQL modules. */
   readonly #sql: Sql = {
     get: (sql, ...params) => this.#get(sql, ...params),
@@ -301,6 +308,7 @@ export class SqliteStore implements Store {
 
   createKey(key: KeyRecord, firstVersion: KeyVersionRecord, audit: AuditEntry): Promise<void> {
     return this.#write(() => {
+      this.#forgetKeys();
       if (firstVersion.keyId !== key.id) {
         throw new CustosError("invalid_request", "the first version belongs to another key");
       }
@@ -328,10 +336,18 @@ export class SqliteStore implements Store {
     );
   }
 
+  /** Every write to `keys` or `key_versions` calls this inside its transaction (see ReadCache). */
+  #forgetKeys(): void {
+    this.#keys.clear();
+    this.#keyVersions.clear();
+  }
+
   getKey(name: string): Promise<KeyRecord | undefined> {
     return this.#read(() => {
+      const cached = this.#keys.get(name);
+      if (cached !== undefined) return cached;
       const row = this.#get<KeyRow>("SELECT * FROM keys WHERE name = ?", name);
-      return row === undefined ? undefined : keyFromRow(row);
+      return row === undefined ? undefined : this.#keys.set(name, keyFromRow(row));
     });
   }
 
@@ -360,17 +376,21 @@ export class SqliteStore implements Store {
 
   getKeyVersion(keyId: string, version: number): Promise<KeyVersionRecord | undefined> {
     return this.#read(() => {
+      const id = `${keyId}/${version}`;
+      const cached = this.#keyVersions.get(id);
+      if (cached !== undefined) return cached;
       const row = this.#get<KeyVersionRow>(
         "SELECT * FROM key_versions WHERE key_id = ? AND version = ?",
         keyId,
         version,
       );
-      return row === undefined ? undefined : keyVersionFromRow(row);
+      return row === undefined ? undefined : this.#keyVersions.set(id, keyVersionFromRow(row));
     });
   }
 
   updateKey(change: KeyChange, audit: AuditEntry): Promise<void> {
     return this.#write(() => {
+      this.#forgetKeys();
       const { key, expectedRevision } = change;
       this.#checkRevision("keys", "id", key.id, expectedRevision);
       if (key.revision !== expectedRevision + 1) {
