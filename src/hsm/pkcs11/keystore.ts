@@ -55,10 +55,11 @@ export interface Pkcs11KeystoreOptions {
   /** Unwrapped encryption keys kept as session objects. Default 1024. */
   unwrapCacheSize?: number;
   /**
-   * Run small AES-GCM calls synchronously when the module answers C_*Init faster than
-   * INLINE_MAX_US (a local software token): there the thread-pool hop costs more than
-   * the operation. A network HSM answers in milliseconds and always goes async.
-   * Default true.
+   * Run small AES-GCM calls and EC/EdDSA signatures synchronously when the module
+   * answers their C_*Init faster than INLINE_MAX_US (a local software token): there
+   * the thread-pool hop costs more than the operation, and a signature on a pool
+   * thread contends with the main thread's next C_SignInit inside the module. A
+   * network HSM answers in milliseconds and always goes async. Default true.
    */
   inlineFastCalls?: boolean;
   logger?: HsmLogger;
@@ -153,8 +154,8 @@ export class Pkcs11Keystore implements Keystore {
   #ivs: Buffer = Buffer.alloc(0);
   #ivOffset = 0;
   readonly #inlineAllowed: boolean;
-  /** Moving average of C_EncryptInit/C_DecryptInit latency, in microseconds. */
-  #initUs = INLINE_MAX_US;
+  /** Moving averages of C_EncryptInit/C_DecryptInit and of C_SignInit latency, in microseconds. */
+  readonly #initUs = { cipher: INLINE_MAX_US, sign: INLINE_MAX_US };
 
   private constructor(c: Connection, pin: Secret, rootLabel: string, cacheSize: number, inline: boolean) {
     this.#inlineAllowed = inline;
@@ -281,7 +282,7 @@ export class Pkcs11Keystore implements Keystore {
         ctx.p.C_EncryptInit(ctx.session, gcmMechanism(iv, ad), key);
         ctx.active = true;
         const out = Buffer.alloc(input.length + GCM_TAG_LENGTH);
-        const ciphertext = this.#inline(started, input.length)
+        const ciphertext = this.#inline("cipher", started, input.length)
           ? ctx.p.C_Encrypt(ctx.session, input, out)
           : await ctx.p.C_EncryptAsync(ctx.session, input, out);
         ctx.active = false;
@@ -308,7 +309,7 @@ export class Pkcs11Keystore implements Keystore {
         ctx.active = true;
         const out = Buffer.alloc(input.length);
         try {
-          const plain = this.#inline(started, input.length)
+          const plain = this.#inline("cipher", started, input.length)
             ? ctx.p.C_Decrypt(ctx.session, input, out)
             : await ctx.p.C_DecryptAsync(ctx.session, input, out);
           ctx.active = false;
@@ -376,9 +377,15 @@ export class Pkcs11Keystore implements Keystore {
       if (key.keyType !== plan.keyType) {
         throw new CustosError("invalid_request", `signature scheme ${scheme} does not fit this key`);
       }
+      const started = performance.now();
       ctx.p.C_SignInit(ctx.session, plan.mechanism, key.handle);
       ctx.active = true;
-      const signature = await ctx.p.C_SignAsync(ctx.session, plan.input, Buffer.alloc(plan.maxLength));
+      const out = Buffer.alloc(plan.maxLength);
+      // An RSA-3072 signature takes milliseconds even in a software token: never on this thread.
+      const signature =
+        plan.keyType !== pk.CKK_RSA && this.#inline("sign", started, plan.input.length)
+          ? ctx.p.C_Sign(ctx.session, plan.input, out)
+          : await ctx.p.C_SignAsync(ctx.session, plan.input, out);
       ctx.active = false;
       return Buffer.from(signature);
     });
@@ -603,9 +610,9 @@ export class Pkcs11Keystore implements Keystore {
   }
 
   /** Records how long the *Init just took and says whether the data call should stay on this thread. */
-  #inline(started: number, length: number): boolean {
-    this.#initUs = this.#initUs * 0.9 + (performance.now() - started) * 100;
-    return this.#inlineAllowed && length <= INLINE_MAX_BYTES && this.#initUs < INLINE_MAX_US;
+  #inline(kind: "cipher" | "sign", started: number, length: number): boolean {
+    this.#initUs[kind] = this.#initUs[kind] * 0.9 + (performance.now() - started) * 100;
+    return this.#inlineAllowed && length <= INLINE_MAX_BYTES && this.#initUs[kind] < INLINE_MAX_US;
   }
 
   /** IVs come from the HSM's RNG in batches: one C_GenerateRandom per 256 encryptions. */
