@@ -1,9 +1,25 @@
 import "reflect-metadata";
-import { createHash, randomBytes } from "node:crypto";
+import { createHash, hash, randomBytes } from "node:crypto";
+import { isIP } from "node:net";
 import { AsnConvert, OctetString } from "@peculiar/asn1-schema";
 import * as asn1X509 from "@peculiar/asn1-x509";
 import * as x509 from "@peculiar/x509";
-import { BIT_STRING, readTlv, SEQUENCE, subjectPublicKeyBits, tlv } from "./der.js";
+import { CustosError } from "../errors/index.js";
+import {
+  BIT_STRING,
+  DER_TRUE,
+  INTEGER,
+  ia5String,
+  OCTET_STRING,
+  objectIdentifier,
+  readTlv,
+  SEQUENCE,
+  SET,
+  subjectPublicKeyBits,
+  tlv,
+  utf8String,
+  x509Time,
+} from "./der.js";
 import type { ExtKeyUsageName, KeyUsageName } from "./role.js";
 import { type CaSigner, type CaSigning, signAsX509, signatureAlgorithmOf } from "./signer.js";
 
@@ -42,9 +58,16 @@ export function fingerprintOf(der: ArrayBuffer | Uint8Array): string {
     .digest("hex");
 }
 
-/** PEM ending in a newline, so PEMs concatenate into a valid bundle (@peculiar/x509 writes none). */
+/**
+ * PEM as @peculiar/x509's PemConverter writes it (64-character base64 lines, "\n"
+ * between lines), plus a final newline so PEMs concatenate into a valid bundle.
+ */
 export function derToPem(der: ArrayBuffer | Uint8Array, label = "CERTIFICATE"): string {
-  return `${x509.PemConverter.encode(der, label)}\n`;
+  const base64 = Buffer.from(der instanceof Uint8Array ? der : new Uint8Array(der)).toString("base64");
+  const lines: string[] = [];
+  for (let i = 0; i < base64.length; i += 64) lines.push(base64.slice(i, i + 64));
+  const type = label.toLocaleUpperCase();
+  return [`-----BEGIN ${type}-----`, ...lines, `-----END ${type}-----`, ""].join("\n");
 }
 
 /** When two thirds of a certificate's life (from issue, not from the backdated start) have passed. */
@@ -168,6 +191,11 @@ const NAME_OIDS: Readonly<Record<string, string>> = {
   C: "2.5.4.6",
 };
 
+/** NAME_OIDS encoded once; a Map, so a name type such as "constructor" finds nothing. */
+const NAME_OID_DER: ReadonlyMap<string, Buffer> = new Map(
+  Object.entries(NAME_OIDS).map(([type, oid]) => [type, objectIdentifier(oid)]),
+);
+
 /** The subject a leaf gets: its CN (when it has one) and any extra attributes. */
 function leafSubject(spec: Pick<LeafSpec, "commonName" | "subject">): x509.JsonName {
   return [...(spec.commonName === undefined ? [] : [{ CN: [spec.commonName] }]), ...(spec.subject ?? [])];
@@ -283,26 +311,106 @@ function usageExtensions(
   return encoded;
 }
 
-function asnName(name: x509.JsonName): asn1X509.Name {
-  return new asn1X509.Name(
-    name.flatMap((rdn) =>
-      Object.entries(rdn).map(([type, values]) => {
-        const oid = NAME_OIDS[type];
-        if (oid === undefined) throw new Error(`unsupported name attribute ${type}`);
-        return new asn1X509.RelativeDistinguishedName(
-          values.map(
-            (v) =>
-              new asn1X509.AttributeTypeAndValue({ type: oid, value: new asn1X509.AttributeValue({ utf8String: v }) }),
-          ),
-        );
-      }),
-    ),
+// --- the fields of each leaf, encoded directly as DER -----------------------------
+// Each leaf's own fields are written here rather than through the schema objects of
+// @peculiar/asn1-x509: building and serialising those objects was most of what a
+// leaf cost. The bytes are the ones the schema writes (test/pki/leaf-encoding.test.ts
+// keeps the schema encoding as the oracle), except for an IPv6 address with a dotted
+// IPv4 ending (::ffff:10.0.0.1), whose ending the schema misread as one hex group.
+
+/** A Name: one RDN per attribute type of each JsonName entry, its values UTF8Strings in one SET. */
+function nameDer(name: x509.JsonName): Buffer {
+  const rdns = name.flatMap((rdn) =>
+    Object.entries(rdn).map(([type, values]) => {
+      const oid = NAME_OID_DER.get(type);
+      if (oid === undefined) throw new CustosError("internal", `unsupported name attribute ${type}`);
+      return tlv(
+        SET,
+        values.map((value) => tlv(SEQUENCE, [oid, utf8String(value)])),
+      );
+    }),
   );
+  return tlv(SEQUENCE, rdns);
 }
+
+function validityDer(notBefore: Date, notAfter: Date): Buffer {
+  return tlv(SEQUENCE, [x509Time(notBefore), x509Time(notAfter)]);
+}
+
+/** An Extension; `critical` FALSE is the default, so DER leaves it out. */
+function extensionDer(oid: Buffer, critical: boolean, value: Buffer): Buffer {
+  const extnValue = tlv(OCTET_STRING, [value]);
+  return tlv(SEQUENCE, critical ? [oid, DER_TRUE, extnValue] : [oid, extnValue]);
+}
+
+const SUBJECT_ALT_NAME = objectIdentifier(asn1X509.id_ce_subjectAltName);
+const SUBJECT_KEY_IDENTIFIER = objectIdentifier(asn1X509.id_ce_subjectKeyIdentifier);
+
+/** GeneralName choices a leaf names itself by, IMPLICIT context tags on primitive values. */
+const DNS_NAME = 0x82;
+const URI = 0x86;
+const IP_ADDRESS = 0x87;
+
+function subjectAltNameDer(spec: Pick<LeafSpec, "dnsNames" | "ipAddresses" | "uris">, critical: boolean): Buffer {
+  const names = [
+    ...spec.dnsNames.map((name) => ia5String(DNS_NAME, name)),
+    ...spec.ipAddresses.map((ip) => tlv(IP_ADDRESS, [ipAddressOctets(ip)])),
+    ...spec.uris.map((uri) => ia5String(URI, uri)),
+  ];
+  return extensionDer(SUBJECT_ALT_NAME, critical, tlv(SEQUENCE, names));
+}
+
+function subjectKeyIdDer(keyId: Uint8Array): Buffer {
+  return extensionDer(SUBJECT_KEY_IDENTIFIER, false, tlv(OCTET_STRING, [keyId]));
+}
+
+/** An iPAddress's content (RFC 5280 4.2.1.6): the 4 bytes of an IPv4 address, the 16 of an IPv6 one. */
+function ipAddressOctets(text: string): Buffer {
+  const family = isIP(text);
+  if (family === 4) return Buffer.from(ipv4Octets(text));
+  if (family === 6 && !text.includes("%")) return ipv6Octets(text);
+  throw new CustosError("internal", `not an IP address: ${JSON.stringify(text)}`);
+}
+
+/** The four decimal parts of an IPv4 address that isIP has accepted. */
+function ipv4Octets(text: string): number[] {
+  return text.split(".").map(Number);
+}
+
+/**
+ * The 16 bytes of an IPv6 address that isIP has accepted: eight hexadecimal groups,
+ * where one "::" stands for a run of zero groups and a dotted IPv4 ending
+ * (::ffff:10.0.0.1) for the last two groups.
+ */
+function ipv6Octets(text: string): Buffer {
+  const [left = "", right] = text.split("::");
+  const head = ipv6Groups(left);
+  const tail = right === undefined ? [] : ipv6Groups(right);
+  const missing = 8 - head.length - tail.length;
+  if (missing < 0 || (right === undefined && missing !== 0)) {
+    throw new CustosError("internal", `not an IPv6 address: ${JSON.stringify(text)}`);
+  }
+  const groups = [...head, ...new Array<number>(missing).fill(0), ...tail];
+  const octets = Buffer.alloc(16);
+  for (const [i, group] of groups.entries()) octets.writeUInt16BE(group, 2 * i);
+  return octets;
+}
+
+/** The 16-bit groups of one side of an IPv6 address's "::"; a dotted IPv4 ending is two groups. */
+function ipv6Groups(part: string): number[] {
+  if (part === "") return [];
+  return part.split(":").flatMap((group) => {
+    if (!group.includes(".")) return [Number.parseInt(group, 16)];
+    const [a = 0, b = 0, c = 0, d = 0] = ipv4Octets(group);
+    return [(a << 8) | b, (c << 8) | d];
+  });
+}
+
+// At module level: tsx names every function declared inside another on each call.
+const escaped = (v: string): string => v.replace(/[,+"\\<>;]/g, (c) => `\\${c}`);
 
 /** RFC 4514 text of a name, as @peculiar/x509 prints subjects. */
 function nameText(name: x509.JsonName): string {
-  const escaped = (v: string) => v.replace(/[,+"\\<>;]/g, (c) => `\\${c}`);
   return name
     .flatMap((rdn) => Object.entries(rdn).map(([t, vs]) => vs.map((v) => `${t}=${escaped(v)}`).join("+")))
     .join(", ");
@@ -311,29 +419,25 @@ function nameText(name: x509.JsonName): string {
 const wholeSeconds = (d: Date): Date => new Date(Math.floor(d.getTime() / 1000) * 1000);
 
 /**
- * An end-entity certificate issued by `ca`. Every field is encoded by the X.509
- * schema of @peculiar/asn1-x509 (the ASN.1 layer @peculiar/x509 builds on); what
- * all leaves of the CA share is encoded once (templateOf), and the fields are
- * joined into the TBSCertificate and Certificate SEQUENCEs (der.ts) rather than
- * re-encoded as a whole: the high-level generator spent milliseconds per
- * certificate re-encoding names and extensions that never change.
+ * An end-entity certificate issued by `ca`. What all leaves of the CA share is
+ * encoded once by the X.509 schema of @peculiar/asn1-x509 (templateOf); the
+ * leaf's own fields (serial, validity, subject, SAN, subject key identifier) are
+ * written directly as DER (der.ts), and everything is joined into the
+ * TBSCertificate and Certificate SEQUENCEs: the high-level generator spent
+ * milliseconds per certificate re-encoding names and extensions that never
+ * change, and the schema objects tens of microseconds on the rest.
  */
 export async function buildLeaf(ca: CaSigner, spec: LeafSpec, urls: CaUrls): Promise<BuiltLeaf> {
   const template = templateOf(ca, urls);
   const subject = leafSubject(spec);
-  const names = [
-    ...spec.dnsNames.map((dNSName) => new asn1X509.GeneralName({ dNSName })),
-    ...spec.ipAddresses.map((ip) => new asn1X509.GeneralName({ iPAddress: ip })),
-    ...spec.uris.map((uniformResourceIdentifier) => new asn1X509.GeneralName({ uniformResourceIdentifier })),
-  ];
-  const keyId = createHash("sha1").update(subjectPublicKeyBits(spec.publicKey)).digest();
+  const keyId = hash("sha1", subjectPublicKeyBits(spec.publicKey), "buffer");
   const extensions = [
     template.basicConstraints,
     usageExtensions(template, spec.keyUsages, spec.extKeyUsages),
     // RFC 5280: with an empty subject the SAN extension must be critical.
-    der(extension(asn1X509.id_ce_subjectAltName, subject.length === 0, new asn1X509.SubjectAlternativeName(names))),
+    subjectAltNameDer(spec, subject.length === 0),
     template.authorityKeyId,
-    der(extension(asn1X509.id_ce_subjectKeyIdentifier, false, new asn1X509.SubjectKeyIdentifier(keyId))),
+    subjectKeyIdDer(keyId),
     template.crlDistribution,
     template.authorityInfo,
   ];
@@ -344,8 +448,8 @@ export async function buildLeaf(ca: CaSigner, spec: LeafSpec, urls: CaUrls): Pro
     serialNumber(spec.serial),
     template.signatureAlgorithm,
     template.issuer,
-    der(new asn1X509.Validity({ notBefore, notAfter })),
-    der(asnName(subject)),
+    validityDer(notBefore, notAfter),
+    nameDer(subject),
     spec.publicKey,
     tlv(EXTENSIONS, [tlv(SEQUENCE, extensions)]),
   ]);
@@ -361,8 +465,15 @@ export async function buildLeaf(ca: CaSigner, spec: LeafSpec, urls: CaUrls): Pro
 /** [3] EXPLICIT, the extensions' tag in a TBSCertificate. */
 const EXTENSIONS = 0xa3;
 
-/** The serial as a DER INTEGER: positive, so a leading zero byte when its top bit is set. */
+/**
+ * The serial as a DER INTEGER: positive, so a leading zero byte when its top bit is
+ * set. Only hex whose bytes the INTEGER holds as they are (whole bytes, no leading
+ * zero byte), so the stored serial is the encoded one.
+ */
 function serialNumber(hex: string): Buffer {
+  if (!/^(?!00)([0-9a-f]{2})+$/i.test(hex)) {
+    throw new CustosError("internal", `not a serial to encode: ${JSON.stringify(hex)}`);
+  }
   const bytes = Buffer.from(hex, "hex");
-  return tlv(0x02, (bytes[0] ?? 0) >= 0x80 ? [Buffer.from([0]), bytes] : [bytes]);
+  return tlv(INTEGER, (bytes[0] ?? 0) >= 0x80 ? [Buffer.from([0]), bytes] : [bytes]);
 }
