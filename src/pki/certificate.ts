@@ -5,21 +5,9 @@ import { AsnConvert, OctetString } from "@peculiar/asn1-schema";
 import * as asn1X509 from "@peculiar/asn1-x509";
 import * as x509 from "@peculiar/x509";
 import { CustosError } from "../errors/index.js";
-import {
-  BIT_STRING,
-  DER_TRUE,
-  INTEGER,
-  ia5String,
-  OCTET_STRING,
-  objectIdentifier,
-  readTlv,
-  SEQUENCE,
-  SET,
-  subjectPublicKeyBits,
-  tlv,
-  utf8String,
-  x509Time,
-} from "./der.js";
+import { subjectPublicKeyBits } from "./der-reader.js";
+import { BIT_STRING, INTEGER, OCTET_STRING, SEQUENCE, SET } from "./der-tags.js";
+import { DER_TRUE, ia5String, objectIdentifier, tlv, utf8String, x509Time } from "./der-writer.js";
 import type { ExtKeyUsageName, KeyUsageName } from "./role.js";
 import { type CaSigner, type CaSigning, signAsX509, signatureAlgorithmOf } from "./signer.js";
 
@@ -237,15 +225,8 @@ function templateOf(ca: CaSigner, urls: CaUrls): LeafTemplate {
         createHash("sha1").update(new Uint8Array(caTbs.subjectPublicKeyInfo.subjectPublicKey)).digest(),
       );
   const uri = (value: string) => new asn1X509.GeneralName({ uniformResourceIdentifier: value });
-  // The version is the one field of a TBSCertificate with a tag of its own: take it from an encoded one.
-  const probe = der(
-    new asn1X509.TBSCertificate({ version: asn1X509.Version.v3, issuer: caTbs.subject, subject: caTbs.subject }),
-  );
-  const outer = readTlv(probe, 0);
-  const version = outer && readTlv(probe, outer.start);
-  if (!version || version.tag !== 0xa0) throw new Error("unexpected TBSCertificate encoding");
   const template: LeafTemplate = {
-    version: probe.subarray(outer.start, version.end),
+    version: tlv(VERSION, [tlv(INTEGER, [Uint8Array.of(2)])]),
     signatureAlgorithm: der(signatureAlgorithmOf(ca)),
     issuer: der(caTbs.subject),
     basicConstraints: der(
@@ -454,15 +435,12 @@ export async function buildLeaf(ca: CaSigner, spec: LeafSpec, urls: CaUrls): Pro
     tlv(EXTENSIONS, [tlv(SEQUENCE, extensions)]),
   ]);
   const signature = await signAsX509(ca, tbs);
-  const certificate = tlv(SEQUENCE, [
-    tbs,
-    template.signatureAlgorithm,
-    tlv(BIT_STRING, [Buffer.from([0]), Buffer.from(signature)]),
-  ]);
+  const certificate = tlv(SEQUENCE, [tbs, template.signatureAlgorithm, tlv(BIT_STRING, [Uint8Array.of(0), signature])]);
   return { der: certificate, pem: derToPem(certificate), subject: nameText(subject), notBefore, notAfter };
 }
 
-/** [3] EXPLICIT, the extensions' tag in a TBSCertificate. */
+/** [0] EXPLICIT and [3] EXPLICIT: the version's and the extensions' tags in a TBSCertificate. */
+const VERSION = 0xa0;
 const EXTENSIONS = 0xa3;
 
 /**

@@ -3,7 +3,6 @@ import { SocketAddress } from "node:net";
 import { CustosError } from "../errors/index.js";
 import {
   asciiText,
-  BOOLEAN,
   bitStringBytes,
   booleanOf,
   contentOf,
@@ -11,18 +10,15 @@ import {
   DerReader,
   directoryStringText,
   encodingOf,
-  INTEGER,
   isEncoding,
-  OCTET_STRING,
   oidText,
   readerOf,
   readOid,
-  SEQUENCE,
-  SET,
   type Tlv,
   validOid,
   walkWellFormed,
 } from "./der-reader.js";
+import { BOOLEAN, INTEGER, OCTET_STRING, SEQUENCE, SET } from "./der-tags.js";
 import type { KeyType } from "./role.js";
 
 /** What Custos takes from a PKCS#10 request: the key, and the names it asks for (as written in it). */

@@ -5,25 +5,23 @@
  * DerError; the caller turns it into its own error.
  */
 import { TextDecoder } from "node:util";
+import {
+  BIT_STRING,
+  BMP_STRING,
+  BOOLEAN,
+  IA5_STRING,
+  OBJECT_IDENTIFIER,
+  PRINTABLE_STRING,
+  SEQUENCE,
+  TELETEX_STRING,
+  UNIVERSAL_STRING,
+  UTF8_STRING,
+} from "./der-tags.js";
 
 /** A structure that is not DER, or not the DER the caller expected. */
 export class DerError extends Error {
   override readonly name = "DerError";
 }
-
-export const BOOLEAN = 0x01;
-export const INTEGER = 0x02;
-export const BIT_STRING = 0x03;
-export const OCTET_STRING = 0x04;
-export const OBJECT_IDENTIFIER = 0x06;
-export const UTF8_STRING = 0x0c;
-export const PRINTABLE_STRING = 0x13;
-export const TELETEX_STRING = 0x14;
-export const IA5_STRING = 0x16;
-export const UNIVERSAL_STRING = 0x1c;
-export const BMP_STRING = 0x1e;
-export const SEQUENCE = 0x30;
-export const SET = 0x31;
 
 /** Bit 6 of a tag: the content is itself a run of TLVs. */
 const CONSTRUCTED = 0x20;
@@ -293,4 +291,15 @@ export function directoryStringText(tlv: Tlv): string {
     default:
       throw new DerError(`tag ${hex(tlv.tag)} at byte ${tlv.offset} is not a directory string`);
   }
+}
+
+/** The subjectPublicKey bits of a DER SubjectPublicKeyInfo (what a key identifier hashes). */
+export function subjectPublicKeyBits(spki: Buffer): Buffer {
+  const top = new DerReader(spki);
+  const fields = top.enter(SEQUENCE);
+  top.finish();
+  fields.read(SEQUENCE);
+  const bits = bitStringBytes(fields.next());
+  fields.finish();
+  return bits;
 }

@@ -259,7 +259,9 @@ function certStatus(status: OcspStatus): CertStatus {
 
 /** Signs the ResponseData with the CA's key the way @peculiar/x509 signs a certificate. */
 async function sign(signer: CaSigner, tbsResponseData: ResponseData): Promise<BasicOCSPResponse> {
-  const signature = await signAsX509(signer, AsnConvert.serialize(tbsResponseData));
+  const signed = await signAsX509(signer, AsnConvert.serialize(tbsResponseData));
+  // The schema wants an ArrayBuffer of exactly the signature (a Buffer may be a view into a larger pool): a copy.
+  const signature = new Uint8Array(signed).buffer;
   return new BasicOCSPResponse({ tbsResponseData, signatureAlgorithm: signatureAlgorithmOf(signer), signature });
 }
 

@@ -3,6 +3,7 @@ import { webcrypto } from "node:crypto";
 import type { AlgorithmIdentifier } from "@peculiar/asn1-x509";
 import * as x509 from "@peculiar/x509";
 import type { HsmKeyRef, Keystore, SignatureScheme } from "../hsm/index.js";
+import { ecdsaSignatureDer } from "./der-writer.js";
 
 /** Algorithms a CA key may have. */
 export type CaAlgorithm = "ecdsa-p256" | "rsa-3072";
@@ -94,14 +95,13 @@ export function signatureAlgorithmOf(signer: CaSigning): AlgorithmIdentifier {
  * (ECDSA comes from WebCrypto and the HSM as r‖s and becomes a DER
  * ECDSA-Sig-Value; RSA passes as is).
  */
-export async function signAsX509(signer: CaSigning, tbs: ArrayBuffer | Uint8Array): Promise<ArrayBuffer> {
+export async function signAsX509(signer: CaSigning, tbs: ArrayBuffer | Uint8Array): Promise<Uint8Array> {
   const algorithm = fullAlgorithm(signer);
-  const raw = await signer.crypto.subtle.sign(algorithm, signer.signingKey, tbs);
-  return ecFormatter.toAsnSignature(algorithm, raw) ?? raw;
+  const raw = new Uint8Array(await signer.crypto.subtle.sign(algorithm, signer.signingKey, tbs));
+  return algorithm.name === "ECDSA" ? ecdsaSignatureDer(raw) : raw;
 }
 
 const algorithmProvider = new x509.AlgorithmProvider();
-const ecFormatter = new x509.AsnEcSignatureFormatter();
 
 /** What signs for a CA before it has a certificate (a root signing itself). */
 export type CaSigning = Omit<CaSigner, "certificate">;

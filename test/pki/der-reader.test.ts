@@ -7,7 +7,6 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import {
   asciiText,
-  BIT_STRING,
   bitStringBytes,
   booleanOf,
   contentOf,
@@ -15,17 +14,15 @@ import {
   DerReader,
   directoryStringText,
   encodingOf,
-  INTEGER,
   isEncoding,
   oidText,
   readerOf,
   readOid,
-  SEQUENCE,
-  SET,
   tlvAt,
   validOid,
   walkWellFormed,
 } from "../../src/pki/der-reader.js";
+import { BIT_STRING, INTEGER, SEQUENCE, SET } from "../../src/pki/der-tags.js";
 
 let dir: string;
 before(() => {

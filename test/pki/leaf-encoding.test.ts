@@ -1,7 +1,7 @@
 import "reflect-metadata";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { createHash, generateKeyPairSync, webcrypto, X509Certificate } from "node:crypto";
+import { createHash, generateKeyPairSync, sign, verify, webcrypto, X509Certificate } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { SocketAddress } from "node:net";
 import { tmpdir } from "node:os";
@@ -19,7 +19,8 @@ import {
   derToPem,
   type LeafSpec,
 } from "../../src/pki/certificate.js";
-import { objectIdentifier } from "../../src/pki/der.js";
+import { subjectPublicKeyBits } from "../../src/pki/der-reader.js";
+import { ecdsaSignatureDer, objectIdentifier } from "../../src/pki/der-writer.js";
 import { type CaSigner, softwareCaSigner } from "../../src/pki/signer.js";
 
 // Oracles: the encoding buildLeaf used for a leaf's own fields before it wrote them
@@ -423,6 +424,42 @@ describe("buildLeaf writes the bytes the schema encoding wrote", () => {
     }
     for (const bad of ["", "1", "3.1", "1.40", "1..2", "1.2.", "1.-2", "1.02", "a.b"]) {
       assert.throws(() => objectIdentifier(bad), CustosError, bad);
+    }
+  });
+});
+
+describe("the DER around a leaf's key and signature", () => {
+  test("an ECDSA r‖s becomes the DER node:crypto verifies and @peculiar/x509 writes, leading zeros and high bits included", () => {
+    const formatter = new x509.AsnEcSignatureFormatter();
+    const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const shapes = new Set<string>();
+    for (let i = 0; i < 600; i++) {
+      const data = Buffer.from(`message ${i}`);
+      const raw = sign("sha256", data, { key: privateKey, dsaEncoding: "ieee-p1363" });
+      const der = ecdsaSignatureDer(raw);
+      assert.ok(verify("sha256", data, publicKey, der), `signature ${i} verifies as DER`);
+      const oracle = formatter.toAsnSignature({ name: "ECDSA", hash: "SHA-256" } as never, raw);
+      assert.ok(oracle !== null);
+      assert.deepEqual(der, Buffer.from(oracle));
+      // r and s of 31, 32 or 33 DER bytes: short, plain or padded with a zero byte.
+      shapes.add(`${der[3]}/${der[5 + (der[3] ?? 0)]}`);
+    }
+    assert.ok(shapes.size >= 3, `shapes seen: ${[...shapes].join(" ")}`);
+    assert.throws(() => ecdsaSignatureDer(Buffer.alloc(63)), CustosError);
+  });
+
+  test("subjectPublicKeyBits is the key's BIT STRING content, and refuses what is no SPKI", () => {
+    const keys = {
+      ec: generateKeyPairSync("ec", { namedCurve: "P-256" }).publicKey,
+      ed25519: generateKeyPairSync("ed25519").publicKey,
+      rsa: generateKeyPairSync("rsa", { modulusLength: 2048 }).publicKey,
+    };
+    for (const [type, publicKey] of Object.entries(keys)) {
+      const spki = publicKey.export({ format: "der", type: "spki" });
+      const oracle = AsnConvert.parse(spki, asn1X509.SubjectPublicKeyInfo).subjectPublicKey;
+      assert.deepEqual(subjectPublicKeyBits(spki), Buffer.from(oracle), type);
+      assert.throws(() => subjectPublicKeyBits(Buffer.concat([spki, Buffer.of(0)])), `${type}: trailing byte`);
+      assert.throws(() => subjectPublicKeyBits(spki.subarray(0, spki.length - 1)), `${type}: truncated`);
     }
   });
 });

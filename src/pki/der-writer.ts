@@ -2,21 +2,11 @@ import { CustosError } from "../errors/index.js";
 
 /**
  * The little DER the leaf builder writes itself: TLVs around already-encoded
- * fields, and the few primitive values a leaf's own fields are made of (OIDs,
- * strings, times). Finding a field's bytes inside a structure the schema has
- * encoded or checked is here too (readTlv).
+ * fields, and the few primitive values a leaf's own fields and its signature are
+ * made of (OIDs, strings, times, an ECDSA signature's integers).
  */
 
-const BOOLEAN = 0x01;
-export const INTEGER = 0x02;
-export const BIT_STRING = 0x03;
-export const OCTET_STRING = 0x04;
-const OBJECT_IDENTIFIER = 0x06;
-const UTF8_STRING = 0x0c;
-const UTC_TIME = 0x17;
-const GENERALIZED_TIME = 0x18;
-export const SEQUENCE = 0x30;
-export const SET = 0x31;
+import { BOOLEAN, GENERALIZED_TIME, INTEGER, OBJECT_IDENTIFIER, SEQUENCE, UTC_TIME, UTF8_STRING } from "./der-tags.js";
 
 /** The DER length octets of `n`: one byte below 128, else 0x80 + count, then the count bytes of `n`. */
 function lengthOctets(n: number): number[] {
@@ -106,36 +96,17 @@ export function x509Time(date: Date): Buffer {
 
 const twoDigits = (n: number): string => n.toString().padStart(2, "0");
 
-/** Where one TLV starting at `offset` keeps its content, or undefined when its header is malformed. */
-export function readTlv(der: Uint8Array, offset: number): { tag: number; start: number; end: number } | undefined {
-  const tag = der[offset];
-  const first = der[offset + 1];
-  if (tag === undefined || first === undefined) return undefined;
-  let start = offset + 2;
-  let length = first;
-  if (first >= 0x80) {
-    const count = first & 0x7f;
-    if (count === 0 || count > 4) return undefined;
-    length = 0;
-    for (let i = 0; i < count; i++) {
-      const b = der[start + i];
-      if (b === undefined) return undefined;
-      length = length * 256 + b;
-    }
-    start += count;
-  }
-  const end = start + length;
-  return end <= der.length ? { tag, start, end } : undefined;
+/** A non-negative big-endian integer as a DER INTEGER: no leading zero bytes, but one when the top bit is set. */
+function unsignedInteger(bytes: Uint8Array): Buffer {
+  let from = 0;
+  while (from < bytes.length - 1 && bytes[from] === 0) from++;
+  const digits = bytes.subarray(from);
+  return tlv(INTEGER, (digits[0] ?? 0) >= 0x80 ? [Uint8Array.of(0), digits] : [digits]);
 }
 
-/** The subjectPublicKey bits of a DER SubjectPublicKeyInfo (what a key identifier hashes). */
-export function subjectPublicKeyBits(spki: Uint8Array): Uint8Array {
-  const outer = readTlv(spki, 0);
-  const algorithm = outer && readTlv(spki, outer.start);
-  const bits = algorithm && readTlv(spki, algorithm.end);
-  if (!outer || outer.tag !== SEQUENCE || !bits || bits.tag !== BIT_STRING) {
-    throw new Error("not a DER SubjectPublicKeyInfo");
-  }
-  // The first content byte counts unused bits (0 for keys); the key is what follows.
-  return spki.subarray(bits.start + 1, bits.end);
+/** An ECDSA signature as X.509 carries it, ECDSA-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }, from r‖s. */
+export function ecdsaSignatureDer(raw: Uint8Array): Buffer {
+  if (raw.length === 0 || raw.length % 2 !== 0) throw new CustosError("internal", "an ECDSA signature is r and s");
+  const half = raw.length / 2;
+  return tlv(SEQUENCE, [unsignedInteger(raw.subarray(0, half)), unsignedInteger(raw.subarray(half))]);
 }
