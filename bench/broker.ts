@@ -17,7 +17,7 @@ import "reflect-metadata";
 import type { ChildProcess } from "node:child_process";
 import { webcrypto, X509Certificate } from "node:crypto";
 import { mkdtempSync, readdirSync, rmSync } from "node:fs";
-import { type RequestOptions, request } from "node:https";
+import { Agent as HttpsAgent, type RequestOptions, request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createSecureContext, type SecureContext } from "node:tls";
@@ -149,10 +149,12 @@ export default async function main(args: string[]): Promise<void> {
     const boots: Boot[] = [];
     const windows: { n: number; from: number; to: number }[] = [];
     const registrations: Boot[] = [];
+    const agentPool = new HttpsAgent({ keepAlive: true, maxSockets: 16 });
     let checked = "";
     for (const [round, n] of sizes.entries()) {
       const ids = Array.from({ length: n }, (_, i) => `r${round}-i${i}`);
-      // Registration, by the agent, before the containers start (timed on its own).
+      // Registration, by the agent, before the containers start (timed on its own). A
+      // platform agent is one long-lived process: it keeps its connections open.
       const tokens = new Map<string, string>();
       const regStart = performance.now();
       let next = 0;
@@ -164,7 +166,7 @@ export default async function main(args: string[]): Promise<void> {
               `${base}/v1/broker/instances`,
               "POST",
               { org: "bench", space: "prod", app: "web", instance, ttlSeconds: 3600 },
-              { ca, token: agent },
+              { ca, token: agent, agent: agentPool },
             );
             tokens.set(instance, r.bootstrapToken as string);
           }
@@ -194,6 +196,7 @@ export default async function main(args: string[]): Promise<void> {
       const window = windows.at(-1);
       if (profileDir && window) window.to = monotonicUs();
     }
+    agentPool.destroy();
     await stop(custos.child);
     const profile = profileDir && readdirSync(profileDir).find((f) => f.endsWith(".cpuprofile"));
 
@@ -228,7 +231,8 @@ export default async function main(args: string[]): Promise<void> {
     const thousand = boots.filter((b) => b.n === 1000);
     const best = Math.min(...thousand.map((b) => b.seconds));
     console.log(
-      `\ngoal check: 1,000 instances hold identity, JWT and secrets in ${best.toFixed(2)} s (best of ${thousand.length}; ` +
+      `\ngoal check: 1,000 instances hold identity, JWT and secrets in ${best.toFixed(2)} s (best of ` +
+        `${thousand.map((b) => b.seconds.toFixed(2)).join(", ")} s; the agent registered them beforehand; ` +
         `goal <= ${GOAL_SECONDS} s): ${best <= GOAL_SECONDS && thousand.every((b) => b.failures === 0) ? "MET" : "NOT MET"}`,
     );
     const last = windows.at(-1);

@@ -5,7 +5,7 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { request as httpRequest } from "node:http";
-import { request as httpsRequest } from "node:https";
+import { type Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { loadConfig } from "../src/config/index.js";
@@ -49,7 +49,7 @@ export function call(
   url: string,
   method: string,
   body: unknown,
-  options: { ca?: string; token?: string } = {},
+  options: { ca?: string; token?: string; agent?: HttpsAgent } = {},
 ): Promise<Record<string, unknown>> {
   return new Promise((ok, fail) => {
     const u = new URL(url);
@@ -64,9 +64,9 @@ export function call(
         else ok(text.startsWith("{") ? JSON.parse(text) : { text });
       });
     };
-    // A fresh connection each time: these calls are few, and a pooled one left idle
-    // through a long wrk run can be closed under us.
-    const common = { host: u.hostname, port: u.port, path: u.pathname, method, headers, agent: false as const };
+    // A fresh connection each time unless the caller brings a pool: most calls are
+    // few, and a pooled connection left idle through a long wrk run can be closed under us.
+    const common = { host: u.hostname, port: u.port, path: u.pathname, method, headers, agent: options.agent ?? false };
     const req = options.ca ? httpsRequest({ ...common, ca: options.ca }, onResponse) : httpRequest(common, onResponse);
     req.on("error", fail);
     req.end(body === undefined ? undefined : JSON.stringify(body));

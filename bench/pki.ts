@@ -244,7 +244,7 @@ export default async function main(args: string[]): Promise<void> {
     }
     console.log(
       "\nNot the same work: Custos answers over HTTPS, checks a bearer token and a policy, signs with the " +
-        "CA key in SoftHSM (through pkcs11js on the thread pool) and commits every certificate and its audit record " +
+        "CA key in SoftHSM (through pkcs11js) and commits every certificate and its audit record " +
         "to SQLite (group commit, the WAL fsynced) before answering; its chain is root -> intermediate -> leaf. " +
         "CFSSL serves plain HTTP with its CA key in a file in memory (it can't use this HSM here), keeps no database " +
         "and writes no audit record, signs directly under its root, and Go spreads it over both cores.",

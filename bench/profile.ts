@@ -162,7 +162,7 @@ export function reportProfile(file: string, window: { from: number; to: number }
   const pct = (us: number, of: number) => `${((100 * us) / of).toFixed(1).padStart(5)}%`;
   console.log(
     `\nserver main thread, ${load}: ${(total / 1e6).toFixed(1)} s sampled during the measured load, busy ${pct(busy, total).trim()} ` +
-      "(HSM signing, CSR signature checks through WebCrypto and key generation run on libuv's thread pool and are not sampled here)",
+      "(RSA signing, key generation and the WAL fsync run on libuv's thread pool and are not sampled here)",
   );
   console.log("\nby what the time was spent on (share of busy time; idle as share of all):");
   for (const [cat, us] of [...groups].sort((a, b) => b[1] - a[1])) {

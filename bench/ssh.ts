@@ -368,7 +368,7 @@ export default async function main(args: string[]): Promise<void> {
     );
     console.log(
       "\nNot the same work: Custos answers over HTTPS, checks a bearer token and a policy, applies the role, " +
-        "signs with the CA key in SoftHSM (through pkcs11js on the thread pool) and commits every certificate and " +
+        "signs with the CA key in SoftHSM (through pkcs11js) and commits every certificate and " +
         "its audit record to SQLite (group commit, the WAL fsynced) before answering. ssh-keygen starts a process, " +
         "loads the PKCS#11 module, opens and logs in to the token (the PIN from SSH_ASKPASS or -P), signs once and " +
         "writes the certificate beside the key; it keeps no record of what it signed.\n",
