@@ -3,7 +3,6 @@ import { after, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { type CustosError, isCustosError } from "../../src/errors/index.js";
 import { auditRecordHash, GENESIS_HASH, SqliteStore, type Store } from "../../src/store/index.js";
-import { WriteQueue } from "../../src/store/sqlite/write-queue.js";
 import { entry, tempDir, userRecord } from "./helpers.js";
 
 const tmp = tempDir();
@@ -166,54 +165,5 @@ describe("group commit", () => {
     );
     assert.equal(await assertChainIntact(store), 500);
     await store.close();
-  });
-});
-
-describe("write queue", () => {
-  test("writes that arrive while the WAL sync runs wait for it and commit together", async () => {
-    const path = tmp.path("held.db");
-    const db = new Database(path);
-    db.pragma("journal_mode = WAL");
-    db.exec("CREATE TABLE t (n INTEGER NOT NULL)");
-    // Count the queue's COMMITs: it prepares its statements from this connection.
-    let commits = 0;
-    const prepare = db.prepare.bind(db);
-    db.prepare = ((sql: string) => {
-      const statement = prepare(sql);
-      if (sql !== "COMMIT") return statement;
-      const run = statement.run.bind(statement);
-      const counted = () => {
-        commits++;
-        return run();
-      };
-      return Object.assign(Object.create(statement), { run: counted });
-    }) as typeof db.prepare;
-    const queue = new WriteQueue(
-      db,
-      { save: () => 0, restore: () => {}, reload: () => {} },
-      { timeoutMs: 5000, walPath: `${path}-wal` },
-    );
-    const insert = prepare("INSERT INTO t (n) VALUES (?)");
-    // One write per event-loop turn: each turn's flush would commit alone if nothing held it.
-    const writes = 40;
-    const done: Promise<unknown>[] = [];
-    await new Promise<void>((resolve) => {
-      const next = (n: number): void => {
-        done.push(queue.submit(() => insert.run(n)));
-        if (n + 1 < writes) setImmediate(next, n + 1);
-        else resolve();
-      };
-      next(0);
-    });
-    await Promise.all(done);
-    const stored = prepare("SELECT n FROM t ORDER BY rowid").all() as { n: number }[];
-    assert.deepEqual(
-      stored.map((r) => r.n),
-      Array.from({ length: writes }, (_, i) => i),
-    );
-    assert.ok(commits < writes / 2, `${commits} COMMITs for ${writes} writes in ${writes} turns`);
-    await queue.close();
-    queue.release();
-    db.close();
   });
 });

@@ -42,10 +42,9 @@ type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
 const BUSY_RETRY_MS = 20;
 
 /**
- * Group commit. Writes submitted during one event-loop turn (or, under load,
- * during one WAL sync) run in a single transaction, each inside its own
- * SAVEPOINT: an operation that throws rolls back only itself and rejects only its
- * own promise.
+ * Group commit. Writes submitted during one event-loop turn run in a single
+ * transaction flushed by `setImmediate`, each inside its own SAVEPOINT: an
+ * operation that throws rolls back only itself and rejects only its own promise.
  * If BEGIN or COMMIT fails, every write of the batch rejects with
  * `store_unavailable` and the transactional state is reloaded.
  *
@@ -53,10 +52,10 @@ const BUSY_RETRY_MS = 20;
  * into the page cache (safe from a process crash) without waiting for the disk;
  * the queue then fdatasyncs the WAL on libuv's thread pool and settles a batch's
  * promises only after a sync that began after its COMMIT. The main thread keeps
- * serving while the disk works, and the writes that arrive during a sync commit
- * together when it ends, covered by the next one. This is what
- * `synchronous=FULL` guarantees (an acknowledged write survives power loss)
- * without blocking the event loop for each fsync. Readers wait for the same sync (`whenDurable`), so no answer is
+ * serving while the disk works, and one sync covers every batch committed while
+ * the previous one ran. This is what `synchronous=FULL` guarantees (an
+ * acknowledged write survives power loss) without blocking the event loop for
+ * each fsync. Readers wait for the same sync (`whenDurable`), so no answer is
  * ever built on a write that could still be lost.
  */
 export class WriteQueue<S> {
@@ -110,8 +109,7 @@ export class WriteQueue<S> {
       // timer can never fire between an op's execution and its COMMIT.
       item.timer = setTimeout(() => this.#expire(item), this.#options.timeoutMs);
       this.#items.push(item);
-      // While a sync runs, writes wait for its end and commit together (see #sync).
-      if (this.#scheduled === undefined && !this.#syncing) this.#scheduled = setImmediate(() => this.#flush());
+      if (this.#scheduled === undefined) this.#scheduled = setImmediate(() => this.#flush());
     });
   }
 
@@ -251,13 +249,7 @@ export class WriteQueue<S> {
     if (!this.#syncing) this.#sync();
   }
 
-  /**
-   * fdatasyncs the WAL off the main thread, then settles every batch committed
-   * before it began. Writes submitted meanwhile are held and committed as one batch
-   * when it ends: they could not be acknowledged before the next sync anyway, and
-   * one larger COMMIT writes each page it changes once where several small ones
-   * wrote it once each.
-   */
+  /** fdatasyncs the WAL off the main thread, then settles every batch committed before it began. */
   #sync(): void {
     const waiting = this.#unsynced;
     const covers = this.#committed;
@@ -276,7 +268,6 @@ export class WriteQueue<S> {
         return false;
       });
       if (this.#unsynced.length > 0) this.#sync();
-      else if (this.#items.length > 0 && this.#scheduled === undefined) this.#flush();
       else this.#maybeDrained();
     };
     if (this.#options.walPath === null) {
