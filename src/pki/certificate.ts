@@ -6,7 +6,7 @@ import * as asn1X509 from "@peculiar/asn1-x509";
 import * as x509 from "@peculiar/x509";
 import { CustosError } from "../errors/index.js";
 import { subjectPublicKeyBits } from "./der-reader.js";
-import { BIT_STRING, INTEGER, OCTET_STRING, SEQUENCE, SET } from "./der-tags.js";
+import { BIT_STRING, DNS_NAME, INTEGER, IP_ADDRESS_NAME, OCTET_STRING, SEQUENCE, SET, URI_NAME } from "./der-tags.js";
 import { DER_TRUE, ia5String, objectIdentifier, tlv, utf8String, x509Time } from "./der-writer.js";
 import type { ExtKeyUsageName, KeyUsageName } from "./role.js";
 import { type CaSigner, type CaSigning, signAsX509, signatureAlgorithmOf } from "./signer.js";
@@ -170,18 +170,11 @@ const EXT_KEY_USAGE_OIDS: Readonly<Record<ExtKeyUsageName, string>> = {
   clientAuth: asn1X509.id_kp_clientAuth,
 };
 
-const NAME_OIDS: Readonly<Record<string, string>> = {
-  CN: "2.5.4.3",
-  O: "2.5.4.10",
-  OU: "2.5.4.11",
-  L: "2.5.4.7",
-  ST: "2.5.4.8",
-  C: "2.5.4.6",
-};
-
-/** NAME_OIDS encoded once; a Map, so a name type such as "constructor" finds nothing. */
+/** The name attributes a leaf's subject may hold, their OIDs encoded once; a Map, so a type such as "constructor" finds nothing. */
 const NAME_OID_DER: ReadonlyMap<string, Buffer> = new Map(
-  Object.entries(NAME_OIDS).map(([type, oid]) => [type, objectIdentifier(oid)]),
+  Object.entries({ CN: "2.5.4.3", O: "2.5.4.10", OU: "2.5.4.11", L: "2.5.4.7", ST: "2.5.4.8", C: "2.5.4.6" }).map(
+    ([type, oid]) => [type, objectIdentifier(oid)],
+  ),
 );
 
 /** The subject a leaf gets: its CN (when it has one) and any extra attributes. */
@@ -327,16 +320,11 @@ function extensionDer(oid: Buffer, critical: boolean, value: Buffer): Buffer {
 const SUBJECT_ALT_NAME = objectIdentifier(asn1X509.id_ce_subjectAltName);
 const SUBJECT_KEY_IDENTIFIER = objectIdentifier(asn1X509.id_ce_subjectKeyIdentifier);
 
-/** GeneralName choices a leaf names itself by, IMPLICIT context tags on primitive values. */
-const DNS_NAME = 0x82;
-const URI = 0x86;
-const IP_ADDRESS = 0x87;
-
 function subjectAltNameDer(spec: Pick<LeafSpec, "dnsNames" | "ipAddresses" | "uris">, critical: boolean): Buffer {
   const names = [
     ...spec.dnsNames.map((name) => ia5String(DNS_NAME, name)),
-    ...spec.ipAddresses.map((ip) => tlv(IP_ADDRESS, [ipAddressOctets(ip)])),
-    ...spec.uris.map((uri) => ia5String(URI, uri)),
+    ...spec.ipAddresses.map((ip) => tlv(IP_ADDRESS_NAME, [ipAddressOctets(ip)])),
+    ...spec.uris.map((uri) => ia5String(URI_NAME, uri)),
   ];
   return extensionDer(SUBJECT_ALT_NAME, critical, tlv(SEQUENCE, names));
 }

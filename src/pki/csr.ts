@@ -18,7 +18,18 @@ import {
   validOid,
   walkWellFormed,
 } from "./der-reader.js";
-import { BOOLEAN, INTEGER, OCTET_STRING, SEQUENCE, SET } from "./der-tags.js";
+import {
+  BOOLEAN,
+  DNS_NAME,
+  EMAIL_NAME,
+  INTEGER,
+  IP_ADDRESS_NAME,
+  OCTET_STRING,
+  REGISTERED_ID_NAME,
+  SEQUENCE,
+  SET,
+  URI_NAME,
+} from "./der-tags.js";
 import type { KeyType } from "./role.js";
 
 /** What Custos takes from a PKCS#10 request: the key, and the names it asks for (as written in it). */
@@ -340,21 +351,14 @@ function subjectAltName(extensionRequests: readonly Tlv[]): Tlv | undefined {
   return found[0];
 }
 
-// GeneralName tags (context-specific, IMPLICIT): [1] rfc822Name, [2] dNSName, [6] URI, [7] iPAddress and
-// [8] registeredID are primitive; [0] otherName, [3], [4] directoryName and [5] are constructed.
-const DNS_NAME = 0x82;
-const URI = 0x86;
-const IP_ADDRESS = 0x87;
-const EMAIL = 0x81;
-const REGISTERED_ID = 0x88;
 /** The other GeneralName tags, with the name an error gives them. */
 const REFUSED_SAN_TYPES: ReadonlyMap<number, string> = new Map([
   [0xa0, "otherName"],
-  [EMAIL, "email"],
+  [EMAIL_NAME, "email"],
   [0xa3, "x400Address"],
   [0xa4, "directoryName"],
   [0xa5, "ediPartyName"],
-  [REGISTERED_ID, "registeredId"],
+  [REGISTERED_ID_NAME, "registeredId"],
 ]);
 
 /** The SAN's content: GeneralNames ::= SEQUENCE OF GeneralName, only DNS, URI and IP names taken. */
@@ -368,8 +372,8 @@ function requestedNames(extensionRequests: readonly Tlv[]): Pick<ParsedCsr, "dns
   while (!names.atEnd) {
     const name = names.next();
     if (name.tag === DNS_NAME) out.dnsNames.push(asciiText(name));
-    else if (name.tag === URI) out.uris.push(asciiText(name));
-    else if (name.tag === IP_ADDRESS) out.ipAddresses.push(ipAddressOf(name));
+    else if (name.tag === URI_NAME) out.uris.push(asciiText(name));
+    else if (name.tag === IP_ADDRESS_NAME) out.ipAddresses.push(ipAddressOf(name));
     else throw refusedSan(name);
   }
   return out;
@@ -379,7 +383,8 @@ function requestedNames(extensionRequests: readonly Tlv[]): Pick<ParsedCsr, "dns
 function refusedSan(name: Tlv): CustosError {
   const type = REFUSED_SAN_TYPES.get(name.tag);
   if (type === undefined) throw new DerError(`tag 0x${name.tag.toString(16)} at byte ${name.offset} is no GeneralName`);
-  const value = name.tag === EMAIL ? asciiText(name) : name.tag === REGISTERED_ID ? oidText(validOid(name)) : undefined;
+  const value =
+    name.tag === EMAIL_NAME ? asciiText(name) : name.tag === REGISTERED_ID_NAME ? oidText(validOid(name)) : undefined;
   const shown = value === undefined ? "" : ` (${value})`;
   return csrInvalid(`the CSR requests a SAN of type ${type}${shown}; Custos issues only DNS, IP and URI names`);
 }

@@ -14,3 +14,12 @@ export const UNIVERSAL_STRING = 0x1c;
 export const BMP_STRING = 0x1e;
 export const SEQUENCE = 0x30;
 export const SET = 0x31;
+
+// GeneralName choices (RFC 5280 4.2.1.6), context-specific and IMPLICIT: [1] rfc822Name,
+// [2] dNSName, [6] URI, [7] iPAddress and [8] registeredID are primitive; [0]
+// otherName, [3] x400Address, [4] directoryName and [5] ediPartyName are constructed.
+export const EMAIL_NAME = 0x81;
+export const DNS_NAME = 0x82;
+export const URI_NAME = 0x86;
+export const IP_ADDRESS_NAME = 0x87;
+export const REGISTERED_ID_NAME = 0x88;
