@@ -63,7 +63,8 @@ export class Authority {
   /** The URLs certificates issued by `caId` carry. */
   urlsFor(caId: string): CaUrls {
     const base = `${this.#o.baseUrl}/v1/pki`;
-    return { caIssuers: `${base}/issuers/${caId}/cert.pem`, crl: `${base}/issuers/${caId}/crl`, ocsp: `${base}/ocsp` };
+    // RFC 5280 4.2.2.1: the CA issuers URL serves one DER certificate.
+    return { caIssuers: `${base}/issuers/${caId}/cert`, crl: `${base}/issuers/${caId}/crl`, ocsp: `${base}/ocsp` };
   }
 
   /**
@@ -236,10 +237,14 @@ export class Authority {
     const record = await this.#o.store.getCa(issuerId);
     if (!record) throw new CustosError("not_found", `no CA ${issuerId}`);
     const now = this.#now();
-    const revoked = await this.#o.store.listRevoked(issuerId, now.toISOString());
+    const validity = this.#o.crlValiditySeconds * 1000;
+    // RFC 5280 3.3: an entry stays until a scheduled CRL issued after its certificate
+    // expired has listed it. CRLs are re-signed at half their validity, so one whole
+    // validity period after expiry covers at least one of them.
+    const revoked = await this.#o.store.listRevoked(issuerId, new Date(now.getTime() - validity).toISOString());
     const entries: RevokedEntry[] = revoked.map(revokedEntry);
     if (extra) entries.push(extra);
-    const nextUpdate = new Date(now.getTime() + this.#o.crlValiditySeconds * 1000);
+    const nextUpdate = new Date(now.getTime() + validity);
     const crlNumber = record.crlNumber + 1;
     const crlDer = await buildCrl(this.#signerOf(issuerId), {
       number: crlNumber,

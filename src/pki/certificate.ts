@@ -1,10 +1,10 @@
 import "reflect-metadata";
 import { createHash, hash, randomBytes } from "node:crypto";
-import { isIP } from "node:net";
 import { AsnConvert, OctetString } from "@peculiar/asn1-schema";
 import * as asn1X509 from "@peculiar/asn1-x509";
 import * as x509 from "@peculiar/x509";
 import { CustosError } from "../errors/index.js";
+import { ipOctets } from "../net/ip.js";
 import { subjectPublicKeyBits } from "./der-reader.js";
 import { BIT_STRING, DNS_NAME, INTEGER, IP_ADDRESS_NAME, OCTET_STRING, SEQUENCE, SET, URI_NAME } from "./der-tags.js";
 import { DER_TRUE, ia5String, objectIdentifier, tlv, utf8String, x509Time } from "./der-writer.js";
@@ -260,7 +260,11 @@ function templateOf(ca: CaSigner, urls: CaUrls): LeafTemplate {
   return template;
 }
 
-/** keyUsage then extKeyUsage, encoded once per distinct profile. */
+/**
+ * keyUsage then extKeyUsage, encoded once per distinct profile. An empty list
+ * leaves its extension out: RFC 5280 requires at least one bit set in a keyUsage
+ * (4.2.1.3) and one purpose in an extKeyUsage (4.2.1.12).
+ */
 function usageExtensions(
   template: LeafTemplate,
   keyUsages: readonly KeyUsageName[],
@@ -270,15 +274,12 @@ function usageExtensions(
   let encoded = template.usages.get(id);
   if (encoded === undefined) {
     const usage = keyUsages.reduce((flags, u) => flags | KEY_USAGE_BITS[u], 0);
+    const purposes = extKeyUsages.map((u) => EXT_KEY_USAGE_OIDS[u]);
     encoded = Buffer.concat([
-      der(extension(asn1X509.id_ce_keyUsage, true, new asn1X509.KeyUsage(usage))),
-      der(
-        extension(
-          asn1X509.id_ce_extKeyUsage,
-          false,
-          new asn1X509.ExtendedKeyUsage(extKeyUsages.map((u) => EXT_KEY_USAGE_OIDS[u])),
-        ),
-      ),
+      ...(usage === 0 ? [] : [der(extension(asn1X509.id_ce_keyUsage, true, new asn1X509.KeyUsage(usage)))]),
+      ...(purposes.length === 0
+        ? []
+        : [der(extension(asn1X509.id_ce_extKeyUsage, false, new asn1X509.ExtendedKeyUsage(purposes)))]),
     ]);
     template.usages.set(id, encoded);
   }
@@ -335,44 +336,9 @@ function subjectKeyIdDer(keyId: Uint8Array): Buffer {
 
 /** An iPAddress's content (RFC 5280 4.2.1.6): the 4 bytes of an IPv4 address, the 16 of an IPv6 one. */
 function ipAddressOctets(text: string): Buffer {
-  const family = isIP(text);
-  if (family === 4) return Buffer.from(ipv4Octets(text));
-  if (family === 6 && !text.includes("%")) return ipv6Octets(text);
-  throw new CustosError("internal", `not an IP address: ${JSON.stringify(text)}`);
-}
-
-/** The four decimal parts of an IPv4 address that isIP has accepted. */
-function ipv4Octets(text: string): number[] {
-  return text.split(".").map(Number);
-}
-
-/**
- * The 16 bytes of an IPv6 address that isIP has accepted: eight hexadecimal groups,
- * where one "::" stands for a run of zero groups and a dotted IPv4 ending
- * (::ffff:10.0.0.1) for the last two groups.
- */
-function ipv6Octets(text: string): Buffer {
-  const [left = "", right] = text.split("::");
-  const head = ipv6Groups(left);
-  const tail = right === undefined ? [] : ipv6Groups(right);
-  const missing = 8 - head.length - tail.length;
-  if (missing < 0 || (right === undefined && missing !== 0)) {
-    throw new CustosError("internal", `not an IPv6 address: ${JSON.stringify(text)}`);
-  }
-  const groups = [...head, ...new Array<number>(missing).fill(0), ...tail];
-  const octets = Buffer.alloc(16);
-  for (const [i, group] of groups.entries()) octets.writeUInt16BE(group, 2 * i);
+  const octets = ipOctets(text);
+  if (octets === undefined) throw new CustosError("internal", `not an IP address: ${JSON.stringify(text)}`);
   return octets;
-}
-
-/** The 16-bit groups of one side of an IPv6 address's "::"; a dotted IPv4 ending is two groups. */
-function ipv6Groups(part: string): number[] {
-  if (part === "") return [];
-  return part.split(":").flatMap((group) => {
-    if (!group.includes(".")) return [Number.parseInt(group, 16)];
-    const [a = 0, b = 0, c = 0, d = 0] = ipv4Octets(group);
-    return [(a << 8) | b, (c << 8) | d];
-  });
 }
 
 // At module level: tsx names every function declared inside another on each call.

@@ -16,6 +16,7 @@ import {
   checkTtl,
   isKeyType,
   type KeyType,
+  keyUsagesFor,
   parseRole,
   type Role,
 } from "./role.js";
@@ -301,7 +302,7 @@ export class Issuer {
         dnsNames: names.dnsNames,
         ipAddresses: names.ipAddresses,
         uris: names.uris,
-        keyUsages: request.role.keyUsages,
+        keyUsages: keyUsagesFor(request.keyType, request.role.keyUsages),
         extKeyUsages: request.role.extKeyUsages,
         notBefore: new Date(now.getTime() - (request.backdateMs ?? BACKDATE_MS)),
         notAfter,

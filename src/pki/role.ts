@@ -1,6 +1,7 @@
-import { isIP, SocketAddress } from "node:net";
+import { isIP } from "node:net";
 import { globMatch } from "../auth/index.js";
 import { CustosError } from "../errors/index.js";
+import { canonicalIp, inCidr, ipOctets, parseCidr } from "../net/ip.js";
 
 /**
  * Roles: the certificate profiles callers issue under, and the checks a request
@@ -173,80 +174,15 @@ function dnsAllowed(role: Role, name: string): boolean {
 
 // --- IP addresses --------------------------------------------------------------
 
-interface Cidr {
-  readonly bytes: Uint8Array;
-  readonly prefix: number;
-}
-
-/** The canonical text of an IP address (RFC 5952 for IPv6), or undefined if it is none. Zone ids are refused. */
-function canonicalIp(text: string): string | undefined {
-  if (text.includes("%")) return undefined;
-  const family = isIP(text);
-  if (family === 0) return undefined;
-  return new SocketAddress({ address: text, family: family === 4 ? "ipv4" : "ipv6" }).address;
-}
-
-function ipv4Bytes(text: string): number[] {
-  return text.split(".").map(Number);
-}
-
-/** Bytes of a valid IP address: 4 for IPv4, 16 for IPv6 (an IPv4-mapped address stays 16: it is IPv6 here). */
-function ipBytes(text: string): Uint8Array {
-  if (isIP(text) === 4) return Uint8Array.from(ipv4Bytes(text));
-  let head = text;
-  let tail: number[] = [];
-  const lastColon = text.lastIndexOf(":");
-  if (text.includes(".", lastColon)) {
-    head = `${text.slice(0, lastColon + 1)}0:0`;
-    tail = ipv4Bytes(text.slice(lastColon + 1));
-  }
-  const [left = "", right] = head.split("::");
-  const groupsOf = (s: string) => (s === "" ? [] : s.split(":").map((g) => Number.parseInt(g, 16)));
-  const l = groupsOf(left);
-  const r = right === undefined ? [] : groupsOf(right);
-  const groups = [...l, ...new Array<number>(8 - l.length - r.length).fill(0), ...r];
-  const bytes = new Uint8Array(16);
-  groups.forEach((g, i) => {
-    bytes[2 * i] = g >> 8;
-    bytes[2 * i + 1] = g & 0xff;
-  });
-  if (tail.length === 4) bytes.set(tail, 12);
-  return bytes;
-}
-
-function prefixMatches(address: Uint8Array, network: Uint8Array, prefix: number): boolean {
-  if (address.length !== network.length) return false;
-  const whole = prefix >> 3;
-  for (let i = 0; i < whole; i++) if (address[i] !== network[i]) return false;
-  const rest = prefix & 7;
-  if (rest === 0) return true;
-  const mask = (0xff << (8 - rest)) & 0xff;
-  return ((address[whole] ?? 0) & mask) === ((network[whole] ?? 0) & mask);
-}
-
-/** Parses "address/prefix" strictly: no host bits set, no zone id, a decimal prefix without leading zeros. */
-function parseCidr(text: string): (Cidr & { readonly canonical: string }) | undefined {
-  const slash = text.indexOf("/");
-  if (slash < 0) return undefined;
-  const address = canonicalIp(text.slice(0, slash));
-  const prefixText = text.slice(slash + 1);
-  if (address === undefined || !/^(0|[1-9][0-9]{0,2})$/.test(prefixText)) return undefined;
-  const prefix = Number(prefixText);
-  const bytes = ipBytes(address);
-  if (prefix > bytes.length * 8) return undefined;
-  const zeroHost = new Uint8Array(bytes.length);
-  zeroHost.set(bytes.subarray(0, prefix >> 3));
-  if (prefix & 7) zeroHost[prefix >> 3] = (bytes[prefix >> 3] ?? 0) & ((0xff << (8 - (prefix & 7))) & 0xff);
-  if (!zeroHost.every((b, i) => b === bytes[i])) return undefined;
-  return { bytes, prefix, canonical: `${address}/${prefix}` };
-}
-
 function ipAllowed(role: Role, address: string): boolean {
-  const bytes = ipBytes(address);
-  return role.ipRanges.some((range) => {
-    const cidr = parseCidr(range);
-    return cidr !== undefined && prefixMatches(bytes, cidr.bytes, cidr.prefix);
-  });
+  const bytes = ipOctets(address);
+  return (
+    bytes !== undefined &&
+    role.ipRanges.some((range) => {
+      const cidr = parseCidr(range);
+      return cidr !== undefined && inCidr(bytes, cidr);
+    })
+  );
 }
 
 // --- URIs ----------------------------------------------------------------------
@@ -344,6 +280,11 @@ export function parseRole(name: string, body: unknown): Role {
   const extKeyUsages = enumList(body, "extKeyUsages", EXT_KEY_USAGES, DEFAULTS.extKeyUsages);
   const keyTypes = enumList(body, "keyTypes", KEY_TYPES, DEFAULTS.keyTypes);
   if (keyTypes.length === 0) throw invalid("keyTypes must name at least one key type");
+  // A leaf carries the usages its key's algorithm allows: each key type must keep at least one.
+  const unusable = keyTypes.filter((t) => keyUsagesFor(t, keyUsages).length === 0);
+  if (unusable.length > 0) {
+    throw invalid(`keyUsages (${keyUsages.join(", ") || "none"}) allow no usage on a ${unusable.join(" or ")} key`);
+  }
 
   const maxTtlSeconds = secondsField(body, "maxTtlSeconds") ?? DEFAULTS.maxTtlSeconds;
   const ttlSeconds = secondsField(body, "ttlSeconds") ?? Math.min(DEFAULTS.ttlSeconds, maxTtlSeconds);
@@ -444,7 +385,11 @@ export function checkTtl(role: Role, ttlSeconds: number | undefined): number {
   return ttlSeconds;
 }
 
-/** key_type_not_allowed (message names the type and the allowed ones). */
+/**
+ * key_type_not_allowed (message names the type and the allowed ones), also when
+ * none of the role's key usages may go on a key of this type (a role stored before
+ * roles were checked for that).
+ */
 export function checkKeyType(role: Role, keyType: KeyType): void {
   if (!role.keyTypes.includes(keyType)) {
     throw new CustosError(
@@ -452,4 +397,27 @@ export function checkKeyType(role: Role, keyType: KeyType): void {
       `key type ${show(keyType)} is not allowed by role ${role.name} (allowed: ${role.keyTypes.join(", ")})`,
     );
   }
+  if (keyUsagesFor(keyType, role.keyUsages).length === 0) {
+    throw new CustosError(
+      "key_type_not_allowed",
+      `none of role ${role.name}'s key usages (${role.keyUsages.join(", ")}) is allowed on a ${keyType} key`,
+    );
+  }
+}
+
+/**
+ * Which key usages a key's algorithm allows: RFC 3279 §2.3.1 gives RSA no
+ * keyAgreement, RFC 5480 §3 forbids keyEncipherment on EC keys, and RFC 8410 §5
+ * leaves Ed25519 only signatures.
+ */
+const USAGES_BY_ALGORITHM: Readonly<Record<"rsa" | "ec" | "ed25519", readonly KeyUsageName[]>> = {
+  rsa: ["digitalSignature", "keyEncipherment"],
+  ec: ["digitalSignature", "keyAgreement"],
+  ed25519: ["digitalSignature"],
+};
+
+/** The role's key usages that a leaf for a `keyType` key carries: those its algorithm allows. */
+export function keyUsagesFor(keyType: KeyType, usages: readonly KeyUsageName[]): KeyUsageName[] {
+  const algorithm = keyType === "ed25519" ? "ed25519" : keyType.startsWith("rsa-") ? "rsa" : "ec";
+  return usages.filter((u) => USAGES_BY_ALGORITHM[algorithm].includes(u));
 }

@@ -431,8 +431,8 @@ export interface Store {
   createCertificate(certificate: CertificateRecord, audit: AuditEntry): Promise<void>;
   getCertificate(serial: string): Promise<CertificateRecord | undefined>;
   listCertificates(query?: CertificateQuery): Promise<CertificateRecord[]>;
-  /** Revoked certificates of `issuerId` not expired at `now`: a CRL's entries. */
-  listRevoked(issuerId: string, now: string): Promise<CertificateRecord[]>;
+  /** Revoked certificates of `issuerId` whose notAfter is later than `notAfterSince`: a CRL's entries. */
+  listRevoked(issuerId: string, notAfterSince: string): Promise<CertificateRecord[]>;
   /** Revokes and replaces the issuer's CRL in one transaction. `conflict` if already revoked or the CRL moved on. */
   revokeCertificate(
     serial: string,

@@ -9,6 +9,7 @@ import {
   checkTtl,
   isKeyType,
   KEY_TYPES,
+  keyUsagesFor,
   parseRole,
   type RequestedNames,
   type Role,
@@ -90,9 +91,23 @@ describe("parseRole", () => {
     });
   });
 
-  test("empty usage lists are kept empty", () => {
-    const r = role({ keyUsages: [], extKeyUsages: [] });
-    assert.deepEqual([r.keyUsages, r.extKeyUsages], [[], []]);
+  test("an empty extKeyUsages is kept; key usages must leave each key type at least one usage", () => {
+    assert.deepEqual(role({ extKeyUsages: [] }).extKeyUsages, []);
+    throwsCode(() => role({ keyUsages: [] }), "invalid_request", /^keyUsages \(none\) allow no usage/);
+    throwsCode(
+      () => role({ keyUsages: ["keyEncipherment"], keyTypes: ["rsa-2048", "ec-p256", "ed25519"] }),
+      "invalid_request",
+      /allow no usage on a ec-p256 or ed25519 key$/,
+    );
+    assert.deepEqual(role({ keyUsages: ["keyAgreement"], keyTypes: ["ec-p384"] }).keyUsages, ["keyAgreement"]);
+  });
+
+  test("a leaf carries the role's usages its key's algorithm allows (RFC 3279, 5480, 8410)", () => {
+    const all = ["digitalSignature", "keyEncipherment", "keyAgreement"] as const;
+    assert.deepEqual(keyUsagesFor("rsa-3072", all), ["digitalSignature", "keyEncipherment"]);
+    assert.deepEqual(keyUsagesFor("ec-p256", all), ["digitalSignature", "keyAgreement"]);
+    assert.deepEqual(keyUsagesFor("ed25519", all), ["digitalSignature"]);
+    assert.deepEqual(keyUsagesFor("ec-p384", ["keyEncipherment"]), []);
   });
 
   test("without ttlSeconds the default is 7 days, or the maximum when that is shorter", () => {
@@ -417,6 +432,13 @@ describe("checkKeyType", () => {
     checkKeyType(r, "rsa-2048");
     throwsCode(() => checkKeyType(r, "rsa-4096"), "key_type_not_allowed", /rsa-4096.*allowed: ec-p256, rsa-2048/);
     throwsCode(() => checkKeyType(r, "rsa-1024" as never), "key_type_not_allowed", /rsa-1024/);
+  });
+
+  test("a stored role whose usages suit no key of the type refuses that type", () => {
+    // parseRole refuses such a role now; one stored before that check still can't issue a bad leaf.
+    const stored: Role = { ...role({ keyTypes: ["ec-p256", "rsa-2048"] }), keyUsages: ["keyEncipherment"] };
+    checkKeyType(stored, "rsa-2048");
+    throwsCode(() => checkKeyType(stored, "ec-p256"), "key_type_not_allowed", /keyEncipherment.*ec-p256 key/);
   });
 
   test("isKeyType knows exactly KEY_TYPES", () => {

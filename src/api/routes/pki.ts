@@ -4,7 +4,7 @@ import { CustosError } from "../../errors/index.js";
 import { crlToPem, type IssueInput, ocspErrorResponse, REVOCATION_REASONS, type SignInput } from "../../pki/index.js";
 import { type ApiDeps, authorize } from "../app.js";
 import { actorOf } from "../context.js";
-import { fromBase64 } from "../encoding.js";
+import { isBase64 } from "../encoding.js";
 import { nameParam, stringList } from "../schemas.js";
 
 const publicRoute = { config: { public: true }, schema: { hide: true } } as const;
@@ -73,6 +73,14 @@ export function pkiRoutes(deps: ApiDeps): FastifyPluginAsync {
       return { issuers: authority.issuers() };
     });
     app.get<Id>(
+      "/v1/pki/issuers/:id/cert",
+      { ...publicRoute, schema: { hide: true, params: idParam } },
+      async (req, reply) => {
+        req.custos.action = "pki.ca.read";
+        return send(reply, DER_CERT, new X509Certificate(authority.issuer(req.params.id).certPem).raw);
+      },
+    );
+    app.get<Id>(
       "/v1/pki/issuers/:id/cert.pem",
       { ...publicRoute, schema: { hide: true, params: idParam } },
       async (req, reply) => {
@@ -124,10 +132,17 @@ export function pkiRoutes(deps: ApiDeps): FastifyPluginAsync {
       return ocsp(req, reply, req.body);
     });
     app.get<{ Params: { "*": string } }>("/v1/pki/ocsp/*", publicRoute, async (req, reply) => {
-      // RFC 6960 A.1: the DER request, base64, URL-encoded, as the path.
-      const encoded = decodeURIComponent(req.params["*"]);
+      // RFC 6960 A.1: the DER request, base64, URL-encoded, as the path (fastify has URL-decoded it).
+      const encoded = req.params["*"];
       if (encoded.length > MAX_OCSP_REQUEST) throw new CustosError("payload_too_large", "OCSP request too large");
-      return ocsp(req, reply, fromBase64(encoded, "the OCSP request"));
+      if (!isBase64(encoded)) {
+        req.custos.action = "pki.ocsp";
+        return reply
+          .type(OCSP_RESPONSE)
+          .header("cache-control", "no-store")
+          .send(ocspErrorResponse("malformedRequest"));
+      }
+      return ocsp(req, reply, Buffer.from(encoded, "base64"));
     });
 
     // ---- roles ----------------------------------------------------------------

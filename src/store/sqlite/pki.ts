@@ -219,12 +219,12 @@ export function listCertificates(sql: Sql, query: CertificateQuery, limit: numbe
     .map(certificateFromRow);
 }
 
-export function listRevoked(sql: Sql, issuerId: string, now: string): CertificateRecord[] {
+export function listRevoked(sql: Sql, issuerId: string, notAfterSince: string): CertificateRecord[] {
   return sql
     .all<CertificateRow>(
       `SELECT * FROM pki_certificates WHERE issuer_id = ? AND status = 'revoked' AND not_after > ? ORDER BY serial`,
       issuerId,
-      now,
+      notAfterSince,
     )
     .map(certificateFromRow);
 }

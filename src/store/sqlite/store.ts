@@ -763,8 +763,8 @@ export class SqliteStore implements Store {
     });
   }
 
-  listRevoked(issuerId: string, now: string): Promise<CertificateRecord[]> {
-    return this.#read(() => pki.listRevoked(this.#sql, issuerId, now));
+  listRevoked(issuerId: string, notAfterSince: string): Promise<CertificateRecord[]> {
+    return this.#read(() => pki.listRevoked(this.#sql, issuerId, notAfterSince));
   }
 
   revokeCertificate(
