@@ -1,7 +1,7 @@
-import { isIP } from "node:net";
 // A pure leaf of auth (no state): the same wildcard rule as policies' resources.
 import { globMatch } from "../auth/glob.js";
 import { CustosError } from "../errors/index.js";
+import { ipOctets, parseCidr } from "../net/ip.js";
 import type { SshCaKind, SshRoleRecord } from "../store/index.js";
 import type { KeyFamily, SubjectKey } from "./keys.js";
 
@@ -127,20 +127,21 @@ export function checkOptionValue(name: CriticalOption, value: unknown): string {
     return value;
   }
   const entries = value.split(",");
-  if (value.length > 4096 || entries.length > 64 || !entries.every(isCidr)) {
-    throw invalid("source-address must be a comma-separated list of IP addresses or CIDR blocks");
+  if (value.length > 4096 || entries.length > 64 || !entries.every(isSourceAddress)) {
+    throw invalid(
+      "source-address must be a comma-separated list of IP addresses or CIDR networks (no host bits set past the prefix)",
+    );
   }
   return value;
 }
 
-function isCidr(entry: string): boolean {
-  const [address, prefix, ...rest] = entry.split("/");
-  if (rest.length > 0 || address === undefined) return false;
-  const version = isIP(address);
-  if (version === 0) return false;
-  if (prefix === undefined) return true;
-  if (!/^\d{1,3}$/.test(prefix)) return false;
-  return Number(prefix) <= (version === 4 ? 32 : 128);
+/**
+ * An entry sshd accepts in a source-address list: an address, or a network whose
+ * host bits are clear (sshd refuses "127.0.0.1/8" as an inconsistent mask, and
+ * with it the whole certificate); no zone ids.
+ */
+function isSourceAddress(entry: string): boolean {
+  return entry.includes("/") ? parseCidr(entry) !== undefined : ipOctets(entry) !== undefined;
 }
 
 function criticalOptions(value: unknown, what: string): Record<string, string> {

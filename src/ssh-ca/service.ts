@@ -115,7 +115,8 @@ export interface Revoked {
 
 /** `validAfter` lies this far in the past, for hosts whose clocks run behind (Vault's not_before_duration). */
 const CLOCK_SKEW_MS = 30_000;
-const MAX_REQUESTED_PRINCIPALS = 256;
+/** OpenSSH reads at most this many principals in a certificate (SSHKEY_CERT_MAX_PRINCIPALS) and refuses the rest. */
+const MAX_CERTIFICATE_PRINCIPALS = 256;
 const SERIAL_RE = /^[1-9][0-9]{0,19}$/;
 const MAX_UINT64 = (1n << 64n) - 1n;
 
@@ -410,8 +411,8 @@ export class SshCa {
     now: Date,
   ): Promise<{ principals: string[]; grant: SudoInstance | null }> {
     if (requested !== undefined) {
-      if (!Array.isArray(requested) || requested.length > MAX_REQUESTED_PRINCIPALS) {
-        throw new CustosError("invalid_request", `principals must be a list of at most ${MAX_REQUESTED_PRINCIPALS}`);
+      if (!Array.isArray(requested) || requested.length > MAX_CERTIFICATE_PRINCIPALS) {
+        throw new CustosError("invalid_request", `principals must be a list of at most ${MAX_CERTIFICATE_PRINCIPALS}`);
       }
       for (const p of requested) checkPrincipalText(p, "principal");
     }
@@ -420,6 +421,13 @@ export class SshCa {
       const principals = [...allowed.exact].filter(([, sudo]) => sudo === null).map(([p]) => p);
       if (principals.length === 0) {
         throw new CustosError("principal_not_allowed", `role ${role.name} gives ${requester.display} no principals`);
+      }
+      if (principals.length > MAX_CERTIFICATE_PRINCIPALS) {
+        throw new CustosError(
+          "invalid_request",
+          `role ${role.name} gives ${requester.display} ${principals.length} principals, more than a certificate ` +
+            `can carry (${MAX_CERTIFICATE_PRINCIPALS}): name the ones needed in principals`,
+        );
       }
       return { principals, grant: null };
     }

@@ -381,4 +381,32 @@ describe("SSH CA service with Ed25519 CA keys", () => {
     await ssh.revoke(admin, { serial: cert.serial });
     assert.equal(revokedInKrl(dir, (await ssh.krl()).krl, cert.certificate), true);
   });
+
+  test("a revoked certificate stays in the KRL for a day past its expiry, for hosts whose clocks run behind", async () => {
+    let now = new Date();
+    const ssh = new SshCa({
+      keystore: f.keystore,
+      store: f.store,
+      caAlgorithm: "ed25519",
+      knownHostsPattern: "*",
+      clock: () => now,
+    });
+    await ssh.ensure(admin);
+    await ssh.putRole(admin, "brief", { certType: "user", principals: ["ops"], ttlSeconds: 60 });
+    const keyPath = join(dir, "brief");
+    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", keyPath]);
+    const publicKey = readFileSync(`${keyPath}.pub`, "utf8");
+    const sign = () => ssh.sign(admin, { display: "user:admin", userId: null }, { role: "brief", publicKey });
+    const revoked = await sign();
+    await ssh.revoke(admin, { serial: revoked.serial });
+    const listed = async () => {
+      // Each revocation writes a new KRL: that is when expired entries may leave it.
+      await ssh.revoke(admin, { serial: (await sign()).serial });
+      return revokedInKrl(dir, (await ssh.krl()).krl, revoked.certificate);
+    };
+    now = new Date(now.getTime() + 23 * 3600_000);
+    assert.equal(await listed(), true, "expired 23 hours ago: still listed");
+    now = new Date(now.getTime() + 2 * 3600_000);
+    assert.equal(await listed(), false, "expired over a day ago: gone");
+  });
 });

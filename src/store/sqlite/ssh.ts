@@ -143,11 +143,18 @@ const krlFromRow = (r: KrlRow): SshKrlRecord => ({ version: r.version, generated
 const LIVE = "i.state != 'stopped' AND i.lease_expires_at > ?";
 
 /**
- * The KRL's content now: every CA with its revoked certificates not yet expired
- * (an expired certificate needs no revocation), and every revoked key. The new
- * KRL replaces the stored one in the caller's transaction.
+ * How long a revoked certificate stays in the KRL after its valid_before: a host
+ * whose clock runs behind still accepts the certificate for that long.
+ */
+const KRL_EXPIRY_GRACE_MS = 24 * 3600 * 1000;
+
+/**
+ * The KRL's content now: every CA with its revoked certificates not expired for
+ * longer than the grace (an expired certificate needs no revocation), and every
+ * revoked key. The new KRL replaces the stored one in the caller's transaction.
  */
 function storeKrl(sql: Sql, at: string, makeKrl: KrlMaker): SshKrlRecord {
+  const expiredBefore = new Date(Date.parse(at) - KRL_EXPIRY_GRACE_MS).toISOString();
   const current = sql.get<{ version: number }>("SELECT version FROM ssh_krl WHERE id = 1");
   const cas = sql.all<CaRow>("SELECT * FROM ssh_cas ORDER BY id").map((ca) => ({
     caId: ca.id,
@@ -155,7 +162,7 @@ function storeKrl(sql: Sql, at: string, makeKrl: KrlMaker): SshKrlRecord {
     serials: sql
       .all<{ serial: string }>(
         "SELECT serial FROM ssh_certificates WHERE status = 'revoked' AND valid_before > ? AND ca_id = ?",
-        at,
+        expiredBefore,
         ca.id,
       )
       .map((r) => r.serial),
