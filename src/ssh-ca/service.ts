@@ -311,16 +311,15 @@ export class SshCa {
       const criticalOptions = criticalOptionsFor(role, input.criticalOptions);
       const now = this.#now();
       const { principals, grant } = await this.#principalsFor(role, requester, input.principals, now);
-      let validBefore = new Date(now.getTime() + ttl * 1000);
-      // A privileged principal never outlives the grant it came from.
-      if (grant !== null && Date.parse(grant.grantExpiresAt) < validBefore.getTime()) {
-        validBefore = new Date(grant.grantExpiresAt);
-      }
+      // A privileged principal never outlives the grant it came from. Whole seconds, as the
+      // certificate holds them, so that what is recorded and answered is what it says.
+      const until = Math.min(now.getTime() + ttl * 1000, grant === null ? Infinity : Date.parse(grant.grantExpiresAt));
+      const validBefore = wholeSeconds(until);
       const plan: CertificatePlan = {
         role,
         key,
         principals,
-        validAfter: new Date(now.getTime() - CLOCK_SKEW_MS),
+        validAfter: wholeSeconds(now.getTime() - CLOCK_SKEW_MS),
         validBefore,
         extensions,
         criticalOptions,
@@ -645,6 +644,11 @@ function checkSerial(serial: string): void {
   if (!SERIAL_RE.test(serial) || BigInt(serial) > MAX_UINT64) {
     throw new CustosError("invalid_request", "serial must be a decimal number from 1 to 2^64-1");
   }
+}
+
+/** The instant `ms` rounded down to a whole second. */
+function wholeSeconds(ms: number): Date {
+  return new Date(Math.floor(ms / 1000) * 1000);
 }
 
 function randomSerial(): bigint {
