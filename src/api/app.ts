@@ -52,6 +52,14 @@ export function authorize(deps: Pick<ApiDeps, "auth">, req: FastifyRequest, acti
   deps.auth.authorize(principalOf(req), action, resource);
 }
 
+/**
+ * The challenge a 401 carries (RFC 9110 15.5.2, RFC 6750 3): `invalid_token` when
+ * the request presented a credential, the bare scheme when it presented none.
+ */
+function bearerChallenge(req: FastifyRequest): string {
+  return req.headers.authorization ? 'Bearer realm="custos", error="invalid_token"' : 'Bearer realm="custos"';
+}
+
 function errorBody(code: ErrorCode, message: string) {
   return { error: { code, message } };
 }
@@ -118,7 +126,8 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     req.custos = newRequestState(`${req.method} ${req.routeOptions.url ?? "unknown"}`);
     if (req.routeOptions.config.public) return;
     const header = req.headers.authorization;
-    const match = header ? /^Bearer ([\x21-\x7e]{1,512})$/.exec(header) : null;
+    // RFC 9110 11.1: the scheme's name is case-insensitive.
+    const match = header ? /^Bearer ([\x21-\x7e]{1,512})$/i.exec(header) : null;
     if (!match?.[1]) throw new CustosError("unauthenticated", "missing or malformed bearer token");
     req.custos.principal = await deps.auth.authenticate(match[1]);
   });
@@ -157,6 +166,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
       }
     }
     const message = error.isClientError ? error.message : `${error.message} (request ${req.id})`;
+    if (error.status === 401) reply.header("www-authenticate", bearerChallenge(req));
     return reply.status(error.status).send(errorBody(error.code, message));
   });
 

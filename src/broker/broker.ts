@@ -117,6 +117,15 @@ const iso = (d: Date) => d.toISOString();
 const plusSeconds = (d: Date, s: number) => new Date(d.getTime() + s * 1000);
 
 /**
+ * Whole seconds from `now` to the end of the instance's lease (at least 1): no
+ * certificate or JWT outlives the lease that grants it, as a relying party that
+ * checks neither the CRL nor introspection would otherwise trust it after the end.
+ */
+function leaseLeft(record: InstanceRecord, now: Date): number {
+  return Math.max(1, Math.floor((Date.parse(record.leaseExpiresAt) - now.getTime()) / 1000));
+}
+
+/**
  * The container credential broker (docs/broker.md): platform agents register
  * instances and receive one-time bootstrap tokens; an instance exchanges its
  * token and a CSR for an identity certificate, a JWT and its app's secrets, renews
@@ -622,9 +631,10 @@ export class Broker {
     }
     const names = namesOf(record);
     const { trustDomain, identityTtlSeconds } = this.#o.config;
+    const ttl = Math.min(identityTtlSeconds, leaseLeft(record, now));
     const { record: certificate, issued } = await this.#o.issuer.build(
       actor,
-      identityRequest(names, trustDomain, csr.publicKey, csr.keyType, identityTtlSeconds),
+      identityRequest(names, trustDomain, csr.publicKey, csr.keyType, ttl),
     );
     const signed = await this.#signJwt(record, now);
     const answer: IdentityAnswer = {
@@ -661,7 +671,7 @@ export class Broker {
       aud: [...jwtAudience],
       iat,
       nbf: iat,
-      exp: iat + jwtTtlSeconds,
+      exp: iat + Math.min(jwtTtlSeconds, leaseLeft(record, now)),
       org: record.org,
       space: record.space,
       app: record.app,

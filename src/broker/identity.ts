@@ -29,9 +29,12 @@ export function identityKeyTypeAllowed(keyType: KeyType): boolean {
 export const IDENTITY_KEY_TYPE_NAMES = IDENTITY_KEY_TYPES.join(", ");
 
 /**
- * What an instance's identity certificate says: CN and DNS SAN the instance id,
- * URI SAN its SPIFFE id, and the org, space and app in the subject, so a server
- * reading only the subject still knows whom it talks to.
+ * What an instance's identity certificate says: CN the instance id, DNS SAN the
+ * instance id under the trust domain, URI SAN its SPIFFE id, and the org, space and
+ * app in the subject, so a server reading only the subject still knows whom it talks
+ * to. The DNS name is never a bare label: the certificate chains to the root that
+ * clients of Custos itself trust, and an instance named `localhost` (or after any
+ * host) must not get a server certificate for that host's name.
  */
 export function identityRequest(
   names: InstanceNames,
@@ -47,7 +50,7 @@ export function identityRequest(
     role: identityRole(ttlSeconds),
     names: {
       commonName: names.instance,
-      dnsNames: [names.instance],
+      dnsNames: [`${names.instance}.${trustDomain}`],
       ipAddresses: [],
       uris: [spiffeIdOf(trustDomain, names)],
     },

@@ -226,8 +226,9 @@ export function loadConfig(options: LoadConfigOptions = {}): CustosConfig {
   positiveInt("broker.bootstrapTokenTtlSeconds", c.broker.bootstrapTokenTtlSeconds, 86_400, 10);
   positiveInt("broker.defaultLeaseSeconds", c.broker.defaultLeaseSeconds, 365 * 86_400, 10);
   positiveInt("broker.sweepSeconds", c.broker.sweepSeconds, 86_400, 1);
-  if (!/^[a-z0-9]([a-z0-9.-]{0,253}[a-z0-9])?$/.test(c.broker.trustDomain)) {
-    throw invalid('"broker.trustDomain" must be a lower-case DNS name, like custos or platform.example');
+  // At most 189 characters: an instance id (63) and a dot before it stay within a DNS name's 253.
+  if (!/^[a-z0-9]([a-z0-9.-]{0,187}[a-z0-9])?$/.test(c.broker.trustDomain)) {
+    throw invalid('"broker.trustDomain" must be a lower-case DNS name of at most 189 characters, like custos');
   }
   if (
     !Array.isArray(c.broker.jwtAudience) ||

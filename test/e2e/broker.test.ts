@@ -180,7 +180,7 @@ describe("container credential broker", () => {
 
     // The certificate, as node:crypto and openssl see it.
     const cert = new X509Certificate(String(answer.certificate));
-    assert.equal(cert.subjectAltName, `DNS:web-1, URI:${spiffe}`);
+    assert.equal(cert.subjectAltName, `DNS:web-1.custos, URI:${spiffe}`);
     assert.match(cert.subject, /^CN=web-1$/m);
     assert.match(cert.subject, /^O=acme$/m);
     assert.match(cert.subject, /OU=app:web/);
@@ -264,7 +264,7 @@ describe("container credential broker", () => {
     assert.equal(renewed.status, 200, renewed.text);
     const renewedCert = String((renewed.body as Json).certificate);
     assert.notEqual(serialOf(renewedCert), serialOf(String(answer.certificate)));
-    assert.equal(new X509Certificate(renewedCert).subjectAltName, `DNS:web-1, URI:${spiffe}`);
+    assert.equal(new X509Certificate(renewedCert).subjectAltName, `DNS:web-1.custos, URI:${spiffe}`);
     assert.ok(!("secrets" in (renewed.body as Json)));
     const client2 = { key: key2.keyPem, cert: `${renewedCert}${String((renewed.body as Json).chain)}` };
     assert.equal((await mtls(custos, "GET", "/v1/broker/whoami", client2)).status, 200);
@@ -385,7 +385,7 @@ describe("container credential broker", () => {
     }
   });
 
-  test("a lapsed lease stops the instance and revokes its credentials", async () => {
+  test("a lapsed lease stops the instance, whose credentials ended with it", async () => {
     const reg = await register("web", "web-short", 10);
     const key = newInstanceKey(dir, "web-short");
     const ex = await exchange(reg.bootstrapToken, "web-short", key);
@@ -394,16 +394,20 @@ describe("container credential broker", () => {
     const client = { key: key.keyPem, cert: `${String(answer.certificate)}${String(answer.chain)}` };
     assert.equal((await mtls(custos, "GET", "/v1/broker/whoami", client)).status, 200);
 
+    // Neither credential outlives the lease that grants it.
+    const leaseEnd = Date.parse(String(answer.leaseExpiresAt));
+    assert.ok(Date.parse(new X509Certificate(String(answer.certificate)).validTo) <= leaseEnd);
+    assert.ok(Date.parse(String(answer.jwtExpiresAt)) <= leaseEnd);
+
     await sleep(11_000);
     const refused = await mtls(custos, "GET", "/v1/broker/whoami", client);
     assert.equal(refused.status, 401, refused.text);
-    assert.equal(errorCode(refused), "credential_revoked");
     const byJwt = await custos.call("GET", "/v1/broker/whoami", undefined, String(answer.jwt));
-    assert.equal(errorCode(byJwt), "credential_revoked");
+    assert.equal(byJwt.status, 401, byJwt.text);
     const view = await custos.call("GET", "/v1/broker/instances/web-short", undefined, agentToken);
     assert.equal((view.body as Json).state, "stopped");
     assert.equal((view.body as Json).stopReason, "lease-lapsed");
-    assert.ok((await crlText()).includes(serialOf(String(answer.certificate))));
+    // Nothing left to revoke: the certificate ended with the lease (a stop before then revokes it).
     const extend = await custos.call("POST", "/v1/broker/instances/web-short/lease", { ttlSeconds: 3600 }, agentToken);
     assert.equal(extend.status, 409, extend.text);
   });
