@@ -24,7 +24,7 @@ import {
   pk,
   WRAPPED_AES256_LENGTH,
 } from "./constants.js";
-import { attribute, checkLabel, findAll, findOne, refTemplate, ulongAttribute } from "./objects.js";
+import { attribute, checkLabel, findAll, findOne, ownKey, refTemplate, ulongAttribute } from "./objects.js";
 import { ed25519Spki, p256Spki, rsaSpki } from "./spki.js";
 import {
   checkValueKeyTemplate,
@@ -169,7 +169,7 @@ export class Pkcs11Keystore implements Keystore {
     this.#pin = pin;
     this.#rootLabel = rootLabel;
     this.#rootTemplate = [
-      { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
+      ...ownKey(pk.CKO_SECRET_KEY),
       { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
       { type: pk.CKA_LABEL, value: rootLabel },
     ];
@@ -356,11 +356,7 @@ export class Pkcs11Keystore implements Keystore {
 
   async findKeyPair(label: string): Promise<GeneratedKeyPair | undefined> {
     checkLabel(label);
-    const template = [
-      { type: pk.CKA_CLASS, value: pk.CKO_PRIVATE_KEY },
-      { type: pk.CKA_LABEL, value: label },
-      ON_TOKEN,
-    ];
+    const template = [...ownKey(pk.CKO_PRIVATE_KEY), { type: pk.CKA_LABEL, value: label }, ON_TOKEN];
     const id = await this.#c.run("findKeyPair", async (ctx) => {
       const handle = findOne(ctx, template);
       if (handle) return attribute(ctx, handle, pk.CKA_ID).toString("hex");
@@ -441,7 +437,7 @@ export class Pkcs11Keystore implements Keystore {
     const work = this.#c
       .run("ensureHmacKey", async (ctx) => {
         const template = [
-          { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
+          ...ownKey(pk.CKO_SECRET_KEY),
           { type: pk.CKA_KEY_TYPE, value: pk.CKK_GENERIC_SECRET },
           { type: pk.CKA_LABEL, value: label },
           ON_TOKEN,

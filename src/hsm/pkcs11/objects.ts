@@ -56,11 +56,23 @@ export function idOf(ref: HsmKeyRef): Buffer {
   return Buffer.from(ref.id, "hex");
 }
 
-/** Template selecting one object class of a labelled, identified key. */
+/**
+ * Template selecting one object class of a labelled, identified key that the token
+ * generated itself (see `ownKey`).
+ */
 export function refTemplate(objectClass: number, ref: HsmKeyRef): Template {
-  return [
-    { type: pk.CKA_CLASS, value: objectClass },
-    { type: pk.CKA_LABEL, value: ref.label },
-    { type: pk.CKA_ID, value: idOf(ref) },
-  ];
+  return [...ownKey(objectClass), { type: pk.CKA_LABEL, value: ref.label }, { type: pk.CKA_ID, value: idOf(ref) }];
+}
+
+/**
+ * What a search for one of Custos's keys asks beside its label: a key the token
+ * generated (CKA_LOCAL, which only the token sets) and, for a secret or private key,
+ * a private object. Without these, a process without the PIN could plant a public,
+ * known-value key under our label (SoftHSM lets it create public objects) and have
+ * it adopted as the root, an audit or a signing key.
+ */
+export function ownKey(objectClass: number): Template {
+  const local = { type: pk.CKA_LOCAL, value: true };
+  if (objectClass === pk.CKO_PUBLIC_KEY) return [{ type: pk.CKA_CLASS, value: objectClass }, local];
+  return [{ type: pk.CKA_CLASS, value: objectClass }, local, { type: pk.CKA_PRIVATE, value: true }];
 }
