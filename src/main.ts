@@ -32,6 +32,27 @@ import { SshCa } from "./ssh-ca/index.js";
 import type { Store } from "./store/index.js";
 import { SqliteStore } from "./store/sqlite/index.js";
 
+/**
+ * The listener's TLS: 1.2 and 1.3 only, and under 1.2 only ECDHE with AEAD ciphers
+ * (RFC 9325 4.2; Mozilla's "intermediate" list), where node's default still offers
+ * CBC suites with SHA-1 MACs. TLS 1.3's suites are all AEAD already.
+ */
+const TLS_POLICY = {
+  minVersion: "TLSv1.2",
+  ciphers: [
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+  ].join(":"),
+  honorCipherOrder: true,
+} as const;
+
 export const VERSION = "0.1.0";
 
 /** Names of the settings `init` records. */
@@ -380,7 +401,7 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
       version: VERSION,
       bodyLimitBytes: config.api.bodyLimitBytes,
       loginAttemptsPerMinute: config.auth.loginAttemptsPerMinute,
-      ...(tls ? { https: { ...tls, ...clientCertificates(services), minVersion: "TLSv1.2" as const } } : {}),
+      ...(tls ? { https: { ...tls, ...clientCertificates(services), ...TLS_POLICY } } : {}),
     });
     const address = await app.listen({ host: config.listen.host, port: config.listen.port });
     audit.start();
@@ -407,7 +428,7 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
           cert: fresh.cert,
           key: fresh.key,
           ca: clientCertificates(services).ca,
-          minVersion: "TLSv1.2",
+          ...TLS_POLICY,
         });
         serving = fresh.cert;
       };

@@ -1,8 +1,10 @@
+import { isUtf8 } from "node:buffer";
 import { randomUUID } from "node:crypto";
+import { STATUS_CODES } from "node:http";
 import type { ServerOptions as HttpsOptions } from "node:https";
 import rateLimit from "@fastify/rate-limit";
 import swagger from "@fastify/swagger";
-import Fastify, { type FastifyInstance, type FastifyRequest, LogController } from "fastify";
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, LogController } from "fastify";
 import type { AuditLog } from "../audit/index.js";
 import { auditEntry } from "../audit/index.js";
 import type { Action, AuthService } from "../auth/index.js";
@@ -50,6 +52,15 @@ export function authorize(deps: Pick<ApiDeps, "auth">, req: FastifyRequest, acti
   req.custos.action = action;
   req.custos.resource = resource;
   deps.auth.authorize(principalOf(req), action, resource);
+}
+
+/**
+ * The path a request asked for, without its query, which is never audited or
+ * echoed: a client may put a token there (Custos reads none from it), and an audit
+ * record is kept for good. At most 256 characters.
+ */
+function pathOf(req: FastifyRequest): string {
+  return (req.url.split("?")[0] ?? "").slice(0, 256);
 }
 
 /**
@@ -106,6 +117,38 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     requestIdHeader: false,
     trustProxy: false,
     return503OnClosing: true,
+    // A whole request (at most bodyLimit) arrives within this, or the connection is closed:
+    // Custos serves clients directly, with no proxy in front to cut off a trickle.
+    requestTimeout: 30_000,
+    // What node's HTTP parser refuses (headers too large, a malformed line, a trickle past the
+    // timeout) never becomes a request; it still gets our error shape, and the connection closes.
+    clientErrorHandler: (err, socket) => {
+      const code = (err as { code?: string }).code;
+      if (code === "ECONNRESET" || !socket.writable) {
+        socket.destroy(err);
+        return;
+      }
+      const status = code === "HPE_HEADER_OVERFLOW" ? 431 : code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400;
+      const body = JSON.stringify(errorBody("invalid_request", STATUS_CODES[status] ?? "bad request"));
+      socket.end(
+        `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+          `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      );
+    },
+    // A URL that can't be percent-decoded is refused like any bad request: our error shape, id and audit.
+    frameworkErrors: (error, req, untypedReply) => {
+      const reply = untypedReply as unknown as FastifyReply;
+      req.custos = newRequestState(`${req.method} (undecodable URL)`);
+      reply.header("x-request-id", req.id).header("cache-control", "no-store");
+      const refusal = new CustosError("invalid_request", "the URL is not valid percent-encoding");
+      recordOutcome(req, "failure", refusal.code)
+        .then(() => reply.status(refusal.status).send(errorBody(refusal.code, refusal.message)))
+        .catch((auditError: unknown) => {
+          req.log.error({ err: auditError, cause: error.code }, "could not audit a refused request");
+          const failed = toCustosError(auditError);
+          reply.status(failed.status).send(errorBody(failed.code, `${failed.message} (request ${req.id})`));
+        });
+    },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
     ...(deps.https ? { https: deps.https } : {}),
   }) as unknown as FastifyInstance;
@@ -121,8 +164,23 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
 
   app.decorateRequest("custos", null as never);
 
+  // JSON bodies must be UTF-8 (RFC 8259 8.1): the default parser would turn a stray
+  // byte into U+FFFD and store the altered value as if it had been sent.
+  const parseJson = app.getDefaultJsonParser("error", "error");
+  app.removeContentTypeParser("application/json");
+  app.addContentTypeParser("application/json", { parseAs: "buffer" }, (req, body, done) => {
+    const bytes = body as Buffer;
+    if (!isUtf8(bytes)) {
+      done(new CustosError("invalid_request", "request body is not UTF-8"), undefined);
+      return;
+    }
+    void parseJson(req, bytes.toString("utf8"), done);
+  });
+
   app.addHook("onRequest", async (req, reply) => {
     reply.header("x-request-id", req.id);
+    // Answers carry tokens, keys and secrets: no cache keeps one unless a route says so (CA material, CRLs).
+    reply.header("cache-control", "no-store");
     req.custos = newRequestState(`${req.method} ${req.routeOptions.url ?? "unknown"}`);
     if (req.routeOptions.config.public) return;
     const header = req.headers.authorization;
@@ -139,8 +197,8 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   });
 
   async function recordOutcome(req: FastifyRequest, outcome: "success" | "denied" | "failure", code: string | null) {
-    const state = req.custos ?? newRequestState(`${req.method} ${req.url}`);
-    const details = { method: req.method, route: req.routeOptions.url ?? req.url, ...state.details };
+    const state = req.custos ?? newRequestState(`${req.method} ${pathOf(req)}`);
+    const details = { method: req.method, route: req.routeOptions.url ?? pathOf(req), ...state.details };
     // Audit actions are dotted (`key.read`) like the services' own; policy actions use colons.
     const action = state.action.replaceAll(":", ".");
     await deps.audit.record(auditEntry(actorOf(req), action, state.resource, details, outcome, code));
@@ -148,8 +206,8 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   }
 
   app.setNotFoundHandler(async (req) => {
-    req.custos ??= newRequestState(`${req.method} ${req.url}`);
-    throw new CustosError("not_found", `no route ${req.method} ${req.url.split("?")[0]}`);
+    req.custos ??= newRequestState(`${req.method} ${pathOf(req)}`);
+    throw new CustosError("not_found", `no route ${req.method} ${pathOf(req)}`);
   });
 
   app.setErrorHandler(async (err, req, reply) => {
