@@ -1,22 +1,15 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
-import type { IncomingHttpHeaders } from "node:http";
-import { request } from "node:https";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { connect, type TLSSocket } from "node:tls";
 import Database from "better-sqlite3";
-import { type CustosInstance, startCustos } from "../helpers/custos.js";
+import { type CustosInstance, httpsRaw, startCustos } from "../helpers/custos.js";
 
 type Json = Record<string, unknown>;
 
-interface Answer {
-  readonly status: number;
-  readonly headers: IncomingHttpHeaders;
-  readonly text: string;
-  readonly body: unknown;
-}
+type Answer = Awaited<ReturnType<typeof httpsRaw>>;
 
 interface AuditRow {
   readonly outcome: string;
@@ -41,27 +34,7 @@ describe("the HTTPS API as a client meets it", () => {
 
   /** One HTTPS request with exactly the headers and bytes given (no JSON helper in the way). */
   const send = (method: string, path: string, headers: Record<string, string> = {}, body?: Buffer | string) =>
-    new Promise<Answer>((ok, fail) => {
-      const req = request(
-        { host: "127.0.0.1", port: custos.port, method, path, ca: custos.ca, agent: false, headers },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () => {
-            const text = Buffer.concat(chunks).toString("utf8");
-            let parsed: unknown = null;
-            try {
-              parsed = JSON.parse(text);
-            } catch {
-              parsed = null;
-            }
-            ok({ status: res.statusCode ?? 0, headers: res.headers, text, body: parsed });
-          });
-        },
-      );
-      req.on("error", fail);
-      req.end(body);
-    });
+    httpsRaw({ port: custos.port, ca: custos.ca, method, path, headers, body });
   const bearer = (token = custos.adminToken) => ({ authorization: `Bearer ${token}` });
   const json = { "content-type": "application/json" };
   const codeOf = (r: { body: unknown }) => (r.body as { error?: { code?: string } } | null)?.error?.code;

@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -37,7 +38,6 @@ export interface CustosInstance {
   /** Where the server's stdout and stderr go (appended across restarts). */
   readonly logFile: string;
   call(method: string, path: string, body?: unknown, bearer?: string | null): Promise<HttpAnswer>;
-  /** Runs the CLI against this server as an operator would. */
   /** Runs bin/custos.js against this server as `token`'s holder (the admin by default), `env` added last. */
   cli(args: string[], options?: { input?: string | Buffer; token?: string; env?: NodeJS.ProcessEnv }): CliResult;
   start(): Promise<void>;
@@ -56,9 +56,30 @@ export function httpsJson(o: {
   bearer?: string | null;
   client?: { key: string; cert: string } | null;
 }): Promise<HttpAnswer> {
-  return new Promise<HttpAnswer>((ok, fail) => {
-    const { body, bearer, client } = o;
-    const data = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
+  const { body, bearer, client } = o;
+  const data = body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body);
+  return httpsRaw({
+    ...o,
+    client: client ?? null,
+    body: data,
+    headers: {
+      ...(data !== undefined ? { "content-type": "application/json" } : {}),
+      ...(bearer ? { authorization: `Bearer ${bearer}` } : {}),
+    },
+  });
+}
+
+/** One HTTPS request with exactly the headers and bytes given; the answer's body parsed as JSON where it is. */
+export function httpsRaw(o: {
+  port: number;
+  ca: string;
+  method: string;
+  path: string;
+  headers: OutgoingHttpHeaders;
+  body?: string | Buffer | undefined;
+  client?: { key: string; cert: string } | null;
+}): Promise<HttpAnswer & { readonly headers: IncomingHttpHeaders }> {
+  return new Promise((ok, fail) => {
     const req = request(
       {
         host: "127.0.0.1",
@@ -67,11 +88,8 @@ export function httpsJson(o: {
         method: o.method,
         ca: o.ca,
         agent: false,
-        ...(client ? { key: client.key, cert: client.cert } : {}),
-        headers: {
-          ...(data !== undefined ? { "content-type": "application/json" } : {}),
-          ...(bearer ? { authorization: `Bearer ${bearer}` } : {}),
-        },
+        ...(o.client ? { key: o.client.key, cert: o.client.cert } : {}),
+        headers: o.headers,
       },
       (res) => {
         const chunks: Buffer[] = [];
@@ -84,12 +102,12 @@ export function httpsJson(o: {
           } catch {
             parsed = null;
           }
-          ok({ status: res.statusCode ?? 0, body: parsed, text });
+          ok({ status: res.statusCode ?? 0, headers: res.headers, body: parsed, text });
         });
       },
     );
     req.on("error", fail);
-    req.end(data);
+    req.end(o.body);
   });
 }
 

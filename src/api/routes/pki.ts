@@ -113,15 +113,18 @@ export function pkiRoutes(deps: ApiDeps): FastifyPluginAsync {
       return send(reply, PEM, crlToPem(authority.crl(authority.active().id)));
     });
 
+    // OCSP clients read OCSP, not our JSON errors: failures are OCSP error answers, never cached.
+    const ocspError = (reply: FastifyReply, status: "tryLater" | "malformedRequest") =>
+      reply.type(OCSP_RESPONSE).header("cache-control", "no-store").send(ocspErrorResponse(status));
     const ocsp = async (req: FastifyRequest, reply: FastifyReply, request: Buffer) => {
       req.custos.action = "pki.ocsp";
       let answer: Buffer;
       try {
         answer = await authority.ocsp(request, (serial) => issuer.find(serial));
       } catch (err) {
-        // OCSP clients read OCSP, not our JSON errors: tell them to come back (RFC 6960 tryLater).
+        // RFC 6960 tryLater: come back when the HSM can sign.
         req.log.warn({ err }, "OCSP answer failed");
-        return reply.type(OCSP_RESPONSE).header("cache-control", "no-store").send(ocspErrorResponse("tryLater"));
+        return ocspError(reply, "tryLater");
       }
       return reply.type(OCSP_RESPONSE).header("cache-control", "max-age=60").send(answer);
     };
@@ -137,10 +140,7 @@ export function pkiRoutes(deps: ApiDeps): FastifyPluginAsync {
       if (encoded.length > MAX_OCSP_REQUEST) throw new CustosError("payload_too_large", "OCSP request too large");
       if (!isBase64(encoded)) {
         req.custos.action = "pki.ocsp";
-        return reply
-          .type(OCSP_RESPONSE)
-          .header("cache-control", "no-store")
-          .send(ocspErrorResponse("malformedRequest"));
+        return ocspError(reply, "malformedRequest");
       }
       return ocsp(req, reply, Buffer.from(encoded, "base64"));
     });
