@@ -67,8 +67,19 @@ function pathOf(req: FastifyRequest): string {
  * The challenge a 401 carries (RFC 9110 15.5.2, RFC 6750 3): `invalid_token` when
  * the request presented a credential, the bare scheme when it presented none.
  */
-function bearerChallenge(req: FastifyRequest): string {
-  return req.headers.authorization ? 'Bearer realm="custos", error="invalid_token"' : 'Bearer realm="custos"';
+/**
+ * RFC 6750 section 3: a bearer token that failed gets `invalid_token`, one that lacks
+ * the rights `insufficient_scope`; a request with no bearer credential (none, or another
+ * scheme) gets the bare challenge.
+ */
+function bearerChallenge(req: FastifyRequest, error: CustosError): string | null {
+  if (error.code === "forbidden") {
+    return req.custos.principal ? 'Bearer realm="custos", error="insufficient_scope"' : null;
+  }
+  if (error.status !== 401) return null;
+  return /^bearer /i.test(req.headers.authorization ?? "")
+    ? 'Bearer realm="custos", error="invalid_token"'
+    : 'Bearer realm="custos"';
 }
 
 function errorBody(code: ErrorCode, message: string) {
@@ -101,11 +112,23 @@ function toCustosError(err: unknown): CustosError {
   return new CustosError("internal", "internal error", { cause: err });
 }
 
+function isParsableJson(text: string): boolean {
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The longest path parameter the router matches, in characters of the raw URL. */
+const MAX_PARAM_LENGTH = 1024;
+
 /**
  * Builds the API. Every request is audited exactly once: state changes and crypto
  * operations by the service (atomically with the change), everything else here —
- * successes in `preSerialization`, failures in the error handler — and a response is
- * sent only after its record is durable.
+ * successes in `preSerialization` (`onSend` for text and bytes), failures in the error
+ * handler — and a response is sent only after its record is durable.
  */
 export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   const app = Fastify({
@@ -135,12 +158,21 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
           `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
       );
     },
-    // A URL that can't be percent-decoded is refused like any bad request: our error shape, id and audit.
+    // Room for every name the API accepts (the longest is 256 characters), percent-encoded;
+    // the route schemas hold each parameter to its own limit.
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    // A URL the router refuses is refused like any bad request: our error shape, id and audit.
     frameworkErrors: (error, req, untypedReply) => {
       const reply = untypedReply as unknown as FastifyReply;
-      req.custos = newRequestState(`${req.method} (undecodable URL)`);
+      const tooLong = error.code === "FST_ERR_MAX_PARAM_LENGTH";
+      req.custos = newRequestState(`${req.method} (${tooLong ? "overlong URL" : "undecodable URL"})`);
       reply.header("x-request-id", req.id).header("cache-control", "no-store");
-      const refusal = new CustosError("invalid_request", "the URL is not valid percent-encoding");
+      const refusal = new CustosError(
+        "invalid_request",
+        tooLong
+          ? `a segment of the URL path is longer than ${MAX_PARAM_LENGTH} characters`
+          : "the URL is not valid percent-encoding",
+      );
       recordOutcome(req, "failure", refusal.code)
         .then(() => reply.status(refusal.status).send(errorBody(refusal.code, refusal.message)))
         .catch((auditError: unknown) => {
@@ -174,7 +206,20 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
       done(new CustosError("invalid_request", "request body is not UTF-8"), undefined);
       return;
     }
-    void parseJson(req, bytes.toString("utf8"), done);
+    const text = bytes.toString("utf8");
+    void parseJson(req, text, (err, value) => {
+      // The parser refuses members that would reach object prototypes (__proto__, or
+      // prototype within constructor) with the same error as broken JSON: tell them apart.
+      if (err && isParsableJson(text)) {
+        done(
+          new CustosError(
+            "invalid_request",
+            "request body uses a reserved member name (__proto__ or constructor.prototype)",
+          ),
+          undefined,
+        );
+      } else done(err, value);
+    });
   });
 
   app.addHook("onRequest", async (req, reply) => {
@@ -184,8 +229,8 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     req.custos = newRequestState(`${req.method} ${req.routeOptions.url ?? "unknown"}`);
     if (req.routeOptions.config.public) return;
     const header = req.headers.authorization;
-    // RFC 9110 11.1: the scheme's name is case-insensitive.
-    const match = header ? /^Bearer ([\x21-\x7e]{1,512})$/i.exec(header) : null;
+    // RFC 9110 11.1: the scheme's name is case-insensitive; RFC 6750 2.1: one or more spaces follow it.
+    const match = header ? /^Bearer +([\x21-\x7e]{1,512})$/i.exec(header) : null;
     if (!match?.[1]) throw new CustosError("unauthenticated", "missing or malformed bearer token");
     req.custos.principal = await deps.auth.authenticate(match[1]);
   });
@@ -194,6 +239,23 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     if (req.custos.audited || req.routeOptions.config.serviceAudits) return payload;
     await recordOutcome(req, reply.statusCode < 400 ? "success" : "failure", null);
     return payload;
+  });
+
+  // Text and byte answers (PEM, DER, CRLs, OCSP, KRLs) skip preSerialization: they are
+  // recorded here, just before they leave. An audit failure replaces the answer; it is
+  // not thrown, because the error handler's own answer would pass through here again.
+  app.addHook("onSend", async (req, reply, payload) => {
+    if (!req.custos || req.custos.audited || req.routeOptions.config.serviceAudits) return payload;
+    try {
+      await recordOutcome(req, reply.statusCode < 400 ? "success" : "failure", null);
+      return payload;
+    } catch (auditError) {
+      req.custos.audited = true;
+      req.log.error({ err: auditError }, "could not audit a request");
+      const failed = toCustosError(auditError);
+      reply.status(failed.status).header("content-type", "application/json; charset=utf-8");
+      return JSON.stringify(errorBody(failed.code, `${failed.message} (request ${req.id})`));
+    }
   });
 
   async function recordOutcome(req: FastifyRequest, outcome: "success" | "denied" | "failure", code: string | null) {
@@ -224,7 +286,8 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
       }
     }
     const message = error.isClientError ? error.message : `${error.message} (request ${req.id})`;
-    if (error.status === 401) reply.header("www-authenticate", bearerChallenge(req));
+    const challenge = bearerChallenge(req, error);
+    if (challenge) reply.header("www-authenticate", challenge);
     return reply.status(error.status).send(errorBody(error.code, message));
   });
 

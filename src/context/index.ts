@@ -10,7 +10,7 @@ export type EncryptionContext = Readonly<Record<string, string>>;
 
 /** At most this many entries per context. */
 export const MAX_CONTEXT_ENTRIES = 64;
-/** Keys and values are 1..256 characters. */
+/** Keys and values are 1..256 characters, counted as UTF-16 code units (an emoji counts 2). */
 export const MAX_CONTEXT_CHARS = 256;
 
 // In `u` mode a surrogate pair is one code point, so this matches only lone surrogates,
@@ -20,12 +20,15 @@ const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
 function checkText(what: string, text: unknown): asserts text is string {
   if (typeof text !== "string") throw new CustosError("invalid_request", `context ${what} must be a string`);
   if (text.length < 1 || text.length > MAX_CONTEXT_CHARS) {
-    throw new CustosError("invalid_request", `context ${what} must be 1..${MAX_CONTEXT_CHARS} characters`);
+    throw new CustosError(
+      "invalid_request",
+      `context ${what} must be 1..${MAX_CONTEXT_CHARS} characters (UTF-16 code units: an emoji counts 2)`,
+    );
   }
   if (LONE_SURROGATE.test(text)) throw new CustosError("invalid_request", `context ${what} is not valid Unicode`);
 }
 
-/** Sets an own entry, so that a key named `__proto__` is an entry like any other (assignment would set the prototype). */
+/** Sets an own entry: plain assignment of a reserved name (see `validateContext`) would set the prototype. */
 function setEntry(context: Record<string, string>, key: string, value: string): void {
   Object.defineProperty(context, key, { value, enumerable: true, writable: true, configurable: true });
 }
@@ -46,6 +49,9 @@ export function validateContext(context: unknown): EncryptionContext {
   const out: Record<string, string> = {};
   for (const [key, value] of entries) {
     checkText("key", key);
+    // JSON parsers refuse or drop this member to guard their prototypes, so a context
+    // holding it could be sealed in process and never opened over the API.
+    if (key === "__proto__") throw new CustosError("invalid_request", "context key __proto__ is reserved");
     checkText("value", value);
     setEntry(out, key, value);
   }

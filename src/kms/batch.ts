@@ -1,5 +1,5 @@
 import type { Actor } from "../audit/index.js";
-import { validateContext } from "../context/index.js";
+import { type EncryptionContext, validateContext } from "../context/index.js";
 import { CustosError, type ErrorCode, isCustosError } from "../errors/index.js";
 import { Secret } from "../secret/index.js";
 import { open, preloadedView, reseal, seal, sealInput } from "./crypto.js";
@@ -62,7 +62,7 @@ function success<T extends object>(value: T): BatchItemResult<T> {
  * record can't be written, every plaintext produced is zeroed and the caller gets
  * the audit error instead of results.
  */
-async function runBatch<I, R extends object>(
+async function runBatch<I extends { readonly context?: unknown }, R extends { readonly version: number }>(
   ctx: KmsContext,
   actor: Actor,
   name: string,
@@ -99,12 +99,34 @@ async function runBatch<I, R extends object>(
       items: inputs.length,
       succeeded,
       failed: inputs.length - succeeded,
+      ...usedBy(inputs, results),
     });
   } catch (e) {
     for (const r of results) if (r.ok) op.secretOf?.(r.value)?.destroy();
     throw e;
   }
   return results;
+}
+
+/**
+ * The versions and contexts a batch's successful items used, each once, so that the
+ * batch's one record says what a record per item would have (a single operation
+ * records its version and context).
+ */
+function usedBy<R extends { readonly version: number }>(
+  inputs: readonly { readonly context?: unknown }[],
+  results: readonly BatchItemResult<R>[],
+): { versions: number[]; contexts: EncryptionContext[] } {
+  const versions = new Set<number>();
+  const contexts = new Map<string, EncryptionContext>();
+  results.forEach((r, i) => {
+    if (!r.ok) return;
+    versions.add(r.value.version);
+    const context = validateContext(inputs[i]?.context);
+    const sorted = Object.entries(context).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    contexts.set(JSON.stringify(sorted), context);
+  });
+  return { versions: [...versions].sort((a, b) => a - b), contexts: [...contexts.values()] };
 }
 
 /** Encrypts up to 1000 items under one key. */

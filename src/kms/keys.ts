@@ -195,13 +195,19 @@ export async function updateKey(
     input.rotationPeriodSeconds === undefined || input.rotationPeriodSeconds === null
       ? input.rotationPeriodSeconds
       : checkRotationPeriod(input.rotationPeriodSeconds);
-  if (description === undefined && period === undefined && input.minDecryptionVersion === undefined) {
-    throw new CustosError("invalid_request", "nothing to update");
+  const { enabled } = input;
+  if (enabled !== undefined && typeof enabled !== "boolean") {
+    throw new CustosError("invalid_request", "enabled must be true or false");
   }
+  const settings = description !== undefined || period !== undefined || input.minDecryptionVersion !== undefined;
+  if (!settings && enabled === undefined) throw new CustosError("invalid_request", "nothing to update");
+  // A state change alone keeps its own audit action; with settings it is part of one key.update.
+  const action = settings ? "key.update" : enabled ? "key.enable" : "key.disable";
   const { after } = await mutateKey(
     ctx,
     actor,
     checkName(name),
+    // Every check runs before anything is written: the update commits whole or not at all.
     async (key) => {
       assertNotDestroyed(key);
       const changes: { -readonly [K in keyof KeyRecord]?: KeyRecord[K] } = {};
@@ -223,11 +229,26 @@ export async function updateKey(
         }
         if (min !== key.minDecryptionVersion) changes.minDecryptionVersion = min;
       }
-      return Object.keys(changes).length === 0 ? null : { action: "key.update", changes };
+      if (enabled !== undefined) {
+        const state = stateFor(key, enabled);
+        if (state !== key.state) changes.state = state;
+      }
+      return Object.keys(changes).length === 0 ? null : { action, changes };
     },
-    "key.update",
+    action,
   );
   return withVersions(ctx, after);
+}
+
+/**
+ * The state `enabled` asks for: enabled or disabled, either way idempotent. A pending
+ * destruction must be cancelled instead.
+ */
+function stateFor(key: KeyRecord, enabled: boolean): KeyRecord["state"] {
+  if (key.state === "pending_destruction") {
+    throw new CustosError("conflict", `key "${key.name}" is pending destruction${enabled ? "; cancel it first" : ""}`);
+  }
+  return enabled ? "enabled" : "disabled";
 }
 
 async function latestCreatedAt(ctx: KmsContext, key: KeyRecord): Promise<string> {
@@ -236,39 +257,13 @@ async function latestCreatedAt(ctx: KmsContext, key: KeyRecord): Promise<string>
 }
 
 /** enabled → disabled (idempotent). A pending destruction must be cancelled instead. */
-export async function disableKey(ctx: KmsContext, actor: Actor, name: string): Promise<KeyDetails> {
-  const { after } = await mutateKey(
-    ctx,
-    actor,
-    checkName(name),
-    async (key) => {
-      assertNotDestroyed(key);
-      if (key.state === "pending_destruction") {
-        throw new CustosError("conflict", `key "${key.name}" is pending destruction`);
-      }
-      return key.state === "disabled" ? null : { action: "key.disable", changes: { state: "disabled" } };
-    },
-    "key.disable",
-  );
-  return withVersions(ctx, after);
+export function disableKey(ctx: KmsContext, actor: Actor, name: string): Promise<KeyDetails> {
+  return updateKey(ctx, actor, name, { enabled: false });
 }
 
 /** disabled → enabled (idempotent). A pending destruction must be cancelled first. */
-export async function enableKey(ctx: KmsContext, actor: Actor, name: string): Promise<KeyDetails> {
-  const { after } = await mutateKey(
-    ctx,
-    actor,
-    checkName(name),
-    async (key) => {
-      assertNotDestroyed(key);
-      if (key.state === "pending_destruction") {
-        throw new CustosError("conflict", `key "${key.name}" is pending destruction; cancel it first`);
-      }
-      return key.state === "enabled" ? null : { action: "key.enable", changes: { state: "enabled" } };
-    },
-    "key.enable",
-  );
-  return withVersions(ctx, after);
+export function enableKey(ctx: KmsContext, actor: Actor, name: string): Promise<KeyDetails> {
+  return updateKey(ctx, actor, name, { enabled: true });
 }
 
 /** enabled|disabled → pending_destruction, destroyed by `runDue` once `destroyAt` passes. */

@@ -57,6 +57,8 @@ export interface UpdateKeyInput {
   readonly rotationPeriodSeconds?: number | null;
   /** Can only be raised (1..latestVersion): retiring a version is one-way. Encrypt keys only. */
   readonly minDecryptionVersion?: number;
+  /** Enable or disable the key in the same change (a pending destruction must be cancelled instead). */
+  readonly enabled?: boolean;
 }
 
 export interface ScheduleDestructionInput {

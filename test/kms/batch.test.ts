@@ -59,16 +59,24 @@ describe("batches", () => {
     for (const r of dec) if (r.ok) r.value.plaintext.destroy();
   });
 
-  test("one audit record per batch, with counts and nothing else", async () => {
+  test("one audit record per batch: counts, and each version and context used once, never a plaintext", async () => {
     const before = (await f.records("key.encrypt")).length;
     await f.kms.encryptBatch(alice, "bulk", [
-      { plaintext: Buffer.from("BATCH-MARKER") },
-      { plaintext: Buffer.alloc(0) },
-      { plaintext: Buffer.from("y") },
+      { plaintext: Buffer.from("BATCH-MARKER"), context: { b: "2", a: "1" } },
+      { plaintext: Buffer.alloc(0), context: { failed: "item" } },
+      { plaintext: Buffer.from("y"), context: { a: "1", b: "2" } },
+      { plaintext: Buffer.from("z") },
     ]);
     const records = await f.records("key.encrypt");
     assert.equal(records.length, before + 1);
-    assert.deepEqual(records.at(-1)?.details, { batch: true, items: 3, succeeded: 2, failed: 1 });
+    assert.deepEqual(records.at(-1)?.details, {
+      batch: true,
+      items: 4,
+      succeeded: 3,
+      failed: 1,
+      versions: [1],
+      contexts: [{ a: "1", b: "2" }, {}],
+    });
     assert.ok(!JSON.stringify(records).includes("BATCH-MARKER"));
   });
 

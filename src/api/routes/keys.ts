@@ -143,17 +143,11 @@ export function keyRoutes(deps: ApiDeps): FastifyPluginAsync {
       },
       async (req) => {
         const { name } = req.params;
-        const { enabled, ...update } = req.body;
-        const actor = actorOf(req);
-        if (Object.keys(update).length > 0) {
-          authorize(deps, req, "key:update", `key/${name}`);
-          await kms.updateKey(actor, name, update);
-        }
-        if (enabled !== undefined) {
-          authorize(deps, req, enabled ? "key:enable" : "key:disable", `key/${name}`);
-          await (enabled ? kms.enableKey(actor, name) : kms.disableKey(actor, name));
-        }
-        return kms.getKey(actor, name);
+        const { enabled, ...settings } = req.body;
+        // Every permission the change needs is checked before any of it is made.
+        if (Object.keys(settings).length > 0) authorize(deps, req, "key:update", `key/${name}`);
+        if (enabled !== undefined) authorize(deps, req, enabled ? "key:enable" : "key:disable", `key/${name}`);
+        return kms.updateKey(actorOf(req), name, req.body);
       },
     );
 
@@ -212,11 +206,16 @@ export function keyRoutes(deps: ApiDeps): FastifyPluginAsync {
       async (req) => {
         const { name } = req.params;
         authorize(deps, req, "key:encrypt", `key/${name}`);
-        const toInput = (i: EncryptItem) => ({ ...i, plaintext: fromBase64(i.plaintext, "plaintext") });
+        const toInput = (i: EncryptItem, field: string) => ({ ...i, plaintext: fromBase64(i.plaintext, field) });
         const { batch, single } = itemsOf(req.body);
-        if (batch) return batchView(await kms.encryptBatch(actorOf(req), name, batch.map(toInput)), (r) => r);
+        // A malformed batch (bad base64 included) is refused whole, as a schema error would be;
+        // only what a well-formed item meets in the KMS comes back per item.
+        if (batch) {
+          const inputs = batch.map((item, i) => toInput(item, `items[${i}].plaintext`));
+          return batchView(await kms.encryptBatch(actorOf(req), name, inputs), (r) => r);
+        }
         if (single.plaintext === undefined) throw new CustosError("invalid_request", "plaintext is required");
-        return kms.encrypt(actorOf(req), name, toInput(single));
+        return kms.encrypt(actorOf(req), name, toInput(single, "plaintext"));
       },
     );
 
