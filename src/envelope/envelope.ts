@@ -186,8 +186,11 @@ export class Envelope {
       );
     } catch (e) {
       const code = (e as { code?: unknown } | null)?.code;
-      // A key name that names nothing is damage too: the name is only authenticated by the MAC checked below.
-      if (code === "decryption_failed" || code === "not_found") throw decryptionFailed();
+      // A key name that names nothing, or names a key of another purpose, is damage too: the name is only
+      // authenticated by the MAC checked below. A disabled key is the key's state, not the message's: it says so.
+      if (code === "decryption_failed" || code === "not_found" || code === "key_purpose_mismatch") {
+        throw decryptionFailed();
+      }
       throw e;
     }
     const keys = unwrapped.value;

@@ -6,7 +6,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { constants, type Stats } from "node:fs";
-import { copyFile, type FileHandle, open, rename, rm, stat } from "node:fs/promises";
+import { chmod, copyFile, type FileHandle, open, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { Transform } from "node:stream";
 import { CustosError } from "../errors/index.js";
@@ -31,7 +31,10 @@ const BATCH = 1000;
 const WRITERS = 8;
 
 interface Candidate {
+  /** As the caller named it. */
   readonly path: string;
+  /** The file itself, links resolved: what is read and replaced. */
+  readonly file: string;
   readonly header: Header;
   readonly before: Stats;
 }
@@ -89,7 +92,7 @@ export async function rewrapFiles(kms: EnvelopeKms, paths: readonly string[]): P
         }
         try {
           const header = replaceKeySection(c.header, result.version, result.wrapped);
-          await replaceHeader(c.path, c.header.length, header, c.before);
+          await replaceHeader(c.file, c.header.length, header, c.before);
           outcomes.set(c.path, { path: c.path, status: "rewrapped", from: c.header.keyVersion, to: result.version });
         } catch (e) {
           outcomes.set(c.path, failed(c.path, e));
@@ -142,18 +145,21 @@ export function rewrapStream(kms: EnvelopeKms): Transform {
 
 /** The header of an envelope file, or undefined when the file is not one (no magic). */
 async function readCandidate(path: string): Promise<Candidate | undefined> {
-  const source = await fileSource(path);
+  // A symbolic link is rewrapped where it points, in the target's directory: renaming over the link
+  // would turn it into a rewrapped copy and leave the message it names on the old key.
+  const file = await realpath(path);
+  const source = await fileSource(file);
   try {
     const start = await source.read(0, MAGIC.length);
     if (!start.equals(MAGIC)) return undefined;
-    const before = await stat(path);
+    const before = await stat(file);
     let header: Header;
     try {
       header = await readHeader(source);
     } catch {
       throw new CustosError("decryption_failed", "the envelope header is damaged");
     }
-    return { path, header, before };
+    return { path, file, header, before };
   } finally {
     await source.close();
   }
@@ -171,6 +177,9 @@ export async function replaceHeader(path: string, oldLength: number, header: Buf
   try {
     if (header.length === oldLength) {
       await copyFile(path, temp, constants.COPYFILE_FICLONE);
+      // The copy has the original's mode, which may not let even its owner write (0444): the header
+      // goes in first and keepOwnership restores the mode after, as in copyShifted.
+      await chmod(temp, 0o600);
       await writeInto(temp, header, before);
     } else {
       await copyShifted(path, temp, oldLength, header, before);

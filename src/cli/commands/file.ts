@@ -78,7 +78,8 @@ export function registerFileCommands(program: Command, ctx: CliContext): void {
       const source = await openSource(o.in);
       try {
         const start = o.offset ?? 0;
-        const end = o.length === undefined ? Number.MAX_SAFE_INTEGER : start + o.length;
+        // Both are safe integers, their sum need not be; readRange clamps any end past the plaintext.
+        const end = Math.min(start + (o.length ?? Number.MAX_SAFE_INTEGER), Number.MAX_SAFE_INTEGER);
         const plaintext = await envelope.readRange(source, start, end, contextOf(o));
         await transfer(ctx, [[plaintext]], o.out);
       } finally {
