@@ -2,6 +2,7 @@
  * The composition root: the only place that picks concrete implementations
  * (PKCS#11 keystore, SQLite store) and wires the services to the API.
  */
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, resolve } from "node:path";
@@ -11,7 +12,7 @@ import { AuthService, buildInitialAdmin } from "./auth/index.js";
 import { Broker } from "./broker/index.js";
 import type { CustosConfig } from "./config/index.js";
 import { CustosError } from "./errors/index.js";
-import { writeFileAtomic } from "./files/index.js";
+import { replaceFiles, writeFileAtomic } from "./files/index.js";
 import type { HsmKeyRef, Keystore } from "./hsm/index.js";
 import { Pkcs11Keystore } from "./hsm/pkcs11/index.js";
 import { KmsService } from "./kms/index.js";
@@ -259,8 +260,13 @@ export async function openServices(config: CustosConfig, logger: Logger = create
   }
 }
 
-/** Writes one of Custos's own files (token, CA, server certificate) durably, making its directory if needed. */
+/**
+ * Writes one of Custos's own files (token, CA) durably, making its directory if
+ * needed; a file that already holds `data` is left alone (the CA file is checked at
+ * every renewal check).
+ */
 async function writeOwnFile(path: string, data: string, mode: number): Promise<void> {
+  if (existsSync(path) && readFileSync(path, "utf8") === data) return;
   mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   await writeFileAtomic(path, data, mode);
 }
@@ -331,8 +337,9 @@ export async function initialize(config: CustosConfig, options: { adminName: str
 
 /**
  * The listener's certificate: the admin's own files, or one from the PKI (leaf and
- * intermediate), issued anew when two thirds of its life are gone or when it came
- * from a CA the PKI no longer has (the core's bootstrap CA, on a migrated install).
+ * intermediate), issued anew when two thirds of its life are gone, when it came
+ * from a CA the PKI no longer has (the core's bootstrap CA, on a migrated install),
+ * or when server.key is not its key.
  */
 async function serverTls(services: Services): Promise<ServerTls | { cert: string; key: string }> {
   const { config, store, pki } = services;
@@ -344,7 +351,12 @@ async function serverTls(services: Services): Promise<ServerTls | { cert: string
   await writeOwnFile(resolve(config.tls.dir, "ca.pem"), pki.authority.root().certPem, 0o644);
   if (existsSync(certFile) && existsSync(keyFile)) {
     const cert = readFileSync(certFile, "utf8");
-    if (!serverNeedsNew(cert, pki.authority)) return { cert, key: readFileSync(keyFile, "utf8") };
+    if (!serverNeedsNew(cert, pki.authority)) {
+      const key = readFileSync(keyFile, "utf8");
+      // A renewal cut short by a crash between its two renames leaves one file new.
+      if (keyMatches(cert, key)) return { cert, key };
+      services.logger.warn("server.key does not match server.pem: issuing a new pair");
+    }
   }
   const issued = await issueServerCertificate(
     pki.issuer,
@@ -353,10 +365,23 @@ async function serverTls(services: Services): Promise<ServerTls | { cert: string
     defaultServerNames(config.listen.host),
     config.tls.serverCertTtlSeconds,
   );
-  await writeOwnFile(keyFile, issued.key, 0o600);
-  await writeOwnFile(certFile, issued.cert, 0o644);
+  // After an error the old pair is back in place; only a crash between the two
+  // renames can leave a mixed pair, which the check above replaces at the next start.
+  await replaceFiles([
+    { path: keyFile, data: issued.key, mode: 0o600 },
+    { path: certFile, data: issued.cert, mode: 0o644 },
+  ]);
   services.logger.info({ notAfter: issued.notAfter.toISOString() }, "issued the server certificate");
   return issued;
+}
+
+/** Whether `keyPem` is the private key of the first certificate in `certPem`. */
+function keyMatches(certPem: string, keyPem: string): boolean {
+  try {
+    return new X509Certificate(certPem).checkPrivateKey(createPrivateKey(keyPem));
+  } catch {
+    return false;
+  }
 }
 
 /**

@@ -16,7 +16,7 @@ import { basename } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect } from "node:tls";
 import { ClientError, type CustosClient } from "../client/index.js";
-import { writeFileAtomic as durableWrite } from "../files/index.js";
+import { writeFileAtomic as durableWrite, replaceFiles } from "../files/index.js";
 import { Secret } from "../secret/index.js";
 
 /** Where `--check` connects, and the name it asks for. */
@@ -54,7 +54,7 @@ export interface CertAgentOptions {
   readonly check?: CheckTarget | undefined;
   /** Longest to wait for the check to present the new certificate. Default 30 s. */
   readonly checkTimeoutMs?: number | undefined;
-  /** The clock `renewAt` is compared with (tests move it). */
+  /** The agent's clock: what `renewAt` and the certificate's validity are compared with (tests move it). */
   readonly now?: (() => number) | undefined;
 }
 
@@ -112,6 +112,11 @@ interface FullMaterial extends MaterialHead {
 
 type Material = (MaterialHead & { readonly unchanged: true }) | FullMaterial;
 
+/** What a pass ended with: what is served and reported, or a target too old to install (nothing reported). */
+type Pass =
+  | { readonly generation: number; readonly served: string; readonly changed: boolean; readonly due: boolean }
+  | { readonly expired: string; readonly target: string };
+
 const DEFAULT_RELOAD_TIMEOUT_MS = 60_000;
 const DEFAULT_CHECK_TIMEOUT_MS = 30_000;
 /**
@@ -130,6 +135,27 @@ const RELOAD_OUTPUT_LIMIT = 2048;
  */
 export const STATE_SUFFIX = ".custos-served";
 
+/**
+ * The agent ids Custos accepts (src/pki/consumers.ts), checked before the first
+ * fetch: an id refused only by the report would come after the files were written
+ * and reloaded. A copy, since this client-side module does not import the server's.
+ */
+const AGENT_ID = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
+/** The rule `AGENT_ID` enforces, for error messages. */
+export const AGENT_ID_RULE = "1-128 letters, digits and . _ : -, starting with a letter or digit";
+
+/** Whether Custos accepts `id` as an agent id. */
+export function isAgentId(id: string): boolean {
+  return AGENT_ID.test(id);
+}
+
+/**
+ * The longest a Node timer waits (2^31-1 ms, 24.8 days): a longer delay fires
+ * after 1 ms, so longer pauses are taken in pieces.
+ */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** SHA-256 of a certificate's DER, lowercase hex: how Custos names certificates. */
 export function fingerprintOf(cert: X509Certificate): string {
   return createHash("sha256").update(cert.raw).digest("hex");
@@ -146,11 +172,16 @@ export class CertAgent {
   readonly #now: () => number;
   #served: string | undefined;
   #accepted = false;
+  /** Set when a replacement of the files failed: they are written again even if `#served` is the target. */
+  #rewrite = false;
 
   /** Builds an agent; `init()` must run before the first round. */
   constructor(client: CustosClient, options: CertAgentOptions, log: AgentLog) {
     if (!Number.isFinite(options.intervalMs) || options.intervalMs <= 0) {
       throw new RangeError(`intervalMs must be a positive number, got ${options.intervalMs}`);
+    }
+    if (!isAgentId(options.agentId)) {
+      throw new RangeError(`agentId "${options.agentId}" is not an agent id Custos accepts: ${AGENT_ID_RULE}`);
     }
     this.#client = client;
     this.#options = options;
@@ -213,51 +244,79 @@ export class CertAgent {
    * One pass: fetch the target (`known` = what is served), put new material in
    * place, report what is served, and renew when the target's `renewAt` has passed.
    * A failed write, reload or check leaves the served fingerprint as it was; that
-   * one is still reported (it is the truth), then the round fails.
+   * one is still reported (it is the truth), then the round fails. An expired target
+   * is never installed: the agent asks for its renewal first and installs the
+   * renewed certificate, or fails the round leaving the files in place.
    * @throws ClientError from the API, CertAgentError from the agent's own work.
    */
   async round(signal?: AbortSignal): Promise<RoundResult> {
     const first = await this.#pass(signal);
-    if (!first.due) {
-      return { generation: first.generation, fingerprint: first.fingerprint, changed: first.changed, renewed: false };
+    if ("expired" in first) {
+      if (!(await this.#renew(first.target, signal))) {
+        // Not reported either: Custos renews only a target every live agent serves,
+        // and a report of the older certificate would keep this agent live and not
+        // serving it. Left stale, it stops holding the renewal back.
+        throw new CertAgentError(
+          "invalid_material",
+          `${first.expired}, and Custos renewed nothing: the files in place stay, unreported`,
+        );
+      }
+      return { ...(await this.#renewedPass(signal)), renewed: true };
     }
+    if (!first.due) {
+      return { generation: first.generation, fingerprint: first.served, changed: first.changed, renewed: false };
+    }
+    if (!(await this.#renew(first.served, signal))) {
+      return { generation: first.generation, fingerprint: first.served, changed: first.changed, renewed: true };
+    }
+    const second = await this.#renewedPass(signal);
+    return { ...second, changed: first.changed || second.changed, renewed: true };
+  }
+
+  /**
+   * Asks Custos to renew the target `fingerprint`.
+   * @returns true when the target moved on (renewed by this agent or another).
+   */
+  async #renew(fingerprint: string, signal: AbortSignal | undefined): Promise<boolean> {
     signal?.throwIfAborted();
     const answer = await abortable(
       this.#client.request<{ consumer?: { target?: { fingerprint?: unknown } } }>(
         "POST",
         `${this.#consumerPath()}/renew`,
-        { body: { fingerprint: first.fingerprint } },
+        { body: { fingerprint } },
       ),
       signal,
     );
     const target = answer.consumer?.target?.fingerprint;
-    if (typeof target !== "string" || target === first.fingerprint) {
-      this.#log("info", `renewal asked; the target is still ${short(first.fingerprint)}`);
-      return { generation: first.generation, fingerprint: first.fingerprint, changed: first.changed, renewed: true };
+    if (typeof target !== "string" || target === fingerprint) {
+      this.#log("info", `renewal asked; the target is still ${short(fingerprint)}`);
+      return false;
     }
     this.#log("info", `renewed: the target is now ${short(target)}`);
-    const second = await this.#pass(signal);
-    return {
-      generation: second.generation,
-      fingerprint: second.fingerprint,
-      changed: first.changed || second.changed,
-      renewed: true,
-    };
+    return true;
   }
 
-  async #pass(signal: AbortSignal | undefined): Promise<{
-    generation: number;
-    fingerprint: string;
-    changed: boolean;
-    due: boolean;
-  }> {
+  /** The pass after a renewal: its target is fresh, so an expired one is an error, not a reason to renew again. */
+  async #renewedPass(
+    signal: AbortSignal | undefined,
+  ): Promise<{ generation: number; fingerprint: string; changed: boolean }> {
+    const pass = await this.#pass(signal);
+    if ("expired" in pass) throw new CertAgentError("invalid_material", `${pass.expired}, though just renewed`);
+    return { generation: pass.generation, fingerprint: pass.served, changed: pass.changed };
+  }
+
+  async #pass(signal: AbortSignal | undefined): Promise<Pass> {
     const material = await this.#fetch(signal);
     let changed = false;
+    let expired: string | undefined;
     let failure: unknown;
     try {
-      if ("privateKey" in material) {
-        if (material.fingerprint !== this.#served) {
-          await this.#apply(material, signal);
+      if ("privateKey" in material && (material.fingerprint !== this.#served || this.#rewrite)) {
+        const checked = checkMaterial(material, this.#now());
+        if (checked.expired) {
+          expired = `${nameOf(material)} expired at ${checked.leaf.validTo}`;
+        } else {
+          await this.#apply(material, checked, signal);
           changed = true;
         }
       }
@@ -265,6 +324,10 @@ export class CertAgent {
       failure = e;
     } finally {
       if ("privateKey" in material) material.privateKey.destroy();
+    }
+    if (expired !== undefined) {
+      this.#log("info", `${expired}: not installed; asking Custos to renew it`);
+      return { expired, target: material.fingerprint };
     }
     const served = this.#served;
     if (served !== undefined && !signal?.aborted) {
@@ -283,7 +346,7 @@ export class CertAgent {
     const renewAt = Date.parse(material.renewAt);
     return {
       generation: material.generation,
-      fingerprint: served,
+      served,
       changed,
       due: Number.isFinite(renewAt) && this.#now() >= renewAt,
     };
@@ -295,7 +358,7 @@ export class CertAgent {
     try {
       body = await abortable(
         this.#client.request("GET", `${this.#consumerPath()}/certificate`, {
-          query: { role: this.#options.role, known: this.#served },
+          query: { role: this.#options.role, known: this.#rewrite ? undefined : this.#served },
         }),
         signal,
       );
@@ -306,16 +369,11 @@ export class CertAgent {
     return parseMaterial(body);
   }
 
-  async #apply(material: FullMaterial, signal: AbortSignal | undefined): Promise<void> {
-    const { leaf, certPem, chainPem } = checkMaterial(material);
-    this.#log("info", `generation ${material.generation} (${short(material.fingerprint)}) to install`);
+  async #apply(material: FullMaterial, checked: CheckedMaterial, signal: AbortSignal | undefined): Promise<void> {
+    const { leaf, certPem, chainPem } = checked;
+    this.#log("info", `${nameOf(material)} to install`);
     signal?.throwIfAborted();
-    // Key first and certificate last: a reload that races the agent then finds
-    // either the old pair or, at worst, the new key with the old certificate, which
-    // nginx refuses (keeping its running configuration) rather than serving.
-    await material.privateKey.use((key) => writeFileAtomic(this.#options.keyFile, key, 0o600));
-    await writeFileAtomic(this.#options.chainFile, Buffer.from(chainPem, "utf8"), 0o644);
-    await writeFileAtomic(this.#options.certFile, Buffer.from(`${certPem}${chainPem}`, "utf8"), 0o644);
+    await this.#replace(material.privateKey, certPem, chainPem);
     signal?.throwIfAborted();
     await runReload(this.#options.reloadCommand, this.#options.reloadTimeoutMs ?? DEFAULT_RELOAD_TIMEOUT_MS);
     this.#log("info", "reload command succeeded");
@@ -333,6 +391,35 @@ export class CertAgent {
     }
     this.#served = material.fingerprint;
     await writeFileAtomic(this.#stateFile(), Buffer.from(`${material.fingerprint}\n`, "utf8"), 0o644);
+  }
+
+  /**
+   * Replaces key, chain and certificate as one change (`replaceFiles`): after an
+   * error all three are as they were, so the pair on disk is always the old or the
+   * new one. Key first and certificate last: a reload that races the agent then
+   * finds either pair or, for the instant between two renames, the new key with the
+   * old certificate, which nginx refuses (keeping its running configuration) rather
+   * than serving. A crash in that instant can leave that pair on disk; a restarted
+   * agent does not take it as served (`init`) and rewrites the files at once.
+   */
+  async #replace(privateKey: Secret, certPem: string, chainPem: string): Promise<void> {
+    const { keyFile, chainFile, certFile } = this.#options;
+    try {
+      await privateKey.use((key) =>
+        replaceFiles([
+          { path: keyFile, data: key, mode: 0o600 },
+          { path: chainFile, data: chainPem, mode: 0o644 },
+          { path: certFile, data: `${certPem}${chainPem}`, mode: 0o644 },
+        ]),
+      );
+    } catch (e) {
+      // Should the old files not all have been put back, what they hold is unknown:
+      // the next round fetches the whole material and writes it, even if it is the
+      // certificate served.
+      this.#rewrite = true;
+      throw new CertAgentError("io_error", `cannot replace the certificate files: ${messageOf(e)}`, { cause: e });
+    }
+    this.#rewrite = false;
   }
 
   #stateFile(): string {
@@ -404,7 +491,7 @@ export interface RunOptions {
  * has never been answered: that is a setting to fix, not a condition to wait out.
  * Once it has been answered, they are logged and retried like the rest: the files
  * in place keep being served either way, and a policy put right is picked up
- * without a restart.
+ * without a restart. A 400 ends the run whenever it comes.
  * @returns the last round's result, or undefined when stopped before any succeeded.
  */
 export async function runCertAgent(
@@ -429,11 +516,15 @@ export async function runCertAgent(
     } catch (e) {
       if (signal.aborted) return last;
       if (run.once === true) throw e;
-      if (isRefusal(e) && !agent.accepted) throw e;
+      // A request Custos calls malformed (400) stays malformed however often it is sent.
+      const malformed = e instanceof ClientError && e.status === 400;
+      if (isRefusal(e) && (!agent.accepted || malformed)) throw e;
       log("error", `${errorCodeOf(e)}: ${messageOf(e)} (retrying in ${Math.round(options.intervalMs / 1000)}s)`);
     }
     try {
-      await sleep(options.intervalMs, undefined, { signal });
+      for (let left = options.intervalMs; left > 0; left -= MAX_TIMER_MS) {
+        await sleep(Math.min(left, MAX_TIMER_MS), undefined, { signal });
+      }
     } catch {
       return last;
     }
@@ -484,12 +575,21 @@ function parseMaterial(body: unknown): Material {
   return { ...head, certificate, chain, privateKey: Secret.fromString(privateKey) };
 }
 
+interface CheckedMaterial {
+  readonly leaf: X509Certificate;
+  readonly certPem: string;
+  readonly chainPem: string;
+  /** Past its notAfter at `now`: not to be installed, but renewed. */
+  readonly expired: boolean;
+}
+
 /**
  * Refuses material that would break the endpoint or not be what Custos named: the
  * leaf must have the announced fingerprint, be issued by the chain's first
- * certificate, and match the key. Returns the PEM texts, each ending in a newline.
+ * certificate, match the key and be valid already at `now`. Returns the PEM texts,
+ * each ending in a newline, and whether the leaf has expired.
  */
-function checkMaterial(material: FullMaterial): { leaf: X509Certificate; certPem: string; chainPem: string } {
+function checkMaterial(material: FullMaterial, now: number): CheckedMaterial {
   let leaf: X509Certificate;
   let issuer: X509Certificate;
   try {
@@ -514,7 +614,19 @@ function checkMaterial(material: FullMaterial): { leaf: X509Certificate; certPem
     }
   });
   if (!matches) throw new CertAgentError("invalid_material", "the private key does not match the certificate");
-  return { leaf, certPem: withNewline(material.certificate), chainPem: withNewline(material.chain) };
+  if (now < Date.parse(leaf.validFrom)) {
+    throw new CertAgentError(
+      "invalid_material",
+      `${nameOf(material)} is not valid before ${leaf.validFrom} by this host's clock`,
+    );
+  }
+  return {
+    leaf,
+    certPem: withNewline(material.certificate),
+    chainPem: withNewline(material.chain),
+    // openssl's -checkend 0 counts notAfter itself as expired; so does this.
+    expired: now >= Date.parse(leaf.validTo),
+  };
 }
 
 function withNewline(pem: string): string {
@@ -708,6 +820,11 @@ function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Pro
 
 function addressOf(target: CheckTarget): string {
   return isIP(target.host) === 6 ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`;
+}
+
+/** A generation as log lines and errors name it. */
+function nameOf(material: MaterialHead): string {
+  return `generation ${material.generation} (${short(material.fingerprint)})`;
 }
 
 /** The first 16 hex digits: enough to tell generations apart in a log line. */

@@ -3,6 +3,7 @@
  * certificate files equal to its consumer's target and reports what it serves.
  */
 export {
+  AGENT_ID_RULE,
   type AgentLog,
   type AgentLogLevel,
   CertAgent,
@@ -12,6 +13,7 @@ export {
   type CheckTarget,
   defaultServername,
   fingerprintOf,
+  isAgentId,
   isRefusal,
   presentedFingerprint,
   type RoundResult,

@@ -6,7 +6,7 @@
  * itself survives.
  */
 import { randomBytes } from "node:crypto";
-import { open, rename, rm } from "node:fs/promises";
+import { type FileHandle, open, rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 
 /** fsyncs a file, or a directory (which makes the renames and new entries in it durable). */
@@ -25,8 +25,110 @@ export async function syncPath(path: string): Promise<void> {
  * temporary file behind.
  */
 export async function writeFileAtomic(path: string, data: string | Uint8Array, mode: number): Promise<void> {
-  const dir = dirname(path);
-  const temp = join(dir, `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  const temp = await writeTemp(path, data, mode);
+  try {
+    await rename(temp, path);
+    await syncPath(dirname(path));
+  } catch (e) {
+    await rm(temp, { force: true });
+    throw e;
+  }
+}
+
+/** One file of `replaceFiles`. */
+export interface FileReplacement {
+  readonly path: string;
+  readonly data: string | Uint8Array;
+  readonly mode: number;
+}
+
+/** A file of `replaceFiles` made ready: its new contents, and a copy of the old when there was one. */
+interface Staged {
+  readonly path: string;
+  readonly temp: string;
+  previous?: string | undefined;
+}
+
+/**
+ * Replaces several files as one change, for files that are only right together
+ * (a key and its certificate). Every new file, and a copy of every file it replaces,
+ * is written and fsynced beside its target first; only then are the new files
+ * renamed into place, in the order given, one right after the other. When a rename
+ * fails, the files already replaced get their old contents back, by rename too (a
+ * file that did not exist is removed), so after an error every file is as it was.
+ * Only a crash between two of those renames (kill -9, power loss) can leave some
+ * files new and the others old: the window is that of a few renames.
+ * @throws the first failure; when the old contents could not all be put back, an
+ * Error saying so, with the first failure as its cause.
+ */
+export async function replaceFiles(files: readonly FileReplacement[]): Promise<void> {
+  const staged: Staged[] = [];
+  const temps = (): string[] => staged.flatMap((s) => (s.previous === undefined ? [s.temp] : [s.temp, s.previous]));
+  try {
+    for (const file of files) {
+      const entry: Staged = { path: file.path, temp: await writeTemp(file.path, file.data, file.mode) };
+      staged.push(entry);
+      entry.previous = await copyOf(file.path);
+    }
+  } catch (e) {
+    await Promise.all(temps().map((t) => rm(t, { force: true })));
+    throw e;
+  }
+  const dirs = [...new Set(files.map((f) => dirname(f.path)))];
+  let replaced = 0;
+  try {
+    for (const s of staged) {
+      await rename(s.temp, s.path);
+      replaced++;
+    }
+  } catch (e) {
+    try {
+      for (const s of staged.slice(0, replaced).reverse()) {
+        if (s.previous === undefined) await rm(s.path, { force: true });
+        else await rename(s.previous, s.path);
+      }
+      for (const dir of dirs) await syncPath(dir);
+    } catch (restoring) {
+      throw new Error(`${messageOf(e)}; and the previous files could not all be put back: ${messageOf(restoring)}`, {
+        cause: e,
+      });
+    } finally {
+      await Promise.all(temps().map((t) => rm(t, { force: true })));
+    }
+    throw e;
+  }
+  await Promise.all(staged.map((s) => (s.previous === undefined ? undefined : rm(s.previous, { force: true }))));
+  for (const dir of dirs) await syncPath(dir);
+}
+
+/** A durable copy of `path` beside it, with its mode, to rename back; undefined when there is no such file. */
+async function copyOf(path: string): Promise<string | undefined> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, "r");
+  } catch (e) {
+    if ((e as { code?: unknown }).code === "ENOENT") return undefined;
+    throw e;
+  }
+  let bytes: Buffer;
+  let mode: number;
+  try {
+    mode = (await handle.stat()).mode & 0o777;
+    bytes = await handle.readFile();
+  } finally {
+    await handle.close();
+  }
+  try {
+    return await writeTemp(path, bytes, mode);
+  } finally {
+    // It may be a private key.
+    bytes.fill(0);
+  }
+}
+
+/** Writes `data` to a new temporary file beside `path`, created with `mode`, fsynced; returns its path. */
+async function writeTemp(path: string, data: string | Uint8Array, mode: number): Promise<string> {
+  const temp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
   try {
     const handle = await open(temp, "wx", mode);
     try {
@@ -36,10 +138,13 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, m
     } finally {
       await handle.close();
     }
-    await rename(temp, path);
-    await syncPath(dir);
+    return temp;
   } catch (e) {
     await rm(temp, { force: true });
     throw e;
   }
+}
+
+function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { createHash, X509Certificate } from "node:crypto";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
@@ -40,7 +40,7 @@ function makePki(dir: string) {
   run(["req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=agent-test-ca"]);
   writeFileSync(join(dir, "ext.cnf"), "subjectAltName=DNS:*.apps.test,DNS:router.test,IP:127.0.0.1\n");
   let serial = 1;
-  const leaf = (): Leaf => {
+  const leaf = (days = 1): Leaf => {
     const n = serial++;
     run(["req", ...ec, "-keyout", `leaf${n}.key`, "-out", `leaf${n}.csr`, "-subj", "/CN=router.test"]);
     run([
@@ -55,7 +55,7 @@ function makePki(dir: string) {
       "-set_serial",
       String(n),
       "-days",
-      "1",
+      String(days),
       "-extfile",
       "ext.cnf",
       "-out",
@@ -72,8 +72,14 @@ function makePki(dir: string) {
   return { ca: readFileSync(join(dir, "ca.pem"), "utf8"), leaf };
 }
 
+const DAY_MS = 86_400_000;
 const FUTURE = "2999-01-01T00:00:00.000Z";
 const PAST = "2000-01-01T00:00:00.000Z";
+
+/** Sets or clears a file's immutable flag; false when that is not possible here. */
+function immutable(file: string, on: boolean): boolean {
+  return spawnSync("chattr", [on ? "+i" : "-i", file], { stdio: "ignore" }).status === 0;
+}
 
 /**
  * A stand-in for the consumer endpoints of docs/pki.md: it serves `target`
@@ -154,7 +160,8 @@ describe("certificate agent", () => {
   before(async () => {
     pkiDir = mkdtempSync(join(tmpdir(), "custos-agent-pki-"));
     pki = makePki(pkiDir);
-    leaves = [pki.leaf(), pki.leaf(), pki.leaf()];
+    // The last lives a month: still valid on a clock moved past the others' end.
+    leaves = [pki.leaf(), pki.leaf(), pki.leaf(), pki.leaf(30)];
     server = await startServer();
   });
   after(async () => {
@@ -364,6 +371,84 @@ describe("certificate agent", () => {
     assert.equal(reloads(), 1);
   });
 
+  test("an expired target is not installed: the agent renews first and installs only the renewed certificate", async () => {
+    // Two days on, leaf 0 (one day) has expired and leaf 3 (a month) has not.
+    const agent = await agentOn({ now: () => Date.now() + 2 * DAY_MS });
+    fake.next = leaf(3);
+    const result = await agent.round();
+    assert.equal(fake.renewals, 1, "renewal asked for the expired target");
+    assert.deepEqual(result, { generation: 2, fingerprint: leaf(3).fingerprint, changed: true, renewed: true });
+    assert.equal(reloads(), 1, "one reload, of the renewed certificate");
+    assert.equal(readFileSync(join(dir, "router.key"), "utf8"), leaf(3).key);
+    assert.deepEqual(fake.reports, [{ agent: "edge-a", fingerprint: leaf(3).fingerprint }]);
+  });
+
+  test("an expired target Custos does not renew leaves the valid files in place, unreported", async () => {
+    let ahead = 0;
+    const agent = await agentOn({ now: () => Date.now() + ahead });
+    fake.target = leaf(3);
+    await agent.round();
+    fake.target = leaf(0);
+    fake.generation = 2;
+    ahead = 2 * DAY_MS;
+    await assert.rejects(agent.round(), (e: unknown) => {
+      assert.ok(e instanceof CertAgentError);
+      assert.equal(e.code, "invalid_material");
+      assert.match(e.message, /expired at .*Custos renewed nothing/);
+      return true;
+    });
+    assert.equal(fake.renewals, 1);
+    assert.equal(agent.served, leaf(3).fingerprint);
+    assert.equal(readFileSync(join(dir, "router.key"), "utf8"), leaf(3).key);
+    assert.equal(reloads(), 1);
+    // A report would keep this agent from going stale, and Custos renews only once it is.
+    assert.deepEqual(
+      fake.reports.map((r) => r.fingerprint),
+      [leaf(3).fingerprint],
+    );
+  });
+
+  test("a target not yet valid by the agent's clock is not installed", async () => {
+    const agent = await agentOn({ now: () => Date.now() - DAY_MS });
+    await assert.rejects(agent.round(), (e: unknown) => {
+      assert.ok(e instanceof CertAgentError);
+      assert.equal(e.code, "invalid_material");
+      assert.match(e.message, /not valid before/);
+      return true;
+    });
+    assert.deepEqual(readdirSync(dir), []);
+    assert.equal(fake.renewals, 0);
+  });
+
+  test("a failure between the renames puts the previous key, chain and certificate back", async (t) => {
+    const agent = await agentOn();
+    await agent.round();
+    const cert = join(dir, "router.pem");
+    // Immutable, the certificate file still reads, but the last rename, over it, fails.
+    if (!immutable(cert, true)) return t.skip("chattr +i needs root and a file system with the immutable flag");
+    try {
+      fake.target = leaf(1);
+      fake.generation = 2;
+      await assert.rejects(agent.round(), { code: "io_error" });
+    } finally {
+      immutable(cert, false);
+    }
+    assert.equal(readFileSync(join(dir, "router.key"), "utf8"), leaf(0).key, "the key, renamed first, is back");
+    assert.equal(readFileSync(join(dir, "chain.pem"), "utf8"), pki.ca);
+    assert.equal(readFileSync(cert, "utf8"), leaf(0).cert + pki.ca);
+    assert.equal(statSync(join(dir, "router.key")).mode & 0o777, 0o600);
+    assert.deepEqual(
+      readdirSync(dir).filter((f) => f.endsWith(".tmp")),
+      [],
+    );
+    assert.equal(reloads(), 1, "nothing reloaded");
+    assert.equal(agent.served, leaf(0).fingerprint);
+    // The next round fetches the whole material and writes the files again.
+    assert.equal((await agent.round()).changed, true);
+    assert.equal(fake.fetches.at(-1)?.has("known"), false);
+    assert.equal(readFileSync(join(dir, "router.key"), "utf8"), leaf(1).key);
+  });
+
   for (const [status, code, pattern] of [
     [403, "forbidden", /cert:agent on cert\/router/],
     [409, "conflict", /--role router does not match consumer router/],
@@ -402,6 +487,34 @@ describe("certificate agent", () => {
     assert.match(errors[0] ?? "", /^error forbidden: .*policy changed/);
     assert.match(errors[1] ?? "", /^error hsm_unavailable: hsm down/);
     assert.match(errors[2] ?? "", /^error internal: /);
+  });
+
+  test("a 400 ends the run even once Custos has answered: a malformed request is not retried", async () => {
+    const controller = new AbortController();
+    const guard = setTimeout(() => controller.abort(), 5000);
+    server.reply = (req) =>
+      req.method === "PUT"
+        ? { status: 400, body: { error: { code: "invalid_request", message: "an agent id is 1-128 characters" } } }
+        : fake.reply(req);
+    try {
+      await assert.rejects(runCertAgent(client, options({ intervalMs: 10 }), log, controller.signal), {
+        code: "invalid_request",
+        status: 400,
+      });
+    } finally {
+      clearTimeout(guard);
+    }
+    assert.equal(fake.fetches.length, 1);
+  });
+
+  test("an agent id Custos would refuse is refused before anything is sent", () => {
+    for (const agentId of ["", "edge one", "-edge", "edge/a", `e${"a".repeat(128)}`]) {
+      assert.throws(() => new CertAgent(client, options({ agentId }), log), RangeError, JSON.stringify(agentId));
+    }
+    for (const agentId of ["e", "edge-a.apps.test:443", `e${"a".repeat(127)}`]) {
+      assert.doesNotThrow(() => new CertAgent(client, options({ agentId }), log), agentId);
+    }
+    assert.equal(server.requests.length, 0);
   });
 
   test("an outage before the first answer is retried, not fatal", async () => {
@@ -650,6 +763,7 @@ describe("certificate agent", () => {
         ["--servername", "router.test"],
         ["--chain", join(dir, "router.pem")],
         ["--key", join(dir, "no-such-dir", "router.key")],
+        ["--agent-id", "edge one"],
       ]) {
         const r = await cli([...base(), ...extra, "--once"]);
         assert.equal(r.code, 64, `${extra.join(" ")}: ${r.err}`);

@@ -4,7 +4,14 @@ import { isIP } from "node:net";
 import { hostname } from "node:os";
 import { dirname, resolve } from "node:path";
 import { type Command, Option } from "commander";
-import { type AgentLogLevel, CertAgentError, type CheckTarget, runCertAgent } from "../../agent/index.js";
+import {
+  AGENT_ID_RULE,
+  type AgentLogLevel,
+  CertAgentError,
+  type CheckTarget,
+  isAgentId,
+  runCertAgent,
+} from "../../agent/index.js";
 import { arg, type CliContext } from "../context.js";
 import { CliError, EXIT_CLIENT, printable, usageError } from "../errors.js";
 import { errorCode } from "../io.js";
@@ -77,6 +84,14 @@ export function registerAgentCommands(program: Command, ctx: CliContext): void {
         checkDirectory(flag, file);
       }
       if (o.servername !== undefined && o.check === undefined) throw usageError("--servername needs --check");
+      const agentId = o.agentId ?? hostname();
+      if (!isAgentId(agentId)) {
+        throw usageError(
+          o.agentId === undefined
+            ? `the host name "${agentId}" is not an agent id Custos accepts (${AGENT_ID_RULE}): pass --agent-id`
+            : `invalid --agent-id "${agentId}": ${AGENT_ID_RULE}`,
+        );
+      }
       const check: CheckTarget | undefined =
         o.check === undefined ? undefined : { ...o.check, servername: o.servername };
 
@@ -96,7 +111,7 @@ export function registerAgentCommands(program: Command, ctx: CliContext): void {
           {
             consumer: o.name,
             role: o.role,
-            agentId: o.agentId ?? hostname(),
+            agentId,
             certFile: o.cert,
             keyFile: o.key,
             chainFile: o.chain,
