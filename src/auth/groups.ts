@@ -2,7 +2,14 @@ import { randomUUID } from "node:crypto";
 import { type Actor, auditEntry } from "../audit/entry.js";
 import { CustosError } from "../errors/index.js";
 import type { GroupRecord } from "../store/index.js";
-import { assertAdminRemains, assertMayGrant, checkPolicyNames, groupByName, userIds } from "./guards.js";
+import {
+  assertAdminRemains,
+  assertMayGrant,
+  assertMayManageGroup,
+  checkPolicyNames,
+  groupByName,
+  userIds,
+} from "./guards.js";
 import { type AuthContext, invalidateCache, nowIso } from "./internal.js";
 import { normalizeName } from "./names.js";
 import { ADMIN_POLICY } from "./policy.js";
@@ -44,7 +51,7 @@ export async function updateGroup(
   changes: UpdateGroupInput,
 ): Promise<GroupRecord> {
   const before = await groupByName(ctx, name);
-  await assertMayGrant(ctx, actor, before.policies);
+  await assertMayManageGroup(ctx, actor, before);
   if (changes.members !== undefined && (changes.addMembers !== undefined || changes.removeMembers !== undefined)) {
     throw new CustosError("invalid_request", "give members, or addMembers/removeMembers, not both");
   }
@@ -81,7 +88,7 @@ export async function updateGroup(
 
 export async function deleteGroup(ctx: AuthContext, actor: Actor, name: string): Promise<void> {
   const group = await groupByName(ctx, name);
-  await assertMayGrant(ctx, actor, group.policies);
+  await assertMayManageGroup(ctx, actor, group);
   if (group.policies.includes(ADMIN_POLICY)) await assertAdminRemains(ctx, { group: [group.id, undefined] });
   const details = { before: await groupInfo(group, (ids) => userNames(ctx, ids)) };
   await ctx.store.deleteGroup(group.id, auditEntry(actor, "group.delete", `group/${group.name}`, details));

@@ -4,7 +4,7 @@ import type { GroupRecord, UserRecord } from "../store/index.js";
 import type { AuthContext } from "./internal.js";
 import { normalizeName, tryNormalizeName } from "./names.js";
 import { ADMIN_POLICY } from "./policy.js";
-import { resolveToken, userPolicies } from "./resolve.js";
+import { resolveToken, sudoPolicies, userPolicies } from "./resolve.js";
 
 /**
  * Checks shared by the management operations: what the acting principal may hand
@@ -18,6 +18,8 @@ const MAX_POLICIES_PER_SUBJECT = 64;
 interface CallerRights {
   readonly isAdmin: boolean;
   readonly policies: ReadonlySet<string>;
+  /** The user it acts for (null: a standalone token): whose platform rights it holds. */
+  readonly userId: string | null;
 }
 
 /** What a user/token actor may grant, or undefined for trusted in-process actors. */
@@ -25,21 +27,26 @@ async function callerRights(ctx: AuthContext, actor: Actor): Promise<CallerRight
   const who = actor.principal;
   const nowMs = ctx.clock().getTime();
   let policies: Set<string> | undefined;
+  let userId: string | null = null;
   if (who.startsWith("user:")) {
     const user = await ctx.store.getUserByName(who.slice("user:".length));
     if (user && !user.disabled) {
       const { base, sudo } = await userPolicies(ctx, user, nowMs);
       policies = new Set([...base, ...sudo.keys()]);
+      userId = user.id;
     }
   } else if (who.startsWith("token:")) {
     const token = await ctx.store.getToken(who.slice("token:".length));
     const resolved = token ? await resolveToken(ctx, token, nowMs) : undefined;
-    if (resolved) policies = new Set(resolved.principal.policies);
+    if (resolved) {
+      policies = new Set(resolved.principal.policies);
+      userId = resolved.principal.userId;
+    }
   } else if (who !== "anonymous" && who !== "") {
     return undefined;
   }
   if (!policies) throw new CustosError("forbidden", "the acting principal is no longer valid");
-  return { isAdmin: policies.has(ADMIN_POLICY), policies };
+  return { isAdmin: policies.has(ADMIN_POLICY), policies, userId };
 }
 
 /** Non-admin user/token actors may only grant policies they hold. */
@@ -51,16 +58,114 @@ export async function assertMayGrant(ctx: AuthContext, actor: Actor, policies: r
   if (missing !== undefined) throw new CustosError("forbidden", `cannot grant policy "${missing}": you don't hold it`);
 }
 
-/** Non-admin user/token actors may only manage users whose own and group policies they hold. */
+/**
+ * Non-admin user/token actors may only manage users whose every right they hold
+ * themselves (see `assertHoldsAll`): a password reset hands over all of them.
+ */
 export async function assertMayManageUser(ctx: AuthContext, actor: Actor, user: UserRecord): Promise<void> {
   const rights = await callerRights(ctx, actor);
   if (!rights || rights.isAdmin) return;
-  const held = new Set(user.policies);
-  for (const g of await ctx.store.groupsOfUser(user.id)) for (const p of g.policies) held.add(p);
-  const missing = [...held].find((p) => !rights.policies.has(p));
-  if (missing !== undefined) {
-    throw new CustosError("forbidden", `cannot manage user ${user.name}: it holds policy "${missing}", you don't`);
+  const groups = await ctx.store.groupsOfUser(user.id);
+  const groupIds = groups.map((g) => g.id);
+  const base = [...user.policies, ...groups.flatMap((g) => g.policies)];
+  const sudo = await sudoPolicies(ctx, { userId: user.id, groupIds }, ctx.clock().getTime());
+  await assertHoldsAll(ctx, rights, `user ${user.name}`, { base, sudo: sudo.keys() }, { userIds: [user.id], groupIds });
+}
+
+/**
+ * Non-admin user/token actors may only manage groups whose every right they hold
+ * themselves (see `assertHoldsAll`): whoever they add as a member gets all of them.
+ */
+export async function assertMayManageGroup(ctx: AuthContext, actor: Actor, group: GroupRecord): Promise<void> {
+  const rights = await callerRights(ctx, actor);
+  if (!rights || rights.isAdmin) return;
+  const sudo = await sudoPolicies(ctx, { groupIds: [group.id] }, ctx.clock().getTime());
+  await assertHoldsAll(
+    ctx,
+    rights,
+    `group ${group.name}`,
+    { base: group.policies, sudo: sudo.keys() },
+    { userIds: [], groupIds: [group.id] },
+  );
+}
+
+/** Users and groups, by id: who holds a right. */
+interface Holders {
+  readonly userIds: readonly string[];
+  readonly groupIds: readonly string[];
+}
+
+/**
+ * The rule that keeps user and group management from being an escalation path:
+ * a non-admin manager must itself hold every right of the subject it manages.
+ * Rights are the subject's policies (own and groups'), the policies of its active
+ * sudo grants, and what the platform gives outside policies (`platformRights`).
+ * Owning an app (as the user or through a group) is a right like any other: only
+ * an admin or a co-owner of each of its apps may manage an app's owner.
+ */
+async function assertHoldsAll(
+  ctx: AuthContext,
+  rights: CallerRights,
+  subject: string,
+  policies: { base: Iterable<string>; sudo: Iterable<string> },
+  holders: Holders,
+): Promise<void> {
+  const refuse = (what: string) => new CustosError("forbidden", `cannot manage ${subject}: it ${what}, you don't`);
+  const missing = [...policies.base].find((p) => !rights.policies.has(p));
+  if (missing !== undefined) throw refuse(`holds policy "${missing}"`);
+  const lent = [...policies.sudo].find((p) => !rights.policies.has(p));
+  if (lent !== undefined) throw refuse(`holds policy "${lent}" through a sudo grant`);
+
+  const platform = await platformRights(ctx);
+  const theirs = platform.filter((r) => heldBy(r, holders));
+  if (theirs.length === 0) return;
+  const mine: Holders =
+    rights.userId === null
+      ? { userIds: [], groupIds: [] }
+      : { userIds: [rights.userId], groupIds: (await ctx.store.groupsOfUser(rights.userId)).map((g) => g.id) };
+  const notMine = theirs.find((r) => !heldBy(r, mine));
+  if (notMine !== undefined) throw refuse(notMine.what);
+}
+
+/** A right the platform gives users and groups outside policies, and who holds it. */
+interface PlatformRight {
+  /** How a refusal names it: "owns app <org>/<space>/<app>", "holds SSH sudo as root on app …". */
+  readonly what: string;
+  readonly userIds: readonly string[];
+  readonly groupIds: readonly string[];
+}
+
+function heldBy(right: PlatformRight, holders: Holders): boolean {
+  return (
+    right.userIds.some((id) => holders.userIds.includes(id)) ||
+    right.groupIds.some((id) => holders.groupIds.includes(id))
+  );
+}
+
+/**
+ * The rights the platform gives users and groups outside policies: owning an app
+ * (its secrets, its instances over SSH: docs/broker.md, docs/ssh-ca.md) and active
+ * SSH sudo grants (root, or another account, on an app's instances). Read through
+ * the store's platform and SSH areas, the seam the platform and SSH CA modules
+ * themselves decide these through. The store has no "apps owned by" lookup, so
+ * this walks orgs and spaces: a query each, paid only by non-admin managers.
+ */
+async function platformRights(ctx: AuthContext): Promise<PlatformRight[]> {
+  const rights: PlatformRight[] = [];
+  for (const org of await ctx.store.platform.listOrgs()) {
+    for (const space of await ctx.store.platform.listSpaces(org.name)) {
+      for (const app of await ctx.store.platform.listApps(org.name, space.name)) {
+        const what = `owns app ${org.name}/${space.name}/${app.name}`;
+        rights.push({ what, userIds: app.ownerUsers, groupIds: app.ownerGroups });
+      }
+    }
   }
+  for (const grant of await ctx.store.ssh.listSudoGrants(ctx.clock().toISOString())) {
+    const what = `holds SSH sudo as ${grant.account} on app ${grant.org}/${grant.space}/${grant.app}`;
+    const byUser = grant.subjectType === "user";
+    rights.push({ what, userIds: byUser ? [grant.subjectId] : [], groupIds: byUser ? [] : [grant.subjectId] });
+  }
+  return rights;
 }
 
 /** Normalises policy names and checks they exist (admin always does). */

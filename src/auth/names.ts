@@ -1,6 +1,11 @@
 import { CustosError } from "../errors/index.js";
 
-const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+/**
+ * Checked before case folding, in either case: `toLowerCase()` maps U+212A KELVIN
+ * SIGN onto ASCII "k", so a check after folding would let a look-alike name land
+ * on another account.
+ */
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 /**
  * Case-folds and checks a user, group or policy name. Names appear in resource
@@ -9,8 +14,8 @@ const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
  */
 export function normalizeName(kind: string, name: unknown): string {
   if (typeof name !== "string") throw new CustosError("invalid_request", `${kind} name is required`);
-  const folded = name.toLowerCase();
-  if (!NAME_RE.test(folded)) {
+  const folded = tryNormalizeName(name);
+  if (folded === undefined) {
     throw new CustosError("invalid_request", `${kind} name must match ^[a-z0-9][a-z0-9._-]{0,63}$`);
   }
   return folded;
@@ -18,6 +23,5 @@ export function normalizeName(kind: string, name: unknown): string {
 
 /** Like `normalizeName`, but answers undefined instead of throwing (for lookups that must not leak why they failed). */
 export function tryNormalizeName(name: string): string | undefined {
-  const folded = name.toLowerCase();
-  return NAME_RE.test(folded) ? folded : undefined;
+  return NAME_RE.test(name) ? name.toLowerCase() : undefined;
 }

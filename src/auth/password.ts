@@ -22,14 +22,17 @@ function utf8Length(bytes: Uint8Array): number {
   return count;
 }
 
-/** Throws `invalid_request` unless the password is 12+ characters and at most 1 KiB. */
+/** Throws `invalid_request` unless the password is 12+ characters and at most 1 KiB in UTF-8. */
 export function checkPasswordStrength(password: Secret): void {
-  const ok = password.use((bytes) => bytes.length <= MAX_PASSWORD_BYTES && utf8Length(bytes) >= MIN_PASSWORD_LENGTH);
-  if (!ok) {
+  const { bytes, characters } = password.use((b) => ({ bytes: b.length, characters: utf8Length(b) }));
+  if (bytes > MAX_PASSWORD_BYTES) {
     throw new CustosError(
       "invalid_request",
-      `passwords must be at least ${MIN_PASSWORD_LENGTH} characters and at most ${MAX_PASSWORD_BYTES} bytes`,
+      `passwords must be at most ${MAX_PASSWORD_BYTES} bytes in UTF-8 (a non-ASCII character takes 2 to 4)`,
     );
+  }
+  if (characters < MIN_PASSWORD_LENGTH) {
+    throw new CustosError("invalid_request", `passwords must be at least ${MIN_PASSWORD_LENGTH} characters`);
   }
 }
 
@@ -51,10 +54,13 @@ export async function hashPassword(password: Secret): Promise<string> {
  * same time as a real mismatch.
  */
 export async function verifyPassword(encoded: string | null, password: Secret): Promise<boolean> {
-  const copy = password.use((bytes) => Buffer.from(bytes.subarray(0, MAX_PASSWORD_BYTES)));
+  // An attempt longer than any password can be fails the same way. It is never cut
+  // down to size: the cut would match a stored password that is its prefix.
+  const stored = password.length > MAX_PASSWORD_BYTES ? null : encoded;
+  const copy = stored === null ? Buffer.alloc(0) : password.use((bytes) => Buffer.from(bytes));
   try {
-    const ok = await argon2.verify(encoded ?? DUMMY_HASH, copy);
-    return ok && encoded !== null;
+    const ok = await argon2.verify(stored ?? DUMMY_HASH, copy);
+    return ok && stored !== null;
   } catch {
     // A corrupt stored hash is a failed login, not a 500 that tells the caller the user exists.
     return false;

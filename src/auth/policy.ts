@@ -2,6 +2,7 @@ import { CustosError } from "../errors/index.js";
 import type { PolicyRecord, PolicyRule } from "../store/index.js";
 import { ACTIONS, isAction, isPrivilegedAction } from "./actions.js";
 import { globMatch } from "./glob.js";
+import { normalizeName } from "./names.js";
 
 /**
  * The rule for privileged actions, kept deliberately simple:
@@ -24,7 +25,6 @@ const MAX_ACTIONS_PER_RULE = 64;
 const MAX_PATTERN_LENGTH = 256;
 const MAX_DESCRIPTION_LENGTH = 1024;
 const PATTERN_RE = /^[\x21-\x7e]+$/;
-const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 
 /** The built-in admin policy record, stamped `at`. */
 export function builtinAdminPolicy(at: string): PolicyRecord {
@@ -76,9 +76,7 @@ function validateActionEntry(entry: unknown): string {
  * returns a normalised copy. `admin` is refused: it is built in.
  */
 export function validatePolicy(input: PolicyInput): PolicyInput & { readonly description: string } {
-  if (typeof input.name !== "string") throw invalid("policy name is required");
-  const name = input.name.toLowerCase();
-  if (!NAME_RE.test(name)) throw invalid("policy name must match ^[a-z0-9][a-z0-9._-]{0,63}$");
+  const name = normalizeName("policy", input.name);
   if (name === ADMIN_POLICY) throw new CustosError("forbidden", "the admin policy is built in and cannot be changed");
   const description = input.description ?? "";
   if (typeof description !== "string" || description.length > MAX_DESCRIPTION_LENGTH) {

@@ -20,17 +20,30 @@ export async function userPolicies(
   const groups = await ctx.store.groupsOfUser(user.id);
   const base = new Set(user.policies);
   for (const g of groups) for (const p of g.policies) base.add(p);
-  const groupIds = new Set(groups.map((g) => g.id));
+  const sudo = await sudoPolicies(ctx, { userId: user.id, groupIds: groups.map((g) => g.id) }, nowMs);
+  return { base, sudo };
+}
+
+/**
+ * Policies of the sudo grants active at `nowMs` on the user `userId` (if given)
+ * or on one of `groupIds`, each with the latest end of a grant conferring it.
+ */
+export async function sudoPolicies(
+  ctx: AuthContext,
+  subject: { readonly userId?: string; readonly groupIds: readonly string[] },
+  nowMs: number,
+): Promise<Map<string, number>> {
+  const groupIds = new Set(subject.groupIds);
   const sudo = new Map<string, number>();
   for (const grant of await ctx.store.listSudoGrants(new Date(nowMs).toISOString())) {
     const applies =
-      (grant.subjectType === "user" && grant.subjectId === user.id) ||
+      (grant.subjectType === "user" && grant.subjectId === subject.userId) ||
       (grant.subjectType === "group" && groupIds.has(grant.subjectId));
     const untilMs = Date.parse(grant.expiresAt);
     if (!applies || grant.revokedAt !== null || !(untilMs > nowMs)) continue;
     for (const p of grant.policies) sudo.set(p, Math.max(sudo.get(p) ?? 0, untilMs));
   }
-  return { base, sudo };
+  return sudo;
 }
 
 /**
@@ -107,4 +120,15 @@ export function effectivePolicies(ctx: AuthContext, principal: Principal): strin
   for (const [policy, untilMs] of resolution.sudo)
     if (untilMs > nowMs && !resolution.base.has(policy)) out.push(policy);
   return out;
+}
+
+/**
+ * Policies `principal` holds without any sudo grant: all it may pass on to
+ * something that outlives the grants, such as a standalone token.
+ */
+export function permanentPolicies(ctx: AuthContext, principal: Principal): string[] {
+  const resolution = ctx.resolutions.get(principal);
+  if (resolution) return [...resolution.base];
+  // Not resolved here: without its make-up, only a principal with no sudo grant is known permanent.
+  return principal.sudoUntil === null ? [...principal.policies] : [];
 }

@@ -32,7 +32,9 @@ import * as users from "./users.js";
  * action already; they add the rule that stops `user:write`/`group:write` from
  * being an escalation path: when the actor is a user or token (`user:<name>`,
  * `token:<id>`) and not admin, it may only grant policies it holds itself and may
- * only manage users and groups whose policies it holds itself. Actors of any
+ * only manage users and groups whose rights it holds itself: their policies, those
+ * of their active sudo grants, the apps they own and their SSH sudo grants (a
+ * password reset or a new member would hand all of these over). Actors of any
  * other form (`system`, `cli`, …) are in-process callers and are trusted.
  *
  * Each node caches principals and policy records for `principalCacheMs`; changes

@@ -6,7 +6,7 @@ import { checkPolicyNames } from "./guards.js";
 import { type AuthContext, invalidateCache, isPositiveInteger, MAX_TOKEN_TTL_SECONDS, nowIso } from "./internal.js";
 import { ADMIN_POLICY } from "./policy.js";
 import type { Principal } from "./principal.js";
-import { effectivePolicies } from "./resolve.js";
+import { effectivePolicies, permanentPolicies } from "./resolve.js";
 import { generateToken } from "./token.js";
 import type { CreateTokenInput } from "./types.js";
 import { tokenInfo } from "./views.js";
@@ -19,8 +19,9 @@ const MIN_TOKEN_TTL_SECONDS = 60;
 /**
  * Issues an API token for `principal` (acting for its user by default, or
  * standalone with `forUser: false`, which needs explicit policies). A non-admin
- * may only scope a token to policies it holds itself; a token made by a scoped
- * token is scoped at least as narrowly. The token string is returned once.
+ * may only scope a token to policies it holds itself, and a standalone token only
+ * to policies held without a sudo grant; a token made by a scoped token is scoped
+ * at least as narrowly. The token string is returned once.
  */
 export async function createToken(
   ctx: AuthContext,
@@ -44,14 +45,22 @@ export async function createToken(
       `ttlSeconds must be an integer from ${MIN_TOKEN_TTL_SECONDS} to ${MAX_TOKEN_TTL_SECONDS}`,
     );
   }
-  const held = effectivePolicies(ctx, principal);
-  const isAdmin = held.includes(ADMIN_POLICY);
   let policies: string[] | null;
   if (input.policies !== undefined) {
     policies = await checkPolicyNames(ctx, input.policies);
-    const missing = isAdmin ? undefined : policies.find((p) => !held.includes(p));
+    const missing = notHeld(effectivePolicies(ctx, principal), policies);
     if (missing !== undefined) {
       throw new CustosError("forbidden", `cannot give a token policy "${missing}": you don't hold it`);
+    }
+    // A token acting for its user loses what the user loses, sudo-derived policies
+    // included; a standalone token would keep them for good, so it may carry only
+    // what its creator holds without a grant.
+    const lapsing = forUser ? undefined : notHeld(permanentPolicies(ctx, principal), policies);
+    if (lapsing !== undefined) {
+      throw new CustosError(
+        "forbidden",
+        `cannot give a standalone token policy "${lapsing}": you hold it only through a sudo grant, which the token would outlive`,
+      );
     }
   } else if (!forUser) {
     throw new CustosError("invalid_request", "a standalone token needs explicit policies");
@@ -80,6 +89,11 @@ export async function createToken(
     throw e;
   }
   return { token, record };
+}
+
+/** The first of `wanted` that `held` lacks (admin lacks nothing), or undefined. */
+function notHeld(held: readonly string[], wanted: readonly string[]): string | undefined {
+  return held.includes(ADMIN_POLICY) ? undefined : wanted.find((p) => !held.includes(p));
 }
 
 /** Tokens `principal` may see: all for admins, else its user's tokens (or, standalone, itself). */

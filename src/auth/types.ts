@@ -51,7 +51,10 @@ export interface PutPolicyInput {
 
 export interface CreateTokenInput {
   readonly name: string;
-  /** Scope of the token; must be policies the creator holds unless it is admin. */
+  /**
+   * Scope of the token; must be policies the creator holds unless it is admin (for
+   * a standalone token: holds, or is admin, without a sudo grant).
+   */
   readonly policies?: readonly string[];
   /** Lifetime (60 s to 10 years); omitted: no expiry. */
   readonly ttlSeconds?: number;

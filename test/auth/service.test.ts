@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,6 +8,7 @@ import { type Actor, auditEntry, systemActor } from "../../src/audit/entry.js";
 import { AuthService, buildInitialAdmin, hashToken, type Principal } from "../../src/auth/index.js";
 import { type ErrorCode, isCustosError } from "../../src/errors/index.js";
 import { Secret } from "../../src/secret/index.js";
+import type { AppRecord } from "../../src/store/index.js";
 import { SqliteStore } from "../../src/store/sqlite/index.js";
 
 const ROOT_PASSWORD = "root-password-0123";
@@ -95,6 +97,42 @@ async function userWith(env: Env, name: string, policies: string[]) {
   return loginAs(env, name, `${name}-password-1234`);
 }
 
+/**
+ * The app `<org>/prod/web` owned by these user and group ids, written straight to
+ * the store (its KMS key is not what these tests are about).
+ */
+async function appOwnedBy(env: Env, org: string, ownerUsers: string[], ownerGroups: string[]): Promise<AppRecord> {
+  const at = new Date(0).toISOString();
+  const audit = (action: string) => auditEntry(systemActor("test"), action, `org/${org}`);
+  await env.store.platform.createOrg({ name: org, createdAt: at }, audit("platform.org.create"));
+  await env.store.platform.createSpace({ org, name: "prod", createdAt: at }, audit("platform.space.create"));
+  const app: AppRecord = {
+    id: randomUUID(),
+    org,
+    space: "prod",
+    name: "web",
+    keyName: `app.${org}.prod.web`,
+    ownerUsers,
+    ownerGroups,
+    createdAt: at,
+    updatedAt: at,
+    revision: 1,
+  };
+  await env.store.platform.createApp(app, audit("platform.app.create"));
+  return app;
+}
+
+/** A user holding `user-admin` (every user:* and group:* action on everything), logged in, and the Actor it acts as. */
+async function userManager(env: Env, name: string) {
+  await env.auth.putPolicy(env.actor, {
+    name: "user-admin",
+    rules: [{ resource: "*", actions: ["user:*", "group:*"] }],
+  });
+  const session = await userWith(env, name, ["user-admin"]);
+  const actor: Actor = { principal: session.principal.display, requestId: "r", source: "x" };
+  return { ...session, actor };
+}
+
 const INVALID_TOKEN = "invalid or expired token";
 const INVALID_CREDENTIALS = "invalid credentials";
 
@@ -158,6 +196,48 @@ describe("password login", () => {
     await env.auth.createUser(env.actor, { name: "kanji", password: "秘密秘密秘密秘密秘密秘密" });
     const { principal } = await loginAs(env, "kanji", "秘密秘密秘密秘密秘密秘密");
     assert.equal(principal.name, "kanji");
+  });
+
+  test("a password over 1024 bytes of UTF-8 is refused when set; a longer attempt never matches", async () => {
+    const env = await setup();
+    const longest = "é".repeat(512); // 1024 bytes
+    await rejectsWith(
+      env.auth.createUser(env.actor, { name: "too-long", password: `${longest}e` }),
+      "invalid_request",
+      "passwords must be at most 1024 bytes in UTF-8 (a non-ASCII character takes 2 to 4)",
+    );
+    await rejectsWith(
+      env.auth.createUser(env.actor, { name: "too-short", password: "elevenchars" }),
+      "invalid_request",
+      "passwords must be at least 12 characters",
+    );
+    await env.auth.createUser(env.actor, { name: "longest", password: longest });
+    assert.equal((await loginAs(env, "longest", longest)).principal.name, "longest");
+    // Cut to 1024 bytes, these would be the password.
+    for (const attempt of [`${longest}e`, `${longest}${"x".repeat(1000)}`]) {
+      await rejectsWith(loginAs(env, "longest", attempt), "unauthenticated", INVALID_CREDENTIALS);
+    }
+  });
+
+  test("a name with a non-ASCII look-alike is refused, never folded onto an ASCII name", async () => {
+    const env = await setup();
+    const kelvin = "\u212A"; // KELVIN SIGN: toLowerCase() makes it "k"
+    await env.auth.createUser(env.actor, { name: "keeper", password: "keeper-password-1234" });
+    await rejectsWith(env.auth.createUser(env.actor, { name: `${kelvin}eeper2` }), "invalid_request");
+    await rejectsWith(env.auth.createGroup(env.actor, { name: `${kelvin}eepers` }), "invalid_request");
+    await rejectsWith(
+      env.auth.putPolicy(env.actor, {
+        name: `${kelvin}ey-reader`,
+        rules: [{ resource: "key/*", actions: ["key:read"] }],
+      }),
+      "invalid_request",
+      "policy name must match ^[a-z0-9][a-z0-9._-]{0,63}$",
+    );
+    await rejectsWith(env.auth.getUser(`${kelvin}eeper`), "not_found");
+    await rejectsWith(env.auth.updateUser(env.actor, `${kelvin}eeper`, { disabled: true }), "not_found");
+    await rejectsWith(loginAs(env, `${kelvin}eeper`, "keeper-password-1234"), "unauthenticated", INVALID_CREDENTIALS);
+    // ASCII capitals still fold.
+    assert.equal((await loginAs(env, "KEEPER", "keeper-password-1234")).principal.name, "keeper");
   });
 
   test("a changed password replaces the old one", async () => {
@@ -450,6 +530,33 @@ describe("sudo", () => {
     assert.equal((await env.auth.authenticate(sam.token)).isAdmin, true);
   });
 
+  test("a standalone token may carry only policies its creator holds without a sudo grant", async () => {
+    const env = await setup();
+    for (const name of ["reader", "writer"]) {
+      await env.auth.putPolicy(env.actor, { name, rules: [{ resource: `${name}/*`, actions: ["key:read"] }] });
+    }
+    const holder = await userWith(env, "holder", ["reader"]);
+    await env.auth.grantSudo(env.actor, { user: "holder", ttlSeconds: 600, reason: "r", policies: ["writer"] });
+    await env.auth.grantSudo(env.actor, { user: "holder", ttlSeconds: 600, reason: "r2" });
+    const during = await env.auth.authenticate(holder.token);
+    assert.equal(during.isAdmin, true);
+    const standalone = (policies: string[]) =>
+      env.auth.createToken(env.actor, during, { name: "svc", forUser: false, policies });
+    for (const policy of ["admin", "writer"]) {
+      await rejectsWith(
+        standalone([policy]),
+        "forbidden",
+        `cannot give a standalone token policy "${policy}": you hold it only through a sudo grant, which the token would outlive`,
+      );
+    }
+    assert.deepEqual((await standalone(["reader"])).record.policies, ["reader"]);
+    // A token acting for the user may carry them: it loses them with the grants.
+    const mine = await env.auth.createToken(env.actor, during, { name: "mine", policies: ["admin", "writer"] });
+    assert.equal((await env.auth.authenticate(mine.token.exposeText())).isAdmin, true);
+    env.advance(600);
+    assert.deepEqual((await env.auth.authenticate(mine.token.exposeText())).policies, []);
+  });
+
   test("grants are validated", async () => {
     const env = await setup();
     await userWith(env, "tara", []);
@@ -483,6 +590,114 @@ describe("escalation guards for user:write and group:write holders", () => {
     const made = await env.auth.createUser(asUma, { name: "helper", policies: ["user-admin"] });
     assert.deepEqual(made.policies, ["user-admin"]);
     await loginAs(env, "root", ROOT_PASSWORD);
+  });
+
+  test("a user manager can't manage a user or group that holds a sudo grant it lacks, until the grant ends", async () => {
+    const env = await setup();
+    const manager = await userManager(env, "manager");
+    await env.auth.putPolicy(env.actor, { name: "reader", rules: [{ resource: "key/*", actions: ["key:read"] }] });
+    await env.auth.createUser(env.actor, { name: "oncall", password: "oncall-password-1234" });
+    await env.auth.createGroup(env.actor, { name: "oncall-team", members: ["oncall"] });
+    await env.auth.grantSudo(env.actor, { group: "oncall-team", ttlSeconds: 600, reason: "r", policies: ["reader"] });
+    const viaSudo = (subject: string) =>
+      `cannot manage ${subject}: it holds policy "reader" through a sudo grant, you don't`;
+    await rejectsWith(
+      env.auth.updateGroup(manager.actor, "oncall-team", { addMembers: ["manager"] }),
+      "forbidden",
+      viaSudo("group oncall-team"),
+    );
+    await rejectsWith(env.auth.deleteGroup(manager.actor, "oncall-team"), "forbidden", viaSudo("group oncall-team"));
+    // Its members receive the group's grant.
+    await rejectsWith(
+      env.auth.updateUser(manager.actor, "oncall", { password: "taken over now!" }),
+      "forbidden",
+      viaSudo("user oncall"),
+    );
+    env.advance(600); // the group's grant ends; now one on the user alone
+    await env.auth.grantSudo(env.actor, { user: "oncall", ttlSeconds: 900, reason: "r" });
+    await rejectsWith(
+      env.auth.updateUser(manager.actor, "oncall", { password: "taken over now!" }),
+      "forbidden",
+      `cannot manage user oncall: it holds policy "admin" through a sudo grant, you don't`,
+    );
+    await env.auth.updateGroup(manager.actor, "oncall-team", { addMembers: ["manager"] });
+    env.advance(900); // the user's grant ends
+    await env.auth.updateUser(manager.actor, "oncall", { disabled: true });
+  });
+
+  test("a user manager manages an app's owners, direct or through a group, only as a co-owner", async () => {
+    const env = await setup();
+    const manager = await userManager(env, "manager");
+    const owner = await env.auth.createUser(env.actor, { name: "owner", password: "owner-password-1234" });
+    const team = await env.auth.createGroup(env.actor, { name: "team" });
+    await env.auth.createUser(env.actor, { name: "member" });
+    await appOwnedBy(env, "acme", [owner.id], [team.id]);
+    const owns = (subject: string) => `cannot manage ${subject}: it owns app acme/prod/web, you don't`;
+    await rejectsWith(
+      env.auth.updateUser(manager.actor, "owner", { password: "taken over now!" }),
+      "forbidden",
+      owns("user owner"),
+    );
+    await rejectsWith(env.auth.deleteUser(manager.actor, "owner"), "forbidden", owns("user owner"));
+    await rejectsWith(
+      env.auth.updateGroup(manager.actor, "team", { addMembers: ["manager"] }),
+      "forbidden",
+      owns("group team"),
+    );
+    // Joining an owner group makes its members owners.
+    await env.auth.updateUser(manager.actor, "member", { password: "member-password-1234" });
+    await env.auth.updateGroup(env.actor, "team", { addMembers: ["member"] });
+    await rejectsWith(
+      env.auth.updateUser(manager.actor, "member", { disabled: true }),
+      "forbidden",
+      owns("user member"),
+    );
+
+    // A co-owner (here through the group) gains nothing by managing them...
+    await env.auth.updateGroup(env.actor, "team", { addMembers: ["manager"] });
+    await env.auth.updateUser(manager.actor, "owner", { password: "a co-owner's reset" });
+    await env.auth.updateGroup(manager.actor, "team", { removeMembers: ["member"] });
+    assert.equal((await loginAs(env, "owner", "a co-owner's reset")).principal.name, "owner");
+    // ...but a standalone token of the same manager owns nothing.
+    const svc = await env.auth.createToken(env.actor, manager.principal, {
+      name: "svc",
+      forUser: false,
+      policies: ["user-admin"],
+    });
+    const asSvc: Actor = { principal: `token:${svc.record.id}`, requestId: "r", source: "x" };
+    await rejectsWith(env.auth.updateUser(asSvc, "owner", { disabled: true }), "forbidden", owns("user owner"));
+  });
+
+  test("a user manager can't manage a user holding an SSH sudo grant it lacks", async () => {
+    const env = await setup();
+    const manager = await userManager(env, "manager");
+    const oncall = await env.auth.createUser(env.actor, { name: "oncall", password: "oncall-password-1234" });
+    const app = await appOwnedBy(env, "acme", [], []);
+    await env.store.ssh.createSudoGrant(
+      {
+        id: randomUUID(),
+        appId: app.id,
+        org: app.org,
+        space: app.space,
+        app: app.name,
+        subjectType: "user",
+        subjectId: oncall.id,
+        account: "root",
+        reason: "incident",
+        grantedBy: env.actor.principal,
+        createdAt: "2030-01-01T00:00:00.000Z",
+        expiresAt: "2030-01-01T01:00:00.000Z",
+        revokedAt: null,
+      },
+      auditEntry(env.actor, "ssh.sudo.grant", `ssh/sudo/${app.org}/${app.space}/${app.name}`),
+    );
+    await rejectsWith(
+      env.auth.updateUser(manager.actor, "oncall", { password: "taken over now!" }),
+      "forbidden",
+      "cannot manage user oncall: it holds SSH sudo as root on app acme/prod/web, you don't",
+    );
+    env.advance(3600);
+    await env.auth.updateUser(manager.actor, "oncall", { disabled: true });
   });
 });
 
