@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, resolve } from "node:path";
 import { buildApp } from "./api/app.js";
-import { AuditLog, auditEntry, systemActor } from "./audit/index.js";
+import { AuditLog, auditEntry, INIT_ACTION, systemActor } from "./audit/index.js";
 import { AuthService, buildInitialAdmin } from "./auth/index.js";
 import { Broker } from "./broker/index.js";
 import type { CustosConfig } from "./config/index.js";
@@ -190,7 +190,8 @@ export async function openServices(config: CustosConfig, logger: Logger = create
       throw new CustosError("not_initialized", "Custos is not initialised: run `custos init` first");
     }
     await checkRootKey(keystore, store);
-    const audit = new AuditLog({
+    // Keys the audit chain before the first audited write below.
+    const audit = await AuditLog.open({
       store,
       keystore,
       hmacKey: await settingRef(store, S.auditHmacLabel, S.auditHmacId),
@@ -298,6 +299,13 @@ export async function initialize(config: CustosConfig, options: { adminName: str
     };
     if (await store.isInitialized()) {
       await checkRootKey(keystore, store);
+      // writeCa may audit (a PKI made on this run): the chain is keyed first.
+      await AuditLog.open({
+        store,
+        keystore,
+        hmacKey: await settingRef(store, S.auditHmacLabel, S.auditHmacId),
+        checkpointKey: await settingRef(store, S.auditCheckpointLabel, S.auditCheckpointId),
+      });
       await writeCa();
       return { created: false, adminTokenFile, caCertFile };
     }
@@ -320,9 +328,11 @@ export async function initialize(config: CustosConfig, options: { adminName: str
       [S.auditCheckpointLabel]: checkpointKey.label,
       [S.auditCheckpointId]: checkpointKey.id,
     };
+    // Keyed from the first record on: the init record too.
+    await AuditLog.open({ store, keystore, hmacKey, checkpointKey });
     await store.initialize(
       { settings, policies, admin, adminToken },
-      auditEntry(systemActor("init"), "custos.init", "custos", {
+      auditEntry(systemActor("init"), INIT_ACTION, "custos", {
         admin: admin.name,
         rootKey: { label: root.label, id: root.id, checkValue: root.checkValue },
       }),

@@ -1,5 +1,8 @@
 import type { AuditEntry, AuditOutcome } from "../store/index.js";
 
+/** The action of the record `custos init` writes first; verification expects it at seq 1 of an initialised store. */
+export const INIT_ACTION = "custos.init";
+
 /** Who is acting, as every service sees it: enough to write an audit record. */
 export interface Actor {
   /** `user:<name>`, `token:<id>`, `system`, … */

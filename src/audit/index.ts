@@ -1,7 +1,8 @@
-export { type Actor, auditEntry, markAudited, systemActor, wasAudited } from "./entry.js";
+export { type Actor, auditEntry, INIT_ACTION, markAudited, systemActor, wasAudited } from "./entry.js";
 export {
   AUDIT_CHECKPOINT_KEY_LABEL,
   AUDIT_HMAC_KEY_LABEL,
+  AUDIT_LIST_MAX,
   AuditLog,
   type AuditLogDeps,
   HMAC_PREFIX,

@@ -1,7 +1,9 @@
+import { createSecretKey, type KeyObject } from "node:crypto";
 import { CustosError } from "../errors/index.js";
 import { ensureKeyPair, type HsmKeyRef, type Keystore } from "../hsm/index.js";
 import type { Logger } from "../log/index.js";
 import {
+  type AuditChainKey,
   type AuditCheckpoint,
   type AuditEntry,
   type AuditQuery,
@@ -17,6 +19,12 @@ export const AUDIT_CHECKPOINT_KEY_LABEL = "custos-audit-checkpoint";
 
 /** Prefix of every value `hmac()` returns, so readers of the log know what they are looking at. */
 export const HMAC_PREFIX = "hmac-sha256:";
+
+/** The most records one `list` returns (the API and the CLI take the same bound). */
+export const AUDIT_LIST_MAX = 9999;
+
+/** What the HSM audit HMAC key is applied to, to derive the chain key: fixed, so every start derives the same key. */
+const CHAIN_KEY_LABEL = "custos-audit-chain:v1";
 
 export interface AuditLogDeps {
   readonly store: Store;
@@ -52,12 +60,17 @@ export class AuditLog {
   readonly #intervalMs: number;
   readonly #recordTimeoutMs: number;
   readonly #logger: Logger | undefined;
+  readonly #chain: AuditChainKey | undefined;
   #lastCheckpointSeq: number | undefined;
   #checkpointChain: Promise<unknown> = Promise.resolve();
   #checkpointPending = false;
   #timer: NodeJS.Timeout | undefined;
 
-  constructor(deps: AuditLogDeps) {
+  /**
+   * A journal over a store whose chain is not keyed by this process: `verify`
+   * then checks every hash as plain SHA-256. A server uses `open` instead.
+   */
+  constructor(deps: AuditLogDeps, chain?: AuditChainKey) {
     this.#store = deps.store;
     this.#keystore = deps.keystore;
     this.#hmacKey = deps.hmacKey;
@@ -66,6 +79,26 @@ export class AuditLog {
     this.#intervalMs = positive(deps.checkpointIntervalMs ?? 60_000, "checkpointIntervalMs");
     this.#recordTimeoutMs = positive(deps.recordTimeoutMs ?? 6000, "recordTimeoutMs");
     this.#logger = deps.logger;
+    this.#chain = chain;
+  }
+
+  /**
+   * The journal a server runs: derives the chain key from the HSM (one HMAC call
+   * with the audit HMAC key), hands it to the store so every record from now on
+   * is keyed (see `AuditChainKey`), and keeps it for `verify`. Call it once at
+   * start, before the first audited write. The key stays in memory, in a
+   * `KeyObject` that never prints its bytes.
+   */
+  static async open(deps: AuditLogDeps): Promise<AuditLog> {
+    const mac = await deps.keystore.hmac(deps.hmacKey, Buffer.from(CHAIN_KEY_LABEL, "utf8"));
+    let key: KeyObject;
+    try {
+      key = createSecretKey(mac);
+    } finally {
+      mac.fill(0);
+    }
+    const keyedFrom = await deps.store.useAuditChainKey(key);
+    return new AuditLog(deps, { key, keyedFrom });
   }
 
   /**
@@ -106,7 +139,11 @@ export class AuditLog {
     }
   }
 
-  list(query: AuditQuery): Promise<AuditRecord[]> {
+  /** `invalid_request` for a limit above `AUDIT_LIST_MAX`, rather than fewer records than asked for. */
+  async list(query: AuditQuery): Promise<AuditRecord[]> {
+    if (query.limit !== undefined && query.limit > AUDIT_LIST_MAX) {
+      throw new CustosError("invalid_request", `limit must be at most ${AUDIT_LIST_MAX}`);
+    }
     return this.#store.listAudit(query);
   }
 
@@ -147,7 +184,12 @@ export class AuditLog {
 
   /** Walks the whole journal and its checkpoints; see `verifyAuditLog`. */
   verify(): Promise<AuditVerifyReport> {
-    return verifyAuditLog({ store: this.#store, keystore: this.#keystore, checkpointKey: this.#checkpointKey });
+    return verifyAuditLog({
+      store: this.#store,
+      keystore: this.#keystore,
+      checkpointKey: this.#checkpointKey,
+      chain: this.#chain,
+    });
   }
 
   async #checkpointNow(): Promise<AuditCheckpoint | undefined> {

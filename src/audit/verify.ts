@@ -1,13 +1,15 @@
 import { createPublicKey, type KeyObject, verify as verifySignature } from "node:crypto";
 import type { HsmKeyRef, Keystore } from "../hsm/index.js";
 import {
+  type AuditChainKey,
   type AuditCheckpoint,
-  type AuditRecord,
   auditCheckpointMessage,
   auditRecordHash,
   GENESIS_HASH,
   type Store,
+  type StoredAuditRecord,
 } from "../store/index.js";
+import { INIT_ACTION } from "./entry.js";
 
 /** What a verifier can say about one record (or one checkpoint, named by its seq). */
 export type AuditProblemKind =
@@ -57,50 +59,62 @@ export interface VerifyDeps {
   readonly store: Store;
   readonly keystore: Keystore;
   readonly checkpointKey: HsmKeyRef;
+  /** The key the store's chain is keyed with (see `AuditLog.open`); without it every hash is checked as SHA-256. */
+  readonly chain?: AuditChainKey | undefined;
 }
+
+/** A record's hash were it at `seq` after `prevHash`. */
+type Hasher = (seq: number, prevHash: string, r: StoredAuditRecord) => string;
 
 /**
  * Walks the whole journal and its checkpoints and names what is wrong. One
  * tampering is reported once, at the record it concerns: an edited field is
- * `edited` at that seq (its own hash fails, its links hold); a deleted record is
- * `deleted` at the missing seq (its neighbours' broken link is explained by the
- * gap); two swapped records are `reordered` at both seqs (each one's contents hash
- * correctly at the other's place). Link failures next to a record already named
- * are not reported again. Checkpoints are checked against the configured
+ * `edited` at that seq (its own hash fails, its links hold); deleted records are
+ * `deleted` at the first missing seq (their neighbours' broken link is explained
+ * by the gap); two swapped records are `reordered` at both seqs (each one's
+ * contents hash correctly at the other's place). Link failures next to a record
+ * already named are not reported again. On an initialised store, record 1 must
+ * be the initialisation record. Checkpoints are checked against the configured
  * checkpoint key only: any other HSM signing key could have been made to sign a
  * forged head through the KMS.
  */
 export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyReport> {
-  const { store } = deps;
+  const { store, chain } = deps;
+  const hash: Hasher = (seq, prevHash, r) => auditRecordHash(seq, prevHash, r, r.detailsJson, chain);
   const checkpoints = await store.listAuditCheckpoints();
   const checkpointSeqs = new Set(checkpoints.map((c) => c.seq));
-  const head = await store.auditHead();
+  const initialized = await store.isInitialized();
 
   const problems: AuditProblem[] = [];
   const report = (seq: number, kind: AuditProblemKind, message: string): void => {
     problems.push({ seq, kind, message });
   };
 
-  // seq is 1-based: anything at or below 0 was put there by hand.
-  const below = await store.readAuditRange(Number.MIN_SAFE_INTEGER, 0);
-  for (const r of below) report(r.seq, "inserted", `record ${r.seq} is outside the chain (seqs start at 1)`);
-
-  let records = below.length;
-  const suspects = new Map<number, AuditRecord>();
+  let records = 0;
+  const suspects = new Map<number, StoredAuditRecord>();
   const brokenLinks = new Set<number>();
   const gaps: Array<[number, number]> = [];
   const storedHashAt = new Map<number, string>();
-  let prev: AuditRecord | undefined;
+  let first: StoredAuditRecord | undefined;
+  let prev: StoredAuditRecord | undefined;
   let expected = 1;
 
-  for (let from = 1; from <= head.seq; from += PAGE_SIZE) {
-    const page = await store.readAuditRange(from, Math.min(head.seq, from + PAGE_SIZE - 1));
+  // Paged by "after the last seq read", so a row far beyond the others costs one read, not one per empty range.
+  let after = Number.NEGATIVE_INFINITY;
+  for (;;) {
+    const page = await store.readAuditAfter(after, PAGE_SIZE);
     for (const r of page) {
       records++;
+      // seq is 1-based: anything at or below 0 was put there by hand.
+      if (r.seq < 1) {
+        report(r.seq, "inserted", `record ${r.seq} is outside the chain (seqs start at 1)`);
+        continue;
+      }
+      if (r.seq === 1) first = r;
       if (r.seq > expected) gaps.push([expected, r.seq - 1]);
       expected = r.seq + 1;
       if (checkpointSeqs.has(r.seq)) storedHashAt.set(r.seq, r.hash);
-      if (auditRecordHash(r.seq, r.prevHash, r) !== r.hash) {
+      if (hash(r.seq, r.prevHash, r) !== r.hash) {
         if (suspects.size < MAX_SUSPECTS) suspects.set(r.seq, r);
         else report(r.seq, "edited", `record ${r.seq} does not match its hash`);
       }
@@ -108,20 +122,35 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
       if (predecessorHash !== undefined && r.prevHash !== predecessorHash) brokenLinks.add(r.seq);
       prev = r;
     }
+    const last = page.at(-1);
+    // A seq beyond 2^53 can read back equal to the one before it: stop rather than read it again.
+    if (last === undefined || page.length < PAGE_SIZE || !(last.seq > after)) break;
+    after = last.seq;
   }
   const lastSeq = prev?.seq ?? 0;
 
   const explained = new Set<number>();
 
+  classifySwaps(suspects, explained, report, hash);
+  classifyShifts(suspects, explained, report, hash);
+  classifyMoves(suspects, explained, report, hash);
+
+  // A gap is one problem, however long: the records in it were deleted if the record after it is genuine;
+  // if that one does not belong to the chain either, it was put there, out of sequence.
   for (const [a, b] of gaps) {
-    for (let s = a; s <= b && problems.length < MAX_PROBLEMS; s++) {
-      report(s, "deleted", `record ${s} is missing`);
+    const empty = a === b ? `seq ${a}` : `seqs ${a}..${b}`;
+    const next = b + 1;
+    if (suspects.has(next) && !explained.has(next)) {
+      report(
+        next,
+        "inserted",
+        `record ${next} does not belong to the chain (inserted out of sequence; ${empty} empty)`,
+      );
+      explained.add(next);
+    } else {
+      report(a, "deleted", a === b ? `record ${a} is missing` : `records ${a}..${b} are missing`);
     }
   }
-
-  classifySwaps(suspects, explained, report);
-  classifyShifts(suspects, explained, report);
-  classifyMoves(suspects, explained, report);
 
   for (const r of suspects.values()) {
     if (explained.has(r.seq)) continue;
@@ -146,6 +175,20 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
 
   const signedThrough = await checkCheckpoints(deps, checkpoints, storedHashAt, lastSeq, report);
 
+  // The store writes its initialisation record first, in the same transaction that marks it initialised:
+  // an initialised store whose log starts elsewhere had its log emptied or replaced from the start.
+  if (initialized && !problems.some((p) => p.seq === 1)) {
+    if (first === undefined) {
+      report(1, "deleted", `record 1, the store's initialisation record (${INIT_ACTION}), is missing`);
+    } else if (first.action !== INIT_ACTION) {
+      report(
+        1,
+        "inserted",
+        `record 1 is not the store's initialisation record (${INIT_ACTION}): the log was replaced from its start`,
+      );
+    }
+  }
+
   problems.sort((a, b) => a.seq - b.seq);
   const capped = problems.slice(0, MAX_PROBLEMS);
   return {
@@ -165,13 +208,18 @@ type Report = (seq: number, kind: AuditProblemKind, message: string) => void;
  * inserted just before it; a run shifted down means the record at the run's
  * start was deleted.
  */
-function classifyShifts(suspects: Map<number, AuditRecord>, explained: Set<number>, report: Report): void {
+function classifyShifts(
+  suspects: Map<number, StoredAuditRecord>,
+  explained: Set<number>,
+  report: Report,
+  hash: Hasher,
+): void {
   const up: number[] = [];
   const down: number[] = [];
   for (const r of suspects.values()) {
     if (explained.has(r.seq)) continue;
-    if (auditRecordHash(r.seq - 1, r.prevHash, r) === r.hash) up.push(r.seq);
-    else if (auditRecordHash(r.seq + 1, r.prevHash, r) === r.hash) down.push(r.seq);
+    if (hash(r.seq - 1, r.prevHash, r) === r.hash) up.push(r.seq);
+    else if (hash(r.seq + 1, r.prevHash, r) === r.hash) down.push(r.seq);
   }
   for (const [start, end] of runs(up)) {
     report(start - 1, "inserted", `record ${start - 1} was inserted; records ${start}..${end} were renumbered up`);
@@ -188,20 +236,25 @@ function classifyShifts(suspects: Map<number, AuditRecord>, explained: Set<numbe
  * swapped with `q`'s (they match `q`'s stored hash and prevHash) or the whole row
  * was moved (it matches its own hash at `q`'s seq).
  */
-function belongsAt(p: AuditRecord, q: AuditRecord): boolean {
-  return auditRecordHash(q.seq, q.prevHash, p) === q.hash || auditRecordHash(q.seq, p.prevHash, p) === p.hash;
+function belongsAt(p: StoredAuditRecord, q: StoredAuditRecord, hash: Hasher): boolean {
+  return hash(q.seq, q.prevHash, p) === q.hash || hash(q.seq, p.prevHash, p) === p.hash;
 }
 
 /**
  * Two records that each belong at the other's place were swapped. Found before
  * shifts, because an adjacent whole-row swap also looks like a one-step shift.
  */
-function classifySwaps(suspects: Map<number, AuditRecord>, explained: Set<number>, report: Report): void {
+function classifySwaps(
+  suspects: Map<number, StoredAuditRecord>,
+  explained: Set<number>,
+  report: Report,
+  hash: Hasher,
+): void {
   const candidates = [...suspects.values()];
   for (const [i, p] of candidates.entries()) {
     if (explained.has(p.seq)) continue;
     for (const q of candidates.slice(i + 1)) {
-      if (explained.has(q.seq) || !belongsAt(p, q) || !belongsAt(q, p)) continue;
+      if (explained.has(q.seq) || !belongsAt(p, q, hash) || !belongsAt(q, p, hash)) continue;
       report(p.seq, "reordered", `records ${p.seq} and ${q.seq} were swapped`);
       report(q.seq, "reordered", `records ${q.seq} and ${p.seq} were swapped`);
       explained.add(p.seq);
@@ -212,10 +265,15 @@ function classifySwaps(suspects: Map<number, AuditRecord>, explained: Set<number
 }
 
 /** Records moved around a longer cycle: each names where its contents belong. */
-function classifyMoves(suspects: Map<number, AuditRecord>, explained: Set<number>, report: Report): void {
+function classifyMoves(
+  suspects: Map<number, StoredAuditRecord>,
+  explained: Set<number>,
+  report: Report,
+  hash: Hasher,
+): void {
   const candidates = [...suspects.values()].filter((r) => !explained.has(r.seq));
   for (const p of candidates) {
-    const home = candidates.find((q) => q.seq !== p.seq && belongsAt(p, q));
+    const home = candidates.find((q) => q.seq !== p.seq && belongsAt(p, q, hash));
     if (home === undefined) continue;
     report(p.seq, "reordered", `record ${p.seq} holds the contents of record ${home.seq}`);
     explained.add(p.seq);

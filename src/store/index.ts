@@ -1,4 +1,10 @@
-export { auditCheckpointMessage, auditRecordHash, canonicalJson, GENESIS_HASH } from "./audit-chain.js";
+export {
+  type AuditChainKey,
+  auditCheckpointMessage,
+  auditRecordHash,
+  canonicalJson,
+  GENESIS_HASH,
+} from "./audit-chain.js";
 export type * from "./broker.js";
 export type * from "./platform.js";
 export type * from "./secrets.js";

@@ -1,3 +1,4 @@
+import type { KeyObject } from "node:crypto";
 import type { BrokerStore } from "./broker.js";
 import type { PlatformStore } from "./platform.js";
 import type { SecretStore } from "./secrets.js";
@@ -54,6 +55,11 @@ export interface AuditRecord extends AuditEntry {
   readonly prevHash: string;
   /** `auditRecordHash(this)`, hex. */
   readonly hash: string;
+}
+
+/** A record as stored, with the exact details text its hash covers (what a verifier reads). */
+export interface StoredAuditRecord extends AuditRecord {
+  readonly detailsJson: string;
 }
 
 /** A signed statement that the chain up to `seq` ends in `hash`. */
@@ -362,7 +368,11 @@ export interface Store {
 
   /** True once `initialize` has committed. */
   isInitialized(): Promise<boolean>;
-  /** Writes the initial state atomically; `conflict` if already initialised. */
+  /**
+   * Writes the initial state and its audit record atomically (on a fresh store,
+   * the log's first record: verification checks it is there); `conflict` if
+   * already initialised.
+   */
   initialize(state: InitialState, audit: AuditEntry): Promise<void>;
   getSetting(name: string): Promise<string | undefined>;
   putSetting(name: string, value: string, audit: AuditEntry): Promise<void>;
@@ -464,7 +474,21 @@ export interface Store {
   appendAudit(entry: AuditEntry): Promise<AuditRecord>;
   listAudit(query?: AuditQuery): Promise<AuditRecord[]>;
   /** Records with `fromSeq <= seq <= toSeq`, oldest first, exactly as stored. */
-  readAuditRange(fromSeq: number, toSeq: number): Promise<AuditRecord[]>;
+  readAuditRange(fromSeq: number, toSeq: number): Promise<StoredAuditRecord[]>;
+  /**
+   * At most `limit` records with `seq > afterSeq`, oldest first, exactly as stored:
+   * a verifier pages through whatever is there, however sparse the seqs.
+   */
+  readAuditAfter(afterSeq: number, limit: number): Promise<StoredAuditRecord[]>;
+  /**
+   * Keys the audit chain (see `AuditChainKey`) with `key` from now on; call once at
+   * start, before the first audited write. The first call on a store records the
+   * first keyed seq (the next one; 1 on a fresh store); later calls read it back.
+   * Returns it. Once a store's chain is keyed, appending without the key fails
+   * with `audit_unavailable`, and so does a recorded first keyed seq past the end
+   * of the log (records were deleted since).
+   */
+  useAuditChainKey(key: KeyObject): Promise<number>;
   /** The newest record's seq and hash (`seq` 0 when empty). */
   auditHead(): Promise<{ seq: number; hash: string }>;
   addAuditCheckpoint(checkpoint: AuditCheckpoint): Promise<void>;

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
-import { AuditLog, auditEntry, systemActor } from "../../src/audit/index.js";
+import { AUDIT_LIST_MAX, AuditLog, auditEntry, systemActor } from "../../src/audit/index.js";
 import { isCustosError } from "../../src/errors/index.js";
 import type { HsmKeyRef } from "../../src/hsm/index.js";
 import { Pkcs11Keystore } from "../../src/hsm/pkcs11/index.js";
@@ -147,6 +147,39 @@ describe("AuditLog", () => {
     await store.close();
   });
 
+  test("list refuses a limit above AUDIT_LIST_MAX instead of returning fewer records", async () => {
+    const f = await fixture(2);
+    assert.equal((await f.audit.list({ limit: AUDIT_LIST_MAX })).length, 2);
+    await assert.rejects(f.audit.list({ limit: AUDIT_LIST_MAX + 1 }), (e: unknown) =>
+      isCustosError(e, "invalid_request"),
+    );
+    await f.close();
+  });
+
+  test("open keys the chain from the next record, and derives the same key on every start", async () => {
+    const f = await fixture(5);
+    const keyed = await AuditLog.open({ store: f.store, keystore, ...keys });
+    for (let i = 6; i <= 8; i++) await keyed.record(entry(i));
+    const sixth = (await f.store.readAuditRange(6, 6))[0]!;
+    assert.notEqual(sixth.hash, auditRecordHash(6, sixth.prevHash, sixth, sixth.detailsJson), "record 6 is keyed");
+    assert.deepEqual(await keyed.verify(), { ok: true, records: 8, checkpoints: 0, unsignedTail: 8, problems: [] });
+    await f.store.close();
+
+    const store = await SqliteStore.open(f.path);
+    const reopened = await AuditLog.open({ store, keystore, ...keys });
+    await reopened.record(entry(9));
+    assert.equal((await reopened.verify()).ok, true);
+    // The unkeyed records stay covered: the first keyed one holds record 5's hash.
+    const fifth = (await store.readAuditRange(5, 5))[0]!;
+    const forged = { ...fifth, principal: "user:mallory" };
+    f.sql
+      .prepare("UPDATE audit_log SET principal = ?, hash = ? WHERE seq = 5")
+      .run(forged.principal, auditRecordHash(5, fifth.prevHash, forged, fifth.detailsJson));
+    assert.deepEqual(problemsOf(await reopened.verify()), [[6, "broken_link"]]);
+    f.sql.close();
+    await store.close();
+  });
+
   test("record with a closed store fails with audit_unavailable", async () => {
     const f = await fixture(1);
     await f.store.close();
@@ -218,6 +251,15 @@ describe("AuditLog.verify", () => {
     await f.close();
   });
 
+  test("a run of deleted rows is one problem, at the first missing seq", async () => {
+    const f = await fixture(20, { checkpoint: true });
+    f.sql.prepare("DELETE FROM audit_log WHERE seq BETWEEN 12 AND 15").run();
+    const report = await f.audit.verify();
+    assert.deepEqual(problemsOf(report), [[12, "deleted"]]);
+    assert.equal(report.problems[0]?.message, "records 12..15 are missing");
+    await f.close();
+  });
+
   test("two rows with swapped contents are named: both seqs, reordered", async () => {
     const f = await fixture(20, { checkpoint: true });
     const fields = "time, request_id, principal, source, action, resource, outcome, error_code, details";
@@ -267,7 +309,7 @@ describe("AuditLog.verify", () => {
         forged.outcome,
         forged.errorCode,
         forged.prevHash,
-        auditRecordHash(6, forged.prevHash, { ...forged, details: {} }),
+        auditRecordHash(6, forged.prevHash, forged, "{}"),
       );
     f.sql
       .prepare(
@@ -288,7 +330,7 @@ describe("AuditLog.verify", () => {
     const forged = { ...row, principal: "user:mallory" };
     f.sql
       .prepare("UPDATE audit_log SET principal = ?, hash = ? WHERE seq = 4")
-      .run(forged.principal, auditRecordHash(4, row.prevHash, forged));
+      .run(forged.principal, auditRecordHash(4, row.prevHash, forged, row.detailsJson));
     assert.deepEqual(problemsOf(await f.audit.verify()), [[5, "broken_link"]]);
     await f.close();
   });
@@ -300,7 +342,7 @@ describe("AuditLog.verify", () => {
     let prevHash = rows[4]!.hash;
     for (const r of rows.slice(5)) {
       const principal = r.seq === 6 ? "user:mallory" : r.principal;
-      const hash = auditRecordHash(r.seq, prevHash, { ...r, principal });
+      const hash = auditRecordHash(r.seq, prevHash, { ...r, principal }, r.detailsJson);
       update.run(principal, prevHash, hash, r.seq);
       prevHash = hash;
     }

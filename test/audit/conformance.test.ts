@@ -6,11 +6,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
-import { AuditLog, auditEntry, HMAC_PREFIX, systemActor, verifyAuditLog } from "../../src/audit/index.js";
+import { AuditLog, auditEntry, HMAC_PREFIX, INIT_ACTION, systemActor } from "../../src/audit/index.js";
+import { buildInitialAdmin } from "../../src/auth/index.js";
 import type { HsmKeyRef } from "../../src/hsm/index.js";
 import { Pkcs11Keystore } from "../../src/hsm/pkcs11/index.js";
 import { Secret } from "../../src/secret/index.js";
-import { type AuditEntry, auditRecordHash, SqliteStore, type Store } from "../../src/store/index.js";
+import { type AuditEntry, auditRecordHash, canonicalJson, SqliteStore, type Store } from "../../src/store/index.js";
 import { type CustosInstance, httpsRaw, startCustos } from "../helpers/custos.js";
 
 /**
@@ -61,10 +62,11 @@ interface Journal {
   close(): Promise<void>;
 }
 
+/** A journal opened as the server opens it: its chain keyed from the HSM. */
 async function journal(records: number, checkpoint = false): Promise<Journal> {
   const path = join(scratch, `journal-${++dbCount}.db`);
   const store = await SqliteStore.open(path);
-  const audit = new AuditLog({ store, keystore, ...keys });
+  const audit = await AuditLog.open({ store, keystore, ...keys });
   for (let i = 1; i <= records; i++) await audit.record(entry(i));
   if (checkpoint) assert.ok(await audit.checkpoint());
   const sql = new Database(path);
@@ -94,13 +96,23 @@ function forgeAfter(sql: Database.Database, last: { seq: number; hash: string },
       e.resource,
       e.outcome,
       e.errorCode,
-      JSON.stringify(e.details),
+      canonicalJson(e.details),
       last.hash,
-      auditRecordHash(seq, last.hash, e),
+      auditRecordHash(seq, last.hash, e, canonicalJson(e.details)),
     );
 }
 
 const named = (r: { problems: Array<{ seq: number; kind: string }> }) => r.problems.map((p) => [p.seq, p.kind]);
+
+/** Initialises `store` as `custos init` does: its first record is the init record. */
+async function initialise(store: SqliteStore): Promise<void> {
+  const { policies, admin, adminToken, token } = await buildInitialAdmin({ name: "admin" });
+  token.destroy();
+  await store.initialize(
+    { settings: {}, policies, admin, adminToken },
+    auditEntry(systemActor("init"), INIT_ACTION, "custos"),
+  );
+}
 
 describe("audit verify against direct edits of the SQLite file", () => {
   test("an empty and a one-record log verify; that one record edited is named", async () => {
@@ -139,9 +151,7 @@ describe("audit verify against direct edits of the SQLite file", () => {
     await j.close();
   });
 
-  test("the newest record rewritten with its hash recomputed (one row edited) is named", {
-    todo: "bug: the chain is an unkeyed SHA-256, so a row after the last checkpoint can be rewritten unnoticed",
-  }, async () => {
+  test("the newest record rewritten with its hash recomputed (one row edited) is named", async () => {
     const j = await journal(8, true);
     for (let i = 9; i <= 10; i++) await j.audit.record(entry(i));
     const last = (await j.store.readAuditRange(10, 10))[0];
@@ -149,25 +159,27 @@ describe("audit verify against direct edits of the SQLite file", () => {
     const forged = { ...last, principal: "user:someone-else" };
     j.sql
       .prepare("UPDATE audit_log SET principal = ?, hash = ? WHERE seq = 10")
-      .run(forged.principal, auditRecordHash(10, last.prevHash, forged));
-    const report = await j.audit.verify();
-    assert.equal(report.ok, false, JSON.stringify(report));
+      .run(forged.principal, auditRecordHash(10, last.prevHash, forged, last.detailsJson));
+    assert.deepEqual(named(await j.audit.verify()), [[10, "edited"]]);
     await j.close();
   });
 
-  test("a forged record appended after the last checkpoint is named", {
-    todo: "bug: anyone can compute the next hash; an appended forgery verifies (and the next checkpoint signs it)",
-  }, async () => {
+  test("a forged record appended after the last checkpoint is named", async () => {
     const j = await journal(8, true);
     forgeAfter(j.sql, await j.store.auditHead(), auditEntry(systemActor("forged"), "key.destroy", "key/anything"));
     const report = await j.audit.verify();
     assert.equal(report.records, 9);
-    assert.equal(report.ok, false, JSON.stringify(report));
+    // It links to the head as a genuine record would: only its keyed hash gives it away (named edited).
+    assert.equal(report.ok, false);
+    assert.deepEqual(
+      report.problems.map((p) => p.seq),
+      [9],
+    );
     await j.close();
   });
 
   test("after a clean stop every record is signed; deleting the tail and its checkpoint is then named", {
-    todo: "bug: checkpoints live in the same file; deleting the newest one turns a signed tail into an unsigned one",
+    todo: "known limit (README): checkpoints live in the same file; deleting the newest one turns a signed tail into an unsigned one",
   }, async () => {
     const j = await journal(10);
     await j.audit.stop();
@@ -179,35 +191,66 @@ describe("audit verify against direct edits of the SQLite file", () => {
     await j.close();
   });
 
-  test("details rewritten into other JSON text with the same parsed value (a duplicate key) is named edited", {
-    todo: "bug: the hash covers JSON.parse(details), not the stored text; other readers of the row see the forged value",
-  }, async () => {
+  test("details rewritten into other JSON text with the same parsed value (a duplicate key) is named edited", async () => {
     const j = await journal(5, true);
     j.sql.prepare(`UPDATE audit_log SET details = '{"i":99,"i":3}' WHERE seq = 3`).run();
     assert.deepEqual(named(await j.audit.verify()), [[3, "edited"]]);
     await j.close();
   });
 
-  test("a forged row at a huge seq is reported without reading every empty page up to it", {
-    todo: "bug: verify pages 1..head in fixed steps of 1000, so one row at seq 2^40 makes it run ~1e9 queries",
-  }, async () => {
+  test("an initialised store whose log was emptied under a running server: record 1 is named missing", async () => {
+    const j = await journal(0);
+    await initialise(j.store);
+    for (let i = 2; i <= 4; i++) await j.audit.record(entry(i));
+    assert.equal((await j.audit.verify()).ok, true);
+    j.sql.exec("DELETE FROM audit_log; DELETE FROM audit_checkpoints;");
+    assert.deepEqual(named(await j.audit.verify()), [[1, "deleted"]]);
+    await j.close();
+  });
+
+  test("a log written before the chain was keyed, replaced from its start by a valid unkeyed chain, is named", async () => {
+    const path = join(scratch, `journal-${++dbCount}.db`);
+    const store = await SqliteStore.open(path);
+    await initialise(store);
+    const unkeyed = new AuditLog({ store, keystore, ...keys });
+    for (let i = 2; i <= 4; i++) await unkeyed.record(entry(i));
+    const sql = new Database(path);
+    sql.exec("DELETE FROM audit_log");
+    let last = { seq: 0, hash: "0".repeat(64) };
+    for (let i = 1; i <= 3; i++) {
+      forgeAfter(sql, last, entry(100 + i));
+      last = await store.auditHead();
+    }
+    sql.close();
+    const report = await unkeyed.verify();
+    assert.deepEqual(named(report), [[1, "inserted"]]);
+    assert.match(report.problems[0]?.message ?? "", /not the store's initialisation record \(custos\.init\)/);
+    await store.close();
+  });
+
+  test("a forged row at a huge seq is reported without reading every empty page up to it", async () => {
     const j = await journal(10);
     j.sql
       .prepare(
         `INSERT INTO audit_log (${COLUMNS}) VALUES (?, 't', 'r', 'p', 's', 'a', 'x', 'success', NULL, '{}', ?, ?)`,
       )
       .run(2 ** 40, "0".repeat(64), "0".repeat(64));
-    let pages = 0;
-    const counting = {
-      listAuditCheckpoints: () => j.store.listAuditCheckpoints(),
-      auditHead: () => j.store.auditHead(),
-      readAuditRange: (from: number, to: number) => {
-        if (++pages > 100) throw new Error(`verify read more than 100 pages of an 11-row log`);
-        return j.store.readAuditRange(from, to);
+    let reads = 0;
+    const counting = new Proxy(j.store, {
+      get(target, name) {
+        const value = Reflect.get(target, name, target);
+        if (typeof value !== "function") return value;
+        return (...args: unknown[]) => {
+          if (/^(readAudit|listAudit$|auditHead$)/.test(String(name)) && ++reads > 100) {
+            throw new Error("verify read the log more than 100 times for an 11-row log");
+          }
+          return value.apply(target, args);
+        };
       },
-    } as unknown as Store;
-    const report = await verifyAuditLog({ store: counting, keystore, checkpointKey: keys.checkpointKey });
-    assert.equal(report.ok, false);
+    }) as Store;
+    const report = await (await AuditLog.open({ store: counting, keystore, ...keys })).verify();
+    assert.deepEqual(named(report), [[2 ** 40, "inserted"]]);
+    assert.match(report.problems[0]?.message ?? "", /seqs 11\.\.1099511627775 empty/);
     await j.close();
   });
 });
@@ -489,9 +532,7 @@ describe("reading the audit log", () => {
     }
   });
 
-  test("a limit the CLI accepts (up to 9999) is honoured, not silently cut to 1000", {
-    todo: "bug: routes/audit.ts caps limit at 1000 without saying so; a pager asking 1010 and getting 1000 stops early",
-  }, async () => {
+  test("a limit the CLI accepts (up to 9999) is honoured, not silently cut to 1000", async () => {
     while ((query<{ m: number }>("SELECT max(seq) AS m FROM audit_log")[0]?.m ?? 0) < 1050) {
       await Promise.all(Array.from({ length: 16 }, () => send("GET", "/v1/health", { bearer: null })));
     }
@@ -552,15 +593,12 @@ describe("crashes and tampering, through the CLI", () => {
     assert.equal(custos.cli(["audit", "verify"]).status, 0);
   });
 
-  test("a log wiped clean (every record and checkpoint deleted) fails verification", {
-    todo: "bug: verify never checks that the chain starts with the init record; a restarted server begins a new, valid chain",
-  }, async () => {
+  test("a log wiped clean (every record and checkpoint deleted): the server refuses to start a new chain over it", async () => {
     await custos.stop();
     const db = new Database(join(custos.dir, "custos.db"));
     db.exec("DELETE FROM audit_log; DELETE FROM audit_checkpoints;");
     db.close();
-    await custos.start();
-    const r = custos.cli(["audit", "verify"]);
-    assert.equal(r.status, 1, r.stdout + r.stderr);
+    await assert.rejects(custos.start(), /initialised but its audit log is empty/);
+    assert.equal(query<{ n: number }>("SELECT count(*) AS n FROM audit_log")[0]?.n, 0, "no new chain was begun");
   });
 });

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
+import { auditRecordHash } from "../../src/store/index.js";
 import { type CustosInstance, startCustos } from "../helpers/custos.js";
 
 type Row = Record<string, unknown>;
@@ -109,6 +110,33 @@ describe("audit verify names a tampered record", () => {
     assert.match(r.stdout + r.stderr, /reordered/);
     assert.match(r.stdout + r.stderr, /\b8\b/);
     assert.match(r.stdout + r.stderr, /\b9\b/);
+  });
+
+  test("a record rewritten with its hash recomputed by the public rule is named edited (the chain is keyed)", async () => {
+    const path = join(custos.dir, "custos.db");
+    const r = await tampered((db) => {
+      const original = row(db, 7);
+      const forged = {
+        time: String(original.time),
+        requestId: String(original.request_id),
+        principal: "user:mallory",
+        source: String(original.source),
+        action: String(original.action),
+        resource: String(original.resource),
+        outcome: original.outcome as "success",
+        errorCode: original.error_code === null ? null : String(original.error_code),
+      };
+      // Anyone who reads the source can compute this; only the HSM-derived chain key makes it wrong.
+      const hash = auditRecordHash(7, String(original.prev_hash), forged, String(original.details));
+      db.prepare("UPDATE audit_log SET principal = ?, hash = ? WHERE seq = 7").run(forged.principal, hash);
+      return () => {
+        const d = new Database(path);
+        put(d, 7, original);
+        d.close();
+      };
+    });
+    assert.equal(r.status, 1, r.stdout + r.stderr);
+    assert.match(r.stdout, /^record 7: edited: /m);
   });
 
   test("after undoing every change the log verifies again", () => {

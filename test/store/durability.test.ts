@@ -44,7 +44,7 @@ test("kill -9 mid-burst: every acknowledged write survives and the chain is inta
     let prevHash = GENESIS_HASH;
     for (const r of records) {
       assert.equal(r.prevHash, prevHash, `link at ${r.seq}`);
-      assert.equal(r.hash, auditRecordHash(r.seq, r.prevHash, r), `hash at ${r.seq}`);
+      assert.equal(r.hash, auditRecordHash(r.seq, r.prevHash, r, r.detailsJson), `hash at ${r.seq}`);
       prevHash = r.hash;
     }
     for (const [seq, hash] of audits) {

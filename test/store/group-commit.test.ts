@@ -33,7 +33,7 @@ async function assertChainIntact(store: Store): Promise<number> {
   for (const [i, r] of records.entries()) {
     assert.equal(r.seq, i + 1);
     assert.equal(r.prevHash, prevHash, `link at ${r.seq}`);
-    assert.equal(r.hash, auditRecordHash(r.seq, r.prevHash, r), `hash at ${r.seq}`);
+    assert.equal(r.hash, auditRecordHash(r.seq, r.prevHash, r, r.detailsJson), `hash at ${r.seq}`);
     prevHash = r.hash;
   }
   return head.seq;

@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
+import { createHash, createHmac, createSecretKey, type Hash, type Hmac, randomBytes } from "node:crypto";
 import { statSync } from "node:fs";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { isCustosError } from "../../src/errors/index.js";
-import { auditRecordHash, GENESIS_HASH, SqliteStore } from "../../src/store/index.js";
+import { type AuditRecord, auditRecordHash, canonicalJson, GENESIS_HASH, SqliteStore } from "../../src/store/index.js";
 import {
   aesVersion,
   entry,
@@ -371,7 +372,7 @@ describe("SqliteStore round trips", () => {
     all.forEach((r, i) => {
       assert.equal(r.seq, i + 1);
       assert.equal(r.prevHash, prevHash);
-      assert.equal(r.hash, auditRecordHash(r.seq, r.prevHash, r));
+      assert.equal(r.hash, auditRecordHash(r.seq, r.prevHash, r, r.detailsJson));
       prevHash = r.hash;
     });
     assert.equal(head.hash, prevHash);
@@ -387,7 +388,10 @@ describe("SqliteStore round trips", () => {
     assert.equal(rec.seq, head.seq + 1);
     assert.deepEqual(rec.details, { when: "1970-01-01T00:00:00.000Z", list: [1, 2] }, "details as JSON reads them");
     const [read] = await store.readAuditRange(rec.seq, rec.seq);
-    assert.deepEqual(read, rec);
+    assert.ok(read);
+    const { detailsJson, ...fields } = read;
+    assert.deepEqual(fields, rec);
+    assert.equal(detailsJson, canonicalJson(rec.details), "the details column holds canonical JSON");
 
     assert.deepEqual(
       (await store.listAudit({ principal: "token:abc" })).map((r) => r.seq),
@@ -424,6 +428,121 @@ describe("SqliteStore round trips", () => {
     await store.addAuditCheckpoint(cp);
     assert.deepEqual(await store.listAuditCheckpoints(), [cp]);
     await rejectsWith(store.addAuditCheckpoint(cp), "conflict");
+  });
+});
+
+/**
+ * The rule records were hashed by before the chain was keyed, written out
+ * independently of the store: SHA-256 (or an HMAC) over the canonical JSON of the
+ * whole record, details parsed.
+ */
+function canonicalRecordHash(r: AuditRecord, mac: Hash | Hmac = createHash("sha256")): string {
+  const { seq, prevHash, time, requestId, principal, source, action, resource, outcome, errorCode, details } = r;
+  const body = { seq, prevHash, time, requestId, principal, source, action, resource, outcome, errorCode, details };
+  return mac.update(canonicalJson(body)).digest("hex");
+}
+
+describe("the keyed audit chain", () => {
+  const initialState = () => {
+    const admin = userRecord("admin", { policies: ["admin"] });
+    return { settings: {}, policies: [], admin, adminToken: tokenRecord(admin.id) };
+  };
+
+  test("a fresh store is keyed from record 1: each hash is HMAC-SHA256 under the key, not SHA-256", async () => {
+    const bytes = randomBytes(32);
+    const store = await SqliteStore.open(tmp.path("keyed-fresh.db"));
+    assert.equal(await store.useAuditChainKey(createSecretKey(bytes)), 1);
+    await store.initialize(initialState(), entry("custos.init"));
+    await store.appendAudit(entry("test.one"));
+    const records = await store.readAuditRange(1, 2);
+    assert.equal(records.length, 2);
+    for (const r of records) {
+      assert.equal(r.hash, canonicalRecordHash(r, createHmac("sha256", bytes)), `hash at ${r.seq}`);
+      assert.notEqual(r.hash, canonicalRecordHash(r));
+    }
+    await store.close();
+  });
+
+  test("a store written unkeyed keeps its SHA-256 records and is keyed from the next one, across reopens", async () => {
+    const path = tmp.path("keyed-upgrade.db");
+    const bytes = randomBytes(32);
+    const before = await SqliteStore.open(path);
+    for (let i = 0; i < 3; i++) await before.appendAudit(entry("test.before"));
+    await before.close();
+
+    const keyed = await SqliteStore.open(path);
+    assert.equal(await keyed.useAuditChainKey(createSecretKey(bytes)), 4);
+    await keyed.appendAudit(entry("test.after"));
+    const records = await keyed.readAuditRange(1, 4);
+    for (const r of records.slice(0, 3)) assert.equal(r.hash, canonicalRecordHash(r), `SHA-256 at ${r.seq}`);
+    const [fourth] = records.slice(3);
+    assert.ok(fourth);
+    assert.equal(fourth.hash, canonicalRecordHash(fourth, createHmac("sha256", bytes)));
+    await keyed.close();
+
+    const again = await SqliteStore.open(path);
+    await rejectsWith(again.appendAudit(entry("test.unkeyed")), "audit_unavailable");
+    assert.equal(await again.useAuditChainKey(createSecretKey(bytes)), 4, "the first keyed seq is read back");
+    assert.equal((await again.appendAudit(entry("test.after"))).seq, 5);
+    await again.close();
+  });
+
+  test("a first keyed seq past the end of the log (records deleted since) refuses the key", async () => {
+    const path = tmp.path("keyed-cut.db");
+    const store = await SqliteStore.open(path);
+    for (let i = 0; i < 3; i++) await store.appendAudit(entry("test.before"));
+    assert.equal(await store.useAuditChainKey(createSecretKey(randomBytes(32))), 4);
+    await store.appendAudit(entry("test.after"));
+    await store.close();
+    const db = new Database(path);
+    db.prepare("DELETE FROM audit_log WHERE seq >= 3").run();
+    db.close();
+    const cut = await SqliteStore.open(path);
+    await rejectsWith(cut.useAuditChainKey(createSecretKey(randomBytes(32))), "audit_unavailable");
+    await cut.close();
+  });
+
+  test("an initialised store whose audit log was emptied refuses to open; one never initialised opens", async () => {
+    const path = tmp.path("wiped.db");
+    const store = await SqliteStore.open(path);
+    await store.initialize(initialState(), entry("custos.init"));
+    await store.appendAudit(entry("test.one"));
+    await store.close();
+    const db = new Database(path);
+    db.exec("DELETE FROM audit_log; DELETE FROM audit_checkpoints;");
+    db.close();
+    await assert.rejects(SqliteStore.open(path), (e: unknown) => {
+      assert.ok(isCustosError(e, "audit_unavailable"), String(e));
+      assert.match(e.message, /initialised but its audit log is empty/);
+      return true;
+    });
+    await (await SqliteStore.open(tmp.path("never-initialised.db"))).close();
+  });
+
+  test("readAuditAfter pages by seq, however far apart the seqs are, with the details text as stored", async () => {
+    const path = tmp.path("sparse.db");
+    const store = await SqliteStore.open(path);
+    for (let i = 0; i < 3; i++) await store.appendAudit(entry("test.page"));
+    const db = new Database(path);
+    db.prepare(
+      `INSERT INTO audit_log (seq, time, request_id, principal, source, action, resource, outcome, error_code, details, prev_hash, hash)
+       VALUES (?, 't', 'r', 'p', 's', 'a', 'x', 'success', NULL, '{"i":99,"i":3}', 'h', 'h')`,
+    ).run(2 ** 40);
+    db.close();
+    assert.deepEqual(
+      (await store.readAuditAfter(Number.NEGATIVE_INFINITY, 2)).map((r) => r.seq),
+      [1, 2],
+    );
+    const rest = await store.readAuditAfter(2, 1000);
+    assert.deepEqual(
+      rest.map((r) => [r.seq, r.detailsJson]),
+      [
+        [3, canonicalJson(rest[0]?.details)],
+        [2 ** 40, '{"i":99,"i":3}'],
+      ],
+    );
+    await rejectsWith(store.readAuditAfter(0, 0), "invalid_request");
+    await store.close();
   });
 });
 

@@ -1,5 +1,6 @@
 /** `custos audit …` and `custos status`. */
 import type { Command } from "commander";
+import { AUDIT_LIST_MAX } from "../../audit/index.js";
 import { arg, type CliContext } from "../context.js";
 import { EXIT_CLIENT, EXIT_SERVER, printable } from "../errors.js";
 import { renderTable } from "../output.js";
@@ -48,8 +49,8 @@ export function registerAuditCommands(program: Command, ctx: CliContext): void {
     )
     .option(
       "--limit <n>",
-      "at most this many (up to 9999)",
-      arg((t) => parseInteger(t, "limit", 1, 9999)),
+      `at most this many (up to ${AUDIT_LIST_MAX})`,
+      arg((t) => parseInteger(t, "limit", 1, AUDIT_LIST_MAX)),
     )
     .option("--principal <principal>", "only this principal (user:alice, token:…)")
     .option("--action <action>", "only this action (key.encrypt, auth.login, …)")

@@ -11,6 +11,7 @@ import type {
   KeyVersionState,
   PolicyRecord,
   PolicyRule,
+  StoredAuditRecord,
   SudoGrantRecord,
   SudoSubjectType,
   TokenKind,
@@ -317,6 +318,10 @@ export function auditFromRow(r: AuditRow): AuditRecord {
     prevHash: r.prev_hash,
     hash: r.hash,
   };
+}
+
+export function storedAuditFromRow(r: AuditRow): StoredAuditRecord {
+  return { ...auditFromRow(r), detailsJson: r.details };
 }
 
 export interface CheckpointRow {

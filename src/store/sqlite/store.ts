@@ -1,7 +1,8 @@
+import type { KeyObject } from "node:crypto";
 import type Database from "better-sqlite3";
 import { CustosError } from "../../errors/index.js";
 import type { Logger } from "../../log/index.js";
-import { auditRecordHash, canonicalJson, GENESIS_HASH } from "../audit-chain.js";
+import { type AuditChainKey, auditRecordHash, canonicalJson, GENESIS_HASH } from "../audit-chain.js";
 import type {
   AuditCheckpoint,
   AuditEntry,
@@ -24,6 +25,7 @@ import type {
   PolicyRecord,
   RoleRecord,
   Store,
+  StoredAuditRecord,
   SudoGrantRecord,
   TokenRecord,
   UserRecord,
@@ -52,6 +54,7 @@ import {
   policyFromRow,
   policyParams,
   type SudoGrantRow,
+  storedAuditFromRow,
   sudoGrantFromRow,
   sudoGrantParams,
   type TokenRow,
@@ -85,6 +88,8 @@ const GROUP_COLUMNS = `g.id, g.name, g.policies, g.created_at, g.updated_at, g.r
   (SELECT json_group_array(m.user_id ORDER BY m.position) FROM group_members m WHERE m.group_id = g.id) AS members`;
 
 const INITIALIZED = "initialized_at";
+/** The store meta row holding the first seq of the keyed audit chain (see `useAuditChainKey`). */
+const CHAIN_KEYED_FROM = "audit_chain_keyed_from";
 
 /** How many keys (and, separately, key versions) the read cache holds: the working set of a busy server. */
 const KEY_CACHE_LIMIT = 10_000;
@@ -120,12 +125,25 @@ export class SqliteStore implements Store {
   readonly ssh = sshStore(this.#area);
   #head: ChainHead = { seq: 0, hash: GENESIS_HASH };
   #headStale = true;
+  /** The first keyed seq as recorded in store meta (read with the head); undefined while the chain is unkeyed. */
+  #keyedFrom: number | undefined;
+  /** Set by `useAuditChainKey`; held in memory only. */
+  #chainKey: KeyObject | undefined;
   #closed = false;
   #closing: Promise<void> | undefined;
 
   private constructor(db: Database.Database, options: SqliteStoreOptions, walPath: string | null) {
     this.#db = db;
     this.#loadHead();
+    // `initialize` writes the init record with the initialised mark, so an initialised
+    // store with no records had its log deleted: a new chain over it would verify.
+    if (this.#head.seq < 1 && this.#get("SELECT 1 FROM store_meta WHERE name = ?", INITIALIZED) !== undefined) {
+      throw new CustosError(
+        "audit_unavailable",
+        "the store is initialised but its audit log is empty (its records were deleted): " +
+          "refusing to start a new audit chain over it; restore the database from a backup",
+      );
+    }
     this.#queue = new WriteQueue<ChainHead>(
       db,
       {
@@ -144,7 +162,8 @@ export class SqliteStore implements Store {
 
   /**
    * Opens (creating and migrating as needed) the database at `path`; the file and
-   * its WAL are mode 0600. `store_unavailable` if it can't be opened.
+   * its WAL are mode 0600. `store_unavailable` if it can't be opened;
+   * `audit_unavailable` if it is initialised but its audit log is empty.
    */
   static async open(path: string, options: SqliteStoreOptions = {}): Promise<SqliteStore> {
     const timeout = options.writeTimeoutMs ?? 5000;
@@ -203,17 +222,33 @@ export class SqliteStore implements Store {
   #loadHead(): void {
     const row = this.#get<{ seq: number; hash: string }>("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1");
     this.#head = row ?? { seq: 0, hash: GENESIS_HASH };
+    // Once this process holds the key, the first keyed seq it checked stands: editing the row can't unkey records.
+    if (this.#chainKey === undefined) {
+      const row = this.#get<{ value: string }>("SELECT value FROM store_meta WHERE name = ?", CHAIN_KEYED_FROM);
+      this.#keyedFrom = row === undefined ? undefined : Number(row.value);
+    }
     this.#headStale = false;
+  }
+
+  /** How the next record is hashed: keyed once the chain is, plain SHA-256 before. */
+  #chain(): AuditChainKey | undefined {
+    if (this.#keyedFrom === undefined) return undefined;
+    if (this.#chainKey === undefined) {
+      throw new CustosError("audit_unavailable", "the audit chain is keyed, but the store was not given its key");
+    }
+    return { key: this.#chainKey, keyedFrom: this.#keyedFrom };
   }
 
   /** Appends `entry` at the head of the chain; runs inside an operation's savepoint. */
   #appendAuditRow(entry: AuditEntry): AuditRecord {
     if (this.#headStale) this.#loadHead();
     const details = normaliseDetails(entry.details);
+    // The column's text, computed once: the hash covers exactly these bytes.
+    const detailsJson = canonicalJson(details);
     const seq = this.#head.seq + 1;
     const prevHash = this.#head.hash;
     const normalised: AuditEntry = { ...pickEntry(entry), details };
-    const hash = auditRecordHash(seq, prevHash, normalised);
+    const hash = auditRecordHash(seq, prevHash, normalised, detailsJson, this.#chain());
     this.#run(
       `INSERT INTO audit_log (seq, time, request_id, principal, source, action, resource, outcome, error_code, details, prev_hash, hash)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -226,7 +261,7 @@ export class SqliteStore implements Store {
       normalised.resource,
       normalised.outcome,
       normalised.errorCode,
-      canonicalJson(details),
+      detailsJson,
       prevHash,
       hash,
     );
@@ -871,12 +906,48 @@ export class SqliteStore implements Store {
     });
   }
 
-  readAuditRange(fromSeq: number, toSeq: number): Promise<AuditRecord[]> {
+  readAuditRange(fromSeq: number, toSeq: number): Promise<StoredAuditRecord[]> {
     return this.#read(() =>
       this.#all<AuditRow>("SELECT * FROM audit_log WHERE seq BETWEEN ? AND ? ORDER BY seq", fromSeq, toSeq).map(
-        auditFromRow,
+        storedAuditFromRow,
       ),
     );
+  }
+
+  readAuditAfter(afterSeq: number, limit: number): Promise<StoredAuditRecord[]> {
+    return this.#read(() =>
+      this.#all<AuditRow>(
+        "SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
+        afterSeq,
+        checkLimit(limit, AUDIT_MAX_LIMIT),
+      ).map(storedAuditFromRow),
+    );
+  }
+
+  async useAuditChainKey(key: KeyObject): Promise<number> {
+    const keyedFrom = await this.#write(() => {
+      if (this.#headStale) this.#loadHead();
+      const next = this.#head.seq + 1;
+      const recorded = this.#keyedFrom;
+      if (recorded === undefined) {
+        this.#run("INSERT INTO store_meta (name, value) VALUES (?, ?)", CHAIN_KEYED_FROM, String(next));
+        // Until the key is set below, appends fail rather than go unkeyed.
+        this.#keyedFrom = next;
+        return next;
+      }
+      // Only ever the seq after the head is recorded, and the head only grows.
+      if (!Number.isSafeInteger(recorded) || recorded < 1 || recorded > next) {
+        throw new CustosError(
+          "audit_unavailable",
+          `the audit chain is keyed from record ${String(recorded)} but the log ends at record ${this.#head.seq}: ` +
+            "records were deleted or the store meta was edited",
+        );
+      }
+      return recorded;
+    });
+    // Set once the first keyed seq is durable; from here #loadHead no longer re-reads it.
+    this.#chainKey = key;
+    return keyedFrom;
   }
 
   /** Read from the table, not the in-memory head, so a verifier sees what is actually stored. */
