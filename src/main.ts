@@ -211,7 +211,7 @@ export async function openServices(config: CustosConfig, logger: Logger = create
     // Creates the CA hierarchy on installs made before the PKI existed; loads it otherwise.
     await pki.authority.ensure(systemActor("pki-init"));
     const platform = new Platform({ store, kms });
-    const secrets = new Secrets({ store, kms, platform });
+    const secrets = new Secrets({ store, kms, platform, audit });
     const broker = new Broker({
       store,
       keystore,

@@ -17,6 +17,9 @@ export interface ChildSpec {
 
 type Log = (message: string) => void;
 
+/** Signals that, passed on, mean the app is to end: it is not restarted after them. */
+const TERMINATING: ReadonlySet<NodeJS.Signals> = new Set(["SIGINT", "SIGQUIT", "SIGTERM"]);
+
 /** The exit code a shell would give for a process that ended with `code` or was killed by `signal`. */
 export function exitCodeOf(code: number | null, signal: NodeJS.Signals | null): number {
   if (code !== null) return code;
@@ -49,10 +52,24 @@ export class Child {
     return this.#process?.exitCode === null ? this.#process.pid : undefined;
   }
 
-  /** Starts the app with `env`. */
-  start(env: NodeJS.ProcessEnv): void {
+  /**
+   * Starts the app with `env`; false if spawn refused at once. A failure to start
+   * ends the run (`exited` settles with 127 or 126, as a shell would say), on a
+   * restart too.
+   */
+  start(env: NodeJS.ProcessEnv): boolean {
     const [file, ...args] = this.#spec.shell ? ["/bin/sh", "-c", this.#spec.command.join(" ")] : this.#spec.command;
-    const child = spawn(file as string, args, { env, stdio: "inherit" });
+    let child: ChildProcess;
+    try {
+      child = spawn(file as string, args, { env, stdio: "inherit" });
+    } catch (e) {
+      // spawn checks its arguments synchronously, and its message quotes the one it
+      // refuses, which can be a secret from `env`: only the code is said.
+      this.#process = undefined;
+      this.#log(`cannot start ${file}: ${codeOf(e)}`);
+      this.#settle?.(126);
+      return false;
+    }
     this.#process = child;
     let ended = false;
     const end = (code: number): void => {
@@ -68,6 +85,7 @@ export class Child {
       end(e.code === "ENOENT" ? 127 : 126);
     });
     child.once("exit", (code, signal) => end(exitCodeOf(code, signal)));
+    return true;
   }
 
   /** Sends `signal` to the app if it runs; false when there was none to send it to. */
@@ -82,11 +100,12 @@ export class Child {
   }
 
   /**
-   * Passes on a signal `custos run` received. A terminating one also means "don't
-   * restart": if it arrives while no app runs (mid-restart), the run ends with 128 + signal.
+   * Passes on a signal `custos run` received. A terminating one (INT, QUIT, TERM)
+   * also means "don't restart": if it arrives while no app runs (mid-restart), the
+   * run ends with 128 + signal. Others (HUP, USR1, USR2, WINCH) only pass.
    */
   forward(signal: NodeJS.Signals): void {
-    if (signal !== "SIGHUP") this.#stopping = signal;
+    if (TERMINATING.has(signal)) this.#stopping = signal;
     if (!this.signal(signal) && this.#stopping !== undefined) this.#settle?.(exitCodeOf(null, this.#stopping));
   }
 
@@ -107,6 +126,13 @@ export class Child {
       this.#restarting = false;
     }
   }
+}
+
+/** An error's code (`ERR_INVALID_ARG_VALUE`, `EACCES`), never its message. */
+function codeOf(e: unknown): string {
+  const code = (e as { code?: unknown } | null)?.code;
+  if (typeof code === "string") return code;
+  return e instanceof Error ? e.name : "unknown error";
 }
 
 /** SIGTERM, and SIGKILL if it hasn't exited within `graceMs`; resolves once it has exited. */

@@ -69,18 +69,21 @@ export function findSecret<T extends { readonly path: string; readonly name: str
 }
 
 /**
- * The secret variables for `secrets` under `policy`, and the problems that kept
- * some out: a mapping naming a secret the instance doesn't have, or two secrets
- * (or a secret and a `CUSTOS_*` variable) wanting one name. Problems name secrets
- * and variables, never values.
+ * The secret variables for `secrets` under `policy`, and what kept some out:
+ * `problems` with the configuration (a mapping naming a secret the instance
+ * doesn't have, two secrets or a secret and a `CUSTOS_*` variable wanting one
+ * name), and `unusable` values, which no environment can hold (a NUL byte: exec
+ * passes variables as C strings, and spawn refuses them with an error that quotes
+ * the value). Both name secrets and variables, never values.
  */
 export function secretVariables(
   secrets: readonly NamedValue[],
   policy: EnvPolicy,
-): { variables: Record<string, string>; problems: string[] } {
+): { variables: Record<string, string>; problems: string[]; unusable: string[] } {
   const variables: Record<string, string> = {};
   const owner = new Map<string, string>();
   const problems: string[] = [];
+  const unusable: string[] = [];
   const explicit = new Set<string>();
   const claim = (variable: string, secret: NamedValue): void => {
     const other = owner.get(variable);
@@ -90,6 +93,10 @@ export function secretVariables(
       return;
     }
     owner.set(variable, secret.name);
+    if (secret.value.includes("\0")) {
+      unusable.push(`secret ${secret.name} can't go into ${variable}: its value holds a NUL byte`);
+      return;
+    }
     variables[variable] = secret.value;
   };
   for (const mapping of policy.mappings) {
@@ -114,5 +121,5 @@ export function secretVariables(
       claim(variable, secret);
     }
   }
-  return { variables, problems };
+  return { variables, problems, unusable };
 }

@@ -89,7 +89,22 @@ export class RunError extends Error {
   }
 }
 
-const SIGNALS_FORWARDED: readonly NodeJS.Signals[] = ["SIGTERM", "SIGINT", "SIGHUP"];
+/**
+ * What `custos run` passes on to the app, as envconsul and consul-template's exec
+ * do. Without a listener, SIGQUIT, SIGUSR2 (and SIGTERM, SIGINT, SIGHUP) would end
+ * `custos run` and leave the app running without its supervisor, and SIGUSR1 would
+ * open Node's inspector on 127.0.0.1:9229 (a debugger into this process's memory);
+ * a listener stops both.
+ */
+const SIGNALS_FORWARDED: readonly NodeJS.Signals[] = [
+  "SIGHUP",
+  "SIGINT",
+  "SIGQUIT",
+  "SIGTERM",
+  "SIGUSR1",
+  "SIGUSR2",
+  "SIGWINCH",
+];
 const MIN_WAIT_MS = 1000;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -107,6 +122,17 @@ interface LoadedTemplate {
  * @throws RunError or BrokerError when the app could not be started.
  */
 export async function runApp(options: RunAppOptions): Promise<number> {
+  // Until the app runs there is nothing to pass SIGUSR1 on to, but it must not open the inspector.
+  const ignore = (): void => {};
+  process.on("SIGUSR1", ignore);
+  try {
+    return await supervise(options);
+  } finally {
+    process.off("SIGUSR1", ignore);
+  }
+}
+
+async function supervise(options: RunAppOptions): Promise<number> {
   const log = (message: string): void => options.log(`custos run: ${message}`);
   const files = credentialFiles(options.dir);
 
@@ -144,8 +170,9 @@ export async function runApp(options: RunAppOptions): Promise<number> {
   );
   const forward = (signal: NodeJS.Signals): void => child.forward(signal);
   for (const s of SIGNALS_FORWARDED) process.on(s, forward);
-  child.start(state.environment(true));
-  log(`started ${options.command[0] ?? ""} as ${credentials.identity.spiffeId}`);
+  if (child.start(state.environment(true))) {
+    log(`started ${options.command[0] ?? ""} as ${credentials.identity.spiffeId}`);
+  }
 
   const session = new BrokerSession(
     {
@@ -192,10 +219,16 @@ class RunState {
     this.#options = options;
   }
 
-  /** What would keep the app from starting as configured: secrets named by templates or --env that didn't come. */
+  /**
+   * What would keep the app from starting as configured: secrets named by templates
+   * or --env that didn't come, values no environment can hold.
+   */
   startupProblems(): string[] {
-    const problems =
-      this.#options.env.automatic || this.#options.env.mappings.length > 0 ? this.#secretEnv().problems : [];
+    const problems: string[] = [];
+    if (this.#options.env.automatic || this.#options.env.mappings.length > 0) {
+      const { problems: configuration, unusable } = this.#secretEnv();
+      problems.push(...configuration, ...unusable);
+    }
     for (const t of this.templates) {
       try {
         this.#render(t);
@@ -205,6 +238,11 @@ class RunState {
       }
     }
     return problems;
+  }
+
+  /** Why the app's environment can't be set now: secret values no environment can hold. */
+  unusableValues(): string[] {
+    return this.#secretEnv().unusable;
   }
 
   /** The app's environment: the inherited one without the bootstrap token, the credential files, the secrets. */
@@ -275,7 +313,7 @@ class RunState {
     });
   }
 
-  #secretEnv(): { variables: Record<string, string>; problems: string[] } {
+  #secretEnv(): { variables: Record<string, string>; problems: string[]; unusable: string[] } {
     return secretVariables(this.secrets, this.#options.env);
   }
 }
@@ -442,6 +480,13 @@ class Background {
   async #notify(what: string): Promise<void> {
     if (this.#stop.signal.aborted) return;
     if (this.#options.onChange === "restart") {
+      const unusable = this.#state.unusableValues();
+      if (unusable.length > 0) {
+        // A restart would start it without them (or not at all): the app running as it is serves better.
+        this.#log(`${what}: not restarting the app, which keeps its current environment`);
+        for (const u of unusable) this.#log(`warning: ${u}`);
+        return;
+      }
       this.#log(`${what}: restarting the app`);
       await this.#child.restart(this.#state.environment(false));
     } else if (this.#child.signal(this.#options.signal)) {

@@ -13,6 +13,7 @@ export {
   type SecretsOptions,
   type SecretValue,
   SHARED_KEY,
+  type ValueHmac,
   type VersionState,
   type WriteResult,
 } from "./secrets.js";

@@ -15,10 +15,21 @@ import type {
 import { alphabetOf, lengthOf, randomString } from "./generate.js";
 import { type ListTarget, parseGrantTarget, parseListPrefix, parseSecretPath, type SecretTarget } from "./paths.js";
 
+/** What the secrets service needs of the audit log (the real `AuditLog` satisfies it). */
+export interface ValueHmac {
+  /** `hmac-sha256:<hex>` of the value under the HSM audit key. */
+  hmac(value: Uint8Array): Promise<string>;
+}
+
 export interface SecretsOptions {
   readonly store: Store;
   readonly kms: KmsService;
   readonly platform: Platform;
+  /**
+   * HMACs written values for their audit record, so an auditor can find which write
+   * set a value without the journal holding it. Without it records carry no HMAC.
+   */
+  readonly audit?: ValueHmac | undefined;
   readonly clock?: () => Date;
 }
 
@@ -83,6 +94,11 @@ const MAX_METADATA_KEY = 128;
 const MAX_METADATA_VALUE = 512;
 const MAX_VERSIONS_PER_CALL = 100;
 const LIST_LIMIT = 1000;
+/**
+ * Changes to one secret are serialised in this process, so they never race each
+ * other; this bounds the retries against a writer in another process (one server
+ * per SQLite file is the rule, so that is a misconfiguration, or a future HA node).
+ */
 const WRITE_ATTEMPTS = 4;
 const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
 
@@ -134,6 +150,13 @@ function checkVersionList(versions: unknown, required: boolean): number[] | unde
   return [...new Set(versions as number[])].sort((a, b) => a - b);
 }
 
+/** Characters as docs/broker.md and the API schema count them: code points, not UTF-16 units. */
+function characters(s: string): number {
+  let n = 0;
+  for (const _ of s) n += 1;
+  return n;
+}
+
 function checkMetadata(input: MetadataInput): MetadataInput {
   if (typeof input !== "object" || input === null) throw invalid("metadata settings missing");
   const { maxVersions, casRequired, customMetadata } = input;
@@ -156,10 +179,10 @@ function checkMetadata(input: MetadataInput): MetadataInput {
       throw invalid(`customMetadata has at most ${MAX_CUSTOM_METADATA} entries`);
     }
     for (const [k, v] of entries) {
-      if (k.length < 1 || k.length > MAX_METADATA_KEY || LONE_SURROGATE.test(k)) {
+      if (characters(k) < 1 || characters(k) > MAX_METADATA_KEY || LONE_SURROGATE.test(k)) {
         throw invalid(`customMetadata keys are 1..${MAX_METADATA_KEY} characters`);
       }
-      if (typeof v !== "string" || v.length > MAX_METADATA_VALUE || LONE_SURROGATE.test(v)) {
+      if (typeof v !== "string" || characters(v) > MAX_METADATA_VALUE || LONE_SURROGATE.test(v)) {
         throw invalid(`customMetadata values are strings of at most ${MAX_METADATA_VALUE} characters`);
       }
     }
@@ -202,20 +225,24 @@ function auditState(s: Omit<SecretRecord, "versions"> | undefined) {
  * app's key, or `secrets.shared`) with the path and version as encryption context;
  * the store holds only ciphertext. Every change commits with its audit record in
  * one store transaction, and every read of a value is audited (path and version,
- * never the value). Authorisation is the caller's (the API): this service trusts
- * its actor.
+ * never the value; a write records the value's HMAC). Authorisation is the
+ * caller's (the API): this service trusts its actor.
  */
 export class Secrets {
   readonly #store: Store;
   readonly #kms: KmsService;
   readonly #platform: Platform;
+  readonly #hmac: ValueHmac | undefined;
   readonly #now: () => Date;
   #sharedKeyReady = false;
+  /** Per path, the end of the changes queued in this process (see `#serialised`). */
+  readonly #changing = new Map<string, Promise<void>>();
 
   constructor(options: SecretsOptions) {
     this.#store = options.store;
     this.#kms = options.kms;
     this.#platform = options.platform;
+    this.#hmac = options.audit;
     this.#now = options.clock ?? (() => new Date());
   }
 
@@ -266,63 +293,68 @@ export class Secrets {
     details: Record<string, unknown>,
   ): Promise<WriteResult> {
     const { keyName, appId } = await this.#keyFor(target, true);
-    for (let attempt = 1; ; attempt++) {
-      const current = await this.#store.secrets.getSecret(target.path);
-      if (current?.casRequired && cas === undefined) {
-        throw invalid(`secret ${target.path} requires check-and-set: give cas`);
-      }
-      const currentVersion = current?.currentVersion ?? 0;
-      if (cas !== undefined && cas !== currentVersion) {
-        throw new CustosError(
-          "conflict",
-          `check-and-set failed: the current version of ${target.path} is ${currentVersion}, not ${cas}`,
-        );
-      }
-      const version = currentVersion + 1;
-      const ciphertext = await this.#seal(target, keyName, bytes, version);
-      const now = this.#now().toISOString();
-      const maxVersions = current?.maxVersions ?? DEFAULT_MAX_VERSIONS;
-      const prune = pruned(current?.versions ?? [], maxVersions - 1);
-      const secret = {
-        path: target.path,
-        appId,
-        currentVersion: version,
-        maxVersions,
-        casRequired: current?.casRequired ?? false,
-        customMetadata: current?.customMetadata ?? {},
-        createdAt: current?.createdAt ?? now,
-        updatedAt: now,
-        revision: (current?.revision ?? 0) + 1,
-      };
-      const change: SecretChange = {
-        secret,
-        expectedRevision: current?.revision ?? null,
-        addVersion: {
+    // One HSM call per write (writes are rare): the record can then say which value was set.
+    const valueHmac = await this.#hmac?.hmac(bytes);
+    return this.#serialised(target.path, async () => {
+      for (let attempt = 1; ; attempt++) {
+        const current = await this.#store.secrets.getSecret(target.path);
+        if (current?.casRequired && cas === undefined) {
+          throw invalid(`secret ${target.path} requires check-and-set: give cas`);
+        }
+        const currentVersion = current?.currentVersion ?? 0;
+        if (cas !== undefined && cas !== currentVersion) {
+          throw new CustosError(
+            "conflict",
+            `check-and-set failed: the current version of ${target.path} is ${currentVersion}, not ${cas}`,
+          );
+        }
+        const version = currentVersion + 1;
+        const ciphertext = await this.#seal(target, keyName, bytes, version);
+        const now = this.#now().toISOString();
+        const maxVersions = current?.maxVersions ?? DEFAULT_MAX_VERSIONS;
+        const prune = pruned(current?.versions ?? [], maxVersions - 1);
+        const secret = {
+          path: target.path,
+          appId,
+          currentVersion: version,
+          maxVersions,
+          casRequired: current?.casRequired ?? false,
+          customMetadata: current?.customMetadata ?? {},
+          createdAt: current?.createdAt ?? now,
+          updatedAt: now,
+          revision: (current?.revision ?? 0) + 1,
+        };
+        const change: SecretChange = {
+          secret,
+          expectedRevision: current?.revision ?? null,
+          addVersion: {
+            path: target.path,
+            version,
+            createdAt: now,
+            deletedAt: null,
+            destroyedAt: null,
+            ciphertext,
+          },
+          ...(prune.length > 0 ? { pruneVersions: prune } : {}),
+        };
+        const entry = auditEntry(actor, "secret.write", `secret/${target.path}`, {
           path: target.path,
           version,
-          createdAt: now,
-          deletedAt: null,
-          destroyedAt: null,
-          ciphertext,
-        },
-        ...(prune.length > 0 ? { pruneVersions: prune } : {}),
-      };
-      const entry = auditEntry(actor, "secret.write", `secret/${target.path}`, {
-        path: target.path,
-        version,
-        ...(cas === undefined ? {} : { cas }),
-        ...details,
-        ...(prune.length > 0 ? { destroyedVersions: prune } : {}),
-      });
-      try {
-        await this.#store.secrets.changeSecret(change, entry);
-        return { path: target.path, version, createdAt: now };
-      } catch (e) {
-        // A lost race: with cas the caller's expectation is now stale (the next read
-        // answers that); without it, write on top of the winner.
-        if (!isCustosError(e, "conflict") || attempt >= WRITE_ATTEMPTS) throw e;
+          ...(cas === undefined ? {} : { cas }),
+          ...(valueHmac === undefined ? {} : { valueHmac }),
+          ...details,
+          ...(prune.length > 0 ? { destroyedVersions: prune } : {}),
+        });
+        try {
+          await this.#store.secrets.changeSecret(change, entry);
+          return { path: target.path, version, createdAt: now };
+        } catch (e) {
+          // A lost race: with cas the caller's expectation is now stale (the next read
+          // answers that); without it, write on top of the winner.
+          if (!isCustosError(e, "conflict") || attempt >= WRITE_ATTEMPTS) throw e;
+        }
       }
-    }
+    });
   }
 
   // ---- reading ----------------------------------------------------------------
@@ -464,21 +496,23 @@ export class Secrets {
   async deleteAll(actor: Actor, path: unknown): Promise<void> {
     const target = parseSecretPath(path);
     await this.#appOf(target);
-    for (let attempt = 1; ; attempt++) {
-      const current = await this.#store.secrets.getSecret(target.path);
-      if (current === undefined) throw secretNotFound(target.path);
-      const entry = auditEntry(actor, "secret.metadata.delete", `secret/${target.path}`, {
-        path: target.path,
-        versions: current.versions.map((v) => v.version),
-        before: auditState(current),
-      });
-      try {
-        await this.#store.secrets.deleteSecret(target.path, current.revision, entry);
-        return;
-      } catch (e) {
-        if (!isCustosError(e, "conflict") || attempt >= WRITE_ATTEMPTS) throw e;
+    await this.#serialised(target.path, async () => {
+      for (let attempt = 1; ; attempt++) {
+        const current = await this.#store.secrets.getSecret(target.path);
+        if (current === undefined) throw secretNotFound(target.path);
+        const entry = auditEntry(actor, "secret.metadata.delete", `secret/${target.path}`, {
+          path: target.path,
+          versions: current.versions.map((v) => v.version),
+          before: auditState(current),
+        });
+        try {
+          await this.#store.secrets.deleteSecret(target.path, current.revision, entry);
+          return;
+        } catch (e) {
+          if (!isCustosError(e, "conflict") || attempt >= WRITE_ATTEMPTS) throw e;
+        }
       }
-    }
+    });
   }
 
   async #mutate(
@@ -487,24 +521,49 @@ export class Secrets {
     action: string,
     plan: (current: SecretRecord | undefined, now: string) => SecretChange & { details: Record<string, unknown> },
   ): Promise<SecretMetadata> {
-    for (let attempt = 1; ; attempt++) {
-      const current = await this.#store.secrets.getSecret(target.path);
-      const { details, ...change } = plan(current, this.#now().toISOString());
-      const entry = auditEntry(actor, action, `secret/${target.path}`, {
-        path: target.path,
-        ...details,
-        before: auditState(current),
-        after: auditState(change.secret),
-      });
-      try {
-        await this.#store.secrets.changeSecret(change, entry);
-      } catch (e) {
-        if (!isCustosError(e, "conflict") || attempt >= WRITE_ATTEMPTS) throw e;
-        continue;
+    return this.#serialised(target.path, async () => {
+      for (let attempt = 1; ; attempt++) {
+        const current = await this.#store.secrets.getSecret(target.path);
+        const { details, ...change } = plan(current, this.#now().toISOString());
+        const entry = auditEntry(actor, action, `secret/${target.path}`, {
+          path: target.path,
+          ...details,
+          before: auditState(current),
+          after: auditState(change.secret),
+        });
+        try {
+          await this.#store.secrets.changeSecret(change, entry);
+        } catch (e) {
+          if (!isCustosError(e, "conflict") || attempt >= WRITE_ATTEMPTS) throw e;
+          continue;
+        }
+        const after = await this.#store.secrets.getSecret(target.path);
+        if (after === undefined) throw secretNotFound(target.path);
+        return metadataView(after);
       }
-      const after = await this.#store.secrets.getSecret(target.path);
-      if (after === undefined) throw secretNotFound(target.path);
-      return metadataView(after);
+    });
+  }
+
+  /**
+   * Runs `change` once every change to `path` queued before it in this process has
+   * settled. Each change reads the secret, then writes it expecting that revision:
+   * run side by side, all but one would find it stale, and a write without cas
+   * would answer `conflict`, which is only for a failed check-and-set.
+   */
+  async #serialised<T>(path: string, change: () => Promise<T>): Promise<T> {
+    const before = this.#changing.get(path);
+    let done!: () => void;
+    const mine = new Promise<void>((resolve) => {
+      done = resolve;
+    });
+    const end = before === undefined ? mine : before.then(() => mine);
+    this.#changing.set(path, end);
+    try {
+      await before;
+      return await change();
+    } finally {
+      done();
+      if (this.#changing.get(path) === end) this.#changing.delete(path);
     }
   }
 

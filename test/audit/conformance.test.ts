@@ -491,9 +491,7 @@ describe("sensitive values never reach the database", () => {
     assert.deepEqual(found, []);
   });
 
-  test("a secret write's record carries the value's HMAC (README: secret values HMACed with an HSM key)", {
-    todo: "bug: nothing calls AuditLog.hmac; records hold neither the value nor its HMAC, so they can't be searched",
-  }, async () => {
+  test("a secret write's record carries the value's HMAC (README: secret values HMACed with an HSM key)", async () => {
     const value = `searchable-${tag}`;
     const r = await send("PUT", "/v1/secrets/data/shared/hmaced", { body: { value } });
     assert.equal(r.status, 200);

@@ -87,6 +87,51 @@ describe("custos run's app process", () => {
     assert.equal(await child.exited, 130);
   });
 
+  test("an environment spawn refuses (a NUL in a value) ends the start with 126; the log names no value", async () => {
+    const lines: string[] = [];
+    const child = new Child(spec([node, "-e", "process.exit(0)"]), (l) => lines.push(l));
+    assert.equal(child.start({ ...process.env, TOKEN: "refused-value\u0000tail" }), false);
+    assert.equal(await child.exited, 126);
+    assert.deepEqual(lines, [`cannot start ${node}: ERR_INVALID_ARG_VALUE`]);
+  });
+
+  test("a restart whose new start fails ends the run: exited settles instead of waiting with no app", async () => {
+    const ready = join(dir, "before-failed-restart");
+    const script = `require("node:fs").writeFileSync(${JSON.stringify(ready)}, "");
+      process.on("SIGTERM", () => process.exit(0)); setInterval(() => {}, 1000);`;
+    const lines: string[] = [];
+    const child = new Child(spec([node, "-e", script]), (l) => lines.push(l));
+    child.start(process.env);
+    await waitFor("the app", () => existsSync(ready));
+    const first = child.pid as number;
+    await child.restart({ ...process.env, TOKEN: "refused-value\u0000tail" });
+    assert.equal(await child.exited, 126);
+    assert.equal(child.pid, undefined);
+    assert.throws(() => process.kill(first, 0), { code: "ESRCH" }, "the old app was stopped");
+    assert.ok(!lines.join("\n").includes("refused-value"), lines.join("\n"));
+  });
+
+  test("USR1, USR2 and WINCH pass on without ending anything: a restart still follows", async () => {
+    const notes = join(dir, "user-signals");
+    const script = `const fs = require("node:fs"); const note = (t) => fs.appendFileSync(${JSON.stringify(notes)}, t + "\\n");
+      for (const s of ["SIGUSR1", "SIGUSR2", "SIGWINCH"]) process.on(s, () => note(s));
+      process.on("SIGQUIT", () => process.exit(5)); note("start"); setInterval(() => {}, 1000);`;
+    const lines = (): string[] => (existsSync(notes) ? readFileSync(notes, "utf8").trim().split("\n") : []);
+    const child = new Child(spec([node, "-e", script]), () => {});
+    child.start(process.env);
+    await waitFor("the app", () => lines().includes("start"));
+    for (const s of ["SIGUSR1", "SIGUSR2", "SIGWINCH"] as const) {
+      child.forward(s);
+      await waitFor(s, () => lines().includes(s));
+    }
+    const first = child.pid;
+    await child.restart(process.env);
+    assert.notEqual(child.pid, first, "a user signal is no reason to stop restarting");
+    await waitFor("the second app", () => lines().filter((l) => l === "start").length === 2);
+    child.forward("SIGQUIT");
+    assert.equal(await child.exited, 5);
+  });
+
   test("an app that ignores SIGTERM is killed after the grace period on restart", async () => {
     const ready = join(dir, "stubborn");
     const script = `process.on("SIGTERM", () => {}); require("node:fs").writeFileSync(${JSON.stringify(ready)}, "");

@@ -74,4 +74,18 @@ describe("custos run environment", () => {
     assert.ok(problems.some((p) => /db-password and db\/password both go into DB_PASSWORD/.test(p)));
     for (const p of problems) assert.ok(!/\bpw\b|other|sneaky/.test(p), p);
   });
+
+  test("a value no environment can hold (a NUL byte) stays out, named by secret and variable, never shown", () => {
+    const nul = [...WEB, secret("token", "before\u0000after")];
+    for (const policy of [
+      { automatic: true, mappings: [] },
+      { automatic: false, mappings: [{ variable: "TOKEN", secret: "token" }] },
+    ]) {
+      const { variables, problems, unusable } = secretVariables(nul, policy);
+      assert.equal(variables.TOKEN, undefined);
+      assert.deepEqual(problems, []);
+      assert.deepEqual(unusable, ["secret token can't go into TOKEN: its value holds a NUL byte"]);
+    }
+    assert.deepEqual(secretVariables(WEB, { automatic: true, mappings: [] }).unusable, []);
+  });
 });

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { AuditLog, HMAC_PREFIX } from "../../src/audit/index.js";
 import { isCustosError } from "../../src/errors/index.js";
 import type { App } from "../../src/platform/index.js";
-import { ALPHABETS } from "../../src/secrets/index.js";
+import { ALPHABETS, Secrets } from "../../src/secrets/index.js";
 import { admin, openPlatformFixture, type PlatformFixture } from "../platform/setup.js";
 
 const code = (c: string) => (e: unknown) => isCustosError(e, c as never);
@@ -219,5 +220,24 @@ describe("secrets service", () => {
     await assert.rejects(f.secrets.forApp(api), expected);
     await assert.rejects(f.secrets.put(admin, "acme/prod/api/token", "new"), expected);
     assert.equal((await f.secrets.read(admin, "acme/prod/web/db/password")).value, "two ✓", "other apps unaffected");
+  });
+
+  test("with the audit log, a write's record carries the value's HMAC under the HSM audit key, generate's too", async () => {
+    const audited = new Secrets({ store: f.store, kms: f.kms, platform: f.platform, audit: f.audit.log });
+    // The keys the fixture's audit log was given (provisionKeys finds them again).
+    const { hmacKey } = await AuditLog.provisionKeys(f.keystore);
+    const macOf = async (value: string) =>
+      HMAC_PREFIX + (await f.keystore.hmac(hmacKey, Buffer.from(value, "utf8"))).toString("hex");
+    const p = "acme/prod/web/hmaced";
+    await audited.put(admin, p, "searchable ✓");
+    await audited.generate(admin, p, { length: 16 });
+    const generated = (await audited.read(admin, p)).value;
+    const writes = (await f.records("secret.write")).filter((r) => r.resource === `secret/${p}`);
+    assert.deepEqual(
+      writes.map((r) => (r.details as { valueHmac?: unknown }).valueHmac),
+      [await macOf("searchable ✓"), await macOf(generated)],
+    );
+    const text = JSON.stringify(writes);
+    assert.ok(!text.includes("searchable") && !text.includes(generated), "the value itself is not recorded");
   });
 });

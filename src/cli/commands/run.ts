@@ -59,7 +59,10 @@ disturbed), and the secrets are fetched every --poll seconds. When a secret or
 the certificate changes, the files and templates are rewritten and the app gets
 --signal, or with --on-change restart is restarted with the new environment
 (the environment of a running process can't change: read rotating secrets from
-templates, or restart). SIGTERM, SIGINT and SIGHUP are passed on to the app.
+templates, or restart). SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2 and
+SIGWINCH are passed on to the app. A secret whose value holds a NUL byte can't go
+into an environment: it stops the start (exit 1); with --on-change restart, such a
+change leaves the app running unrestarted, with a warning.
 
 A Custos outage never stops the app: each failure is a warning on stderr and is
 retried with back-off. If the instance's credentials are revoked (the platform

@@ -51,13 +51,86 @@ export function openDatabase(path: string, busyTimeoutMs: number): Database.Data
     migrate(db, allMigrations);
     // From here on, COMMIT leaves the WAL fsync to the write queue, which runs it off the main thread.
     db.pragma("synchronous = NORMAL");
-    if (!inMemory) restrictFileModes(path);
+    if (!inMemory) {
+      restrictFileModes(path);
+      eraseFromWal(db);
+    }
   } catch (e) {
     db.close();
     if (e instanceof CustosError) throw e;
     throw new CustosError("store_unavailable", "cannot prepare the database", { cause: e });
   }
   return db;
+}
+
+/** Retries of a checkpoint that found the WAL in use: the first after a second, then doubling up to a minute. */
+const WAL_RETRY_FIRST_MS = 1000;
+const WAL_RETRY_MAX_MS = 60_000;
+
+/**
+ * Erasure that reaches the WAL. secure_delete zeroes what a deletion frees, but in
+ * WAL mode the zeroed page is a new frame: the older frames that held the value
+ * stay in the -wal file, where a copy of the data directory finds them, until
+ * SQLite happens to overwrite them. So each transaction that erases key material —
+ * a secret version's ciphertext (destroyed, pruned, deleted with its secret or its
+ * app) or a KMS key version's wrapped key — is followed, right after its COMMIT, by
+ * `wal_checkpoint(TRUNCATE)`: the frames go into the database file (where the
+ * erased bytes are zeros) and the -wal file is cut to nothing. Erasures are rare;
+ * other writes never pay for this.
+ *
+ * The triggers are TEMP, on this connection only: the schema is unchanged. They
+ * call a function that only queues the checkpoint, since nothing can checkpoint
+ * inside a transaction; the write queue runs a batch, COMMIT included, in one
+ * synchronous turn, so the queued microtask runs just after the COMMIT, before the
+ * write is acknowledged. A checkpoint blocked by a reader in another process (it
+ * waits `busy_timeout`, then gives up) is retried with back-off; a checkpoint at
+ * open covers a process that ended before one succeeded.
+ */
+function eraseFromWal(db: Database.Database): void {
+  let queued = false;
+  let retry: NodeJS.Timeout | undefined;
+  let retryMs = WAL_RETRY_FIRST_MS;
+  const checkpoint = (): void => {
+    queued = false;
+    retry = undefined;
+    if (!db.open) return;
+    if (!db.inTransaction && truncateWal(db)) {
+      retryMs = WAL_RETRY_FIRST_MS;
+      return;
+    }
+    retry = setTimeout(checkpoint, retryMs);
+    // A pending retry must not keep a process alive that has nothing else to do.
+    retry.unref();
+    retryMs = Math.min(WAL_RETRY_MAX_MS, retryMs * 2);
+  };
+  db.function("custos_material_erased", { deterministic: false }, () => {
+    if (!queued && retry === undefined) {
+      queued = true;
+      queueMicrotask(checkpoint);
+    }
+    return null;
+  });
+  db.exec(`
+    CREATE TEMP TRIGGER custos_erase_secret_destroyed AFTER UPDATE OF ciphertext ON main.secret_versions
+      WHEN OLD.ciphertext IS NOT NULL AND NEW.ciphertext IS NULL BEGIN SELECT custos_material_erased(); END;
+    CREATE TEMP TRIGGER custos_erase_secret_deleted AFTER DELETE ON main.secret_versions
+      WHEN OLD.ciphertext IS NOT NULL BEGIN SELECT custos_material_erased(); END;
+    CREATE TEMP TRIGGER custos_erase_key_destroyed AFTER UPDATE OF wrapped_key ON main.key_versions
+      WHEN OLD.wrapped_key IS NOT NULL AND NEW.wrapped_key IS NULL BEGIN SELECT custos_material_erased(); END;
+    CREATE TEMP TRIGGER custos_erase_key_deleted AFTER DELETE ON main.key_versions
+      WHEN OLD.wrapped_key IS NOT NULL BEGIN SELECT custos_material_erased(); END;
+  `);
+  checkpoint();
+}
+
+/** `wal_checkpoint(TRUNCATE)`; false when a reader kept it from completing (or it failed: retried alike). */
+function truncateWal(db: Database.Database): boolean {
+  try {
+    const [result] = db.pragma("wal_checkpoint(TRUNCATE)") as Array<{ busy: number }>;
+    return result?.busy === 0;
+  } catch {
+    return false;
+  }
 }
 
 /**
