@@ -14,6 +14,7 @@ import { after, before, describe, test } from "node:test";
 import { createLocalJWKSet, type JSONWebKeySet, jwtVerify } from "jose";
 import { BrokerError, BrokerSession, bootstrap } from "../../src/broker-client/index.js";
 import { type CustosInstance, startCustos } from "../helpers/custos.js";
+import { alive, waitFor } from "../helpers/wait.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const BIN = join(ROOT, "bin/custos.js");
@@ -101,23 +102,6 @@ function launch(args: string[], env: Record<string, string>): Running {
     running.stderr += c.toString("utf8");
   });
   return running;
-}
-
-async function waitFor(what: string, check: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function pemBlocks(text: string): string[] {

@@ -23,14 +23,14 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { Readable, Writable } from "node:stream";
-import { pipeline } from "node:stream/promises";
+import { Readable } from "node:stream";
 import { after, before, describe, test } from "node:test";
 import { inspect } from "node:util";
 import { bufferSource, Envelope, type EnvelopeKms, type RangeSource } from "../../src/envelope/index.js";
 import type { Secret } from "../../src/secret/index.js";
 import { type CustosInstance, startCustos } from "../helpers/custos.js";
 import { alice, type KmsFixture, openFixture } from "../kms/setup.js";
+import { collect } from "./collect.js";
 import { type CountingKms, serviceKms } from "./service-kms.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
@@ -189,22 +189,6 @@ function u32(n: number): Buffer {
 function renamed(message: Buffer, name: string): Buffer {
   const old = message.readUInt16BE(9);
   return Buffer.concat([message.subarray(0, 9), u16(name.length), Buffer.from(name), message.subarray(11 + old)]);
-}
-
-async function collect(source: Readable, transform: NodeJS.ReadWriteStream): Promise<{ out: Buffer; error?: unknown }> {
-  const got: Buffer[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _e, done) {
-      got.push(chunk);
-      done();
-    },
-  });
-  try {
-    await pipeline(source, transform, sink);
-    return { out: Buffer.concat(got) };
-  } catch (error) {
-    return { out: Buffer.concat(got), error };
-  }
 }
 
 /** A buffer source that counts the bytes it hands out for chunks. */

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { Readable, Writable } from "node:stream";
-import { pipeline } from "node:stream/promises";
+import { Readable } from "node:stream";
 import { after, before, describe, test } from "node:test";
 import { bufferSource, Envelope, type RangeSource, readHeader } from "../../src/envelope/index.js";
 import { alice, type KmsFixture, openFixture } from "../kms/setup.js";
+import { collect } from "./collect.js";
 import { type CountingKms, serviceKms } from "./service-kms.js";
 
 let f: KmsFixture;
@@ -30,23 +30,6 @@ function pieces(data: Buffer): Readable {
     at += n;
   }
   return Readable.from(parts, { objectMode: false });
-}
-
-/** Collects what a stream releases, even when it then fails. */
-async function collect(source: Readable, transform: NodeJS.ReadWriteStream): Promise<{ out: Buffer; error?: unknown }> {
-  const got: Buffer[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _e, done) {
-      got.push(chunk);
-      done();
-    },
-  });
-  try {
-    await pipeline(source, transform, sink);
-    return { out: Buffer.concat(got) };
-  } catch (error) {
-    return { out: Buffer.concat(got), error };
-  }
 }
 
 /** A buffer source that notes every read, to see which bytes a range read touches. */

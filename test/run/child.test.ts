@@ -5,17 +5,10 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { changedSecrets, renewalWait } from "../../src/agent/run.js";
 import { Child, exitCodeOf } from "../../src/agent/run-child.js";
+import { waitFor } from "../helpers/wait.js";
 
 const node = process.execPath;
 const spec = (command: string[], shell = false) => ({ command, shell, stopGraceMs: 2000 });
-
-async function waitFor(what: string, check: () => boolean): Promise<void> {
-  const until = Date.now() + 20_000;
-  while (!check()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe("custos run's app process", () => {
   let dir: string;

@@ -16,6 +16,7 @@ import { isCustosError } from "../../src/errors/index.js";
 import type { App } from "../../src/platform/index.js";
 import { type CustosInstance, startCustos } from "../helpers/custos.js";
 import { freePort } from "../helpers/ports.js";
+import { alive, waitFor } from "../helpers/wait.js";
 import { admin, openPlatformFixture, type PlatformFixture } from "../platform/setup.js";
 
 const code = (c: string) => (e: unknown) => isCustosError(e, c as never);
@@ -270,23 +271,6 @@ interface Running {
   stdout: string;
   stderr: string;
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-async function waitFor(what: string, check: () => boolean, timeoutMs = 30_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function lines(file: string): string[] {
