@@ -116,8 +116,7 @@ async function assertHoldsAll(
   const lent = [...policies.sudo].find((p) => !rights.policies.has(p));
   if (lent !== undefined) throw refuse(`holds policy "${lent}" through a sudo grant`);
 
-  const platform = await platformRights(ctx);
-  const theirs = platform.filter((r) => heldBy(r, holders));
+  const theirs = await platformRights(ctx, holders);
   if (theirs.length === 0) return;
   const mine: Holders =
     rights.userId === null
@@ -143,27 +142,26 @@ function heldBy(right: PlatformRight, holders: Holders): boolean {
 }
 
 /**
- * The rights the platform gives users and groups outside policies: owning an app
- * (its secrets, its instances over SSH: docs/broker.md, docs/ssh-ca.md) and active
- * SSH sudo grants (root, or another account, on an app's instances). Read through
- * the store's platform and SSH areas, the seam the platform and SSH CA modules
- * themselves decide these through. The store has no "apps owned by" lookup, so
- * this walks orgs and spaces: a query each, paid only by non-admin managers.
+ * The rights the platform gives `holders` outside policies: owning an app (its
+ * secrets, its instances over SSH: docs/broker.md, docs/ssh-ca.md) and active SSH
+ * sudo grants (root, or another account, on an app's instances). Read through the
+ * store's platform and SSH areas, the seam the platform and SSH CA modules
+ * themselves decide these through.
  */
-async function platformRights(ctx: AuthContext): Promise<PlatformRight[]> {
+async function platformRights(ctx: AuthContext, holders: Holders): Promise<PlatformRight[]> {
   const rights: PlatformRight[] = [];
-  for (const org of await ctx.store.platform.listOrgs()) {
-    for (const space of await ctx.store.platform.listSpaces(org.name)) {
-      for (const app of await ctx.store.platform.listApps(org.name, space.name)) {
-        const what = `owns app ${org.name}/${space.name}/${app.name}`;
-        rights.push({ what, userIds: app.ownerUsers, groupIds: app.ownerGroups });
-      }
-    }
+  for (const app of await ctx.store.platform.appsOwnedBy(holders.userIds, holders.groupIds)) {
+    rights.push({
+      what: `owns app ${app.org}/${app.space}/${app.name}`,
+      userIds: app.ownerUsers,
+      groupIds: app.ownerGroups,
+    });
   }
   for (const grant of await ctx.store.ssh.listSudoGrants(ctx.clock().toISOString())) {
     const what = `holds SSH sudo as ${grant.account} on app ${grant.org}/${grant.space}/${grant.app}`;
     const byUser = grant.subjectType === "user";
-    rights.push({ what, userIds: byUser ? [grant.subjectId] : [], groupIds: byUser ? [] : [grant.subjectId] });
+    const right = { what, userIds: byUser ? [grant.subjectId] : [], groupIds: byUser ? [] : [grant.subjectId] };
+    if (heldBy(right, holders)) rights.push(right);
   }
   return rights;
 }

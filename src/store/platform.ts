@@ -24,6 +24,8 @@ export interface PlatformStore {
   getApp(org: string, space: string, name: string): Promise<AppRecord | undefined>;
   getAppById(id: string): Promise<AppRecord | undefined>;
   listApps(org: string, space: string): Promise<AppRecord[]>;
+  /** The apps any of these users or groups own, by name. */
+  appsOwnedBy(userIds: readonly string[], groupIds: readonly string[]): Promise<AppRecord[]>;
   /** Replaces the owners; `app.revision` must be `expectedRevision + 1`. */
   updateApp(app: AppRecord, expectedRevision: number, audit: AuditEntry): Promise<void>;
   /** Deletes the app, its owners, its secrets (every version) and its grants. */

@@ -46,6 +46,16 @@ describe("platform model", () => {
     assert.equal(await f.platform.isOwner({ ...ann, kind: "token", userId: null }, app), false);
   });
 
+  test("the store finds the apps a user or group owns, and none for others", async () => {
+    const names = async (users: string[], groups: string[]) =>
+      (await f.store.platform.appsOwnedBy(users, groups)).map((a) => `${a.org}/${a.space}/${a.name}`);
+    assert.deepEqual(await names(["u-ann"], []), ["acme/prod/web"]);
+    assert.deepEqual(await names([], ["g-web-team"]), ["acme/prod/web"]);
+    assert.deepEqual(await names(["u-ann"], ["g-web-team"]), ["acme/prod/web"], "each app once");
+    assert.deepEqual(await names(["u-bob"], []), [], "bob owns it only through his group");
+    assert.deepEqual(await names([], []), []);
+  });
+
   async function principal(name: string) {
     return {
       kind: "user" as const,

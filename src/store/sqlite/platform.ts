@@ -94,6 +94,19 @@ export function platformStore(area: Area): PlatformStore {
           .all<AppRow>("SELECT * FROM platform_apps WHERE org = ? AND space = ? ORDER BY name", org, space)
           .map((r) => appFromRow(sql, r)!),
       ),
+    appsOwnedBy: (userIds, groupIds) =>
+      area.read((sql) =>
+        sql
+          // The id lists travel as JSON arrays: one statement whatever their lengths.
+          .all<AppRow>(
+            `SELECT * FROM platform_apps WHERE id IN (SELECT app_id FROM platform_app_owners
+               WHERE user_id IN (SELECT value FROM json_each(?)) OR group_id IN (SELECT value FROM json_each(?)))
+             ORDER BY org, space, name`,
+            JSON.stringify(userIds),
+            JSON.stringify(groupIds),
+          )
+          .map((r) => appFromRow(sql, r)!),
+      ),
     updateApp: (app, expectedRevision, audit) =>
       area.write((sql, record) => {
         const result = sql.run(
