@@ -225,8 +225,8 @@ export async function openServices(config: CustosConfig, logger: Logger = create
     });
     // The JWT signing key in the HSM and the built-in platform-agent policy.
     await broker.ensure();
+    platform.useInstanceCounts((app) => broker.instanceCounts(app.id));
     const opened = store;
-    platform.useInstanceCounts((app) => opened.broker.instanceCounts(app.id));
     const ssh = new SshCa({
       keystore,
       store,

@@ -317,6 +317,18 @@ export class Broker {
   }
 
   /**
+   * An app's instances by state, after stopping those whose lease has lapsed (the
+   * sweep may not have come by yet): a lapsed lease means stopped, here as on
+   * every request about the instance.
+   */
+  async instanceCounts(appId: string): Promise<Record<string, number>> {
+    for (const record of await this.#store.broker.listLapsed(iso(this.#now()))) {
+      if (record.appId === appId) await this.#lapseIfDue(record);
+    }
+    return this.#store.broker.instanceCounts(appId);
+  }
+
+  /**
    * Stops every instance whose lease has lapsed, finishes stops interrupted before
    * their certificates were revoked, and forgets expired JWT ids. Returns how many
    * instances it stopped.

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { type Actor, auditEntry } from "../audit/index.js";
-import type { Principal } from "../auth/index.js";
+import { type Principal, tryNormalizeName } from "../auth/index.js";
 import { CustosError, isCustosError } from "../errors/index.js";
 import type { KmsService } from "../kms/index.js";
 import type { AppRecord, OrgRecord, SpaceRecord, Store } from "../store/index.js";
@@ -124,6 +124,8 @@ export class Platform {
   readonly #kms: KmsService;
   readonly #now: () => Date;
   #instanceCounter: InstanceCounter | undefined;
+  /** See `#oneAtATime`. */
+  #structural: Promise<unknown> = Promise.resolve();
 
   constructor(options: PlatformOptions) {
     this.#store = options.store;
@@ -179,7 +181,9 @@ export class Platform {
   async deleteSpace(actor: Actor, org: unknown, name: unknown): Promise<void> {
     const o = checkOrgName(org);
     const s = checkLabel(name, "space name");
-    await this.#store.platform.deleteSpace(o, s, auditEntry(actor, "platform.space.delete", `org/${o}/space/${s}`));
+    await this.#oneAtATime(() =>
+      this.#store.platform.deleteSpace(o, s, auditEntry(actor, "platform.space.delete", `org/${o}/space/${s}`)),
+    );
   }
 
   // ---- apps -----------------------------------------------------------------
@@ -234,6 +238,10 @@ export class Platform {
   async createApp(actor: Actor, ref: AppRef, owners: OwnersInput = {}): Promise<AppView> {
     const r = checkAppRef(ref);
     checkKeyNameFits(r.org, r.space, r.app);
+    return this.#oneAtATime(() => this.#createApp(actor, r, owners));
+  }
+
+  async #createApp(actor: Actor, r: AppRef, owners: OwnersInput): Promise<AppView> {
     const ids = await this.#resolveOwners(owners);
     if ((await this.#store.platform.getSpace(r.org, r.space)) === undefined) {
       throw new CustosError("not_found", `space ${r.org}/${r.space} not found`);
@@ -324,21 +332,37 @@ export class Platform {
 
   // ---- helpers ----------------------------------------------------------------
 
+  /**
+   * Runs app creations and space deletions one at a time (one process serves a
+   * store). An app's key is made before its record: a space deleted in between
+   * would fail the record, and the key, destroyed since a destroyed key can't be
+   * removed, would hold the app's name for good.
+   */
+  #oneAtATime<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#structural.then(fn, fn);
+    this.#structural = run.catch(() => undefined);
+    return run;
+  }
+
   async #resolveOwners(owners: OwnersInput): Promise<{ ownerUsers: string[]; ownerGroups: string[] }> {
     const users = [...new Set(owners.users ?? [])];
     const groups = [...new Set(owners.groups ?? [])];
     if (users.length + groups.length > MAX_OWNERS) {
       throw new CustosError("invalid_request", `an app has at most ${MAX_OWNERS} owners`);
     }
+    // Names are looked up as the auth module stores them: ASCII, folded to lower case.
+    const stored = (name: unknown) => (typeof name === "string" ? tryNormalizeName(name) : undefined);
     const ownerUsers: string[] = [];
     for (const name of users) {
-      const user = typeof name === "string" ? await this.#store.getUserByName(name) : undefined;
+      const folded = stored(name);
+      const user = folded === undefined ? undefined : await this.#store.getUserByName(folded);
       if (user === undefined) throw new CustosError("invalid_request", `owner: no user named ${String(name)}`);
       ownerUsers.push(user.id);
     }
     const ownerGroups: string[] = [];
     for (const name of groups) {
-      const group = typeof name === "string" ? await this.#store.getGroupByName(name) : undefined;
+      const folded = stored(name);
+      const group = folded === undefined ? undefined : await this.#store.getGroupByName(folded);
       if (group === undefined) throw new CustosError("invalid_request", `owner: no group named ${String(name)}`);
       ownerGroups.push(group.id);
     }

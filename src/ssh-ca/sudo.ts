@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { Actor } from "../audit/index.js";
+import { tryNormalizeName } from "../auth/index.js";
 import { CustosError } from "../errors/index.js";
 import type { SshSudoGrantRecord, Store } from "../store/index.js";
 import { checkReason } from "./role.js";
@@ -61,11 +62,13 @@ export async function newSudoGrant(
   if (app === undefined) throw new CustosError("not_found", `app ${input.org}/${input.space}/${input.app} not found`);
   let subject: { type: "user" | "group"; id: string };
   if (input.user !== undefined) {
-    const user = await store.getUserByName(input.user);
+    const folded = tryNormalizeName(input.user);
+    const user = folded === undefined ? undefined : await store.getUserByName(folded);
     if (user === undefined) throw new CustosError("not_found", `no user ${input.user.slice(0, 64)}`);
     subject = { type: "user", id: user.id };
   } else {
-    const group = await store.getGroupByName(input.group ?? "");
+    const folded = tryNormalizeName(input.group ?? "");
+    const group = folded === undefined ? undefined : await store.getGroupByName(folded);
     if (group === undefined) throw new CustosError("not_found", `no group ${(input.group ?? "").slice(0, 64)}`);
     subject = { type: "group", id: group.id };
   }
