@@ -32,6 +32,7 @@ import { Secrets } from "./secrets/index.js";
 import { SshCa } from "./ssh-ca/index.js";
 import type { Store } from "./store/index.js";
 import { SqliteStore } from "./store/sqlite/index.js";
+import { VERSION } from "./version.js";
 
 /**
  * The listener's TLS: 1.2 and 1.3 only, and under 1.2 only ECDHE with AEAD ciphers
@@ -53,8 +54,6 @@ const TLS_POLICY = {
   ].join(":"),
   honorCipherOrder: true,
 } as const;
-
-export const VERSION = "0.1.0";
 
 /** Names of the settings `init` records. */
 const S = {

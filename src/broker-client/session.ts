@@ -4,6 +4,7 @@
  * `BrokerSession` that speaks mutual TLS with that identity.
  */
 import { Agent } from "node:https";
+import { parseHttpsAddress } from "../net/address.js";
 import {
   type BrokerSecret,
   type Credentials,
@@ -253,20 +254,9 @@ function call(
 }
 
 function endpointOf(options: ConnectOptions): Endpoint {
-  let address: URL;
-  try {
-    address = new URL(options.address);
-  } catch (cause) {
-    throw new BrokerError("invalid_argument", `invalid address "${options.address}": expected https://host:port`, {
-      cause,
-    });
-  }
-  if (address.protocol !== "https:") {
-    throw new BrokerError("invalid_argument", `invalid address "${options.address}": only https:// is supported`);
-  }
-  if (address.username !== "" || address.password !== "" || address.search !== "" || address.hash !== "") {
-    throw new BrokerError("invalid_argument", `invalid address for ${address.host}: no credentials, query or fragment`);
-  }
+  const parsed = parseHttpsAddress(options.address);
+  if ("problem" in parsed) throw new BrokerError("invalid_argument", parsed.problem);
+  const address = parsed.url;
   const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
     throw new BrokerError("invalid_argument", `timeoutMs must be a positive number, got ${timeoutMs}`);

@@ -1,5 +1,6 @@
 /** The `custos` command tree. */
 import { Command } from "commander";
+import { VERSION } from "../version.js";
 import { registerPolicyCommands, registerSudoCommands } from "./commands/admin.js";
 import { registerAgentCommands } from "./commands/agent.js";
 import { registerAuditCommands } from "./commands/audit.js";
@@ -40,6 +41,7 @@ export function buildProgram(ctx: CliContext): Command {
         "2 server failure or unreachable, 64 usage error.",
       ].join("\n"),
     )
+    .version(VERSION, "-V, --version", "print the version")
     .option("--json", "print the raw JSON answer (for scripts)")
     // Set before adding commands: subcommands inherit both.
     .exitOverride()

@@ -3,6 +3,7 @@
  * tools on the same host find the API: `CUSTOS_ADDR`, `CUSTOS_TOKEN` or
  * `CUSTOS_TOKEN_FILE`, `CUSTOS_CACERT`.
  */
+import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Secret } from "../secret/index.js";
 import { configError } from "./errors.js";
@@ -36,7 +37,7 @@ export function clientFromEnv(env: NodeJS.ProcessEnv, options: EnvClientOptions 
  */
 export function tokenFromEnv(env: NodeJS.ProcessEnv): Secret | undefined {
   const inline = env.CUSTOS_TOKEN?.trim();
-  if (inline) return Secret.fromString(inline);
+  if (inline) return Secret.fromString(checkTokenText(inline, "CUSTOS_TOKEN"));
   const file = nonEmpty(env.CUSTOS_TOKEN_FILE);
   if (file === undefined) return undefined;
   let raw: Buffer;
@@ -48,7 +49,7 @@ export function tokenFromEnv(env: NodeJS.ProcessEnv): Secret | undefined {
   try {
     const text = raw.toString("utf8").trim();
     if (text.length === 0) throw configError(`CUSTOS_TOKEN_FILE ${file} is empty`);
-    return Secret.fromString(text);
+    return Secret.fromString(checkTokenText(text, `CUSTOS_TOKEN_FILE ${file}`));
   } finally {
     raw.fill(0);
   }
@@ -61,10 +62,29 @@ function readCa(file: string): Buffer {
   } catch (cause) {
     throw configError(`cannot read CUSTOS_CACERT ${file}: ${fsCode(cause)}`, cause);
   }
-  if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
-    throw configError(`CUSTOS_CACERT ${file} holds no PEM certificate`);
+  // Every certificate must parse: a broken one would surface later as a TLS failure
+  // against the server, naming neither the file nor the setting.
+  const blocks = pem.toString("latin1").match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) throw configError(`CUSTOS_CACERT ${file} holds no PEM certificate`);
+  for (const block of blocks) {
+    try {
+      new X509Certificate(block);
+    } catch (cause) {
+      throw configError(`CUSTOS_CACERT ${file} holds a certificate that does not parse`, cause);
+    }
   }
   return pem;
+}
+
+/**
+ * A bearer token travels in a header: visible ASCII only (RFC 6750 b64token is
+ * narrower still). Anything else, a second line included, is a setting to fix.
+ */
+function checkTokenText(text: string, source: string): string {
+  if (!/^[\x21-\x7e]+$/.test(text)) {
+    throw configError(`${source} does not hold one token: only visible ASCII characters, on one line`);
+  }
+  return text;
 }
 
 function nonEmpty(value: string | undefined): string | undefined {

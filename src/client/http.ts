@@ -6,6 +6,7 @@
 import type { IncomingMessage } from "node:http";
 import { Agent, request as httpsRequest } from "node:https";
 import { setTimeout as sleep } from "node:timers/promises";
+import { parseHttpsAddress } from "../net/address.js";
 import type { Secret } from "../secret/index.js";
 import { apiError, ClientError, configError, transportError } from "./errors.js";
 import {
@@ -282,18 +283,7 @@ function parseJson(raw: Buffer): unknown {
 }
 
 function parseAddress(address: string): URL {
-  let url: URL;
-  try {
-    url = new URL(address);
-  } catch (cause) {
-    throw configError(`invalid address "${address}": expected https://host:port`, cause);
-  }
-  if (url.protocol !== "https:") {
-    throw configError(`invalid address "${address}": only https:// is supported (the token must not travel in clear)`);
-  }
-  if (url.username !== "" || url.password !== "" || url.search !== "" || url.hash !== "") {
-    // The address may hold a password: name only where it points.
-    throw configError(`invalid address for ${url.host}: no credentials, query or fragment allowed`);
-  }
-  return url;
+  const parsed = parseHttpsAddress(address);
+  if ("problem" in parsed) throw configError(parsed.problem);
+  return parsed.url;
 }

@@ -117,12 +117,7 @@ export function registerCryptoCommands(program: Command, ctx: CliContext): void 
   });
 
   withKey(program.command("datakey").description("generate a data key: its ciphertext and (base64) plaintext"))
-    .option(
-      "--bytes <n>",
-      "key length in bytes (16, 24 or 32)",
-      arg((t) => parseInteger(t, "length", 1, 1024)),
-      32,
-    )
+    .option("--bytes <n>", "key length in bytes (16, 24 or 32)", arg(dataKeyLength), 32)
     .option("--no-plaintext", "return only the ciphertext (decrypt it later when needed)")
     .action(async (o: KeyOptions & { bytes: number; plaintext: boolean }): Promise<void> => {
       const body = { bytes: o.bytes, plaintext: o.plaintext, ...contextOf(o) };
@@ -166,7 +161,8 @@ export function registerCryptoCommands(program: Command, ctx: CliContext): void 
     .option(
       "--bytes <n>",
       "how many",
-      arg((t) => parseInteger(t, "byte count", 1, 65_536)),
+      // The server's limit (the KMS's MAX_RANDOM_BYTES): a larger count is a usage error here.
+      arg((t) => parseInteger(t, "byte count", 1, 1024)),
       32,
     )
     .option("--hex", "print hex instead of base64")
@@ -174,4 +170,11 @@ export function registerCryptoCommands(program: Command, ctx: CliContext): void 
       const answer = await ctx.client().request<{ random: string }>("POST", "/v1/random", { body: { bytes: o.bytes } });
       await ctx.emit(answer, (a) => `${o.hex === true ? Buffer.from(a.random, "base64").toString("hex") : a.random}\n`);
     });
+}
+
+/** A data key's length: an AES key of 128, 192 or 256 bits. */
+function dataKeyLength(text: string): number {
+  const n = parseInteger(text, "length", 16, 32);
+  if (n % 8 !== 0) throw usageError(`invalid length "${text}": expected 16, 24 or 32`);
+  return n;
 }

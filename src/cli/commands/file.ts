@@ -5,7 +5,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { open, rename, rm } from "node:fs/promises";
+import { open, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -154,8 +154,14 @@ function input(ctx: CliContext, file: string | undefined): Promise<Stage> | Stag
  * beside its destination with mode 0600 and renamed into place only once complete
  * and synced, so a failure leaves no partial output behind.
  */
+/**
+ * Runs the stages into `to` (written whole or not at all) or stdout. The output is
+ * bytes: with `--json` it must go to a file, and the JSON answer says where and how
+ * much.
+ */
 async function transfer(ctx: CliContext, stages: Stage[], to: string | undefined): Promise<void> {
   if (to === undefined || to === "-") {
+    if (ctx.json) throw usageError("the output is bytes, not JSON: with --json, write it to --out FILE");
     await run(...stages, ctx.io.stdout, { end: false });
     return;
   }
@@ -166,6 +172,7 @@ async function transfer(ctx: CliContext, stages: Stage[], to: string | undefined
     await syncPath(temp);
     await rename(temp, to);
     await syncPath(dirname(to));
+    if (ctx.json) await ctx.emit({ out: to, bytes: (await stat(to)).size });
   } catch (e) {
     await rm(temp, { force: true });
     const code = (e as { code?: unknown }).code;
