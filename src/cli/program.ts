@@ -1,6 +1,5 @@
 /** The `custos` command tree. */
 import { Command } from "commander";
-import { VERSION } from "../version.js";
 import { registerPolicyCommands, registerSudoCommands } from "./commands/admin.js";
 import { registerAgentCommands } from "./commands/agent.js";
 import { registerAuditCommands } from "./commands/audit.js";
@@ -37,11 +36,12 @@ export function buildProgram(ctx: CliContext): Command {
         "  CUSTOS_TOKEN       bearer token, or CUSTOS_TOKEN_FILE: a file holding it",
         "  CUSTOS_CACERT      PEM file of the CA that signed the server's certificate",
         "",
+        "custos --version (or -V) prints the version.",
+        "",
         "Exit codes: 0 done, 1 refused (4xx, invalid signature, audit problems),",
         "2 server failure or unreachable, 64 usage error.",
       ].join("\n"),
     )
-    .version(VERSION, "-V, --version", "print the version")
     .option("--json", "print the raw JSON answer (for scripts)")
     // Set before adding commands: subcommands inherit both.
     .exitOverride()
