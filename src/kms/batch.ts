@@ -1,5 +1,5 @@
 import type { Actor } from "../audit/index.js";
-import { type EncryptionContext, validateContext } from "../context/index.js";
+import { canonicalContext, type EncryptionContext, validateContext } from "../context/index.js";
 import { CustosError, type ErrorCode, isCustosError } from "../errors/index.js";
 import { Secret } from "../secret/index.js";
 import { open, preloadedView, reseal, seal, sealInput } from "./crypto.js";
@@ -123,8 +123,7 @@ function usedBy<R extends { readonly version: number }>(
     if (!r.ok) return;
     versions.add(r.value.version);
     const context = validateContext(inputs[i]?.context);
-    const sorted = Object.entries(context).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    contexts.set(JSON.stringify(sorted), context);
+    contexts.set(canonicalContext(context).toString("latin1"), context);
   });
   return { versions: [...versions].sort((a, b) => a - b), contexts: [...contexts.values()] };
 }

@@ -3,6 +3,7 @@ import { type Actor, auditEntry } from "../audit/index.js";
 import { type Principal, tryNormalizeName } from "../auth/index.js";
 import { CustosError, isCustosError } from "../errors/index.js";
 import type { KmsService } from "../kms/index.js";
+import { KeyedSerial } from "../serial/index.js";
 import type { AppRecord, OrgRecord, SpaceRecord, Store } from "../store/index.js";
 import { appKeyName, checkKeyNameFits, checkLabel, checkOrgName } from "./names.js";
 
@@ -113,6 +114,9 @@ function toRecord(a: App): AppRecord {
   };
 }
 
+/** The one key `#structure` serialises under: every structural change waits for the others. */
+const STRUCTURE = "structure";
+
 /**
  * Orgs, spaces, apps and owners (docs/broker.md). Each app has its own KMS key,
  * created with it and destroyed with it (crypto-shredding its secrets). Every
@@ -124,8 +128,13 @@ export class Platform {
   readonly #kms: KmsService;
   readonly #now: () => Date;
   #instanceCounter: InstanceCounter | undefined;
-  /** See `#oneAtATime`. */
-  #structural: Promise<unknown> = Promise.resolve();
+  /**
+   * App creations and space deletions, one at a time. An app's key is made before
+   * its record: a space deleted in between would fail the record, and the key,
+   * destroyed since a destroyed key can't be removed, would hold the app's name for
+   * good.
+   */
+  readonly #structure = new KeyedSerial();
 
   constructor(options: PlatformOptions) {
     this.#store = options.store;
@@ -181,7 +190,7 @@ export class Platform {
   async deleteSpace(actor: Actor, org: unknown, name: unknown): Promise<void> {
     const o = checkOrgName(org);
     const s = checkLabel(name, "space name");
-    await this.#oneAtATime(() =>
+    await this.#structure.run(STRUCTURE, () =>
       this.#store.platform.deleteSpace(o, s, auditEntry(actor, "platform.space.delete", `org/${o}/space/${s}`)),
     );
   }
@@ -238,7 +247,7 @@ export class Platform {
   async createApp(actor: Actor, ref: AppRef, owners: OwnersInput = {}): Promise<AppView> {
     const r = checkAppRef(ref);
     checkKeyNameFits(r.org, r.space, r.app);
-    return this.#oneAtATime(() => this.#createApp(actor, r, owners));
+    return this.#structure.run(STRUCTURE, () => this.#createApp(actor, r, owners));
   }
 
   async #createApp(actor: Actor, r: AppRef, owners: OwnersInput): Promise<AppView> {
@@ -331,18 +340,6 @@ export class Platform {
   }
 
   // ---- helpers ----------------------------------------------------------------
-
-  /**
-   * Runs app creations and space deletions one at a time (one process serves a
-   * store). An app's key is made before its record: a space deleted in between
-   * would fail the record, and the key, destroyed since a destroyed key can't be
-   * removed, would hold the app's name for good.
-   */
-  #oneAtATime<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#structural.then(fn, fn);
-    this.#structural = run.catch(() => undefined);
-    return run;
-  }
 
   async #resolveOwners(owners: OwnersInput): Promise<{ ownerUsers: string[]; ownerGroups: string[] }> {
     const users = [...new Set(owners.users ?? [])];

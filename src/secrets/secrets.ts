@@ -3,6 +3,7 @@ import { CustosError, isCustosError } from "../errors/index.js";
 import type { KmsService } from "../kms/index.js";
 import { type App, type AppRef, appPath, type Platform } from "../platform/index.js";
 import type { Secret } from "../secret/index.js";
+import { KeyedSerial } from "../serial/index.js";
 import type {
   AuditEntry,
   SecretChange,
@@ -179,7 +180,8 @@ function checkMetadata(input: MetadataInput): MetadataInput {
       throw invalid(`customMetadata has at most ${MAX_CUSTOM_METADATA} entries`);
     }
     for (const [k, v] of entries) {
-      if (characters(k) < 1 || characters(k) > MAX_METADATA_KEY || LONE_SURROGATE.test(k)) {
+      const keyLength = characters(k);
+      if (keyLength < 1 || keyLength > MAX_METADATA_KEY || LONE_SURROGATE.test(k)) {
         throw invalid(`customMetadata keys are 1..${MAX_METADATA_KEY} characters`);
       }
       if (typeof v !== "string" || characters(v) > MAX_METADATA_VALUE || LONE_SURROGATE.test(v)) {
@@ -235,8 +237,13 @@ export class Secrets {
   readonly #hmac: ValueHmac | undefined;
   readonly #now: () => Date;
   #sharedKeyReady = false;
-  /** Per path, the end of the changes queued in this process (see `#serialised`). */
-  readonly #changing = new Map<string, Promise<void>>();
+  /**
+   * Changes to one secret, one at a time, by path. Each reads the secret, then
+   * writes it expecting that revision: run side by side, all but one would find it
+   * stale, and a write without cas would answer `conflict`, which is only for a
+   * failed check-and-set.
+   */
+  readonly #changes = new KeyedSerial();
 
   constructor(options: SecretsOptions) {
     this.#store = options.store;
@@ -295,7 +302,7 @@ export class Secrets {
     const { keyName, appId } = await this.#keyFor(target, true);
     // One HSM call per write (writes are rare): the record can then say which value was set.
     const valueHmac = await this.#hmac?.hmac(bytes);
-    return this.#serialised(target.path, async () => {
+    return this.#changes.run(target.path, async () => {
       for (let attempt = 1; ; attempt++) {
         const current = await this.#store.secrets.getSecret(target.path);
         if (current?.casRequired && cas === undefined) {
@@ -496,7 +503,7 @@ export class Secrets {
   async deleteAll(actor: Actor, path: unknown): Promise<void> {
     const target = parseSecretPath(path);
     await this.#appOf(target);
-    await this.#serialised(target.path, async () => {
+    await this.#changes.run(target.path, async () => {
       for (let attempt = 1; ; attempt++) {
         const current = await this.#store.secrets.getSecret(target.path);
         if (current === undefined) throw secretNotFound(target.path);
@@ -521,7 +528,7 @@ export class Secrets {
     action: string,
     plan: (current: SecretRecord | undefined, now: string) => SecretChange & { details: Record<string, unknown> },
   ): Promise<SecretMetadata> {
-    return this.#serialised(target.path, async () => {
+    return this.#changes.run(target.path, async () => {
       for (let attempt = 1; ; attempt++) {
         const current = await this.#store.secrets.getSecret(target.path);
         const { details, ...change } = plan(current, this.#now().toISOString());
@@ -542,29 +549,6 @@ export class Secrets {
         return metadataView(after);
       }
     });
-  }
-
-  /**
-   * Runs `change` once every change to `path` queued before it in this process has
-   * settled. Each change reads the secret, then writes it expecting that revision:
-   * run side by side, all but one would find it stale, and a write without cas
-   * would answer `conflict`, which is only for a failed check-and-set.
-   */
-  async #serialised<T>(path: string, change: () => Promise<T>): Promise<T> {
-    const before = this.#changing.get(path);
-    let done!: () => void;
-    const mine = new Promise<void>((resolve) => {
-      done = resolve;
-    });
-    const end = before === undefined ? mine : before.then(() => mine);
-    this.#changing.set(path, end);
-    try {
-      await before;
-      return await change();
-    } finally {
-      done();
-      if (this.#changing.get(path) === end) this.#changing.delete(path);
-    }
   }
 
   // ---- shared secrets and grants ----------------------------------------------
