@@ -11,7 +11,7 @@ import type { ChildProcess } from "node:child_process";
 import { rmSync } from "node:fs";
 import { benchInstall, call, startCustos, startPlainServer, stop } from "./custos-server.js";
 import { rawHsmRates } from "./hsm.js";
-import { ensureWrk, type LoadResult, wrkPost } from "./http-load.js";
+import { ensureWrk, type LoadResult, profiledRotate, wrkPost } from "./http-load.js";
 
 function row(name: string, r: LoadResult, ceiling?: LoadResult): string {
   const ratio = ceiling ? `${((100 * r.requestsPerSec) / ceiling.requestsPerSec).toFixed(0)}% of plain` : "";
@@ -20,7 +20,11 @@ function row(name: string, r: LoadResult, ceiling?: LoadResult): string {
 }
 
 export default async function main(args: string[]): Promise<void> {
-  const seconds = Number(args[0] ?? process.env.BENCH_SECONDS ?? 5);
+  const unknown = args.filter((a) => a !== "profile" && !/^\d+(\.\d+)?$/.test(a));
+  if (unknown.length > 0)
+    throw new Error(`core bench: unknown arguments ${unknown.join(" ")} (takes [seconds] [profile])`);
+  const profileRun = args.includes("profile");
+  const seconds = Number(args.find((a) => a !== "profile") ?? process.env.BENCH_SECONDS ?? 5);
   ensureWrk();
   const install = await benchInstall("custos-bench");
   const { dir, token, port, admin } = install;
@@ -68,6 +72,17 @@ export default async function main(args: string[]): Promise<void> {
     const batchPerSec = batchItems / ((performance.now() - batchStart) / 1000);
 
     await stop(server.child);
+
+    // ---- where the server's time goes, c=64 datakey, under the V8 profiler
+    if (profileRun) {
+      const load = {
+        url: `${base}/v1/keys/bench/datakey`,
+        bodies: [JSON.stringify({ context })],
+        headers: auth,
+        concurrency: 64,
+      };
+      await profiledRotate(install, children, load, { warmup: 2, measured: seconds }, "c=64 datakey", "ops/s");
+    }
 
     const plain = await startPlainServer(port, dir);
     children.push(plain);

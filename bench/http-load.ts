@@ -166,6 +166,7 @@ export async function profiledRotate(
   load: { url: string; bodies: readonly string[]; headers: Record<string, string>; concurrency: number },
   seconds: { warmup: number; measured: number },
   label: string,
+  unit = "certs/s",
 ): Promise<CertLoad> {
   const profileDir = join(install.dir, "profile");
   mkdirSync(profileDir);
@@ -177,7 +178,7 @@ export async function profiledRotate(
   const profiled = run(seconds.measured);
   const to = monotonicUs();
   await stop(custos.child);
-  console.log(`\n${certLoadRow("profiled Custos sign", profiled, "(under --cpu-prof)")}`);
+  console.log(`\n${certLoadRow(`profiled ${label}`, profiled, "(under --cpu-prof)", unit)}`);
   reportProfileIn(profileDir, { from, to }, label);
   return profiled;
 }
