@@ -18,6 +18,8 @@ const MAX_POLICIES_PER_SUBJECT = 64;
 interface CallerRights {
   readonly isAdmin: boolean;
   readonly policies: ReadonlySet<string>;
+  /** Those of `policies` held without a sudo grant. */
+  readonly permanent: ReadonlySet<string>;
   /** The user it acts for (null: a standalone token): whose platform rights it holds. */
   readonly userId: string | null;
 }
@@ -26,36 +28,46 @@ interface CallerRights {
 async function callerRights(ctx: AuthContext, actor: Actor): Promise<CallerRights | undefined> {
   const who = actor.principal;
   const nowMs = ctx.clock().getTime();
-  let policies: Set<string> | undefined;
+  let held: { base: ReadonlySet<string>; sudo: ReadonlyMap<string, number> } | undefined;
   let userId: string | null = null;
   if (who.startsWith("user:")) {
     const user = await ctx.store.getUserByName(who.slice("user:".length));
     if (user && !user.disabled) {
-      const { base, sudo } = await userPolicies(ctx, user, nowMs);
-      policies = new Set([...base, ...sudo.keys()]);
+      held = await userPolicies(ctx, user, nowMs);
       userId = user.id;
     }
   } else if (who.startsWith("token:")) {
     const token = await ctx.store.getToken(who.slice("token:".length));
     const resolved = token ? await resolveToken(ctx, token, nowMs) : undefined;
     if (resolved) {
-      policies = new Set(resolved.principal.policies);
+      held = ctx.resolutions.get(resolved.principal);
       userId = resolved.principal.userId;
     }
   } else if (who !== "anonymous" && who !== "") {
     return undefined;
   }
-  if (!policies) throw new CustosError("forbidden", "the acting principal is no longer valid");
-  return { isAdmin: policies.has(ADMIN_POLICY), policies, userId };
+  if (!held) throw new CustosError("forbidden", "the acting principal is no longer valid");
+  const policies = new Set([...held.base, ...held.sudo.keys()]);
+  return { isAdmin: policies.has(ADMIN_POLICY), policies, permanent: held.base, userId };
 }
 
-/** Non-admin user/token actors may only grant policies they hold. */
+/**
+ * Non-admin user/token actors may only grant policies they hold, and only those
+ * they hold without a sudo grant: what they grant lasts, theirs would lapse.
+ */
 export async function assertMayGrant(ctx: AuthContext, actor: Actor, policies: readonly string[]): Promise<void> {
   if (policies.length === 0) return;
   const rights = await callerRights(ctx, actor);
   if (!rights || rights.isAdmin) return;
   const missing = policies.find((p) => !rights.policies.has(p));
   if (missing !== undefined) throw new CustosError("forbidden", `cannot grant policy "${missing}": you don't hold it`);
+  const lapsing = policies.find((p) => !rights.permanent.has(p));
+  if (lapsing !== undefined) {
+    throw new CustosError(
+      "forbidden",
+      `cannot grant policy "${lapsing}": you hold it only through a sudo grant, which what you grant would outlive`,
+    );
+  }
 }
 
 /**

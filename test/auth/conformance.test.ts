@@ -239,6 +239,19 @@ describe("auth conformance over HTTPS", () => {
     });
   });
 
+  test("a token's ttlSeconds spans 60 s to 10 years, as documented; beyond either end is a 400 naming the range", async () => {
+    const twoYears = 2 * 365 * 86_400;
+    const made = await ok(custos.call("POST", "/v1/auth/tokens", { name: "long-lived", ttlSeconds: twoYears }));
+    const lifetime = Date.parse(made.expiresAt as string) - Date.now();
+    assert.ok(Math.abs(lifetime - twoYears * 1000) < 3_600_000, `expiresAt ${made.expiresAt as string}`);
+    for (const ttlSeconds of [59, 10 * 365 * 86_400 + 1]) {
+      const r = await custos.call("POST", "/v1/auth/tokens", { name: "out-of-range", ttlSeconds });
+      assert.equal(r.status, 400, r.text);
+      assert.equal(codeOf(r), "invalid_request");
+      assert.match(r.text, /ttlSeconds must be an integer from 60 to 315360000/);
+    }
+  });
+
   describe("names and passwords", () => {
     test("user names: bad form 400, taken in any case 409, unknown 404, admin policy built in", async () => {
       const bad = await custos.call("POST", "/v1/users", { name: "Bad Name" });

@@ -592,6 +592,39 @@ describe("escalation guards for user:write and group:write holders", () => {
     await loginAs(env, "root", ROOT_PASSWORD);
   });
 
+  test("a user manager can't hand out for good a policy it holds only through a sudo grant", async () => {
+    const env = await setup();
+    const manager = await userManager(env, "manager");
+    await env.auth.putPolicy(env.actor, { name: "reader", rules: [{ resource: "key/*", actions: ["key:read"] }] });
+    await env.auth.grantSudo(env.actor, { user: "manager", ttlSeconds: 600, reason: "r", policies: ["reader"] });
+    const lapsing = `cannot grant policy "reader": you hold it only through a sudo grant, which what you grant would outlive`;
+    await rejectsWith(
+      env.auth.createUser(manager.actor, { name: "friend", policies: ["reader"] }),
+      "forbidden",
+      lapsing,
+    );
+    await rejectsWith(
+      env.auth.createGroup(manager.actor, { name: "friends", policies: ["reader"] }),
+      "forbidden",
+      lapsing,
+    );
+    await rejectsWith(
+      env.auth.updateUser(manager.actor, "manager", { policies: ["user-admin", "reader"] }),
+      "forbidden",
+      lapsing,
+    );
+    // Through a token acting for the manager, the same.
+    const token = await env.auth.createToken(env.actor, manager.principal, { name: "cli" });
+    const asToken: Actor = { principal: `token:${token.record.id}`, requestId: "r", source: "x" };
+    await rejectsWith(env.auth.createUser(asToken, { name: "friend", policies: ["reader"] }), "forbidden", lapsing);
+    assert.equal((await env.store.listUsers()).filter((u) => u.name === "friend").length, 0);
+    // Once the manager holds it without a grant, it may pass it on.
+    await env.auth.updateUser(env.actor, "manager", { policies: ["user-admin", "reader"] });
+    assert.deepEqual((await env.auth.createUser(manager.actor, { name: "friend", policies: ["reader"] })).policies, [
+      "reader",
+    ]);
+  });
+
   test("a user manager can't manage a user or group that holds a sudo grant it lacks, until the grant ends", async () => {
     const env = await setup();
     const manager = await userManager(env, "manager");
