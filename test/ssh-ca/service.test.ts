@@ -320,6 +320,28 @@ describe("SSH CA service (SoftHSM, SQLite, ssh-keygen)", () => {
     assert.equal((await ssh.certificate(privileged.serial)).status, "revoked");
   });
 
+  test("deleting an app ends its live sudo grants: no longer active, and the deletion's audit record names them", async () => {
+    await f.platform.createApp(admin, { org: "acme", space: "prod", app: "brief" }, { users: ["alice"] });
+    const grant = await ssh.grantSudo(admin, {
+      org: "acme",
+      space: "prod",
+      app: "brief",
+      user: "bob",
+      ttlSeconds: 600,
+      reason: "one-off",
+    });
+    await f.platform.deleteApp(admin, { org: "acme", space: "prod", app: "brief" });
+    assert.equal(
+      (await ssh.sudoGrants(true)).find((g) => g.id === grant.id),
+      undefined,
+    );
+    const ended = (await ssh.sudoGrants(false)).find((g) => g.id === grant.id);
+    assert.equal(ended?.active, false);
+    assert.equal(ended?.app, "brief", "the grant keeps the app's name for its history");
+    const [deletion] = await f.store.listAudit({ action: "platform.app.delete", limit: 1, descending: true });
+    assert.deepEqual(deletion?.details.sshSudoGrantsEnded, [grant.id]);
+  });
+
   test("revocation by serial and by key, each a new KRL version that ssh-keygen reads", async () => {
     const keyA = keys.make("rev-a", "ed25519");
     const keyB = keys.make("rev-b", "rsa", 3072);

@@ -133,7 +133,18 @@ export function platformStore(area: Area): PlatformStore {
         if (sql.run("DELETE FROM platform_apps WHERE id = ?", id).changes === 0) {
           throw new CustosError("not_found", "app not found");
         }
-        record(audit);
+        // SSH sudo grants keep the app's name for their history, so nothing cascades to them: end the live ones
+        // here, or they would stay listed as active and count as rights of their holders. Its instances are
+        // already deregistered, so no certificate issued under them reaches anything.
+        const ended = sql
+          .all<{ id: string }>(
+            "UPDATE ssh_sudo_grants SET revoked_at = ? WHERE app_id = ? AND revoked_at IS NULL AND expires_at > ? RETURNING id",
+            audit.time,
+            id,
+            audit.time,
+          )
+          .map((r) => r.id);
+        record(ended.length === 0 ? audit : { ...audit, details: { ...audit.details, sshSudoGrantsEnded: ended } });
       }),
   };
 }
