@@ -225,6 +225,16 @@ describe("custos commands against a real TLS server", () => {
     const help = await cli(["key", "--help"]);
     assert.equal(help.code, EXIT_OK);
     assert.match(help.out, /cancel-destruction/);
+    // `help <topic>` names an unknown topic, at the top and inside a group.
+    for (const args of [
+      ["help", "frobnicate"],
+      ["key", "help", "frobnicate"],
+    ]) {
+      const unknown = await cli(args);
+      assert.equal(unknown.code, EXIT_USAGE);
+      assert.match(unknown.err, /^error: unknown command 'frobnicate'/);
+    }
+    assert.match((await cli(["key", "help", "rotate"])).out, /Usage: custos key rotate/);
   });
 
   test("unusable client settings exit 64 naming the setting; no token exits 1; nothing is sent", async () => {
