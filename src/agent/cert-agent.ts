@@ -16,6 +16,7 @@ import { basename } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect } from "node:tls";
 import { ClientError, type CustosClient } from "../client/index.js";
+import { messageOf } from "../errors/index.js";
 import { writeFileAtomic as durableWrite, replaceFiles } from "../files/index.js";
 import { Secret } from "../secret/index.js";
 
@@ -840,8 +841,4 @@ function errnoOf(e: unknown): string | undefined {
 function errorCodeOf(e: unknown): string {
   if (e instanceof ClientError || e instanceof CertAgentError) return e.code;
   return "internal";
-}
-
-function messageOf(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }

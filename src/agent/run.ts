@@ -23,6 +23,7 @@ import {
   type KeyType,
   prepareKey,
 } from "../broker-client/index.js";
+import { errnoOrMessage } from "../errors/index.js";
 import { writeFileAtomic } from "../files/index.js";
 import { Child } from "./run-child.js";
 import { type EnvPolicy, findSecret, secretVariables } from "./run-env.js";
@@ -140,7 +141,7 @@ async function supervise(options: RunAppOptions): Promise<number> {
     loadTemplates(options.templates),
     prepareKey(options.instance, options.keyType ?? "ec-p256"),
     prepareDirectory(files.dir).catch((cause: unknown) => {
-      throw new RunError("io_error", `cannot create ${files.dir}: ${errnoOf(cause)}`, { cause });
+      throw new RunError("io_error", `cannot create ${files.dir}: ${errnoOrMessage(cause)}`, { cause });
     }),
   ]);
 
@@ -162,7 +163,7 @@ async function supervise(options: RunAppOptions): Promise<number> {
   try {
     await Promise.all([state.writeCredentials(), state.writeTemplates()]);
   } catch (cause) {
-    throw new RunError("io_error", `cannot write the credential files: ${errnoOf(cause)}`, { cause });
+    throw new RunError("io_error", `cannot write the credential files: ${errnoOrMessage(cause)}`, { cause });
   }
   const child = new Child(
     { command: options.command, shell: options.shell, stopGraceMs: options.stopGraceMs ?? 10_000 },
@@ -535,7 +536,9 @@ async function loadTemplates(specs: readonly TemplateSpec[]): Promise<LoadedTemp
       try {
         text = await readFile(spec.source, "utf8");
       } catch (cause) {
-        throw new RunError("invalid_template", `cannot read template ${spec.source}: ${errnoOf(cause)}`, { cause });
+        throw new RunError("invalid_template", `cannot read template ${spec.source}: ${errnoOrMessage(cause)}`, {
+          cause,
+        });
       }
       try {
         return { spec, dest, template: parseTemplate(text, spec.source), written: undefined };
@@ -549,12 +552,6 @@ async function loadTemplates(specs: readonly TemplateSpec[]): Promise<LoadedTemp
 
 function describe(e: unknown): string {
   if (isBrokerError(e)) return `${e.code}: ${e.message}`;
-  const code = (e as { code?: unknown } | null)?.code;
-  if (typeof code === "string") return code;
-  return e instanceof Error ? e.message : String(e);
-}
-
-function errnoOf(e: unknown): string {
   const code = (e as { code?: unknown } | null)?.code;
   if (typeof code === "string") return code;
   return e instanceof Error ? e.message : String(e);

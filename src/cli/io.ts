@@ -4,6 +4,7 @@
  */
 import { closeSync, fchmodSync, openSync, readFileSync, writeSync } from "node:fs";
 import type { ReadStream } from "node:tty";
+import { errnoOrMessage } from "../errors/index.js";
 import { Secret } from "../secret/index.js";
 import { CliError, EXIT_CLIENT, usageError } from "./errors.js";
 
@@ -18,13 +19,6 @@ export interface CliIo {
 /** The process's own streams and environment. */
 export function processIo(): CliIo {
   return { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, env: process.env };
-}
-
-/** The errno code of a file-system error (ENOENT, EACCES), else its message. */
-export function errorCode(e: unknown): string {
-  const code = (e as { code?: unknown } | null)?.code;
-  if (typeof code === "string") return code;
-  return e instanceof Error ? e.message : String(e);
 }
 
 /** Reads a stream to its end. */
@@ -42,7 +36,7 @@ export async function readInput(file: string | undefined, io: CliIo): Promise<Bu
   try {
     return readFileSync(file);
   } catch (cause) {
-    throw usageError(`cannot read ${file}: ${errorCode(cause)}`, cause);
+    throw usageError(`cannot read ${file}: ${errnoOrMessage(cause)}`, cause);
   }
 }
 
@@ -68,7 +62,7 @@ export function writePrivateFile(file: string, data: string | Uint8Array): void 
   try {
     fd = openSync(file, "w", 0o600);
   } catch (cause) {
-    throw new CliError("io_error", `cannot write ${file}: ${errorCode(cause)}`, EXIT_CLIENT, { cause });
+    throw new CliError("io_error", `cannot write ${file}: ${errnoOrMessage(cause)}`, EXIT_CLIENT, { cause });
   }
   try {
     fchmodSync(fd, 0o600);
@@ -76,7 +70,7 @@ export function writePrivateFile(file: string, data: string | Uint8Array): void 
     let offset = 0;
     while (offset < bytes.length) offset += writeSync(fd, bytes, offset);
   } catch (cause) {
-    throw new CliError("io_error", `cannot write ${file}: ${errorCode(cause)}`, EXIT_CLIENT, { cause });
+    throw new CliError("io_error", `cannot write ${file}: ${errnoOrMessage(cause)}`, EXIT_CLIENT, { cause });
   } finally {
     closeSync(fd);
   }

@@ -2,8 +2,8 @@
 import { readFileSync } from "node:fs";
 import { request as httpsRequest } from "node:https";
 import { apiError, ClientError, configError, transportError } from "../client/index.js";
+import { errnoOrMessage } from "../errors/index.js";
 import type { CliContext } from "./context.js";
-import { errorCode } from "./io.js";
 
 /** Largest public answer taken (a CRL or KRL of many revocations is the big one). */
 const MAX_PUBLIC_ANSWER_BYTES = 64 * 1024 * 1024;
@@ -28,7 +28,7 @@ export async function getPublic(ctx: CliContext, path: string): Promise<PublicAn
     try {
       ca = readFileSync(caFile);
     } catch (cause) {
-      throw configError(`cannot read CUSTOS_CACERT ${caFile}: ${errorCode(cause)}`, cause);
+      throw configError(`cannot read CUSTOS_CACERT ${caFile}: ${errnoOrMessage(cause)}`, cause);
     }
   }
   const url = new URL(`${address.pathname.replace(/\/+$/, "")}${path}`, address);

@@ -5,6 +5,7 @@
  */
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { errnoOrMessage } from "../errors/index.js";
 import { Secret } from "../secret/index.js";
 import { configError } from "./errors.js";
 import { type ClientOptions, CustosClient, DEFAULT_ADDR } from "./http.js";
@@ -44,7 +45,7 @@ export function tokenFromEnv(env: NodeJS.ProcessEnv): Secret | undefined {
   try {
     raw = readFileSync(file);
   } catch (cause) {
-    throw configError(`cannot read CUSTOS_TOKEN_FILE ${file}: ${fsCode(cause)}`, cause);
+    throw configError(`cannot read CUSTOS_TOKEN_FILE ${file}: ${errnoOrMessage(cause)}`, cause);
   }
   try {
     const text = raw.toString("utf8").trim();
@@ -60,7 +61,7 @@ function readCa(file: string): Buffer {
   try {
     pem = readFileSync(file);
   } catch (cause) {
-    throw configError(`cannot read CUSTOS_CACERT ${file}: ${fsCode(cause)}`, cause);
+    throw configError(`cannot read CUSTOS_CACERT ${file}: ${errnoOrMessage(cause)}`, cause);
   }
   // Every certificate must parse: a broken one would surface later as a TLS failure
   // against the server, naming neither the file nor the setting.
@@ -89,11 +90,4 @@ function checkTokenText(text: string, source: string): string {
 
 function nonEmpty(value: string | undefined): string | undefined {
   return value === undefined || value.trim() === "" ? undefined : value.trim();
-}
-
-/** The errno code of a file-system error (ENOENT, EACCES), else its message. */
-function fsCode(e: unknown): string {
-  const code = (e as { code?: unknown } | null)?.code;
-  if (typeof code === "string") return code;
-  return e instanceof Error ? e.message : String(e);
 }

@@ -115,3 +115,14 @@ export function decryptionFailed(cause?: unknown): CustosError {
 export function isCustosError(e: unknown, code?: ErrorCode): e is CustosError {
   return e instanceof CustosError && (code === undefined || e.code === code);
 }
+
+/** An error's message, or what was thrown as text. */
+export function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** What to say of a failed system call: its errno code (ENOENT, EACCES), else the error's message. */
+export function errnoOrMessage(e: unknown): string {
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === "string" ? code : messageOf(e);
+}

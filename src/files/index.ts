@@ -8,6 +8,7 @@
 import { randomBytes } from "node:crypto";
 import { type FileHandle, open, rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
+import { messageOf } from "../errors/index.js";
 
 /** fsyncs a file, or a directory (which makes the renames and new entries in it durable). */
 export async function syncPath(path: string): Promise<void> {
@@ -143,8 +144,4 @@ async function writeTemp(path: string, data: string | Uint8Array, mode: number):
     await rm(temp, { force: true });
     throw e;
   }
-}
-
-function messageOf(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
 }

@@ -1,9 +1,9 @@
 /** `custos policy …` and `custos sudo …`. */
 import { readFileSync } from "node:fs";
 import type { Command } from "commander";
+import { errnoOrMessage } from "../../errors/index.js";
 import { arg, type CliContext, seg } from "../context.js";
 import { usageError } from "../errors.js";
-import { errorCode } from "../io.js";
 import { renderRecord, renderTable } from "../output.js";
 import { collect, type PolicyRule, parseDuration, parsePolicyRule } from "../parse.js";
 
@@ -18,7 +18,7 @@ export function readPolicyFile(file: string): { description?: string; rules: unk
   try {
     parsed = JSON.parse(readFileSync(file, "utf8"));
   } catch (cause) {
-    const why = cause instanceof SyntaxError ? "not valid JSON" : errorCode(cause);
+    const why = cause instanceof SyntaxError ? "not valid JSON" : errnoOrMessage(cause);
     throw usageError(`cannot read policy file ${file}: ${why}`, cause);
   }
   if (Array.isArray(parsed)) return { rules: parsed };

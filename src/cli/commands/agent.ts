@@ -12,9 +12,9 @@ import {
   isAgentId,
   runCertAgent,
 } from "../../agent/index.js";
+import { errnoOrMessage } from "../../errors/index.js";
 import { arg, type CliContext } from "../context.js";
 import { CliError, EXIT_CLIENT, printable, usageError } from "../errors.js";
-import { errorCode } from "../io.js";
 import { renderRecord } from "../output.js";
 import { parseDuration, parseInteger } from "../parse.js";
 
@@ -141,6 +141,6 @@ function checkDirectory(flag: string, file: string): void {
     if (!statSync(dir).isDirectory()) throw usageError(`${flag} ${file}: ${dir} is not a directory`);
   } catch (e) {
     if (e instanceof CliError) throw e;
-    throw usageError(`${flag} ${file}: ${dir}: ${errorCode(e)}`, e);
+    throw usageError(`${flag} ${file}: ${dir}: ${errnoOrMessage(e)}`, e);
   }
 }

@@ -20,10 +20,10 @@ import {
   rewrapFiles,
   rewrapStream,
 } from "../../envelope/index.js";
+import { errnoOrMessage } from "../../errors/index.js";
 import { syncPath } from "../../files/index.js";
 import { arg, type CliContext } from "../context.js";
 import { CliError, EXIT_CLIENT, usageError } from "../errors.js";
-import { errorCode } from "../io.js";
 import { addContextPair, parseInteger } from "../parse.js";
 
 type Context = Record<string, string>;
@@ -177,7 +177,7 @@ async function transfer(ctx: CliContext, stages: Stage[], to: string | undefined
     await rm(temp, { force: true });
     const code = (e as { code?: unknown }).code;
     if (code === "ENOENT" || code === "EACCES" || code === "EEXIST" || code === "ENOTDIR") {
-      throw new CliError("io_error", `cannot write ${to}: ${errorCode(e)}`, EXIT_CLIENT, { cause: e });
+      throw new CliError("io_error", `cannot write ${to}: ${errnoOrMessage(e)}`, EXIT_CLIENT, { cause: e });
     }
     throw e;
   }
@@ -188,7 +188,7 @@ async function openInput(file: string): Promise<Readable> {
     const handle = await open(file, "r");
     return handle.createReadStream();
   } catch (cause) {
-    throw usageError(`cannot read ${file}: ${errorCode(cause)}`, cause);
+    throw usageError(`cannot read ${file}: ${errnoOrMessage(cause)}`, cause);
   }
 }
 
@@ -196,7 +196,7 @@ async function openSource(file: string) {
   try {
     return await fileSource(file);
   } catch (cause) {
-    throw usageError(`cannot read ${file}: ${errorCode(cause)}`, cause);
+    throw usageError(`cannot read ${file}: ${errnoOrMessage(cause)}`, cause);
   }
 }
 

@@ -8,11 +8,12 @@ import { randomBytes } from "node:crypto";
 import { open, rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { type Command, Option } from "commander";
+import { errnoOrMessage } from "../../errors/index.js";
 import { syncPath } from "../../files/index.js";
 import { KEY_TYPES, REVOCATION_REASONS } from "../../pki/index.js";
 import { arg, type CliContext, seg } from "../context.js";
 import { CliError, EXIT_CLIENT, EXIT_SERVER, usageError } from "../errors.js";
-import { errorCode, readInput } from "../io.js";
+import { readInput } from "../io.js";
 import { renderRecord, renderTable } from "../output.js";
 import { collect, parseDuration, parseInteger } from "../parse.js";
 import { getPublic } from "../public.js";
@@ -73,7 +74,7 @@ async function stage(to: string, data: string, mode: number): Promise<PendingFil
     }
   } catch (cause) {
     await rm(temp, { force: true });
-    throw new CliError("io_error", `cannot write ${to}: ${errorCode(cause)}`, EXIT_CLIENT, { cause });
+    throw new CliError("io_error", `cannot write ${to}: ${errnoOrMessage(cause)}`, EXIT_CLIENT, { cause });
   }
   return { to, temp };
 }
@@ -92,7 +93,7 @@ async function writeFiles(files: readonly { to: string; data: string; mode: numb
       try {
         await rename(s.temp, s.to);
       } catch (cause) {
-        throw new CliError("io_error", `cannot write ${s.to}: ${errorCode(cause)}`, EXIT_CLIENT, { cause });
+        throw new CliError("io_error", `cannot write ${s.to}: ${errnoOrMessage(cause)}`, EXIT_CLIENT, { cause });
       }
     }
     for (const dir of new Set(staged.map((s) => dirname(s.to)))) await syncPath(dir);

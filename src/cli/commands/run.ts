@@ -12,9 +12,9 @@ import {
 } from "../../agent/run.js";
 import { BrokerError, KEY_TYPES, type KeyType } from "../../broker-client/index.js";
 import { DEFAULT_ADDR } from "../../client/index.js";
+import { errnoOrMessage } from "../../errors/index.js";
 import { arg, type CliContext } from "../context.js";
 import { CliError, EXIT_CLIENT, EXIT_SERVER, EXIT_USAGE, type ExitCode, printable, usageError } from "../errors.js";
-import { errorCode } from "../io.js";
 import { parseDuration, parseInteger } from "../parse.js";
 
 interface RunOptions {
@@ -175,7 +175,7 @@ function readToken(file: string | undefined, env: NodeJS.ProcessEnv): string {
     try {
       raw = readFileSync(file);
     } catch (cause) {
-      throw usageError(`cannot read --token-file ${file}: ${errorCode(cause)}`, cause);
+      throw usageError(`cannot read --token-file ${file}: ${errnoOrMessage(cause)}`, cause);
     }
     const token = raw.toString("utf8").trim();
     raw.fill(0);
@@ -195,7 +195,7 @@ function readCa(file: string | undefined): string | undefined {
   try {
     pem = readFileSync(file, "utf8");
   } catch (cause) {
-    throw usageError(`cannot read CUSTOS_CACERT ${file}: ${errorCode(cause)}`, cause);
+    throw usageError(`cannot read CUSTOS_CACERT ${file}: ${errnoOrMessage(cause)}`, cause);
   }
   if (!pem.includes("-----BEGIN CERTIFICATE-----")) throw usageError(`CUSTOS_CACERT ${file} holds no PEM certificate`);
   return pem;

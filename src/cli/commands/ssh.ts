@@ -8,10 +8,11 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { constants, tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import { type Command, Option } from "commander";
+import { errnoOrMessage } from "../../errors/index.js";
 import { writeFileAtomic } from "../../files/index.js";
 import { arg, type CliContext, seg } from "../context.js";
 import { CliError, EXIT_CLIENT, EXIT_SERVER, type ExitCode, printable, usageError } from "../errors.js";
-import { errorCode, readInput } from "../io.js";
+import { readInput } from "../io.js";
 import { formatValue, renderRecord, renderTable } from "../output.js";
 import { checkInstance, collect, parseAppRef, parseDuration, parseInteger } from "../parse.js";
 import { getPublic } from "../public.js";
@@ -72,7 +73,7 @@ function readPublicKey(file: string): string {
   try {
     text = readFileSync(file, "utf8");
   } catch (cause) {
-    throw usageError(`cannot read ${file}: ${errorCode(cause)}`, cause);
+    throw usageError(`cannot read ${file}: ${errnoOrMessage(cause)}`, cause);
   }
   const lines = text
     .split("\n")
@@ -103,7 +104,7 @@ async function writePublicFile(file: string, data: string | Uint8Array): Promise
   try {
     await writeFileAtomic(file, data, 0o644);
   } catch (cause) {
-    throw new CliError("io_error", `cannot write ${file}: ${errorCode(cause)}`, EXIT_CLIENT, { cause });
+    throw new CliError("io_error", `cannot write ${file}: ${errnoOrMessage(cause)}`, EXIT_CLIENT, { cause });
   }
 }
 
@@ -474,7 +475,8 @@ async function connect(ctx: CliContext, plan: ConnectPlan): Promise<ExitCode> {
       timeout: 60_000,
     });
     if (made.error !== undefined || made.status !== 0) {
-      const why = made.error !== undefined ? errorCode(made.error) : printable(made.stderr.toString("utf8").trim());
+      const why =
+        made.error !== undefined ? errnoOrMessage(made.error) : printable(made.stderr.toString("utf8").trim());
       throw new CliError("ssh_keygen_failed", `ssh-keygen could not make a key: ${why}`, EXIT_CLIENT);
     }
     const publicKey = readFileSync(`${keyFile}.pub`, "utf8").trim();
@@ -527,7 +529,7 @@ function runSsh(args: readonly string[], session: { ssh?: ChildProcess }): Promi
     const child = spawn("ssh", [...args], { stdio: "inherit" });
     session.ssh = child;
     child.once("error", (e) => {
-      reject(new CliError("ssh_failed", `cannot run ssh: ${errorCode(e)}`, EXIT_CLIENT, { cause: e }));
+      reject(new CliError("ssh_failed", `cannot run ssh: ${errnoOrMessage(e)}`, EXIT_CLIENT, { cause: e }));
     });
     child.once("exit", (code, signal) => {
       resolve((code ?? 128 + signalNumber(signal)) as ExitCode);

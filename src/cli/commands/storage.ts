@@ -8,9 +8,9 @@ import { lstat, opendir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { httpKms, type RewrapOutcome, rewrapFiles, TEMP_FILE } from "../../envelope/index.js";
+import { errnoOrMessage } from "../../errors/index.js";
 import { arg, type CliContext } from "../context.js";
 import { EXIT_CLIENT, usageError } from "../errors.js";
-import { errorCode } from "../io.js";
 import { parseInteger } from "../parse.js";
 import { formatBytes, Progress } from "../progress.js";
 
@@ -92,7 +92,7 @@ async function findFiles(dir: string): Promise<Found> {
     if (!(await lstat(dir)).isDirectory()) throw usageError(`${dir} is not a directory`);
   } catch (cause) {
     if ((cause as { code?: unknown }).code === "usage") throw cause;
-    throw usageError(`cannot read ${dir}: ${errorCode(cause)}`, cause);
+    throw usageError(`cannot read ${dir}: ${errnoOrMessage(cause)}`, cause);
   }
   const files: { path: string; size: number }[] = [];
   let bytes = 0;
