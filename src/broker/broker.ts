@@ -29,6 +29,9 @@ export interface BrokerOptions {
 /** The built-in policy of platform agents: instance management, nothing else. */
 export const PLATFORM_AGENT_POLICY = "platform-agent";
 
+/** How far a JWT's `nbf` precedes its `iat`: the 60 s the PKI backdates certificates by. */
+const JWT_BACKDATE_SECONDS = 60;
+
 /** The longest lease an agent may ask for at once (a year); it extends it as the instance keeps running. */
 export const MAX_LEASE_SECONDS = 365 * 86_400;
 
@@ -682,7 +685,9 @@ export class Broker {
       sub: spiffeIdOf(trustDomain, names),
       aud: [...jwtAudience],
       iat,
-      nbf: iat,
+      // Backdated like the identity certificate, so that a relying party whose clock is a little
+      // behind ours (jose allows no skew by default) does not refuse a fresh JWT.
+      nbf: iat - JWT_BACKDATE_SECONDS,
       exp: iat + Math.min(jwtTtlSeconds, leaseLeft(record, now)),
       org: record.org,
       space: record.space,

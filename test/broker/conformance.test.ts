@@ -202,7 +202,7 @@ describe("broker identity outputs: conformance", () => {
     });
     assert.equal(payload.sub, `${SPIFFE_PREFIX}web-1`);
     assert.deepEqual(payload.aud, ["custos"]);
-    assert.equal(payload.nbf, payload.iat);
+    assert.equal(payload.nbf, (payload.iat ?? 0) - 60, "backdated by the 60 s certificates are backdated by");
     assert.equal((payload.exp ?? 0) - (payload.iat ?? 0), 600);
     assert.ok(Number.isInteger(payload.iat) && Number.isInteger(payload.exp), "NumericDates are whole seconds");
     assert.deepEqual([payload.org, payload.space, payload.app, payload.instance], ["acme", "prod", "web", "web-1"]);

@@ -37,7 +37,8 @@ function credentialOf(req: FastifyRequest): InstanceCredential | null {
   const socket = req.raw.socket as Partial<TLSSocket>;
   const peer = typeof socket.getPeerCertificate === "function" ? socket.getPeerCertificate() : undefined;
   const header = req.headers.authorization;
-  const match = header ? /^Bearer ([A-Za-z0-9_.-]+)$/i.exec(header) : null;
+  // RFC 6750 2.1: "Bearer" 1*SP b64token, as the rest of the API reads it.
+  const match = header ? /^Bearer +([A-Za-z0-9_.-]+)$/i.exec(header) : null;
   const jwt: InstanceCredential | null =
     match?.[1] && match[1].length <= MAX_JWT ? { kind: "jwt", token: match[1] } : null;
   if (peer?.serialNumber) {
