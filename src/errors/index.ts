@@ -28,6 +28,7 @@ export type ErrorCode =
   | "extension_not_allowed"
   | "option_not_allowed"
   | "credential_revoked"
+  | "key_revoked"
   | "not_initialized"
   | "already_initialized"
   | "root_key_mismatch"
@@ -60,6 +61,7 @@ export const httpStatusOf: Readonly<Record<ErrorCode, number>> = {
   extension_not_allowed: 400,
   option_not_allowed: 400,
   credential_revoked: 401,
+  key_revoked: 400,
   not_initialized: 503,
   already_initialized: 409,
   root_key_mismatch: 500,

@@ -1,6 +1,6 @@
 export { certificateLine, parseCertificate } from "./certificate.js";
 export { parsePublicKeyLine } from "./keys.js";
-export { BUILTIN_ROLES, CRITICAL_OPTIONS, EXTENSIONS, MAX_TTL_SECONDS, type RoleSpec, type SshRole } from "./role.js";
+export { BUILTIN_ROLES, CRITICAL_OPTIONS, EXTENSIONS, type RoleSpec, type SshRole } from "./role.js";
 export {
   type CaKeys,
   type CertificateView,

@@ -505,7 +505,8 @@ export class SshCa {
   }
 
   async certificates(query: { status?: "valid" | "revoked"; limit: number }): Promise<CertificateView[]> {
-    return (await this.#o.store.ssh.listCertificates(query)).map((r) => this.#view(r));
+    const now = this.#now().toISOString();
+    return (await this.#o.store.ssh.listCertificates({ ...query, now })).map((r) => this.#view(r));
   }
 
   #view(r: SshCertificateRecord): CertificateView {
@@ -552,6 +553,13 @@ export class SshCa {
       throw new CustosError("invalid_request", "publicKey must be an OpenSSH public key line");
     }
     const key = parsePublicKeyLine(input.publicKey);
+    // A CA key's hash in the KRL revokes every certificate that CA signed (OpenSSH checks the signing key too).
+    if (this.#cas.some((ca) => ca.record.publicKey.equals(key.blob))) {
+      throw new CustosError(
+        "invalid_request",
+        `${key.fingerprint} is a CA key of this Custos: revoking it would revoke every certificate it signed`,
+      );
+    }
     const result = await this.#o.store.ssh.revokeKey(
       { fingerprint: key.fingerprint, fingerprintRaw: key.fingerprintRaw },
       at,

@@ -118,11 +118,21 @@ export interface SshStore {
   /** `not_found` if absent, `conflict` for a built-in role. */
   deleteRole(name: string, audit: AuditEntry): Promise<void>;
 
-  /** Records a certificate with its audit entry. `conflict` if the serial exists. */
+  /**
+   * Records a certificate with its audit entry. `conflict` if the serial exists;
+   * `key_revoked` if its key was revoked (it is in the KRL).
+   */
   insertCertificate(cert: SshCertificateRecord, audit: AuditEntry): Promise<void>;
   getCertificate(serial: string): Promise<SshCertificateRecord | undefined>;
-  /** Newest first. */
-  listCertificates(query: { status?: "valid" | "revoked"; limit: number }): Promise<SshCertificateRecord[]>;
+  /**
+   * Newest first. `status` is the effective one at `now`: `valid` leaves out the
+   * certificates whose valid_before has passed (expired), `revoked` is revoked ones.
+   */
+  listCertificates(query: {
+    status?: "valid" | "revoked";
+    limit: number;
+    now: string;
+  }): Promise<SshCertificateRecord[]>;
 
   /** Revokes one certificate and stores the new KRL. `not_found`; `conflict` if already revoked. */
   revokeCertificate(

@@ -400,8 +400,13 @@ describe("custos ssh (CLI) against real OpenSSH", { skip: opensshUnavailable() }
         "known_hosts",
       ]);
       assert.equal(statSync(join(path, "id_ed25519")).mode & 0o077, 0, "the private key is readable by others");
-      const knownHosts = (await custos.call("GET", "/v1/ssh/known-hosts", undefined, null)).text;
-      assert.equal(readFileSync(join(path, "known_hosts"), "utf8").trim(), knownHosts.trim());
+      // Each host CA key vouches for exactly the instance connected to (its HostKeyAlias), whatever the served pattern.
+      const ca = (await custos.call("GET", "/v1/ssh/ca", undefined, null)).body as { host: { publicKey: string }[] };
+      assert.ok(ca.host.length > 0);
+      assert.equal(
+        readFileSync(join(path, "known_hosts"), "utf8"),
+        ca.host.map((k) => `@cert-authority web-1 ${k.publicKey}\n`).join(""),
+      );
       const shown = describeCertificate(join(path, "id_ed25519-cert.pub"));
       assert.equal(shown.status, 0, shown.stderr);
       assert.match(shown.stdout, /Principals:\s*\n\s+web-1\n/);

@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import type { Actor } from "../../src/audit/index.js";
+import { type Actor, auditEntry } from "../../src/audit/index.js";
 import { isCustosError } from "../../src/errors/index.js";
 import { type Requester, SshCa } from "../../src/ssh-ca/index.js";
 import { admin, openPlatformFixture, type PlatformFixture } from "../platform/setup.js";
@@ -430,5 +430,52 @@ describe("SSH CA service with Ed25519 CA keys", () => {
     assert.equal(await listed(), true, "expired 23 hours ago: still listed");
     now = new Date(now.getTime() + 2 * 3600_000);
     assert.equal(await listed(), false, "expired over a day ago: gone");
+  });
+
+  test("listing by status goes by the status the view shows: an expired certificate is not listed as valid", async () => {
+    let now = new Date();
+    const ssh = new SshCa({
+      keystore: f.keystore,
+      store: f.store,
+      caAlgorithm: "ed25519",
+      knownHostsPattern: "*",
+      clock: () => now,
+    });
+    await ssh.ensure(admin);
+    await ssh.putRole(admin, "minute", { certType: "user", principals: ["ops"], ttlSeconds: 60 });
+    const keyPath = join(dir, "minute");
+    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", keyPath]);
+    const publicKey = readFileSync(`${keyPath}.pub`, "utf8");
+    const cert = await ssh.sign(admin, { display: "user:admin", userId: null }, { role: "minute", publicKey });
+    const serials = async (status?: "valid" | "revoked") =>
+      (await ssh.certificates({ ...(status ? { status } : {}), limit: 1000 })).map((c) => c.serial);
+    assert.ok((await serials("valid")).includes(cert.serial));
+
+    now = new Date(Date.parse(cert.validBefore));
+    assert.equal((await ssh.certificate(cert.serial)).status, "expired");
+    assert.ok(!(await serials("valid")).includes(cert.serial), "listed as valid once expired");
+    assert.ok(!(await serials("revoked")).includes(cert.serial));
+    assert.ok((await serials()).includes(cert.serial));
+  });
+
+  test("a revoked key is not certified: the store refuses to record its certificate, and sign says key_revoked", async () => {
+    const ssh = new SshCa({ keystore: f.keystore, store: f.store, caAlgorithm: "ed25519", knownHostsPattern: "*" });
+    await ssh.ensure(admin);
+    await ssh.putRole(admin, "race", { certType: "user", principals: ["ops"] });
+    const keyPath = join(dir, "race");
+    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", keyPath]);
+    const publicKey = readFileSync(`${keyPath}.pub`, "utf8");
+    const cert = await ssh.sign(admin, { display: "user:admin", userId: null }, { role: "race", publicKey });
+    const record = await f.store.ssh.getCertificate(cert.serial);
+    assert.ok(record);
+    await ssh.revoke(admin, { publicKey });
+    // What SshCa.sign would record for it: the store's check, in the recording transaction, refuses it.
+    const audit = auditEntry(admin, "ssh.sign", "ssh/role/race", {});
+    await assert.rejects(
+      f.store.ssh.insertCertificate({ ...record, serial: "42" }, audit),
+      (e: unknown) => isCustosError(e) && e.code === "key_revoked" && e.message.includes(cert.fingerprint),
+    );
+    assert.equal(await f.store.ssh.getCertificate("42"), undefined);
+    await rejects(ssh.sign(admin, { display: "user:admin", userId: null }, { role: "race", publicKey }), "key_revoked");
   });
 });

@@ -5,7 +5,6 @@ import {
   EXTENSIONS,
   type GrantSudoInput,
   MAX_SUDO_TTL_SECONDS,
-  MAX_TTL_SECONDS,
   MIN_SUDO_TTL_SECONDS,
   parsePublicKeyLine,
   type SignInput,
@@ -34,7 +33,8 @@ const signBody = {
     role: { type: "string", minLength: 1, maxLength: 64 },
     publicKey,
     principals: { type: "array", maxItems: 256, items: { type: "string", minLength: 1, maxLength: 255 } },
-    ttlSeconds: { type: "integer", minimum: 1, maximum: MAX_TTL_SECONDS },
+    // No maximum here: the role's maxTtlSeconds decides, so a long TTL is ttl_too_long, audited as an ssh.sign denial.
+    ttlSeconds: { type: "integer", minimum: 1 },
     extensions: { type: "array", maxItems: EXTENSIONS.length, items: { type: "string", maxLength: 64 } },
     criticalOptions: {
       type: "object",
@@ -106,9 +106,10 @@ export function sshRoutes(deps: ApiDeps): FastifyPluginAsync {
       { config: serviceAudits, schema: { body: signBody } },
       async (req) => {
         const principal = principalOf(req);
-        const role = ssh.role(req.body.role);
+        // Set before the lookup, so that an unknown role is audited as a refused ssh.sign on it.
         req.custos.action = "ssh:sign";
-        req.custos.resource = `ssh/role/${role.name}`;
+        req.custos.resource = `ssh/role/${req.body.role}`;
+        const role = ssh.role(req.body.role);
         // A self-service role's principals come only from what the requester owns: nothing to grant.
         if (!role.selfService) authorize(deps, req, "ssh:sign", `ssh/role/${role.name}`);
         try {

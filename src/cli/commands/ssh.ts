@@ -485,14 +485,8 @@ async function connect(ctx: CliContext, plan: ConnectPlan): Promise<ExitCode> {
     });
     const certFile = `${keyFile}-cert.pub`;
     writeFileSync(certFile, `${signed.certificate}\n`, { mode: 0o600 });
-    const known = (await getPublic(ctx, "/v1/ssh/known-hosts")).body
-      .toString("utf8")
-      .split("\n")
-      .map((l) => l.trim())
-      .filter((l) => l.startsWith("@cert-authority "));
-    if (known.length === 0) throw new CliError("no_host_ca", "Custos serves no host CA key (known-hosts)", EXIT_SERVER);
     const knownHosts = join(dir, "known_hosts");
-    writeFileSync(knownHosts, `${known.join("\n")}\n`, { mode: 0o600 });
+    writeFileSync(knownHosts, await hostCaLines(ctx, plan.instance), { mode: 0o600 });
     await ctx.note(
       `certificate ${signed.serial} for ${signed.principals.join(",")}, valid until ${formatValue(signed.validBefore)}`,
     );
@@ -503,8 +497,13 @@ async function connect(ctx: CliContext, plan: ConnectPlan): Promise<ExitCode> {
       `CertificateFile=${certFile}`,
       "-o",
       "IdentitiesOnly=yes",
+      // Only Custos's host CA vouches for the host: not the system's or the user's known hosts.
       "-o",
       `UserKnownHostsFile=${knownHosts}`,
+      "-o",
+      "GlobalKnownHostsFile=/dev/null",
+      "-o",
+      "KnownHostsCommand=none",
       "-o",
       "StrictHostKeyChecking=yes",
       "-o",
@@ -518,6 +517,20 @@ async function connect(ctx: CliContext, plan: ConnectPlan): Promise<ExitCode> {
     for (const s of SESSION_SIGNALS) process.off(s, onSignal);
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * A known_hosts file in which each host CA key Custos serves (current and still
+ * trusted ones) vouches for `instance` alone, the HostKeyAlias ssh checks: the
+ * served line's ssh.knownHostsPattern may not cover bare instance ids.
+ */
+async function hostCaLines(ctx: CliContext, instance: string): Promise<string> {
+  const ca = await ctx.client().request<Json>("GET", "/v1/ssh/ca", { auth: false });
+  const keys = (Array.isArray(ca.host) ? (ca.host as Json[]) : [])
+    .map((k) => (typeof k.publicKey === "string" ? k.publicKey.trim() : ""))
+    .filter((line) => KEY_LINE_RE.test(line));
+  if (keys.length === 0) throw new CliError("no_host_ca", "Custos serves no host CA key (/v1/ssh/ca)", EXIT_SERVER);
+  return keys.map((line) => `@cert-authority ${instance} ${line}\n`).join("");
 }
 
 /**

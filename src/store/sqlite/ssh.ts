@@ -280,6 +280,11 @@ export function sshStore(area: Area): SshStore {
 
     insertCertificate: (cert, audit) =>
       area.write((sql, record) => {
+        // The KRL revokes the key by its hash: a certificate for it would be dead on arrival, yet listed valid.
+        // Checked in the transaction that records it, so that no revocation can slip in between.
+        if (sql.get("SELECT 1 FROM ssh_revoked_keys WHERE fingerprint = ?", cert.fingerprint) !== undefined) {
+          throw new CustosError("key_revoked", `public key ${cert.fingerprint} was revoked: it can't be certified`);
+        }
         sql.run(
           `INSERT INTO ssh_certificates (serial, ca_id, cert_type, key_id, role, principals, requester, fingerprint,
              valid_after, valid_before, issued_at, sudo_grant_id, status, revoked_at, revocation_reason)
@@ -306,17 +311,15 @@ export function sshStore(area: Area): SshStore {
         return row === undefined ? undefined : certFromRow(row);
       }),
 
-    listCertificates: ({ status, limit }) =>
-      area.read((sql) =>
-        (status === undefined
-          ? sql.all<CertRow>("SELECT * FROM ssh_certificates ORDER BY rowid DESC LIMIT ?", limit)
-          : sql.all<CertRow>(
-              "SELECT * FROM ssh_certificates WHERE status = ? ORDER BY rowid DESC LIMIT ?",
-              status,
-              limit,
-            )
-        ).map(certFromRow),
-      ),
+    listCertificates: ({ status, limit, now }) =>
+      area.read((sql) => {
+        const newest = (where: string, ...params: unknown[]) =>
+          sql.all<CertRow>(`SELECT * FROM ssh_certificates ${where} ORDER BY rowid DESC LIMIT ?`, ...params, limit);
+        if (status === undefined) return newest("").map(certFromRow);
+        // `valid` as the view says it: an unrevoked certificate past its valid_before is shown as expired.
+        if (status === "valid") return newest("WHERE status = 'valid' AND valid_before > ?", now).map(certFromRow);
+        return newest("WHERE status = 'revoked'").map(certFromRow);
+      }),
 
     revokeCertificate: (serial, at, reason, makeKrl, audit) =>
       area.write((sql, record) => {
