@@ -127,7 +127,11 @@ export async function buildIntermediate(
         await x509.AuthorityKeyIdentifierExtension.create(root.certificate, false, root.crypto),
         await x509.SubjectKeyIdentifierExtension.create(publicKey, false, root.crypto),
         new x509.CRLDistributionPointsExtension([urls.crl]),
-        new x509.AuthorityInfoAccessExtension({ caIssuers: urls.caIssuers }),
+        // The root answers OCSP for its intermediates (Authority.ocsp): say where, as every leaf does.
+        new x509.AuthorityInfoAccessExtension({
+          caIssuers: urls.caIssuers,
+          ...(urls.ocsp === undefined ? {} : { ocsp: urls.ocsp }),
+        }),
       ],
     },
     root.crypto,

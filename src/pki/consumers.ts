@@ -390,7 +390,8 @@ export class Consumers {
     if (!isKeyType(request.keyType)) throw new CustosError("internal", "a consumer's key type is unknown");
     checkKeyType(role, request.keyType);
     const names: CheckedNames = checkNames(role, {
-      ...(request.commonName === null ? {} : { commonName: request.commonName }),
+      // Checked when the consumer was defined; one defined before CNs were bounded still rotates.
+      ...(request.commonName === null ? {} : { commonName: request.commonName, commonNameDerived: true }),
       dnsNames: request.dnsNames,
       ipAddresses: request.ipAddresses,
       uris: [],

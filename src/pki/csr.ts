@@ -30,7 +30,7 @@ import {
   SET,
   URI_NAME,
 } from "./der-tags.js";
-import type { KeyType } from "./role.js";
+import { type KeyAlgorithm, type KeyType, keyAlgorithmOf } from "./role.js";
 
 /** What Custos takes from a PKCS#10 request: the key, and the names it asks for (as written in it). */
 export interface ParsedCsr {
@@ -307,15 +307,24 @@ function describeKey(spki: Buffer, algorithm: string): string {
   return `a ${key.asymmetricKeyType ?? algorithm} key`;
 }
 
-/** Signature algorithms a CSR may be signed with (DER OIDs), and the digest node:crypto.verify needs (null: none, Ed25519). */
-const CSR_SIGNATURES: readonly { oid: Buffer; digest: string | null }[] = [
-  { oid: derHex("06082a8648ce3d040302"), digest: "sha256" }, // ecdsa-with-SHA256 1.2.840.10045.4.3.2
-  { oid: derHex("06082a8648ce3d040303"), digest: "sha384" }, // ecdsa-with-SHA384 1.2.840.10045.4.3.3
-  { oid: derHex("06082a8648ce3d040304"), digest: "sha512" }, // ecdsa-with-SHA512 1.2.840.10045.4.3.4
-  { oid: derHex("06092a864886f70d01010b"), digest: "sha256" }, // sha256WithRSAEncryption 1.2.840.113549.1.1.11
-  { oid: derHex("06092a864886f70d01010c"), digest: "sha384" }, // sha384WithRSAEncryption 1.2.840.113549.1.1.12
-  { oid: derHex("06092a864886f70d01010d"), digest: "sha512" }, // sha512WithRSAEncryption 1.2.840.113549.1.1.13
-  { oid: derHex("06032b6570"), digest: null }, // Ed25519 1.3.101.112
+/**
+ * Signature algorithms a CSR may be signed with (DER OIDs), the key algorithm
+ * each is for, and the digest node:crypto.verify needs (null: none, Ed25519).
+ * node:crypto.verify picks the scheme from the key alone, so the OID must be
+ * matched to the key here (RFC 2986 4.2: signed with the subject's key by the
+ * algorithm the request names).
+ */
+const CSR_SIGNATURES: readonly { oid: Buffer; name: string; key: KeyAlgorithm; digest: string | null }[] = [
+  // 1.2.840.10045.4.3.2, .3, .4
+  { oid: derHex("06082a8648ce3d040302"), name: "ecdsa-with-SHA256", key: "ec", digest: "sha256" },
+  { oid: derHex("06082a8648ce3d040303"), name: "ecdsa-with-SHA384", key: "ec", digest: "sha384" },
+  { oid: derHex("06082a8648ce3d040304"), name: "ecdsa-with-SHA512", key: "ec", digest: "sha512" },
+  // 1.2.840.113549.1.1.11, .12, .13
+  { oid: derHex("06092a864886f70d01010b"), name: "sha256WithRSAEncryption", key: "rsa", digest: "sha256" },
+  { oid: derHex("06092a864886f70d01010c"), name: "sha384WithRSAEncryption", key: "rsa", digest: "sha384" },
+  { oid: derHex("06092a864886f70d01010d"), name: "sha512WithRSAEncryption", key: "rsa", digest: "sha512" },
+  // 1.3.101.112
+  { oid: derHex("06032b6570"), name: "Ed25519", key: "ed25519", digest: null },
 ];
 
 /**
@@ -432,10 +441,11 @@ function commonNameOf(values: readonly Tlv[]): string | undefined {
  * csr_invalid when the text is larger than 64 KiB (checked first, in UTF-8
  * bytes), does not parse (trailing bytes after the DER included), holds a key
  * that is none of KEY_TYPES (e.g. P-521, RSA-1024, DSA; the message names it),
- * has a signature that does not verify, has more than one CN, or asks for a SAN
- * other than DNS, IP or URI (an email SAN would otherwise vanish silently from
- * the certificate). Whether the key type is allowed by a role is not this
- * function's business: see checkKeyType.
+ * names a signatureAlgorithm that is not for its key's algorithm (an RSA one on
+ * an EC key, say), has a signature that does not verify, has more than one CN,
+ * or asks for a SAN other than DNS, IP or URI (an email SAN would otherwise
+ * vanish silently from the certificate). Whether the key type is allowed by a
+ * role is not this function's business: see checkKeyType.
  */
 export async function parseCsr(text: string): Promise<ParsedCsr> {
   if (typeof text !== "string") throw csrInvalid("the CSR must be a string");
@@ -449,13 +459,18 @@ export async function parseCsr(text: string): Promise<ParsedCsr> {
     throw csrInvalid(`the CSR holds ${key}, which Custos does not certify`);
   }
 
-  const digest = CSR_SIGNATURES.find((s) => isEncoding(request.signatureAlgorithmOid, s.oid))?.digest;
-  if (digest === undefined) {
+  const algorithm = CSR_SIGNATURES.find((s) => isEncoding(request.signatureAlgorithmOid, s.oid));
+  if (algorithm === undefined) {
     throw csrInvalid(`the CSR is signed with ${oidText(request.signatureAlgorithmOid)}, which Custos does not check`);
+  }
+  if (algorithm.key !== keyAlgorithmOf(imported.keyType)) {
+    throw csrInvalid(
+      `the CSR's signatureAlgorithm ${algorithm.name} is not for its ${imported.keyType} key, so its signature does not verify`,
+    );
   }
   let verified = false;
   try {
-    verified = await verifyOnPool(digest, request.signed, imported.key, request.signature);
+    verified = await verifyOnPool(algorithm.digest, request.signed, imported.key, request.signature);
   } catch (e) {
     throw csrInvalid("the CSR's signature does not verify", e);
   }

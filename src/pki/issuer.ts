@@ -6,7 +6,7 @@ import type { CertificateQuery, CertificateRecord, RoleRecord, Store } from "../
 import type { Authority } from "./authority.js";
 import { BACKDATE_MS, buildLeaf, fingerprintOf, newSerial } from "./certificate.js";
 import { isRevocationReason, REVOCATION_REASONS, type RevocationReason } from "./crl.js";
-import { keyTypeOf, parseCsr } from "./csr.js";
+import { keyTypeOf, type ParsedCsr, parseCsr } from "./csr.js";
 import { generateCallerKey } from "./keys.js";
 import {
   type CheckedNames,
@@ -18,6 +18,7 @@ import {
   type KeyType,
   keyUsagesFor,
   parseRole,
+  type RequestedNames,
   type Role,
 } from "./role.js";
 
@@ -186,20 +187,17 @@ export class Issuer {
 
   // ---- issuing ---------------------------------------------------------------
 
-  /** Issues for a CSR: the requester keeps its key. SANs come from the CSR unless the input names some. */
+  /**
+   * Issues for a CSR: the requester keeps its key. SANs come from the CSR unless
+   * the input names some (then its CN comes from the input only); a commonName in
+   * the input alone replaces only the CSR's CN.
+   */
   async sign(actor: Actor, roleName: string, input: SignInput): Promise<Issued> {
     const role = await this.role(roleName);
     const csr = await parseCsr(input.csr);
     checkKeyType(role, csr.keyType);
-    const fromInput = input.dnsNames || input.ipAddresses || input.uris || input.commonName;
-    const names = checkNames(
-      role,
-      requested(
-        fromInput
-          ? input
-          : { commonName: csr.commonName, dnsNames: csr.dnsNames, ipAddresses: csr.ipAddresses, uris: csr.uris },
-      ),
-    );
+    const sansFromInput = input.dnsNames || input.ipAddresses || input.uris;
+    const names = checkNames(role, sansFromInput ? requested(input) : csrNames(csr, input.commonName));
     const ttlSeconds = checkTtl(role, input.ttlSeconds);
     return this.#record(actor, "csr", {
       role,
@@ -241,7 +239,7 @@ export class Issuer {
     if (keyType === undefined) throw new CustosError("key_type_not_allowed", "the certificate's key type is unknown");
     checkKeyType(role, keyType);
     const names = checkNames(role, {
-      ...(old.commonName === null ? {} : { commonName: old.commonName }),
+      ...(old.commonName === null ? {} : { commonName: old.commonName, commonNameDerived: true }),
       dnsNames: old.dnsNames,
       ipAddresses: old.ipAddresses,
       uris: old.uris,
@@ -251,7 +249,7 @@ export class Issuer {
       actor,
       "renew",
       { role, names, publicKey: old.publicKey, keyType, ttlSeconds },
-      { renewedFrom: serial },
+      { renewedFrom: old.serial },
     );
   }
 
@@ -355,10 +353,12 @@ export class Issuer {
   }
 
   /** Revokes and re-signs the issuer's CRL in the same transaction, so the CRL never lags. */
-  async revoke(actor: Actor, serial: string, reason = "unspecified"): Promise<CertificateView> {
+  async revoke(actor: Actor, given: string, reason = "unspecified"): Promise<CertificateView> {
     if (!isRevocationReason(reason)) {
       throw new CustosError("invalid_request", `reason must be one of ${REVOCATION_REASONS.join(", ")}`);
     }
+    // The CRL, the store and the audit record all want the serial as stored: lowercase.
+    const serial = checkSerial(given);
     for (let attempt = 1; ; attempt++) {
       const cert = await this.#certificate(serial);
       if (cert.status === "revoked") throw new CustosError("conflict", "the certificate is already revoked");
@@ -403,9 +403,7 @@ export class Issuer {
   }
 
   async #certificate(serial: string): Promise<CertificateRecord> {
-    const normalised = typeof serial === "string" ? serial.toLowerCase() : "";
-    if (!/^[0-9a-f]{1,64}$/.test(normalised)) throw new CustosError("invalid_request", "a serial is hex digits");
-    const record = await this.#store.getCertificate(normalised);
+    const record = await this.#store.getCertificate(checkSerial(serial));
     if (!record) throw new CustosError("not_found", "certificate not found");
     return record;
   }
@@ -444,6 +442,24 @@ export function issuedOf(r: CertificateRecord, chain: string, caChain: string): 
     notAfter: r.notAfter,
     fingerprint: r.fingerprint,
   };
+}
+
+/** A serial as stored (lowercase hex), in whichever case it was given; invalid_request when it is no hex. */
+function checkSerial(serial: string): string {
+  const normalised = typeof serial === "string" ? serial.toLowerCase() : "";
+  if (!/^[0-9a-f]{1,64}$/.test(normalised)) throw new CustosError("invalid_request", "a serial is hex digits");
+  return normalised;
+}
+
+/** A CSR's names, its CN replaced by `commonName` when given (a CN taken from the CSR is only derived). */
+function csrNames(csr: ParsedCsr, commonName: string | undefined): RequestedNames {
+  const cn =
+    commonName !== undefined
+      ? { commonName }
+      : csr.commonName !== undefined
+        ? { commonName: csr.commonName, commonNameDerived: true }
+        : {};
+  return { ...cn, dnsNames: csr.dnsNames, ipAddresses: csr.ipAddresses, uris: csr.uris };
 }
 
 function requested(input: NamesInput) {

@@ -41,6 +41,12 @@ export interface Role {
 /** The names a caller asks for, as given. */
 export interface RequestedNames {
   readonly commonName?: string;
+  /**
+   * True when the common name is not the caller's but taken from elsewhere (a
+   * CSR's subject, the certificate renewed): one too long for a CN is then left
+   * out of the subject (it stays a DNS name) instead of refused.
+   */
+  readonly commonNameDerived?: boolean;
   readonly dnsNames: readonly string[];
   readonly ipAddresses: readonly string[];
   readonly uris: readonly string[];
@@ -51,7 +57,12 @@ export interface RequestedNames {
  * (`RequestedNames & { commonName: string | undefined }` would narrow it to
  * `string` under exactOptionalPropertyTypes).
  */
-export type CheckedNames = Omit<RequestedNames, "commonName"> & { readonly commonName: string | undefined };
+export type CheckedNames = Omit<RequestedNames, "commonName" | "commonNameDerived"> & {
+  readonly commonName: string | undefined;
+};
+
+/** RFC 5280 appendix A, ub-common-name: X520CommonName is SIZE (1..64). */
+export const MAX_COMMON_NAME_LENGTH = 64;
 
 const DAY_SECONDS = 86_400;
 /** The shortest lifetime worth issuing: below it clock skew eats the certificate. */
@@ -83,10 +94,15 @@ const ROLE_FIELDS = new Set([
 const ROLE_NAME_RE = /^[a-z0-9][a-z0-9-]{0,63}$/;
 const LABEL_RE = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 const ALL_DIGITS_RE = /^[0-9]+$/;
+/** RFC 3986 3.1: scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ), then ":". */
 const URI_SCHEME_RE = /^[a-zA-Z][a-zA-Z0-9+.-]*:/;
-// Printable ASCII only: URIs in certificates are IA5Strings, and blanks or
-// controls in one are always a mistake or an attack on whoever displays it.
-const URI_CHARS_RE = /^[\x21-\x7e]+$/;
+/**
+ * RFC 3986 2: unreserved (2.3) and reserved (2.2) characters, and pct-encoded
+ * octets, "%" HEXDIG HEXDIG (2.1). Anything else (blanks, controls, non-ASCII,
+ * '<', '>', '"', '{', '}', '|', '\', '^', '`', a lone '%') is no URI, however a
+ * browser's URL parser would mend it.
+ */
+const URI_CHARS_RE = /^(?:[A-Za-z0-9\-._~:/?#[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})+$/;
 const ASCII_PRINTABLE_RE = /^[\x21-\x7e]*$/;
 
 function invalid(message: string): CustosError {
@@ -187,8 +203,20 @@ function ipAllowed(role: Role, address: string): boolean {
 
 // --- URIs ----------------------------------------------------------------------
 
-function isAbsoluteUri(text: string): boolean {
-  return URI_CHARS_RE.test(text) && URI_SCHEME_RE.test(text) && URL.canParse(text);
+/**
+ * An absolute URI (RFC 3986 4.3) with a scheme-specific part, as RFC 5280
+ * 4.2.1.6 wants of a URI SAN: a scheme, only the characters of URI_CHARS_RE, a
+ * non-empty hier-part (what comes before any "?" or "#"), and when that starts
+ * with "//" an authority ([userinfo "@"] host [":" port], 3.2) with a non-empty host.
+ */
+function isRfc3986Uri(text: string): boolean {
+  const scheme = URI_SCHEME_RE.exec(text);
+  if (scheme === null || !URI_CHARS_RE.test(text)) return false;
+  const hierPart = text.slice(scheme[0].length).split(/[?#]/, 1)[0] ?? "";
+  if (!hierPart.startsWith("//")) return hierPart !== "";
+  const authority = hierPart.slice(2).split("/", 1)[0] ?? "";
+  const host = authority.slice(authority.lastIndexOf("@") + 1).replace(/:[0-9]*$/, "");
+  return host !== "";
 }
 
 function uriAllowed(role: Role, uri: string): boolean {
@@ -240,7 +268,7 @@ function secondsField(body: Record<string, unknown>, field: string): number | un
  * empty keyTypes → invalid_request naming the field). DNS patterns are lowercased
  * (and lose a trailing dot); a pattern is an exact DNS name or "*." + a DNS name
  * with at least two labels. CIDRs must have no host bits set and are stored in
- * canonical form. URI patterns must be absolute URIs possibly containing '*'.
+ * canonical form. URI patterns must be absolute RFC 3986 URIs possibly containing '*'.
  *
  * A `name` field is accepted when it equals the role's name, so that a role read
  * back from GET can be PUT again unchanged. Without `ttlSeconds`, the default is
@@ -270,8 +298,8 @@ export function parseRole(name: string, body: unknown): Role {
   });
 
   const uris = (arrayField(body, "uris") ?? []).map((v, i) => {
-    if (typeof v !== "string" || !isAbsoluteUri(v.replaceAll("*", "x"))) {
-      throw invalid(`uris[${i}]: ${show(v)} is not an absolute URI (with '*' for any run of characters)`);
+    if (typeof v !== "string" || !isRfc3986Uri(v.replaceAll("*", "x"))) {
+      throw invalid(`uris[${i}]: ${show(v)} is not an absolute RFC 3986 URI (with '*' for any run of characters)`);
     }
     return v;
   });
@@ -321,7 +349,9 @@ function stringList(field: string, value: unknown): string[] {
  * missing, and it must be a DNS name) and checks every name against the role:
  * `name_not_allowed` naming the first offending name (DNS names, then IPs, then
  * URIs, each in request order); a request with no name at all, or a name that is
- * no DNS name, IP or absolute URI, is invalid_request.
+ * no DNS name, IP or absolute RFC 3986 URI, is invalid_request. A common name
+ * longer than MAX_COMMON_NAME_LENGTH is invalid_request too, unless it is
+ * `commonNameDerived`: then it is left out (and stays among the DNS names).
  *
  * "*.example.com" allows exactly one label in front ("a.example.com", not
  * "a.b.example.com", not "example.com"); a requested wildcard name is allowed
@@ -339,6 +369,14 @@ export function checkNames(role: Role, requested: RequestedNames): CheckedNames 
     if (typeof cn !== "string") throw invalid("commonName must be a string");
     commonName = normaliseRequestedDns("commonName", cn);
     if (!dnsNames.includes(commonName)) dnsNames.unshift(commonName);
+    if (commonName.length > MAX_COMMON_NAME_LENGTH) {
+      if (requested.commonNameDerived !== true) {
+        throw invalid(
+          `commonName: ${show(cn)} is longer than ${MAX_COMMON_NAME_LENGTH} characters, the most a common name may have (RFC 5280 ub-common-name); ask for it in dnsNames only`,
+        );
+      }
+      commonName = undefined;
+    }
   }
 
   const ipAddresses = stringList("ipAddresses", requested.ipAddresses).map((a, i) => {
@@ -348,7 +386,7 @@ export function checkNames(role: Role, requested: RequestedNames): CheckedNames 
   });
 
   const uris = stringList("uris", requested.uris).map((u, i) => {
-    if (!isAbsoluteUri(u)) throw invalid(`uris[${i}]: ${show(u)} is not an absolute URI`);
+    if (!isRfc3986Uri(u)) throw invalid(`uris[${i}]: ${show(u)} is not an absolute RFC 3986 URI`);
     return u;
   });
 
@@ -410,7 +448,7 @@ export function checkKeyType(role: Role, keyType: KeyType): void {
  * keyAgreement, RFC 5480 §3 forbids keyEncipherment on EC keys, and RFC 8410 §5
  * leaves Ed25519 only signatures.
  */
-const USAGES_BY_ALGORITHM: Readonly<Record<"rsa" | "ec" | "ed25519", readonly KeyUsageName[]>> = {
+const USAGES_BY_ALGORITHM: Readonly<Record<KeyAlgorithm, readonly KeyUsageName[]>> = {
   rsa: ["digitalSignature", "keyEncipherment"],
   ec: ["digitalSignature", "keyAgreement"],
   ed25519: ["digitalSignature"],
@@ -418,6 +456,13 @@ const USAGES_BY_ALGORITHM: Readonly<Record<"rsa" | "ec" | "ed25519", readonly Ke
 
 /** The role's key usages that a leaf for a `keyType` key carries: those its algorithm allows. */
 export function keyUsagesFor(keyType: KeyType, usages: readonly KeyUsageName[]): KeyUsageName[] {
-  const algorithm = keyType === "ed25519" ? "ed25519" : keyType.startsWith("rsa-") ? "rsa" : "ec";
-  return usages.filter((u) => USAGES_BY_ALGORITHM[algorithm].includes(u));
+  return usages.filter((u) => USAGES_BY_ALGORITHM[keyAlgorithmOf(keyType)].includes(u));
+}
+
+/** A public-key algorithm family: what a key's usages and a CSR's signatureAlgorithm depend on. */
+export type KeyAlgorithm = "rsa" | "ec" | "ed25519";
+
+/** The algorithm family of a key type. */
+export function keyAlgorithmOf(keyType: KeyType): KeyAlgorithm {
+  return keyType === "ed25519" ? "ed25519" : keyType.startsWith("rsa-") ? "rsa" : "ec";
 }

@@ -7,7 +7,7 @@ import type { Authority } from "./authority.js";
 import { renewAtOf } from "./certificate.js";
 import { type Issuer, SERVER_ROLE } from "./issuer.js";
 import { generateCallerKey } from "./keys.js";
-import type { Role } from "./role.js";
+import { MAX_COMMON_NAME_LENGTH, type Role } from "./role.js";
 
 /**
  * Custos's own HTTPS certificate, issued by its PKI under the built-in role
@@ -54,9 +54,12 @@ export async function issueServerCertificate(
   const key = await generateCallerKey("ec-p256");
   const dnsNames = names.filter((n) => isIP(n) === 0).map((n) => n.toLowerCase());
   const ipAddresses = names.filter((n) => isIP(n) !== 0);
+  // The CN only repeats the first name: one too long for a CN (RFC 5280 ub-common-name) is left out.
+  const first = dnsNames[0];
+  const commonName = first !== undefined && first.length <= MAX_COMMON_NAME_LENGTH ? first : undefined;
   const { record, issued } = await issuer.build(actor, {
     role: serverRole(ttlSeconds),
-    names: { commonName: dnsNames[0], dnsNames, ipAddresses, uris: [] },
+    names: { commonName, dnsNames, ipAddresses, uris: [] },
     publicKey: key.publicKey,
     keyType: "ec-p256",
     ttlSeconds,

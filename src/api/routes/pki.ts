@@ -26,7 +26,8 @@ const idParam = {
   required: ["id"],
   properties: { id: { type: "string", pattern: "^(root|int)-[0-9]{1,6}$" } },
 } as const;
-const ttlSeconds = { type: "integer", minimum: 1, maximum: 10 * 365 * 86_400 } as const;
+// No maximum: the role's is the one that counts (ttl_too_long, audited under pki.issue), whatever the TTL.
+const ttlSeconds = { type: "integer", minimum: 1 } as const;
 const names = {
   commonName: { type: "string", minLength: 1, maxLength: 253 },
   dnsNames: stringList,
