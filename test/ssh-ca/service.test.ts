@@ -382,6 +382,25 @@ describe("SSH CA service with Ed25519 CA keys", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  /** An Ed25519 CA on a clock the test moves (`clock.now`), a one-minute role `name`, and a fresh key to sign under it. */
+  async function clockedCa(name: string) {
+    const clock = { now: new Date() };
+    const ssh = new SshCa({
+      keystore: f.keystore,
+      store: f.store,
+      caAlgorithm: "ed25519",
+      knownHostsPattern: "*",
+      clock: () => clock.now,
+    });
+    await ssh.ensure(admin);
+    await ssh.putRole(admin, name, { certType: "user", principals: ["ops"], ttlSeconds: 60 });
+    const keyPath = join(dir, name);
+    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", keyPath]);
+    const publicKey = readFileSync(`${keyPath}.pub`, "utf8");
+    const sign = () => ssh.sign(admin, { display: "user:admin", userId: null }, { role: name, publicKey });
+    return { ssh, clock, publicKey, sign };
+  }
+
   test("certificates signed by an Ed25519 CA in the HSM are accepted by ssh-keygen; the KRL names that CA", async () => {
     const ssh = new SshCa({ keystore: f.keystore, store: f.store, caAlgorithm: "ed25519", knownHostsPattern: "*" });
     await ssh.ensure(admin);
@@ -405,20 +424,7 @@ describe("SSH CA service with Ed25519 CA keys", () => {
   });
 
   test("a revoked certificate stays in the KRL for a day past its expiry, for hosts whose clocks run behind", async () => {
-    let now = new Date();
-    const ssh = new SshCa({
-      keystore: f.keystore,
-      store: f.store,
-      caAlgorithm: "ed25519",
-      knownHostsPattern: "*",
-      clock: () => now,
-    });
-    await ssh.ensure(admin);
-    await ssh.putRole(admin, "brief", { certType: "user", principals: ["ops"], ttlSeconds: 60 });
-    const keyPath = join(dir, "brief");
-    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", keyPath]);
-    const publicKey = readFileSync(`${keyPath}.pub`, "utf8");
-    const sign = () => ssh.sign(admin, { display: "user:admin", userId: null }, { role: "brief", publicKey });
+    const { ssh, clock, sign } = await clockedCa("brief");
     const revoked = await sign();
     await ssh.revoke(admin, { serial: revoked.serial });
     const listed = async () => {
@@ -426,32 +432,20 @@ describe("SSH CA service with Ed25519 CA keys", () => {
       await ssh.revoke(admin, { serial: (await sign()).serial });
       return revokedInKrl(dir, (await ssh.krl()).krl, revoked.certificate);
     };
-    now = new Date(now.getTime() + 23 * 3600_000);
+    clock.now = new Date(clock.now.getTime() + 23 * 3600_000);
     assert.equal(await listed(), true, "expired 23 hours ago: still listed");
-    now = new Date(now.getTime() + 2 * 3600_000);
+    clock.now = new Date(clock.now.getTime() + 2 * 3600_000);
     assert.equal(await listed(), false, "expired over a day ago: gone");
   });
 
   test("listing by status goes by the status the view shows: an expired certificate is not listed as valid", async () => {
-    let now = new Date();
-    const ssh = new SshCa({
-      keystore: f.keystore,
-      store: f.store,
-      caAlgorithm: "ed25519",
-      knownHostsPattern: "*",
-      clock: () => now,
-    });
-    await ssh.ensure(admin);
-    await ssh.putRole(admin, "minute", { certType: "user", principals: ["ops"], ttlSeconds: 60 });
-    const keyPath = join(dir, "minute");
-    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", keyPath]);
-    const publicKey = readFileSync(`${keyPath}.pub`, "utf8");
-    const cert = await ssh.sign(admin, { display: "user:admin", userId: null }, { role: "minute", publicKey });
+    const { ssh, clock, sign } = await clockedCa("minute");
+    const cert = await sign();
     const serials = async (status?: "valid" | "revoked") =>
       (await ssh.certificates({ ...(status ? { status } : {}), limit: 1000 })).map((c) => c.serial);
     assert.ok((await serials("valid")).includes(cert.serial));
 
-    now = new Date(Date.parse(cert.validBefore));
+    clock.now = new Date(Date.parse(cert.validBefore));
     assert.equal((await ssh.certificate(cert.serial)).status, "expired");
     assert.ok(!(await serials("valid")).includes(cert.serial), "listed as valid once expired");
     assert.ok(!(await serials("revoked")).includes(cert.serial));
@@ -459,13 +453,8 @@ describe("SSH CA service with Ed25519 CA keys", () => {
   });
 
   test("a revoked key is not certified: the store refuses to record its certificate, and sign says key_revoked", async () => {
-    const ssh = new SshCa({ keystore: f.keystore, store: f.store, caAlgorithm: "ed25519", knownHostsPattern: "*" });
-    await ssh.ensure(admin);
-    await ssh.putRole(admin, "race", { certType: "user", principals: ["ops"] });
-    const keyPath = join(dir, "race");
-    execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", keyPath]);
-    const publicKey = readFileSync(`${keyPath}.pub`, "utf8");
-    const cert = await ssh.sign(admin, { display: "user:admin", userId: null }, { role: "race", publicKey });
+    const { ssh, publicKey, sign } = await clockedCa("race");
+    const cert = await sign();
     const record = await f.store.ssh.getCertificate(cert.serial);
     assert.ok(record);
     await ssh.revoke(admin, { publicKey });
@@ -476,6 +465,6 @@ describe("SSH CA service with Ed25519 CA keys", () => {
       (e: unknown) => isCustosError(e) && e.code === "key_revoked" && e.message.includes(cert.fingerprint),
     );
     assert.equal(await f.store.ssh.getCertificate("42"), undefined);
-    await rejects(ssh.sign(admin, { display: "user:admin", userId: null }, { role: "race", publicKey }), "key_revoked");
+    await rejects(sign(), "key_revoked");
   });
 });
