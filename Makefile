@@ -2,11 +2,10 @@
 SHELL := /bin/bash
 CUSTOS := node bin/custos.js
 
-.PHONY: run test deps dev-token build lint typecheck bench clean
+.PHONY: run test setup deps dev-token build lint typecheck bench clean
 
 ## Install what is missing, provision the development HSM token and store under var/, and serve HTTPS.
-run: deps dev-token build
-	@$(CUSTOS) init
+run: setup
 	@echo
 	@echo "  Custos is starting on https://127.0.0.1:8443"
 	@echo "  admin token:    var/admin.token (mode 0600)"
@@ -15,9 +14,13 @@ run: deps dev-token build
 	@echo
 	@exec $(CUSTOS) server
 
-## Install what is missing, then lint, type check and run the whole suite.
-test: deps build lint typecheck
+## The same set-up, then lint, type check and run the whole suite (each run on a SoftHSM token of its own).
+test: setup lint typecheck
 	npm test
+
+## What both need: Debian packages and node modules, the development token and store under var/, initialised.
+setup: deps dev-token build
+	@$(CUSTOS) init
 
 deps:
 	@scripts/install-deps.sh

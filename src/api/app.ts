@@ -193,6 +193,13 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     },
   });
   await app.register(rateLimit, { global: false });
+  // A public route needs no token: say so in the OpenAPI document (an empty requirement
+  // overrides the document-wide bearer one), rather than in every route's schema.
+  app.addHook("onRoute", (route) => {
+    if ((route.config as { public?: boolean } | undefined)?.public === true) {
+      route.schema = { ...route.schema, security: [] };
+    }
+  });
 
   app.decorateRequest("custos", null as never);
 
@@ -291,7 +298,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     return reply.status(error.status).send(errorBody(error.code, message));
   });
 
-  app.get("/v1/health", { config: { public: true }, schema: { hide: true } }, async (req, reply) => {
+  app.get("/v1/health", { config: { public: true } }, async (req, reply) => {
     req.custos.action = "health.read";
     const hsm = deps.hsmHealth();
     const status = hsm.state;
