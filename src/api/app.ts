@@ -64,10 +64,6 @@ function pathOf(req: FastifyRequest): string {
 }
 
 /**
- * The challenge a 401 carries (RFC 9110 15.5.2, RFC 6750 3): `invalid_token` when
- * the request presented a credential, the bare scheme when it presented none.
- */
-/**
  * RFC 6750 section 3: a bearer token that failed gets `invalid_token`, one that lacks
  * the rights `insufficient_scope`; a request with no bearer credential (none, or another
  * scheme) gets the bare challenge.

@@ -1,8 +1,6 @@
 /** Reading Custos's public endpoints (CA certificates, CRLs, SSH CA keys, the KRL) from the CLI. */
-import { readFileSync } from "node:fs";
 import { request as httpsRequest } from "node:https";
-import { apiError, ClientError, configError, transportError } from "../client/index.js";
-import { errnoOrMessage } from "../errors/index.js";
+import { apiError, ClientError, transportError } from "../client/index.js";
 import type { CliContext } from "./context.js";
 
 /** Largest public answer taken (a CRL or KRL of many revocations is the big one). */
@@ -21,16 +19,7 @@ export interface PublicAnswer {
  * trusts the same CUSTOS_CACERT, verification always on.
  */
 export async function getPublic(ctx: CliContext, path: string): Promise<PublicAnswer> {
-  const address = ctx.client().address;
-  const caFile = ctx.io.env.CUSTOS_CACERT?.trim();
-  let ca: Buffer | undefined;
-  if (caFile) {
-    try {
-      ca = readFileSync(caFile);
-    } catch (cause) {
-      throw configError(`cannot read CUSTOS_CACERT ${caFile}: ${errnoOrMessage(cause)}`, cause);
-    }
-  }
+  const { address, ca } = ctx.client();
   const url = new URL(`${address.pathname.replace(/\/+$/, "")}${path}`, address);
   return new Promise<PublicAnswer>((resolve, reject) => {
     const req = httpsRequest(

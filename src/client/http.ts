@@ -67,10 +67,11 @@ type Exchange = { readonly response: IncomingMessage; readonly raw: Buffer } | {
 export class CustosClient {
   /** The API's base address. */
   readonly address: URL;
+  /** The PEM certificates it trusts instead of the system's, if given. */
+  readonly ca: Buffer | undefined;
   readonly #token: Secret | undefined;
   readonly #agent: Agent;
   readonly #timeoutMs: number;
-  readonly #customCa: boolean;
   readonly #retry: RetryPolicy;
   #closed = false;
 
@@ -83,7 +84,7 @@ export class CustosClient {
       throw configError(`timeoutMs must be a positive number, got ${this.#timeoutMs}`);
     }
     this.#token = options.token;
-    this.#customCa = options.ca !== undefined;
+    this.ca = options.ca;
     // rejectUnauthorized is explicit so NODE_TLS_REJECT_UNAUTHORIZED=0 can't switch verification off.
     this.#agent = new Agent({
       keepAlive: true,
@@ -232,7 +233,7 @@ export class CustosClient {
     const code = errnoCode(e) ?? "";
     const detail = e instanceof Error ? e.message : String(e);
     if (TLS_ERROR.test(code)) {
-      const hint = this.#customCa ? "" : " (set CUSTOS_CACERT to the Custos CA certificate file)";
+      const hint = this.ca !== undefined ? "" : " (set CUSTOS_CACERT to the Custos CA certificate file)";
       return transportError("tls_error", `TLS verification of ${url.origin} failed: ${detail}${hint}`, e);
     }
     const cause = code === "" || detail.includes(code) ? detail : `${code}: ${detail}`;

@@ -30,7 +30,8 @@ import {
   jwtVerify,
   SignJWT,
 } from "jose";
-import { type CustosInstance, type HttpAnswer, httpsJson, startCustos } from "../helpers/custos.js";
+import { type CustosInstance, errorCode, httpsJson, startCustos } from "../helpers/custos.js";
+import { exchangeToken, registerInstance } from "./instances.js";
 
 type Json = Record<string, unknown>;
 
@@ -62,10 +63,6 @@ function pemBlocks(text: string): string[] {
   return text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n?/g) ?? [];
 }
 
-function errorCode(a: HttpAnswer): unknown {
-  return ((a.body as Json | null)?.error as Json | undefined)?.code;
-}
-
 const b64 = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString("base64url");
 
 describe("broker identity outputs: conformance", () => {
@@ -76,14 +73,8 @@ describe("broker identity outputs: conformance", () => {
   /** One running instance, exchanged in `before`. */
   let web1: Json;
 
-  const register = async (instance: string, ttlSeconds?: number): Promise<Json> => {
-    const body = { org: "acme", space: "prod", app: "web", instance, ...(ttlSeconds ? { ttlSeconds } : {}) };
-    const a = await custos.call("POST", "/v1/broker/instances", body, agent);
-    assert.equal(a.status, 201, a.text);
-    return a.body as Json;
-  };
-  const exchange = (token: unknown, instance: string, csr: string) =>
-    custos.call("POST", "/v1/broker/exchange", { token, instance, csr }, null);
+  const register = (instance: string, ttlSeconds?: number) => registerInstance(custos, agent, instance, ttlSeconds);
+  const exchange = (token: unknown, instance: string, csr: string) => exchangeToken(custos, token, instance, csr);
   /** Registers and exchanges; the instance's answer. */
   const start = async (instance: string, type: "ec" | "ed25519" | "rsa" = "ec", ttlSeconds?: number) => {
     const key = keyAndCsr(dir, instance, type);

@@ -19,18 +19,15 @@ import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createLocalJWKSet, createRemoteJWKSet, customFetch, type JSONWebKeySet, jwtVerify } from "jose";
 import { BrokerError, BrokerSession, bootstrap, prepareKey } from "../../src/broker-client/index.js";
-import { type CustosInstance, type HttpAnswer, httpsJson, httpsRaw, startCustos } from "../helpers/custos.js";
+import { type CustosInstance, errorCode, httpsJson, httpsRaw, startCustos } from "../helpers/custos.js";
 import { waitFor } from "../helpers/wait.js";
+import { exchangeToken, registerInstance } from "./instances.js";
 
 type Json = Record<string, unknown>;
 
 const BIN = join(resolve(import.meta.dirname, "../.."), "bin/custos.js");
 const SPIFFE_PREFIX = "spiffe://custos/org/acme/space/prod/app/web/instance/";
 const SECRET_VALUE = "web-db-password-second-review";
-
-function errorCode(a: HttpAnswer): unknown {
-  return ((a.body as Json | null)?.error as Json | undefined)?.code;
-}
 
 /** The signature part of a compact JWS: what makes the JWT a credential. */
 const signatureOf = (jwt: string): string => jwt.split(".")[2] ?? "-";
@@ -58,14 +55,8 @@ describe("broker as an instance meets it: second review", () => {
   let work: string;
   let agent: string;
 
-  const register = async (instance: string, ttlSeconds?: number): Promise<Json> => {
-    const body = { org: "acme", space: "prod", app: "web", instance, ...(ttlSeconds ? { ttlSeconds } : {}) };
-    const a = await custos.call("POST", "/v1/broker/instances", body, agent);
-    assert.equal(a.status, 201, a.text);
-    return a.body as Json;
-  };
-  const exchange = (token: unknown, instance: string, csr: string) =>
-    custos.call("POST", "/v1/broker/exchange", { token, instance, csr }, null);
+  const register = (instance: string, ttlSeconds?: number) => registerInstance(custos, agent, instance, ttlSeconds);
+  const exchange = (token: unknown, instance: string, csr: string) => exchangeToken(custos, token, instance, csr);
   /** Registers and exchanges with a key made by the client library; the answer and the key. */
   const start = async (instance: string, ttlSeconds?: number) => {
     const key = await prepareKey(instance);

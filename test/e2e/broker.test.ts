@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { calculateJwkThumbprint, createLocalJWKSet, type JSONWebKeySet, jwtVerify } from "jose";
-import { type CustosInstance, type HttpAnswer, httpsJson, startCustos } from "../helpers/custos.js";
+import { type CustosInstance, errorCode, type HttpAnswer, httpsJson, startCustos } from "../helpers/custos.js";
 
 type Json = Record<string, unknown>;
 
@@ -56,10 +56,6 @@ function mtls(
   bearer?: string,
 ): Promise<HttpAnswer> {
   return httpsJson({ port: custos.port, ca: custos.ca, method, path, body, bearer: bearer ?? null, client });
-}
-
-function errorCode(a: HttpAnswer): string | undefined {
-  return ((a.body as Json | null)?.error as Json | undefined)?.code as string | undefined;
 }
 
 function serialOf(pem: string): string {

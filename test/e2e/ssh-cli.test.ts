@@ -19,7 +19,7 @@ import {
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { type CliResult, type CustosInstance, type HttpAnswer, startCustos } from "../helpers/custos.js";
+import { type CliResult, type CustosInstance, ok, startCustos } from "../helpers/custos.js";
 import {
   describeCertificate,
   ensureLocalUser,
@@ -37,11 +37,6 @@ const ROOT = resolve(import.meta.dirname, "../..");
 const BIN = join(ROOT, "bin/custos.js");
 const ACCOUNT = "custos-app";
 const PASSWORD = "correct horse battery staple";
-
-function ok(a: HttpAnswer, status = 200): Json {
-  assert.equal(a.status, status, a.text);
-  return a.body as Json;
-}
 
 function shellQuote(s: string): string {
   return `'${s.replaceAll("'", "'\\''")}'`;

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { type CustosInstance, type HttpAnswer, startCustos } from "../helpers/custos.js";
+import { type CustosInstance, errorCode, ok, startCustos } from "../helpers/custos.js";
 import {
   describeCertificate,
   ensureLocalUser,
@@ -29,15 +29,6 @@ type Json = Record<string, unknown>;
 /** The app's account on the instances (sshd maps the instance principal to it). */
 const ACCOUNT = "custos-app";
 const PASSWORD = "correct horse battery staple";
-
-function errorCode(a: HttpAnswer): string | undefined {
-  return ((a.body as Json | null)?.error as Json | undefined)?.code as string | undefined;
-}
-
-function ok(a: HttpAnswer, status = 200): Json {
-  assert.equal(a.status, status, a.text);
-  return a.body as Json;
-}
 
 /** `ssh-keygen -L`'s times (UTC, whole seconds) against the API's ISO times. */
 function assertSameSecond(shown: string | undefined, iso: string, what: string): void {

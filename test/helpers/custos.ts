@@ -1,3 +1,4 @@
+import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
@@ -15,6 +16,18 @@ export interface HttpAnswer {
   readonly status: number;
   readonly body: unknown;
   readonly text: string;
+}
+
+/** The JSON body of an answer that must have `status` (200 by default); fails the test otherwise. */
+export function ok(a: HttpAnswer, status = 200): Record<string, unknown> {
+  assert.equal(a.status, status, a.text);
+  return a.body as Record<string, unknown>;
+}
+
+/** The `error.code` of an error answer, if it has one. */
+export function errorCode(a: HttpAnswer): string | undefined {
+  const error = (a.body as { error?: { code?: unknown } } | null)?.error;
+  return typeof error?.code === "string" ? error.code : undefined;
 }
 
 export interface CliResult {

@@ -11,7 +11,7 @@ import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { type CustosInstance, type HttpAnswer, startCustos } from "../helpers/custos.js";
+import { type CustosInstance, errorCode, ok, startCustos } from "../helpers/custos.js";
 import {
   describeCertificate,
   ensureLocalUser,
@@ -28,15 +28,6 @@ type Json = Record<string, unknown>;
 /** The local account sshd logs in to (the same one the e2e SSH tests use). */
 const ACCOUNT = "custos-app";
 const UINT64_MAX = 0xffff_ffff_ffff_ffffn;
-
-function ok(a: HttpAnswer, status = 200): Json {
-  assert.equal(a.status, status, a.text);
-  return a.body as Json;
-}
-
-function errorCode(a: HttpAnswer): string | undefined {
-  return ((a.body as Json | null)?.error as Json | undefined)?.code as string | undefined;
-}
 
 // ---- an SSH wire reader of our own (RFC 4251 §5) ----------------------------------
 

@@ -13,7 +13,7 @@ import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { type CustosInstance, type HttpAnswer, httpsRaw, startCustos } from "../helpers/custos.js";
+import { type CustosInstance, errorCode, httpsRaw, ok, startCustos } from "../helpers/custos.js";
 import {
   describeCertificate,
   ensureLocalUser,
@@ -48,15 +48,6 @@ function fetchBytes(c: CustosInstance, path: string): Promise<{ status: number; 
     req.on("error", reject);
     req.end();
   });
-}
-
-function ok(a: HttpAnswer, status = 200): Json {
-  assert.equal(a.status, status, a.text);
-  return a.body as Json;
-}
-
-function errorCode(a: HttpAnswer): string | undefined {
-  return ((a.body as Json | null)?.error as Json | undefined)?.code as string | undefined;
 }
 
 /** What `ssh-keygen -Q -l` prints of a KRL: its header, the revoked key hashes, and serials per CA fingerprint. */
