@@ -4,7 +4,13 @@ import { STATUS_CODES } from "node:http";
 import type { ServerOptions as HttpsOptions } from "node:https";
 import rateLimit from "@fastify/rate-limit";
 import swagger from "@fastify/swagger";
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, LogController } from "fastify";
+import Fastify, {
+  type FastifyContextConfig,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  LogController,
+} from "fastify";
 import type { AuditLog } from "../audit/index.js";
 import { auditEntry } from "../audit/index.js";
 import type { Action, AuthService } from "../auth/index.js";
@@ -187,14 +193,30 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
       components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
       security: [{ bearer: [] }],
     },
+    // The OpenAPI document says what the route config says, rather than every route's schema:
+    // a public route needs no token (an empty requirement overrides the document-wide bearer
+    // one), and a creating route answers 201.
+    transform: ({ schema, url, route }) => {
+      const config = route.config as FastifyContextConfig | undefined;
+      return {
+        url,
+        schema: {
+          ...schema,
+          ...(config?.public === true ? { security: [] } : {}),
+          ...(config?.created === true ? { response: { 201: { description: "Created", type: "object" } } } : {}),
+        },
+      };
+    },
   });
   await app.register(rateLimit, { global: false });
-  // A public route needs no token: say so in the OpenAPI document (an empty requirement
-  // overrides the document-wide bearer one), rather than in every route's schema.
+  // Set before the handler runs, so that an error still answers with its own status.
+  const answerCreated = async (_req: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    reply.status(201);
+  };
   app.addHook("onRoute", (route) => {
-    if ((route.config as { public?: boolean } | undefined)?.public === true) {
-      route.schema = { ...route.schema, security: [] };
-    }
+    if ((route.config as FastifyContextConfig | undefined)?.created !== true) return;
+    const existing = route.preHandler === undefined ? [] : [route.preHandler].flat();
+    route.preHandler = [...existing, answerCreated];
   });
 
   app.decorateRequest("custos", null as never);

@@ -23,6 +23,8 @@ declare module "fastify" {
     public?: boolean;
     /** The service writes the success record itself, atomically with its change. */
     serviceAudits?: boolean;
+    /** Answers 201 Created on success (and the OpenAPI document says so). */
+    created?: boolean;
   }
 }
 

@@ -24,6 +24,7 @@ const policyView = (p: PolicyRecord) => ({
 
 const password = { type: "string", minLength: 1, maxLength: 1024 } as const;
 const mutating = { config: { serviceAudits: true } } as const;
+const creating = { config: { serviceAudits: true, created: true } } as const;
 
 type Name = { Params: { name: string } };
 
@@ -39,7 +40,7 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
     app.post<{ Body: { name: string; password?: string; policies?: string[] } }>(
       "/v1/users",
       {
-        ...mutating,
+        ...creating,
         schema: {
           body: {
             type: "object",
@@ -49,9 +50,8 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
           },
         },
       },
-      async (req, reply) => {
+      async (req) => {
         authorize(deps, req, "user:write", `user/${req.body.name}`);
-        reply.status(201);
         return userView(await auth.createUser(actorOf(req), req.body));
       },
     );
@@ -99,7 +99,7 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
     app.post<{ Body: { name: string; members?: string[]; policies?: string[] } }>(
       "/v1/groups",
       {
-        ...mutating,
+        ...creating,
         schema: {
           body: {
             type: "object",
@@ -113,9 +113,8 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
           },
         },
       },
-      async (req, reply) => {
+      async (req) => {
         authorize(deps, req, "group:write", `group/${req.body.name}`);
-        reply.status(201);
         return groupView(await auth.createGroup(actorOf(req), req.body));
       },
     );
@@ -228,7 +227,7 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
     app.post<{ Body: { user?: string; group?: string; ttlSeconds: number; reason: string; policies?: string[] } }>(
       "/v1/sudo/grants",
       {
-        ...mutating,
+        ...creating,
         schema: {
           body: {
             type: "object",
@@ -244,13 +243,12 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
           },
         },
       },
-      async (req, reply) => {
+      async (req) => {
         const { user, group } = req.body;
         if ((user === undefined) === (group === undefined)) {
           throw new CustosError("invalid_request", "name exactly one of user or group");
         }
         authorize(deps, req, "sudo:grant", "sudo");
-        reply.status(201);
         return grantView(await auth.grantSudo(actorOf(req), req.body));
       },
     );

@@ -61,7 +61,7 @@ export function authRoutes(deps: ApiDeps): FastifyPluginAsync {
     app.post<{ Body: { name: string; policies?: string[]; ttlSeconds?: number; forUser?: boolean } }>(
       "/v1/auth/tokens",
       {
-        config: { serviceAudits: true },
+        config: { serviceAudits: true, created: true },
         schema: {
           body: {
             type: "object",
@@ -78,11 +78,10 @@ export function authRoutes(deps: ApiDeps): FastifyPluginAsync {
           },
         },
       },
-      async (req, reply) => {
+      async (req) => {
         authorize(deps, req, "token:create", "token/*");
         const { token, record } = await deps.auth.createToken(actorOf(req), principalOf(req), req.body);
         try {
-          reply.status(201);
           return { token: token.exposeText(), ...tokenView(record) };
         } finally {
           token.destroy();

@@ -84,7 +84,7 @@ export function brokerRoutes(deps: ApiDeps): FastifyPluginAsync {
     app.post<{ Body: RegisterInput }>(
       "/v1/broker/instances",
       {
-        config: { serviceAudits: true },
+        config: { serviceAudits: true, created: true },
         schema: {
           body: {
             type: "object",
@@ -98,7 +98,7 @@ export function brokerRoutes(deps: ApiDeps): FastifyPluginAsync {
         const { org, space, app: appName, instance } = req.body;
         authorize(deps, req, "instance:register", instanceResource({ org, space, app: appName, instance }));
         const registered = await broker.register(actorOf(req), req.body);
-        reply.status(201).header("cache-control", "no-store");
+        reply.header("cache-control", "no-store");
         return registered;
       },
     );

@@ -85,7 +85,7 @@ export function keyRoutes(deps: ApiDeps): FastifyPluginAsync {
     }>(
       "/v1/keys",
       {
-        config: serviceAudits,
+        config: { ...serviceAudits, created: true },
         schema: {
           body: {
             type: "object",
@@ -101,9 +101,8 @@ export function keyRoutes(deps: ApiDeps): FastifyPluginAsync {
           },
         },
       },
-      async (req, reply) => {
+      async (req) => {
         authorize(deps, req, "key:create", `key/${req.body.name}`);
-        reply.status(201);
         return kms.createKey(actorOf(req), req.body);
       },
     );

@@ -5,6 +5,7 @@ import { type ApiDeps, authorize } from "../app.js";
 import { actorOf, principalOf } from "../context.js";
 
 const serviceAudits = { serviceAudits: true } as const;
+const creating = { ...serviceAudits, created: true } as const;
 /** Org, space and app names are DNS labels (docs/broker.md); the service checks them again. */
 const label = { type: "string", pattern: "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$" } as const;
 const nameBody = { type: "object", required: ["name"], additionalProperties: false, properties: { name: label } };
@@ -47,10 +48,9 @@ export function platformRoutes(deps: ApiDeps): FastifyPluginAsync {
     // ---- orgs
     app.post<{ Body: { name: string } }>(
       "/v1/platform/orgs",
-      { config: serviceAudits, schema: { body: nameBody } },
-      async (req, reply) => {
+      { config: creating, schema: { body: nameBody } },
+      async (req) => {
         authorize(deps, req, "platform:write", `org/${req.body.name}`);
-        reply.status(201);
         return { org: await platform.createOrg(actorOf(req), req.body.name) };
       },
     );
@@ -71,10 +71,9 @@ export function platformRoutes(deps: ApiDeps): FastifyPluginAsync {
     // ---- spaces
     app.post<OrgP & { Body: { name: string } }>(
       "/v1/platform/orgs/:org/spaces",
-      { config: serviceAudits, schema: { params: params("org"), body: nameBody } },
-      async (req, reply) => {
+      { config: creating, schema: { params: params("org"), body: nameBody } },
+      async (req) => {
         authorize(deps, req, "platform:write", `org/${req.params.org}/space/${req.body.name}`);
-        reply.status(201);
         return { space: await platform.createSpace(actorOf(req), req.params.org, req.body.name) };
       },
     );
@@ -96,7 +95,7 @@ export function platformRoutes(deps: ApiDeps): FastifyPluginAsync {
     app.post<SpaceP & { Body: { name: string; owners?: OwnersInput } }>(
       "/v1/platform/orgs/:org/spaces/:space/apps",
       {
-        config: serviceAudits,
+        config: creating,
         schema: {
           params: params("org", "space"),
           body: {
@@ -107,10 +106,9 @@ export function platformRoutes(deps: ApiDeps): FastifyPluginAsync {
           },
         },
       },
-      async (req, reply) => {
+      async (req) => {
         const ref = { org: req.params.org, space: req.params.space, app: req.body.name };
         authorize(deps, req, "platform:write", appResource(ref));
-        reply.status(201);
         return { app: await platform.createApp(actorOf(req), ref, req.body.owners ?? {}) };
       },
     );

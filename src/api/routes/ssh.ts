@@ -194,12 +194,11 @@ export function sshRoutes(deps: ApiDeps): FastifyPluginAsync {
 
     app.post<{ Body: GrantSudoInput }>(
       "/v1/ssh/sudo",
-      { config: serviceAudits, schema: { body: sudoBody } },
-      async (req, reply) => {
+      { config: { ...serviceAudits, created: true }, schema: { body: sudoBody } },
+      async (req) => {
         const { org, space, app: name } = req.body;
         authorize(deps, req, "ssh:sudo-grant", `ssh/sudo/${org}/${space}/${name}`);
-        const grant = await ssh.grantSudo(actorOf(req), req.body);
-        return reply.status(201).send(grant);
+        return ssh.grantSudo(actorOf(req), req.body);
       },
     );
     app.get<{ Querystring: { active?: "true" | "false" } }>(
