@@ -54,7 +54,7 @@ export type OnChange = "signal" | "restart";
 export interface RunAppOptions {
   readonly address: string;
   /** PEM of the CA that signed Custos's server certificate; undefined: the system store. */
-  readonly ca: string | undefined;
+  readonly ca: string | Buffer | undefined;
   readonly token: string;
   readonly instance: string;
   readonly keyType?: KeyType | undefined;

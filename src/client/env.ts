@@ -21,8 +21,7 @@ export type EnvClientOptions = Omit<ClientOptions, "address" | "token" | "ca">;
  */
 export function clientFromEnv(env: NodeJS.ProcessEnv, options: EnvClientOptions = {}): CustosClient {
   const address = nonEmpty(env.CUSTOS_ADDR) ?? DEFAULT_ADDR;
-  const caFile = nonEmpty(env.CUSTOS_CACERT);
-  const ca = caFile === undefined ? undefined : readCa(caFile);
+  const ca = caFromEnv(env);
   const token = tokenFromEnv(env);
   try {
     return new CustosClient({ ...options, address, token, ca });
@@ -56,7 +55,13 @@ export function tokenFromEnv(env: NodeJS.ProcessEnv): Secret | undefined {
   }
 }
 
-function readCa(file: string): Buffer {
+/**
+ * The PEM certificates of `CUSTOS_CACERT`, or undefined when it is not set.
+ * @throws ClientError `invalid_config` when the file can't be read or a certificate in it doesn't parse.
+ */
+export function caFromEnv(env: NodeJS.ProcessEnv): Buffer | undefined {
+  const file = nonEmpty(env.CUSTOS_CACERT);
+  if (file === undefined) return undefined;
   let pem: Buffer;
   try {
     pem = readFileSync(file);

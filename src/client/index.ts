@@ -4,7 +4,7 @@
  * with its stable codes.
  */
 
-export { clientFromEnv, type EnvClientOptions, tokenFromEnv } from "./env.js";
+export { caFromEnv, clientFromEnv, type EnvClientOptions, tokenFromEnv } from "./env.js";
 export {
   apiError,
   ClientError,

@@ -266,12 +266,17 @@ describe("custos CLI conformance against a running Custos", () => {
     assert.equal(r.code, EXIT_USAGE, r.err);
   });
 
-  test("a CUSTOS_CACERT whose certificate does not parse is an unusable setting (64) naming CUSTOS_CACERT", async () => {
+  test("a CUSTOS_CACERT whose certificate does not parse is an unusable setting (64) naming CUSTOS_CACERT, for the API client and for custos run alike", async () => {
     const broken = join(scratch, "broken-ca.pem");
     writeFileSync(broken, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
-    const r = await cli(["key", "list"], { CUSTOS_CACERT: broken });
-    assert.equal(r.code, EXIT_USAGE, r.err);
-    assert.match(r.err, /^error: invalid_config: .*CUSTOS_CACERT/);
+    for (const args of [
+      ["key", "list"],
+      ["run", "--instance", "i-1", "--", "true"],
+    ]) {
+      const r = await cli(args, { CUSTOS_CACERT: broken, CUSTOS_BOOTSTRAP_TOKEN: "cbt.unused" });
+      assert.equal(r.code, EXIT_USAGE, `${args[0]}: ${r.err}`);
+      assert.match(r.err, /^error: invalid_config: .*CUSTOS_CACERT/, args[0]);
+    }
   });
 
   test("storage rewrap into pipes: progress lines on stderr without escapes, the summary on stdout", async () => {

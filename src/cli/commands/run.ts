@@ -11,7 +11,7 @@ import {
   type TemplateSpec,
 } from "../../agent/run.js";
 import { BrokerError, KEY_TYPES, type KeyType } from "../../broker-client/index.js";
-import { DEFAULT_ADDR } from "../../client/index.js";
+import { caFromEnv, DEFAULT_ADDR } from "../../client/index.js";
 import { errnoOrMessage } from "../../errors/index.js";
 import { arg, type CliContext } from "../context.js";
 import { CliError, EXIT_CLIENT, EXIT_SERVER, EXIT_USAGE, type ExitCode, printable, usageError } from "../errors.js";
@@ -120,7 +120,7 @@ export function registerRunCommand(program: Command, ctx: CliContext): void {
       const instance = (o.instance ?? vars.CUSTOS_INSTANCE_ID ?? "").trim();
       if (instance === "") throw usageError("no instance id: set CUSTOS_INSTANCE_ID or pass --instance");
       const address = nonEmpty(vars.CUSTOS_ADDR) ?? DEFAULT_ADDR;
-      const ca = readCa(nonEmpty(vars.CUSTOS_CACERT));
+      const ca = caFromEnv(vars);
       const dir = o.dir ?? nonEmpty(vars.CUSTOS_CREDENTIALS_DIR) ?? join(".", ".custos");
       const write = (line: string): void => {
         ctx.io.stderr.write(`${printable(line)}\n`);
@@ -187,18 +187,6 @@ function readToken(file: string | undefined, env: NodeJS.ProcessEnv): string {
     throw usageError("no bootstrap token: set CUSTOS_BOOTSTRAP_TOKEN or pass --token-file");
   }
   return token;
-}
-
-function readCa(file: string | undefined): string | undefined {
-  if (file === undefined) return undefined;
-  let pem: string;
-  try {
-    pem = readFileSync(file, "utf8");
-  } catch (cause) {
-    throw usageError(`cannot read CUSTOS_CACERT ${file}: ${errnoOrMessage(cause)}`, cause);
-  }
-  if (!pem.includes("-----BEGIN CERTIFICATE-----")) throw usageError(`CUSTOS_CACERT ${file} holds no PEM certificate`);
-  return pem;
 }
 
 function addMapping(text: string, previous: EnvMapping[]): EnvMapping[] {
