@@ -54,8 +54,15 @@ export interface ApiDeps {
 }
 
 /** Authorises `action` on `resource` for the request's principal and records both for the audit. */
-export function authorize(deps: Pick<ApiDeps, "auth">, req: FastifyRequest, action: Action, resource: string): void {
-  req.custos.action = action;
+export function authorize(
+  deps: Pick<ApiDeps, "auth">,
+  req: FastifyRequest,
+  action: Action,
+  resource: string,
+  /** The audit action, served or refused, where the service records the success under another name than the permission. */
+  auditAs: string = action,
+): void {
+  req.custos.action = auditAs;
   req.custos.resource = resource;
   deps.auth.authorize(principalOf(req), action, resource);
 }

@@ -73,6 +73,7 @@ async function runBatch<I extends { readonly context?: unknown }, R extends { re
 ): Promise<BatchItemResult<R>[]> {
   checkName(name);
   const inputs = checkBatch<I>(items);
+  const contexts = checkContexts(inputs);
   const key = await loadKey(ctx, name);
   assertUsable(key, "encrypt", op.decrypts ? "decrypt" : "other");
   const view = await preloadedView(ctx, key);
@@ -99,7 +100,7 @@ async function runBatch<I extends { readonly context?: unknown }, R extends { re
       items: inputs.length,
       succeeded,
       failed: inputs.length - succeeded,
-      ...usedBy(inputs, results),
+      ...usedBy(contexts, results),
     });
   } catch (e) {
     for (const r of results) if (r.ok) op.secretOf?.(r.value)?.destroy();
@@ -109,23 +110,41 @@ async function runBatch<I extends { readonly context?: unknown }, R extends { re
 }
 
 /**
+ * Every item's context, checked before any work: a context that breaks the limits
+ * makes the batch malformed, and a malformed batch is refused whole, naming the item.
+ * The API's schema can't be the only check: it counts code points, so 129 emoji (258
+ * UTF-16 units) or a lone surrogate pass it. An item that is not an object has no
+ * context here and fails on its own.
+ */
+function checkContexts(inputs: readonly { readonly context?: unknown }[]): EncryptionContext[] {
+  return inputs.map((input, i) => {
+    try {
+      return validateContext(typeof input === "object" && input !== null ? input.context : undefined);
+    } catch (e) {
+      if (!isCustosError(e)) throw e;
+      throw new CustosError("invalid_request", `items[${i}]: ${e.message}`);
+    }
+  });
+}
+
+/**
  * The versions and contexts a batch's successful items used, each once, so that the
  * batch's one record says what a record per item would have (a single operation
  * records its version and context).
  */
 function usedBy<R extends { readonly version: number }>(
-  inputs: readonly { readonly context?: unknown }[],
+  contexts: readonly EncryptionContext[],
   results: readonly BatchItemResult<R>[],
 ): { versions: number[]; contexts: EncryptionContext[] } {
   const versions = new Set<number>();
-  const contexts = new Map<string, EncryptionContext>();
+  const used = new Map<string, EncryptionContext>();
   results.forEach((r, i) => {
-    if (!r.ok) return;
+    const context = contexts[i];
+    if (!r.ok || context === undefined) return;
     versions.add(r.value.version);
-    const context = validateContext(inputs[i]?.context);
-    contexts.set(canonicalContext(context).toString("latin1"), context);
+    used.set(canonicalContext(context).toString("latin1"), context);
   });
-  return { versions: [...versions].sort((a, b) => a - b), contexts: [...contexts.values()] };
+  return { versions: [...versions].sort((a, b) => a - b), contexts: [...used.values()] };
 }
 
 /** Encrypts up to 1000 items under one key. */

@@ -283,7 +283,7 @@ export async function scheduleDestruction(
       throw new CustosError("conflict", `key "${key.name}" is already pending destruction`);
     }
     return {
-      action: "key.schedule_destruction",
+      action: "key.schedule-destruction",
       changes: { state: "pending_destruction", destroyAt: addSeconds(now, waiting) },
       details: { waitingSeconds: waiting },
     };
@@ -298,7 +298,7 @@ export async function cancelDestruction(ctx: KmsContext, actor: Actor, name: str
     if (key.state !== "pending_destruction") {
       throw new CustosError("conflict", `key "${key.name}" is not pending destruction`);
     }
-    return { action: "key.cancel_destruction", changes: { state: "disabled", destroyAt: null } };
+    return { action: "key.cancel-destruction", changes: { state: "disabled", destroyAt: null } };
   });
   return withVersions(ctx, after);
 }

@@ -95,7 +95,9 @@ export async function random(ctx: KmsContext, actor: Actor, bytes: number): Prom
   const n = checkRandomBytes(bytes);
   const out = await ctx.keystore.random(n);
   try {
-    await ctx.audit.record(auditEntry(actor, "kms.random", "", { bytes: n }));
+    // The action and resource the API authorises (random:generate on "random"), so that its
+    // refusals, which the API records, and this success are found under one name.
+    await ctx.audit.record(auditEntry(actor, "random.generate", "random", { bytes: n }));
   } catch (e) {
     out.fill(0);
     throw e;

@@ -247,6 +247,28 @@ describe("Pkcs11Keystore against SoftHSM", () => {
     await assert.rejects(ks.sign(ed.ref, "rsa-pss-sha256", data), rejectsWith("invalid_request"));
   });
 
+  test("an empty message signs under every scheme, as an empty Buffer or Uint8Array, and node:crypto verifies it", async () => {
+    // Node gives an empty Buffer no memory; passed as is, the module saw a NULL pData (CKR_ARGUMENTS_BAD).
+    const empty = Buffer.alloc(0);
+    const ec = await ks.generateKeyPair("ecdsa-p256", "sig-empty-ec");
+    const ed = await ks.generateKeyPair("ed25519", "sig-empty-ed");
+    const rsa = await ks.generateKeyPair("rsa-3072", "sig-empty-rsa");
+    const keyOf = (spki: Buffer) => createPublicKey({ key: spki, format: "der", type: "spki" });
+    const pss = { padding: cryptoConstants.RSA_PKCS1_PSS_PADDING, saltLength: 32 };
+    for (const message of [empty, new Uint8Array(0)]) {
+      const ecSig = await ks.sign(ec.ref, "ecdsa-p256-sha256", message);
+      assert.ok(verify("sha256", empty, { key: keyOf(ec.publicKey), dsaEncoding: "ieee-p1363" }, ecSig));
+      const edSig = await ks.sign(ed.ref, "ed25519", message);
+      assert.ok(verify(null, empty, keyOf(ed.publicKey), edSig), "ed25519");
+      assert.ok(!verify(null, Buffer.of(0), keyOf(ed.publicKey), edSig), "ed25519 over one zero byte");
+      const pkcs1 = await ks.sign(rsa.ref, "rsa-pkcs1-sha256", message);
+      assert.ok(verify("sha256", empty, keyOf(rsa.publicKey), pkcs1), "rsa-pkcs1-sha256");
+      const pssSig = await ks.sign(rsa.ref, "rsa-pss-sha256", message);
+      assert.ok(verify("sha256", empty, { key: keyOf(rsa.publicKey), ...pss }, pssSig), "rsa-pss-sha256");
+    }
+    assert.equal(ks.health().state, "ok");
+  });
+
   /** [CKA_TOKEN, CKA_SENSITIVE, CKA_EXTRACTABLE] of every private key under `label`, token objects first. */
   function privateKeysLabelled(label: string): number[][] {
     return inj.withSession((s) => {

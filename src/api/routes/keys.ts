@@ -143,9 +143,11 @@ export function keyRoutes(deps: ApiDeps): FastifyPluginAsync {
       async (req) => {
         const { name } = req.params;
         const { enabled, ...settings } = req.body;
-        // Every permission the change needs is checked before any of it is made.
-        if (Object.keys(settings).length > 0) authorize(deps, req, "key:update", `key/${name}`);
+        // Every permission the change needs is checked before any of it is made. The state
+        // change comes first so that the last one checked, which a refusal is audited under,
+        // is the service's action: key.update when settings change, else key.enable/disable.
         if (enabled !== undefined) authorize(deps, req, enabled ? "key:enable" : "key:disable", `key/${name}`);
+        if (Object.keys(settings).length > 0) authorize(deps, req, "key:update", `key/${name}`);
         return kms.updateKey(actorOf(req), name, req.body);
       },
     );
@@ -168,9 +170,11 @@ export function keyRoutes(deps: ApiDeps): FastifyPluginAsync {
       },
       async (req) => {
         const { name } = req.params;
-        authorize(deps, req, "key:destroy", `key/${name}`);
+        const immediate = req.query.immediate === "true";
+        // Both modes need key:destroy; a scheduling is audited, served or refused, as the service records it.
+        authorize(deps, req, "key:destroy", `key/${name}`, immediate ? "key:destroy" : "key:schedule-destruction");
         const actor = actorOf(req);
-        if (req.query.immediate === "true") {
+        if (immediate) {
           if (req.query.waitingSeconds !== undefined) {
             throw new CustosError("invalid_request", "immediate and waitingSeconds exclude each other");
           }

@@ -82,6 +82,13 @@ const IV_BATCH = 256;
 const INLINE_MAX_US = { cipher: 50, sign: 200 } as const;
 const INLINE_MAX_BYTES = 4096;
 const MAX_SIGN_INPUT = 1024 * 1024;
+/**
+ * An empty message as PKCS#11 wants it: a real pointer with length 0. Node backs an
+ * empty Buffer with no memory, so pkcs11js would pass pData = NULL, which SoftHSM
+ * refuses (CKR_ARGUMENTS_BAD) whatever the length; a zero-length view into one
+ * allocated byte is the same empty message with a pointer. Never written to.
+ */
+const EMPTY_SIGN_INPUT = Buffer.alloc(1).subarray(1);
 const ID_LENGTH = 16;
 /** Answers of C_UnwrapKey that mean "this blob was not wrapped by this key". */
 const UNWRAP_REJECTED = new Set([
@@ -371,7 +378,7 @@ export class Pkcs11Keystore implements Keystore {
   async sign(ref: HsmKeyRef, scheme: SignatureScheme, data: Uint8Array): Promise<Buffer> {
     const input = bytes(data, "data");
     if (input.length > MAX_SIGN_INPUT) throw new CustosError("payload_too_large", "data to sign is too large");
-    const plan = signPlan(scheme, input);
+    const plan = signPlan(scheme, input.length === 0 ? EMPTY_SIGN_INPUT : input);
     const template = refTemplate(pk.CKO_PRIVATE_KEY, ref);
     return this.#c.run("sign", async (ctx) => {
       const key = this.#tokenObject(ctx, privateName(ref), template);
