@@ -127,25 +127,17 @@ export class CachedKeys implements KeySource {
     const id = `${keyName}\n${canonicalContext(context).toString("base64")}`;
     for (;;) {
       const entry = this.#encrypting.get(id);
-      if (entry !== undefined && this.#usable(entry)) {
-        entry.messages++;
-        touch(this.#encrypting, id, entry);
-        return {
-          value: entry.key.plaintext.use(derive),
-          wrapped: entry.key.wrapped,
-          version: entry.key.version,
-          addBytes: (n: number) => {
-            entry.bytes += n;
-          },
-        };
-      }
+      if (entry !== undefined && this.#usable(entry)) return this.#lendForEncryption(id, entry, derive);
       if (entry !== undefined) this.#evict(this.#encrypting, id);
-      await this.#once(`e\n${id}`, async () => {
+      const served = await this.#once(`e\n${id}`, async () => {
         this.#calls++;
         const key = await this.kms.generateDataKey(keyName, context);
-        this.#insert(this.#encrypting, id, { key, createdAt: this.#now(), messages: 0, bytes: 0 });
+        const fresh: EncryptEntry = { key, createdAt: this.#now(), messages: 0, bytes: 0 };
+        this.#insert(this.#encrypting, id, fresh);
+        return this.#lendForEncryption(id, fresh, derive);
       });
-      // Loop: take the fresh entry (or, if limits are tiny and others took it first, fetch again).
+      if (served !== undefined) return served;
+      // Loop: take a share of the key another caller fetched (or, if others used it up first, fetch again).
     }
   }
 
@@ -154,15 +146,17 @@ export class CachedKeys implements KeySource {
     for (;;) {
       const entry = this.#decrypting.get(id);
       if (entry !== undefined && this.#now() - entry.createdAt < this.limits.maxAgeMs) {
-        touch(this.#decrypting, id, entry);
-        return { value: entry.key.plaintext.use(derive), version: entry.key.version };
+        return this.#lendForDecryption(id, entry, derive);
       }
       if (entry !== undefined) this.#evict(this.#decrypting, id);
-      await this.#once(`d\n${id}`, async () => {
+      const served = await this.#once(`d\n${id}`, async () => {
         this.#calls++;
         const key = await this.kms.decryptDataKey(keyName, wrapped, context);
-        this.#insert(this.#decrypting, id, { key, createdAt: this.#now() });
+        const fresh: DecryptEntry = { key, createdAt: this.#now() };
+        this.#insert(this.#decrypting, id, fresh);
+        return this.#lendForDecryption(id, fresh, derive);
       });
+      if (served !== undefined) return served;
     }
   }
 
@@ -179,21 +173,47 @@ export class CachedKeys implements KeySource {
     );
   }
 
-  /** Runs `fetch` once for concurrent callers with the same id; all of them see its failure. */
-  async #once(id: string, fetch: () => Promise<void>): Promise<void> {
-    let pending = this.#inFlight.get(id);
-    if (pending === undefined) {
-      pending = fetch().finally(() => this.#inFlight.delete(id));
-      this.#inFlight.set(id, pending);
+  #lendForEncryption<T>(id: string, entry: EncryptEntry, derive: (dataKey: Buffer) => T): Derived<T> {
+    entry.messages++;
+    touch(this.#encrypting, id, entry);
+    return {
+      value: entry.key.plaintext.use(derive),
+      wrapped: entry.key.wrapped,
+      version: entry.key.version,
+      addBytes: (n: number) => {
+        entry.bytes += n;
+      },
+    };
+  }
+
+  #lendForDecryption<T>(id: string, entry: DecryptEntry, derive: (dataKey: Buffer) => T) {
+    touch(this.#decrypting, id, entry);
+    return { value: entry.key.plaintext.use(derive), version: entry.key.version };
+  }
+
+  /**
+   * Runs `fetch` once for concurrent callers with the same id. The caller that ran it gets its result: the fetch lends
+   * the fresh key to that caller before anything else can use up, expire or evict it, so every KMS call serves at
+   * least its caller and the loops above end whatever the limits. The callers that waited get `undefined` once it is
+   * done, and look again; all of them see its failure.
+   */
+  async #once<R>(id: string, fetch: () => Promise<R>): Promise<R | undefined> {
+    const pending = this.#inFlight.get(id);
+    if (pending !== undefined) {
+      await pending;
+      return undefined;
     }
-    await pending;
+    const fetching = fetch().finally(() => this.#inFlight.delete(id));
+    this.#inFlight.set(id, fetching);
+    return fetching;
   }
 
   #insert<E extends { key: { plaintext: { destroy(): void } } }>(map: Map<string, E>, id: string, entry: E): void {
     this.#evict(map, id);
     map.set(id, entry);
-    while (map.size > this.limits.maxEntries) {
-      const oldest = map.keys().next().value as string;
+    // The least recently used go first, never the entry just inserted (the newest): its caller is about to use it.
+    for (const oldest of map.keys()) {
+      if (oldest === id || map.size <= this.limits.maxEntries) break;
       this.#evict(map, oldest);
     }
   }

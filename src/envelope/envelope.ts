@@ -24,7 +24,7 @@ import {
   verifyHeader,
 } from "./format.js";
 import type { EnvelopeKms } from "./kms.js";
-import { bufferSource, type RangeSource, readHeader, readRange } from "./range.js";
+import { bufferSource, type RangeSource, readAll, readHeader, readRange } from "./range.js";
 import { DecryptStream, EncryptStream } from "./streams.js";
 
 export interface EnvelopeOptions {
@@ -110,7 +110,7 @@ export class Envelope {
       throw decryptionFailed();
     }
     const { opener } = await this.#beginOpening(header, options);
-    return readRange(bufferSource(bytes), { header, opener }, 0, Number.MAX_SAFE_INTEGER);
+    return readAll(bufferSource(bytes), { header, opener });
   }
 
   /** A Transform from plaintext to one message. Back-pressure flows through it. */
@@ -188,6 +188,8 @@ export class Envelope {
       const code = (e as { code?: unknown } | null)?.code;
       // A key name that names nothing, or names a key of another purpose, is damage too: the name is only
       // authenticated by the MAC checked below. A disabled key is the key's state, not the message's: it says so.
+      // So does a key version retired by minDecryptionVersion (version_too_old): the version is in the header in
+      // clear, so naming it tells nothing new, and it tells an operator what to do.
       if (code === "decryption_failed" || code === "not_found" || code === "key_purpose_mismatch") {
         throw decryptionFailed();
       }
@@ -204,10 +206,30 @@ export class Envelope {
   }
 }
 
+/**
+ * A cached data key serves for at most a day: the age limit is also how long a key disabled in the KMS still
+ * encrypts through the cache, and how long a data key stays in memory.
+ */
+const MAX_CACHE_AGE_MS = 86_400_000;
+
+/**
+ * Counts are whole numbers from 1: below one entry or one message the cache holds nothing it could lend. Byte
+ * counts stay exact up to the largest safe integer, and no further.
+ */
+const LIMITS: Record<keyof CacheLimits, { readonly integer: boolean; readonly max: number }> = {
+  maxAgeMs: { integer: false, max: MAX_CACHE_AGE_MS },
+  maxMessages: { integer: true, max: Number.MAX_SAFE_INTEGER },
+  maxBytes: { integer: false, max: Number.MAX_SAFE_INTEGER },
+  maxEntries: { integer: true, max: Number.MAX_SAFE_INTEGER },
+};
+
 function checkLimits(limits: CacheLimits): CacheLimits {
   for (const [name, value] of Object.entries(limits)) {
-    if (typeof value !== "number" || !(value > 0)) {
-      throw new CustosError("invalid_request", `cache limit ${name} must be a positive number`);
+    if (!Object.hasOwn(LIMITS, name)) throw new CustosError("invalid_request", `unknown cache limit ${name}`);
+    const { integer, max } = LIMITS[name as keyof CacheLimits];
+    if (typeof value !== "number" || !(value > 0 && value <= max) || (integer && !Number.isInteger(value))) {
+      const range = integer ? `an integer from 1 to ${max}` : `a number above 0, at most ${max}`;
+      throw new CustosError("invalid_request", `cache limit ${name} must be ${range}`);
     }
   }
   return limits;

@@ -41,10 +41,8 @@ export async function readHeader(source: RangeSource): Promise<Header> {
 
 /** Plaintext [start, end) of an opened message; `end` is clamped to the plaintext's length. */
 export async function readRange(source: RangeSource, opening: Opening, start: number, end: number): Promise<Buffer> {
-  const { header, opener } = opening;
-  const size = header.chunkSize;
-  const stride = size + TAG_BYTES;
-  const layout = chunkLayout(source.size - header.length, size);
+  const size = opening.header.chunkSize;
+  const layout = chunkLayout(source.size - opening.header.length, size);
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end < start) {
     throw new CustosError("invalid_request", "a range is two integers 0 <= start <= end");
   }
@@ -55,22 +53,38 @@ export async function readRange(source: RangeSource, opening: Opening, start: nu
     );
   }
   const stop = Math.min(end, layout.plaintextLength);
+  // An empty range opens no chunk: the header is authenticated, no tag is checked (docs/envelope-format.md, "Byte
+  // ranges"). A whole message never comes this way: readAll opens every chunk.
   if (stop === start) return Buffer.alloc(0);
-  const first = Math.floor(start / size);
-  const last = Math.floor((stop - 1) / size);
   // Whole chunks are decrypted into one buffer; the range is a view of it.
+  const first = Math.floor(start / size);
+  const opened = await openChunks(source, opening, layout, first, Math.floor((stop - 1) / size));
+  const offset = start - first * size;
+  return opened.subarray(offset, offset + (stop - start));
+}
+
+/**
+ * The whole plaintext of an opened message. Every chunk is opened and its tag checked, the last one included even
+ * when it is empty: an empty plaintext is one last chunk of 0 bytes and its tag, which alone stands behind it.
+ */
+export function readAll(source: RangeSource, opening: Opening): Promise<Buffer> {
+  const layout = chunkLayout(source.size - opening.header.length, opening.header.chunkSize);
+  return openChunks(source, opening, layout, 0, layout.chunks - 1);
+}
+
+/** Decrypts chunks `first` to `last` into one buffer, which is zeroed if any of them fails. */
+async function openChunks(
+  source: RangeSource,
+  { header, opener }: Opening,
+  layout: { chunks: number; plaintextLength: number },
+  first: number,
+  last: number,
+): Promise<Buffer> {
+  const size = header.chunkSize;
+  const stride = size + TAG_BYTES;
   const out = Buffer.allocUnsafe(Math.min((last + 1) * size, layout.plaintextLength) - first * size);
   let at = 0;
   try {
-    await openChunks();
-  } catch (e) {
-    out.fill(0);
-    throw e;
-  }
-  const offset = start - first * size;
-  return out.subarray(offset, offset + (stop - start));
-
-  async function openChunks(): Promise<void> {
     for (let from = first; from <= last; from += CHUNKS_PER_READ) {
       const to = Math.min(last, from + CHUNKS_PER_READ - 1);
       const position = header.length + from * stride;
@@ -82,7 +96,11 @@ export async function readRange(source: RangeSource, opening: Opening, start: nu
         at = opener.openInto(i, sealed, i === layout.chunks - 1, out, at);
       }
     }
+  } catch (e) {
+    out.fill(0);
+    throw e;
   }
+  return out;
 }
 
 /** A file as a `RangeSource`; `close()` it when done. */
