@@ -26,6 +26,15 @@ export const AUDIT_LIST_MAX = 9999;
 /** What the HSM audit HMAC key is applied to, to derive the chain key: fixed, so every start derives the same key. */
 const CHAIN_KEY_LABEL = "custos-audit-chain:v1";
 
+/**
+ * What `hmac()` puts before every value. The same HSM key derives the chain key, so
+ * a value MACed bare could be the chain label itself, and its HMAC, written to the
+ * log, would be the chain key. Every value input starts with this label instead,
+ * which differs from the chain label, so no value reaches it; the NUL ends the
+ * label (labels hold none), so a later label can't be a prefix of this one.
+ */
+const VALUE_LABEL = Buffer.from("custos-audit-value:v1\0", "utf8");
+
 export interface AuditLogDeps {
   readonly store: Store;
   readonly keystore: Keystore;
@@ -128,14 +137,19 @@ export class AuditLog {
     if (appended.seq - (this.#lastCheckpointSeq ?? 0) >= this.#every) this.#checkpointInBackground();
   }
 
-  /** `hmac-sha256:<hex>` of `value` (UTF-8 for strings) under the HSM audit key. */
+  /**
+   * `hmac-sha256:<hex>` of `value` (UTF-8 for strings) under the HSM audit key, as
+   * HMAC-SHA256(key, "custos-audit-value:v1" || 0x00 || value): see `VALUE_LABEL`.
+   */
   async hmac(value: string | Uint8Array): Promise<string> {
-    const data = typeof value === "string" ? Buffer.from(value, "utf8") : value;
+    const bytes = typeof value === "string" ? Buffer.from(value, "utf8") : value;
+    const data = Buffer.concat([VALUE_LABEL, bytes]);
+    if (typeof value === "string") bytes.fill(0);
     try {
       const mac = await this.#keystore.hmac(this.#hmacKey, data);
       return HMAC_PREFIX + mac.toString("hex");
     } finally {
-      if (typeof value === "string") data.fill(0);
+      data.fill(0);
     }
   }
 

@@ -73,6 +73,8 @@ export const ACTIONS = [
   // audit
   "audit:read",
   "audit:verify",
+  // the audit HMAC of a value: an oracle for guesses at secret values, so not part of audit:read
+  "audit:hash",
 ] as const;
 
 /** An operation that can be authorised. */
@@ -96,6 +98,7 @@ export const PRIVILEGED_ACTIONS: readonly Action[] = [
   "sudo:read",
   "audit:read",
   "audit:verify",
+  "audit:hash",
 ];
 
 const actionSet: ReadonlySet<string> = new Set(ACTIONS);

@@ -59,6 +59,16 @@ export interface WriteResult {
   readonly createdAt: string;
 }
 
+/** One page of a listing. */
+export interface SecretList {
+  /** The prefix listed, ending with `/`. */
+  readonly prefix: string;
+  /** Names relative to the prefix, in order; a folder's ends with `/`. */
+  readonly keys: string[];
+  /** Present when more names follow: pass it as `after` for the next page. */
+  readonly next?: string;
+}
+
 export type VersionState = "live" | "deleted" | "destroyed";
 
 export interface SecretMetadata {
@@ -94,7 +104,10 @@ export const MAX_CUSTOM_METADATA = 16;
 const MAX_METADATA_KEY = 128;
 const MAX_METADATA_VALUE = 512;
 const MAX_VERSIONS_PER_CALL = 100;
+/** The most names one `list` answers; `next` says when more follow. */
 const LIST_LIMIT = 1000;
+/** A listing cursor: a name as listed, a segment or a folder (the segment and `/`). */
+const LIST_CURSOR = /^([A-Za-z0-9._-]{1,64})\/?$/;
 /**
  * Changes to one secret are serialised in this process, so they never race each
  * other; this bounds the retries against a writer in another process (one server
@@ -125,6 +138,17 @@ function checkValue(value: unknown): Buffer {
     throw invalid(`value must be 1..${MAX_VALUE_BYTES} bytes of UTF-8`);
   }
   return bytes;
+}
+
+function checkListCursor(after: unknown): string | undefined {
+  if (after === undefined) return undefined;
+  const segment = typeof after === "string" ? LIST_CURSOR.exec(after)?.[1] : undefined;
+  if (segment === undefined || segment === "." || segment === "..") {
+    throw invalid(
+      'after must be a name from a listing: a segment of 1..64 of [A-Za-z0-9._-], or a folder ending in "/"',
+    );
+  }
+  return after as string;
 }
 
 function checkCas(cas: unknown): number | undefined {
@@ -292,6 +316,23 @@ export class Secrets {
     }
   }
 
+  /**
+   * The `valueHmac` a write of `value` records: the same checks and the same UTF-8
+   * bytes, so an auditor can find the write that set a value they know. Not
+   * audited here (the caller records the request, never the value).
+   */
+  async valueHmac(value: unknown): Promise<string> {
+    if (this.#hmac === undefined) {
+      throw new CustosError("audit_unavailable", "values are not HMACed: this service has no audit log");
+    }
+    const bytes = checkValue(value);
+    try {
+      return await this.#hmac.hmac(bytes);
+    } finally {
+      bytes.fill(0);
+    }
+  }
+
   async #writeVersion(
     actor: Actor,
     target: SecretTarget,
@@ -405,20 +446,20 @@ export class Secrets {
     return metadataView(secret);
   }
 
-  /** Names under an app or folder, relative to the prefix; a folder's name ends with `/`. */
-  async list(prefix: unknown): Promise<{ prefix: string; keys: string[] }> {
+  /**
+   * Names under an app or folder, relative to the prefix, in order; a folder's name
+   * ends with `/`. At most `LIST_LIMIT` of them, those after `after` (a name as
+   * listed); when more follow, `next` is the cursor to pass as `after`.
+   */
+  async list(prefix: unknown, after?: unknown): Promise<SecretList> {
     const target: ListTarget = parseListPrefix(prefix);
+    const cursor = checkListCursor(after);
     if (target.kind === "app") await this.#platform.getApp(target.app);
-    const paths = await this.#store.secrets.listSecretPaths(target.prefix, LIST_LIMIT * 10);
-    const keys: string[] = [];
-    for (const p of paths) {
-      const rest = p.slice(target.prefix.length);
-      const slash = rest.indexOf("/");
-      const key = slash === -1 ? rest : rest.slice(0, slash + 1);
-      if (keys.at(-1) !== key) keys.push(key);
-      if (keys.length >= LIST_LIMIT) break;
-    }
-    return { prefix: target.prefix, keys };
+    // One name more than a page: whether another page follows, without a second query.
+    const keys = await this.#store.secrets.listSecretNames(target.prefix, LIST_LIMIT + 1, cursor);
+    if (keys.length <= LIST_LIMIT) return { prefix: target.prefix, keys };
+    keys.length = LIST_LIMIT;
+    return { prefix: target.prefix, keys, next: keys.at(-1) as string };
   }
 
   // ---- metadata and versions --------------------------------------------------

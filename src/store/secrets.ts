@@ -12,10 +12,12 @@ export interface SecretStore {
   /** One version with its ciphertext (null once destroyed). */
   getSecretVersion(path: string, version: number): Promise<SecretVersionRecord | undefined>;
   /**
-   * Paths that start with `prefix` (which ends with `/`), in path order, at most
-   * `limit` of them after `after`.
+   * The names directly under `prefix` (which ends with `/`): the next segment of
+   * every path that starts with it, with a `/` after it when more segments follow
+   * (a folder), each once, in order; at most `limit` of them, those after `after`
+   * (a name as listed). However many secrets a folder holds, it costs one step.
    */
-  listSecretPaths(prefix: string, limit: number, after?: string): Promise<string[]>;
+  listSecretNames(prefix: string, limit: number, after?: string): Promise<string[]>;
   /**
    * The newest version that is neither deleted nor destroyed of every secret of
    * the app and of every shared secret granted to it, with its ciphertext.

@@ -76,6 +76,10 @@ export interface AuditCheckpoint {
 }
 
 export interface AuditQuery {
+  /**
+   * Records after this seq in the listing's order: greater oldest first, smaller
+   * newest first, so the last seq of a page is the cursor to the next one.
+   */
   readonly afterSeq?: number;
   readonly limit?: number;
   readonly principal?: string;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { createHash, createPublicKey, verify } from "node:crypto";
+import { createHash, createPublicKey, createSecretKey, verify } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -81,6 +81,26 @@ describe("AuditLog", () => {
     assert.equal(await f.audit.hmac(Buffer.from("s3cret-token-value")), a);
     assert.notEqual(await f.audit.hmac("s3cret-token-valuf"), a);
     assert.notEqual(a.slice("hmac-sha256:".length), createHash("sha256").update("s3cret-token-value").digest("hex"));
+    // The HSM's HMAC of the value behind its label and separator: the documented input.
+    const input = Buffer.from("custos-audit-value:v1\0s3cret-token-value", "utf8");
+    assert.equal(a, `hmac-sha256:${(await keystore.hmac(keys.hmacKey, input)).toString("hex")}`);
+    await f.close();
+  });
+
+  test("no value's hmac is the chain key: not the chain label's, which derives it", async () => {
+    const f = await fixture(0);
+    const keyed = await AuditLog.open({ store: f.store, keystore, ...keys });
+    await keyed.record(entry(1));
+    const [first] = await f.store.readAuditRange(1, 1);
+    assert.ok(first !== undefined);
+    const hashWith = (key: Buffer) =>
+      auditRecordHash(1, first.prevHash, first, first.detailsJson, { key: createSecretKey(key), keyedFrom: 1 });
+    // The chain key as open() derives it reproduces the record's hash ...
+    const chainKey = await keystore.hmac(keys.hmacKey, Buffer.from("custos-audit-chain:v1", "utf8"));
+    assert.equal(hashWith(chainKey), first.hash);
+    // ... and the hmac of that very label, as a secret write would record it, does not.
+    const mac = await keyed.hmac("custos-audit-chain:v1");
+    assert.notEqual(hashWith(Buffer.from(mac.slice("hmac-sha256:".length), "hex")), first.hash);
     await f.close();
   });
 
@@ -103,6 +123,21 @@ describe("AuditLog", () => {
       (await f.audit.list({ descending: true, limit: 1 })).map((r) => r.seq),
       [3],
     );
+    await f.close();
+  });
+
+  test("list's afterSeq is a cursor in the listing's order: newer oldest first, older newest first", async () => {
+    const f = await fixture(6);
+    const seqs = async (q: Parameters<AuditLog["list"]>[0]) => (await f.audit.list(q)).map((r) => r.seq);
+    assert.deepEqual(await seqs({ afterSeq: 2, limit: 2 }), [3, 4]);
+    assert.deepEqual(await seqs({ afterSeq: 5, limit: 2, descending: true }), [4, 3]);
+    // Paging newest first by the last seq of each page walks the whole log once.
+    const walked: number[] = [];
+    for (let page = await seqs({ limit: 4, descending: true }); page.length > 0; ) {
+      walked.push(...page);
+      page = await seqs({ limit: 4, descending: true, afterSeq: page.at(-1) as number });
+    }
+    assert.deepEqual(walked, [6, 5, 4, 3, 2, 1]);
     await f.close();
   });
 

@@ -141,6 +141,41 @@ describe("secrets service", () => {
     assert.deepEqual((await f.secrets.list("acme/prod/web/db")).keys, ["password"]);
   });
 
+  test("list names each name once however many secrets a folder holds, and pages by `after`", async () => {
+    // Metadata alone makes a secret that lists (no HSM call), so many are quick to make.
+    const make = async (paths: readonly string[]) => {
+      for (let i = 0; i < paths.length; i += 500) {
+        await Promise.all(paths.slice(i, i + 500).map((p) => f.secrets.updateMetadata(admin, p, {})));
+      }
+    };
+    // More secrets in one folder than the 10,000 paths the listing once read: its siblings after it still list.
+    const crowd = Array.from({ length: 10_001 }, (_, i) => `shared/crowd/big/s${i}`);
+    await make([...crowd, "shared/crowd/a", "shared/crowd/big.txt", "shared/crowd/big0", "shared/crowd/z/deep/er"]);
+    assert.deepEqual(await f.secrets.list("shared/crowd"), {
+      prefix: "shared/crowd/",
+      keys: ["a", "big.txt", "big/", "big0", "z/"],
+    });
+    assert.deepEqual((await f.secrets.list("shared/crowd/", "big/")).keys, ["big0", "z/"]);
+    assert.deepEqual((await f.secrets.list("shared/crowd/", "big")).keys, ["big.txt", "big/", "big0", "z/"]);
+    assert.deepEqual((await f.secrets.list("shared/crowd/", "zz")).keys, []);
+
+    // 1,001 names, the 1,000th a folder: a full page names it as the cursor, the next page goes on past it.
+    const names = Array.from({ length: 999 }, (_, i) => `s${String(i).padStart(3, "0")}`);
+    await make([...names.map((n) => `shared/pages/${n}`), "shared/pages/t/1", "shared/pages/t/2", "shared/pages/u"]);
+    const first = await f.secrets.list("shared/pages");
+    assert.deepEqual([first.keys.length, first.keys.at(-1), first.next], [1000, "t/", "t/"]);
+    assert.deepEqual(first.keys, [...names, "t/"]);
+    assert.deepEqual(await f.secrets.list("shared/pages", first.next), { prefix: "shared/pages/", keys: ["u"] });
+
+    for (const bad of [5, "", ".", "../", "a/b", "a b", "x".repeat(65), "t//"]) {
+      await assert.rejects(f.secrets.list("shared/pages", bad), (e: unknown) => {
+        assert.ok(isCustosError(e, "invalid_request"), String(e));
+        assert.match((e as Error).message, /^after must be a name from a listing/);
+        return true;
+      });
+    }
+  });
+
   test("shared secrets granted to two apps reach both through forApp; readForApp refuses the rest", async () => {
     await f.secrets.put(admin, "shared/ca-bundle", "BUNDLE");
     await f.secrets.put(admin, "shared/certs/a", "CERT-A");
@@ -227,7 +262,8 @@ describe("secrets service", () => {
     // The keys the fixture's audit log was given (provisionKeys finds them again).
     const { hmacKey } = await AuditLog.provisionKeys(f.keystore);
     const macOf = async (value: string) =>
-      HMAC_PREFIX + (await f.keystore.hmac(hmacKey, Buffer.from(value, "utf8"))).toString("hex");
+      HMAC_PREFIX +
+      (await f.keystore.hmac(hmacKey, Buffer.from(`custos-audit-value:v1\0${value}`, "utf8"))).toString("hex");
     const p = "acme/prod/web/hmaced";
     await audited.put(admin, p, "searchable ✓");
     await audited.generate(admin, p, { length: 16 });

@@ -5,7 +5,7 @@ const seq = { type: "string", pattern: "^[0-9]{1,15}$" } as const;
 /** A positive integer; `AuditLog.list` refuses one above `AUDIT_LIST_MAX` with `invalid_request` (the one bound). */
 const limit = { type: "string", pattern: "^[1-9][0-9]{0,14}$" } as const;
 
-/** Reading and verifying the audit journal (privileged). */
+/** Reading and verifying the audit journal, and the audit HMAC of a value (privileged). */
 export function auditRoutes(deps: ApiDeps): FastifyPluginAsync {
   return async (app) => {
     app.get<{
@@ -47,6 +47,26 @@ export function auditRoutes(deps: ApiDeps): FastifyPluginAsync {
           descending: q.order === "desc",
         });
         return { records };
+      },
+    );
+
+    // The HMAC a secret write records as `valueHmac`, for an auditor who knows a value.
+    // The request is recorded like any other: method and route, never the body.
+    app.post<{ Body: { value: string } }>(
+      "/v1/audit/hash",
+      {
+        schema: {
+          body: {
+            type: "object",
+            required: ["value"],
+            additionalProperties: false,
+            properties: { value: { type: "string" } },
+          },
+        },
+      },
+      async (req) => {
+        authorize(deps, req, "audit:hash", "audit");
+        return { hmac: await deps.secrets.valueHmac(req.body.value) };
       },
     );
 

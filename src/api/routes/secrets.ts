@@ -170,16 +170,29 @@ export function secretRoutes(deps: ApiDeps): FastifyPluginAsync {
       await secrets.deleteAll(actorOf(req), target.path);
       return { deleted: true };
     });
-    app.get<Wild>("/v1/secrets/list/*", async (req) => {
-      const t = parseListPrefix(wildcard(req));
-      await authorizeSecret(
-        req,
-        "secret:list",
-        t.kind === "app" ? { path: t.prefix, app: t.app } : { path: t.prefix },
-        "secret.list",
-      );
-      return await secrets.list(t.prefix);
-    });
+    app.get<Wild & { Querystring: { after?: string } }>(
+      "/v1/secrets/list/*",
+      {
+        schema: {
+          querystring: {
+            type: "object",
+            additionalProperties: false,
+            // The service says what a cursor must look like.
+            properties: { after: { type: "string", maxLength: 256 } },
+          },
+        },
+      },
+      async (req) => {
+        const t = parseListPrefix(wildcard(req));
+        await authorizeSecret(
+          req,
+          "secret:list",
+          t.kind === "app" ? { path: t.prefix, app: t.app } : { path: t.prefix },
+          "secret.list",
+        );
+        return await secrets.list(t.prefix, req.query.after);
+      },
+    );
 
     // ---- versions: delete (latest when none are named), undelete, destroy
     const versionRoutes = [

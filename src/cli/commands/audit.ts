@@ -2,7 +2,8 @@
 import type { Command } from "commander";
 import { AUDIT_LIST_MAX } from "../../audit/index.js";
 import { arg, type CliContext } from "../context.js";
-import { EXIT_CLIENT, EXIT_SERVER, printable } from "../errors.js";
+import { EXIT_CLIENT, EXIT_SERVER, printable, usageError } from "../errors.js";
+import { readInput } from "../io.js";
 import { renderTable } from "../output.js";
 import { parseInteger } from "../parse.js";
 
@@ -37,14 +38,16 @@ function count(n: number, noun: string): string {
 
 /** Registers `audit` and `status`. */
 export function registerAuditCommands(program: Command, ctx: CliContext): void {
-  const audit = program.command("audit").description("read and verify the tamper-evident audit log");
+  const audit = program
+    .command("audit")
+    .description("read and verify the tamper-evident audit log; the audit HMAC of a known value");
 
   audit
     .command("list")
     .description("list audit records (oldest first unless --desc)")
     .option(
       "--after <seq>",
-      "only records after this sequence number",
+      "only records after this sequence number in the listing's order (older ones with --desc)",
       arg((t) => parseInteger(t, "sequence number", 0)),
     )
     .option(
@@ -78,6 +81,26 @@ export function registerAuditCommands(program: Command, ctx: CliContext): void {
         await ctx.emit(answer, (a) => renderTable(a.records, { columns: AUDIT_COLUMNS }));
       },
     );
+
+  audit
+    .command("hash")
+    .description(
+      "the audit HMAC of a value, to match a secret write's valueHmac; the value comes from stdin (one trailing " +
+        "newline dropped, as secret put does) or --from-file (as is), never the command line",
+    )
+    .option("--from-file <file>", "read the value from a file, byte for byte")
+    .action(async (o: { fromFile?: string }): Promise<void> => {
+      let value: string;
+      if (o.fromFile !== undefined) {
+        value = (await readInput(o.fromFile, ctx.io)).toString("utf8");
+      } else {
+        if (ctx.io.stdin.isTTY === true) await ctx.note("reading the value from stdin (end with Ctrl-D)");
+        value = (await readInput(undefined, ctx.io)).toString("utf8").replace(/\r?\n$/, "");
+      }
+      if (value.length === 0) throw usageError("the value is empty");
+      const answer = await ctx.client().request<{ hmac: string }>("POST", "/v1/audit/hash", { body: { value } });
+      await ctx.emit(answer, (a) => `${a.hmac}\n`);
+    });
 
   audit
     .command("verify")

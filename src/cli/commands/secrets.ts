@@ -119,10 +119,16 @@ export function registerSecretCommands(program: Command, ctx: CliContext): void 
     .command("list <prefix>")
     .description("names under an app or folder (<org>/<space>/<app>[/folder] or shared[/folder]); folders end in /")
     .action(async (prefix: string) => {
-      const a = await ctx
-        .client()
-        .request<{ prefix: string; keys: string[] }>("GET", `/v1/secrets/list/${urlPath(prefix)}`);
-      await ctx.emit(a, (x) => x.keys.map((k) => `${k}\n`).join(""));
+      // The server answers a page at a time, with `next` while more follow: print them all.
+      const client = ctx.client();
+      const url = `/v1/secrets/list/${urlPath(prefix)}`;
+      let page = await client.request<{ prefix: string; keys: string[]; next?: string }>("GET", url);
+      const keys = [...page.keys];
+      while (page.next !== undefined) {
+        page = await client.request<typeof page>("GET", url, { query: { after: page.next } });
+        keys.push(...page.keys);
+      }
+      await ctx.emit({ prefix: page.prefix, keys }, (x) => x.keys.map((k) => `${k}\n`).join(""));
     });
 
   secret

@@ -18,18 +18,16 @@ export function secretStore(area: Area): SecretStore {
         const row = sql.get<VersionRow>("SELECT * FROM secret_versions WHERE path = ? AND version = ?", path, version);
         return row === undefined ? undefined : versionFromRow(row);
       }),
-    listSecretPaths: (prefix, limit, after) =>
+    listSecretNames: (prefix, limit, after) =>
       area.read((sql) =>
         sql
-          .all<{ path: string }>(
-            // A range scan on the primary key: prefix <= path < prefix with its last character bumped.
-            "SELECT path FROM secrets WHERE path >= ? AND path < ? AND path > ? ORDER BY path LIMIT ?",
-            prefix,
-            upperBound(prefix),
-            after ?? "",
+          .all<{ path: string }>(LIST_NAMES, {
+            from: after === undefined ? prefix : prefix + after,
+            first: prefix.length + 1,
+            end: upperBound(prefix),
             limit,
-          )
-          .map((r) => r.path),
+          })
+          .map((r) => nameOf(r.path, prefix)),
       ),
     liveVersionsForApp: (appId) =>
       area.read((sql) =>
@@ -93,6 +91,37 @@ export function secretStore(area: Area): SecretStore {
           ) !== undefined,
       ),
   };
+}
+
+/**
+ * The first path of each name under a prefix (`:first` is where names start in a
+ * path, `:end` is past every path of the prefix), by a skip scan of the primary
+ * key: from one path, the next name's first path is the first one past the whole
+ * folder (from `<prefix><folder>0`, as `0` follows `/`) or, after a secret, past
+ * the path itself. Each step is one index seek, however many secrets a folder
+ * holds. The walk starts at `:from`, the prefix and the cursor (a name as listed)
+ * if any, which is not itself returned.
+ */
+const LIST_NAMES = `
+  WITH RECURSIVE walk(step, path) AS (
+    VALUES (0, :from)
+    UNION ALL
+    SELECT step + 1, (
+      SELECT s.path FROM secrets s
+      WHERE s.path >= (CASE instr(substr(walk.path, :first), '/')
+                         WHEN 0 THEN walk.path
+                         ELSE substr(walk.path, 1, :first + instr(substr(walk.path, :first), '/') - 2) || '0' END)
+        AND s.path < :end AND s.path <> walk.path
+      ORDER BY s.path LIMIT 1)
+    FROM walk WHERE walk.path IS NOT NULL AND step < :limit
+  )
+  SELECT path FROM walk WHERE step > 0 AND path IS NOT NULL`;
+
+/** The name `path` is listed under below `prefix`: its next segment, with `/` when more follow. */
+function nameOf(path: string, prefix: string): string {
+  const rest = path.slice(prefix.length);
+  const slash = rest.indexOf("/");
+  return slash === -1 ? rest : rest.slice(0, slash + 1);
 }
 
 /** The smallest string greater than every string starting with `prefix`. */

@@ -880,7 +880,8 @@ export class SqliteStore implements Store {
   }
 
   /**
-   * Filters are exact matches. `afterSeq` means `seq > afterSeq` in either order.
+   * Filters are exact matches. `afterSeq` is a cursor in the listing's order:
+   * `seq > afterSeq` oldest first, `seq < afterSeq` newest first.
    * At most `limit` records (default 1000, at most 10000).
    */
   listAudit(query: AuditQuery = {}): Promise<AuditRecord[]> {
@@ -890,7 +891,7 @@ export class SqliteStore implements Store {
         limit: query.limit === undefined ? AUDIT_DEFAULT_LIMIT : checkLimit(query.limit, AUDIT_MAX_LIMIT),
       };
       if (query.afterSeq !== undefined) {
-        where.push("seq > :afterSeq");
+        where.push(query.descending === true ? "seq < :afterSeq" : "seq > :afterSeq");
         params.afterSeq = query.afterSeq;
       }
       for (const field of ["principal", "action", "resource"] as const) {
