@@ -20,7 +20,7 @@ interface CallerRights {
   readonly policies: ReadonlySet<string>;
   /** Those of `policies` held without a sudo grant. */
   readonly permanent: ReadonlySet<string>;
-  /** The user it acts for (null: a standalone token): whose platform rights it holds. */
+  /** The user whose platform rights it holds: none for a standalone token or a scoped one (`Principal.scoped`). */
   readonly userId: string | null;
 }
 
@@ -41,7 +41,7 @@ async function callerRights(ctx: AuthContext, actor: Actor): Promise<CallerRight
     const resolved = token ? await resolveToken(ctx, token, nowMs) : undefined;
     if (resolved) {
       held = ctx.resolutions.get(resolved.principal);
-      userId = resolved.principal.userId;
+      userId = resolved.principal.scoped ? null : resolved.principal.userId;
     }
   } else if (who !== "anonymous" && who !== "") {
     return undefined;

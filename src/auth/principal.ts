@@ -11,6 +11,13 @@ export interface Principal {
   readonly tokenId: string;
   /** Effective policy names at authentication: own, groups', active sudo grants', narrowed by the token's scope. */
   readonly policies: readonly string[];
+  /**
+   * True for an API token given its own policies when it was made (every standalone
+   * token, and a user's token created with `policies`): it acts only through them,
+   * so it has none of its user's ownership rights (app owner). False for a login
+   * session and a user's unscoped token, which carry the user's full rights.
+   */
+  readonly scoped: boolean;
   readonly isAdmin: boolean;
   /** When the last active sudo grant that adds something ends (ISO), or null without one. */
   readonly sudoUntil: string | null;
@@ -30,6 +37,8 @@ export interface Resolution {
   readonly sudo: ReadonlyMap<string, number>;
   /** The token's own scope (null: the user's own policies). */
   readonly tokenScope: readonly string[] | null;
+  /** When the token expires (epoch ms; null: never): the latest a token it makes may expire. */
+  readonly tokenExpiresAtMs: number | null;
 }
 
 interface CacheEntry {

@@ -57,11 +57,9 @@ export async function resolveToken(
   nowMs: number,
 ): Promise<{ principal: Principal; untilMs: number } | undefined> {
   if (token.revokedAt !== null) return undefined;
-  let untilMs = Number.POSITIVE_INFINITY;
-  if (token.expiresAt !== null) {
-    untilMs = Date.parse(token.expiresAt);
-    if (!(untilMs > nowMs)) return undefined;
-  }
+  const tokenExpiresAtMs = token.expiresAt === null ? null : Date.parse(token.expiresAt);
+  if (tokenExpiresAtMs !== null && !(tokenExpiresAtMs > nowMs)) return undefined;
+  let untilMs = tokenExpiresAtMs ?? Number.POSITIVE_INFINITY;
   let user: UserRecord | undefined;
   let base: Set<string>;
   let sudo = new Map<string, number>();
@@ -103,11 +101,12 @@ export async function resolveToken(
     userId: token.userId,
     tokenId: token.id,
     policies,
+    scoped: token.policies !== null,
     isAdmin: policies.includes(ADMIN_POLICY),
     sudoUntil: sudoUntilMs === null ? null : new Date(sudoUntilMs).toISOString(),
     display: sessionUser ? `user:${sessionUser.name}` : `token:${token.id}`,
   };
-  ctx.resolutions.set(principal, { base, sudo, tokenScope: token.policies });
+  ctx.resolutions.set(principal, { base, sudo, tokenScope: token.policies, tokenExpiresAtMs });
   return { principal, untilMs };
 }
 

@@ -29,13 +29,15 @@ import * as users from "./users.js";
  * tokens and authorisation of actions.
  *
  * Methods that take an `actor` expect the caller (the API) to have authorised the
- * action already; they add the rule that stops `user:write`/`group:write` from
- * being an escalation path: when the actor is a user or token (`user:<name>`,
- * `token:<id>`) and not admin, it may only grant policies it holds itself and may
- * only manage users and groups whose rights it holds itself: their policies, those
- * of their active sudo grants, the apps they own and their SSH sudo grants (a
- * password reset or a new member would hand all of these over). Actors of any
- * other form (`system`, `cli`, …) are in-process callers and are trusted.
+ * action already (except `revokeToken`, which alone knows whose token it is); they
+ * add the rule that stops `user:write`/`group:write` from being an escalation
+ * path: when the actor is a user or token (`user:<name>`, `token:<id>`) and not
+ * admin, it may only grant policies it holds itself and may only manage users and
+ * groups whose rights it holds itself: their policies, those of their active sudo
+ * grants, the apps they own and their SSH sudo grants (a password reset or a new
+ * member would hand all of these over; a scoped token holds no ownership rights).
+ * Actors of any other form (`system`, `cli`, …) are in-process callers and are
+ * trusted.
  *
  * Each node caches principals and policy records for `principalCacheMs`; changes
  * made through this instance take effect at once, changes made by another node
@@ -147,7 +149,10 @@ export class AuthService {
     return tokens.listTokens(this.#ctx, principal);
   }
 
-  /** Revokes a token: its user's own tokens, the token itself, or any token for admins. */
+  /**
+   * Revokes a token: the caller's own token or another of its user's with no policy,
+   * any other with `token:revoke` and admin rights (checked here, unlike other methods).
+   */
   revokeToken(actor: Actor, principal: Principal, id: string): Promise<void> {
     return tokens.revokeToken(this.#ctx, actor, principal, id);
   }

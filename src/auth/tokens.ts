@@ -2,6 +2,7 @@ import { type Actor, auditEntry } from "../audit/entry.js";
 import { CustosError } from "../errors/index.js";
 import type { Secret } from "../secret/index.js";
 import type { TokenRecord } from "../store/index.js";
+import { authorize } from "./authenticate.js";
 import { checkPolicyNames } from "./guards.js";
 import { type AuthContext, invalidateCache, isPositiveInteger, MAX_TOKEN_TTL_SECONDS, nowIso } from "./internal.js";
 import { ADMIN_POLICY } from "./policy.js";
@@ -22,6 +23,15 @@ const MIN_TOKEN_TTL_SECONDS = 60;
  * may only scope a token to policies it holds itself, and a standalone token only
  * to policies held without a sudo grant; a token made by a scoped token is scoped
  * at least as narrowly. The token string is returned once.
+ *
+ * A token made by an API token (user-bound or standalone) expires no later than
+ * its creator: a creator with an expiry caps the requested one, and an omitted
+ * `ttlSeconds` means the creator's expiry (clamped, not refused, as Vault caps a
+ * child's TTL; the record shows the result). Otherwise a short-lived token, a CI
+ * job's say, could mint itself a successor and its expiry would bound nothing. A
+ * login session is not bound so: it was proven by the user's password, minting a
+ * user's API tokens is what it is for, and a password change ends sessions, not
+ * the API tokens made in them.
  */
 export async function createToken(
   ctx: AuthContext,
@@ -70,6 +80,9 @@ export async function createToken(
   }
 
   const now = ctx.clock();
+  let expiresMs = input.ttlSeconds === undefined ? null : now.getTime() + input.ttlSeconds * 1000;
+  const creatorMs = await creatorExpiry(ctx, principal);
+  if (creatorMs !== null) expiresMs = Math.min(expiresMs ?? creatorMs, creatorMs);
   const { id, token, hash } = generateToken();
   const record: TokenRecord = {
     id,
@@ -79,7 +92,7 @@ export async function createToken(
     userId: forUser ? principal.userId : null,
     policies,
     createdAt: now.toISOString(),
-    expiresAt: input.ttlSeconds === undefined ? null : new Date(now.getTime() + input.ttlSeconds * 1000).toISOString(),
+    expiresAt: expiresMs === null ? null : new Date(expiresMs).toISOString(),
     revokedAt: null,
   };
   try {
@@ -89,6 +102,20 @@ export async function createToken(
     throw e;
   }
   return { token, record };
+}
+
+/**
+ * When the token `principal` authenticated with expires (epoch ms), if it is an
+ * API token that expires; null for a login session or a token without expiry.
+ */
+async function creatorExpiry(ctx: AuthContext, principal: Principal): Promise<number | null> {
+  if (principal.kind !== "token") return null;
+  const resolution = ctx.resolutions.get(principal);
+  if (resolution) return resolution.tokenExpiresAtMs;
+  // Resolved elsewhere: the token's record says (a gone token makes nothing).
+  const own = await ctx.store.getToken(principal.tokenId);
+  if (!own) throw new CustosError("unauthenticated", "invalid or expired token");
+  return own.expiresAt === null ? null : Date.parse(own.expiresAt);
 }
 
 /** The first of `wanted` that `held` lacks (admin lacks nothing), or undefined. */
@@ -104,11 +131,19 @@ export async function listTokens(ctx: AuthContext, principal: Principal): Promis
   return own ? [own] : [];
 }
 
-/** Revokes a token: its user's own tokens, the token itself, or any token for admins. */
+/**
+ * Revokes a token. The caller's own token, or another token of its user, needs no
+ * policy (as Vault's default policy allows revoke-self: anyone may give up what
+ * they hold); any other needs `token:revoke` on it and admin rights. The policy is
+ * checked here, before saying whether a token that isn't the caller's exists.
+ */
 export async function revokeToken(ctx: AuthContext, actor: Actor, principal: Principal, id: string): Promise<void> {
   const token = typeof id === "string" ? await ctx.store.getToken(id) : undefined;
+  const mine =
+    token !== undefined &&
+    (token.id === principal.tokenId || (token.userId !== null && token.userId === principal.userId));
+  if (!mine) authorize(ctx, principal, "token:revoke", `token/${String(id)}`);
   if (!token) throw new CustosError("not_found", "no such token");
-  const mine = token.id === principal.tokenId || (token.userId !== null && token.userId === principal.userId);
   if (!mine && !effectivePolicies(ctx, principal).includes(ADMIN_POLICY)) {
     throw new CustosError("forbidden", `not allowed: token:revoke on token/${token.id}`);
   }

@@ -56,7 +56,10 @@ export interface CreateTokenInput {
    * a standalone token: holds, or is admin, without a sudo grant).
    */
   readonly policies?: readonly string[];
-  /** Lifetime (60 s to 10 years); omitted: no expiry. */
+  /**
+   * Lifetime (60 s to 10 years); omitted: no expiry. A token made by an API token
+   * expires no later than its creator (omitted: with it); see `createToken`.
+   */
   readonly ttlSeconds?: number;
   /** Act for the creator's user (default when the creator is a user) or stand alone. */
   readonly forUser?: boolean;

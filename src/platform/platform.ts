@@ -211,10 +211,14 @@ export class Platform {
     return record === undefined ? undefined : fromRecord(record);
   }
 
-  /** Whether the principal's user owns the app, directly or through a group. */
+  /**
+   * Whether the principal's user owns the app, directly or through a group, and the
+   * principal carries that user's full rights: a token scoped to its own policies
+   * (or a standalone one) acts only through them and owns nothing.
+   */
   async isOwner(principal: Principal, app: App): Promise<boolean> {
     const userId = principal.userId;
-    if (userId === null) return false;
+    if (userId === null || principal.scoped) return false;
     if (app.ownerUsers.includes(userId)) return true;
     if (app.ownerGroups.length === 0) return false;
     const groups = await this.#store.groupsOfUser(userId);

@@ -48,6 +48,12 @@ export interface Requester {
   readonly display: string;
   /** The user they act for; null for a standalone token (no user-derived principals). */
   readonly userId: string | null;
+  /**
+   * Whether they carry the user's ownership rights: the instances the user owns or
+   * holds SSH sudo grants on. False for a token scoped to its own policies, which
+   * acts only through them (`Principal.scoped`).
+   */
+  readonly ownerRights: boolean;
 }
 
 export interface SignInput {
@@ -459,6 +465,7 @@ export class SshCa {
     const at = now.toISOString();
     const { store } = this.#o;
     const userId = requester.userId;
+    const ownerId = requester.ownerRights ? userId : null;
     for (const entry of role.principals) {
       if (!isPrincipalTemplate(entry)) {
         if (entry.includes("*")) patterns.push(entry);
@@ -475,13 +482,13 @@ export class SshCa {
           if (userId !== null) for (const g of await store.groupsOfUser(userId)) exact.set(g.name, null);
           break;
         case "{{owned-instances}}":
-          if (userId !== null)
-            for (const i of await store.ssh.ownedInstances(userId, at)) exact.set(i.instanceId, null);
+          if (ownerId !== null)
+            for (const i of await store.ssh.ownedInstances(ownerId, at)) exact.set(i.instanceId, null);
           break;
         case "{{sudo-instances}}":
           // Ordered by instance, latest-expiring grant first: keep the first per principal.
-          if (userId !== null) {
-            for (const s of await store.ssh.sudoInstances(userId, at)) {
+          if (ownerId !== null) {
+            for (const s of await store.ssh.sudoInstances(ownerId, at)) {
               const principal = `${s.account}@${s.instanceId}`;
               if (!exact.has(principal)) exact.set(principal, s);
             }

@@ -699,6 +699,13 @@ describe("escalation guards for user:write and group:write holders", () => {
     });
     const asSvc: Actor = { principal: `token:${svc.record.id}`, requestId: "r", source: "x" };
     await rejectsWith(env.auth.updateUser(asSvc, "owner", { disabled: true }), "forbidden", owns("user owner"));
+    // Nor does a token of the manager's user scoped to explicit policies: it acts only through them.
+    const scoped = await env.auth.createToken(env.actor, manager.principal, { name: "cli", policies: ["user-admin"] });
+    const asScoped: Actor = { principal: `token:${scoped.record.id}`, requestId: "r", source: "x" };
+    await rejectsWith(env.auth.updateUser(asScoped, "owner", { disabled: true }), "forbidden", owns("user owner"));
+    const unscoped = await env.auth.createToken(env.actor, manager.principal, { name: "full" });
+    const asUnscoped: Actor = { principal: `token:${unscoped.record.id}`, requestId: "r", source: "x" };
+    await env.auth.updateUser(asUnscoped, "owner", { disabled: true });
   });
 
   test("a user manager can't manage a user holding an SSH sudo grant it lacks", async () => {

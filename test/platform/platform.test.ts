@@ -35,7 +35,7 @@ describe("platform model", () => {
     assert.equal(created?.resource, "org/acme/space/prod/app/web");
   });
 
-  test("isOwner: directly, through a group, and not for others or standalone tokens", async () => {
+  test("isOwner: directly, through a group, and not for others, standalone tokens or scoped tokens", async () => {
     const app = await f.platform.getApp({ org: "acme", space: "prod", app: "web" });
     const ann = { ...(await principal("ann")) };
     const bob = await principal("bob");
@@ -44,6 +44,9 @@ describe("platform model", () => {
     assert.equal(await f.platform.isOwner(bob, app), true, "bob owns it through web-team");
     assert.equal(await f.platform.isOwner(carl, app), false);
     assert.equal(await f.platform.isOwner({ ...ann, kind: "token", userId: null }, app), false);
+    assert.equal(await f.platform.isOwner({ ...ann, kind: "token" }, app), true, "ann's unscoped token");
+    assert.equal(await f.platform.isOwner({ ...ann, kind: "token", scoped: true }, app), false, "ann's scoped token");
+    assert.equal(await f.platform.isOwner({ ...bob, kind: "token", scoped: true }, app), false, "bob's scoped token");
   });
 
   test("the store finds the apps a user or group owns, and none for others", async () => {
@@ -64,6 +67,7 @@ describe("platform model", () => {
       userId: `u-${name}`,
       tokenId: `t-${name}`,
       policies: [],
+      scoped: false,
       isAdmin: false,
       sudoUntil: null,
       display: `user:${name}`,

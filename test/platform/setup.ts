@@ -46,6 +46,7 @@ export async function openPlatformFixture(prefix: string): Promise<PlatformFixtu
         userId: record.id,
         tokenId: `t-${name}`,
         policies: [],
+        scoped: false,
         isAdmin: false,
         sudoUntil: null,
         display: `user:${name}`,

@@ -14,7 +14,7 @@ import { isCustosError } from "../../src/errors/index.js";
 import { type Requester, SshCa } from "../../src/ssh-ca/index.js";
 import { admin, openPlatformFixture, type PlatformFixture } from "../platform/setup.js";
 
-const agent: Requester = { display: "token:agent-1", userId: null };
+const agent: Requester = { display: "token:agent-1", userId: null, ownerRights: false };
 const agentActor: Actor = { principal: "token:agent-1", requestId: "req-agent", source: "127.0.0.1" };
 
 interface Keys {
@@ -62,7 +62,7 @@ describe("SSH CA service (SoftHSM, SQLite, ssh-keygen)", () => {
   let ssh: SshCa;
   let keys: Keys;
   const actorOf = (name: string): Actor => ({ principal: `user:${name}`, requestId: `req-${name}`, source: "cli" });
-  const requester = (name: string): Requester => ({ display: `user:${name}`, userId: `u-${name}` });
+  const requester = (name: string): Requester => ({ display: `user:${name}`, userId: `u-${name}`, ownerRights: true });
 
   async function instance(app: string, id: string, state: "registered" | "running" | "stopped" = "running") {
     const now = new Date();
@@ -184,15 +184,18 @@ describe("SSH CA service (SoftHSM, SQLite, ssh-keygen)", () => {
     assert.match(inspect(keys.dir, carol.certificate), /ecdsa-sha2-nistp384-cert-v01@openssh.com/);
   });
 
-  test("nobody else gets an owner's instances: refused, audited as denied, nothing recorded", async () => {
+  test("nobody else gets an owner's instances, nor the owner's scoped token: refused, audited as denied, nothing recorded", async () => {
     const before = (await ssh.certificates({ limit: 1000 })).length;
     const key = keys.make("bob", "ed25519");
     await rejects(
       ssh.sign(actorOf("bob"), requester("bob"), { role: "owner", publicKey: key, principals: ["web-1"] }),
       "principal_not_allowed",
     );
-    const noUser: Requester = { display: "token:standalone", userId: null };
+    const noUser: Requester = { display: "token:standalone", userId: null, ownerRights: false };
     await rejects(ssh.sign(actorOf("x"), noUser, { role: "owner", publicKey: key }), "principal_not_allowed");
+    // The owner's own token, scoped to its policies, acts only through them: it owns nothing.
+    const scoped: Requester = { ...requester("alice"), ownerRights: false };
+    await rejects(ssh.sign(actorOf("alice"), scoped, { role: "owner", publicKey: key }), "principal_not_allowed");
     assert.equal((await ssh.certificates({ limit: 1000 })).length, before);
     const denied = (await f.records("ssh.sign")).filter((r) => r.outcome === "denied");
     assert.ok(denied.some((r) => r.principal === "user:bob" && r.errorCode === "principal_not_allowed"));
@@ -277,7 +280,7 @@ describe("SSH CA service (SoftHSM, SQLite, ssh-keygen)", () => {
       ssh.sign(agentActor, agent, { role: "instance-host", publicKey: hostKey, principals: ["web-old"] }),
       "principal_not_allowed",
     );
-    const other: Requester = { display: "token:agent-2", userId: null };
+    const other: Requester = { display: "token:agent-2", userId: null, ownerRights: false };
     await rejects(ssh.sign(agentActor, other, { role: "instance-host", publicKey: hostKey }), "principal_not_allowed");
   });
 
@@ -397,7 +400,8 @@ describe("SSH CA service with Ed25519 CA keys", () => {
     const keyPath = join(dir, name);
     execFileSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", keyPath]);
     const publicKey = readFileSync(`${keyPath}.pub`, "utf8");
-    const sign = () => ssh.sign(admin, { display: "user:admin", userId: null }, { role: name, publicKey });
+    const sign = () =>
+      ssh.sign(admin, { display: "user:admin", userId: null, ownerRights: false }, { role: name, publicKey });
     return { ssh, clock, publicKey, sign };
   }
 
@@ -410,7 +414,7 @@ describe("SSH CA service with Ed25519 CA keys", () => {
     execFileSync("ssh-keygen", ["-q", "-t", "ecdsa", "-b", "521", "-N", "", "-f", keyPath]);
     const cert = await ssh.sign(
       admin,
-      { display: "user:admin", userId: null },
+      { display: "user:admin", userId: null, ownerRights: false },
       {
         role: "ops",
         publicKey: readFileSync(`${keyPath}.pub`, "utf8"),

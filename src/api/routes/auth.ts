@@ -99,7 +99,9 @@ export function authRoutes(deps: ApiDeps): FastifyPluginAsync {
       "/v1/auth/tokens/:id",
       { config: { serviceAudits: true }, schema: { params: idParam } },
       async (req) => {
-        authorize(deps, req, "token:revoke", `token/${req.params.id}`);
+        // The service authorises: revoking one's own token needs no policy, which it alone can tell.
+        req.custos.action = "token:revoke";
+        req.custos.resource = `token/${req.params.id}`;
         await deps.auth.revokeToken(actorOf(req), principalOf(req), req.params.id);
         return { revoked: true };
       },

@@ -113,7 +113,8 @@ export function sshRoutes(deps: ApiDeps): FastifyPluginAsync {
         // A self-service role's principals come only from what the requester owns: nothing to grant.
         if (!role.selfService) authorize(deps, req, "ssh:sign", `ssh/role/${role.name}`);
         try {
-          return await ssh.sign(actorOf(req), { display: principal.display, userId: principal.userId }, req.body);
+          const requester = { display: principal.display, userId: principal.userId, ownerRights: !principal.scoped };
+          return await ssh.sign(actorOf(req), requester, req.body);
         } catch (e) {
           if (wasAudited(e)) req.custos.audited = true;
           throw e;
