@@ -305,14 +305,7 @@ async function send(
 
 type Row = Record<string, unknown> & { seq: number };
 
-function query<T>(sql: string, ...params: unknown[]): T[] {
-  const db = new Database(join(custos.dir, "custos.db"), { readonly: true });
-  try {
-    return db.prepare(sql).all(...params) as T[];
-  } finally {
-    db.close();
-  }
-}
+const query = <T>(sql: string, ...params: unknown[]): T[] => custos.query<T>(sql, ...params);
 
 const recordsOf = (requestId: string) => query<Row>("SELECT * FROM audit_log WHERE request_id = ?", requestId);
 

@@ -49,16 +49,8 @@ describe("the HTTPS API as a client meets it", () => {
     assert.equal(typeof error.message, "string");
   };
 
-  const auditRows = (requestId: string): AuditRow[] => {
-    const db = new Database(join(custos.dir, "custos.db"), { readonly: true });
-    try {
-      return db
-        .prepare("SELECT outcome, error_code, details FROM audit_log WHERE request_id = ?")
-        .all(requestId) as AuditRow[];
-    } finally {
-      db.close();
-    }
-  };
+  const auditRows = (requestId: string): AuditRow[] =>
+    custos.query<AuditRow>("SELECT outcome, error_code, details FROM audit_log WHERE request_id = ?", requestId);
 
   const newToken = async (name: string, policies?: string[]) => {
     const r = await custos.call("POST", "/v1/auth/tokens", { name, ...(policies ? { policies } : {}) });

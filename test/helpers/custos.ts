@@ -5,6 +5,7 @@ import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import Database from "better-sqlite3";
 import { loadConfig } from "../../src/config/index.js";
 import { initialize } from "../../src/main.js";
 import { freePort } from "./ports.js";
@@ -53,6 +54,8 @@ export interface CustosInstance {
   call(method: string, path: string, body?: unknown, bearer?: string | null): Promise<HttpAnswer>;
   /** Runs bin/custos.js against this server as `token`'s holder (the admin by default), `env` added last. */
   cli(args: string[], options?: { input?: string | Buffer; token?: string; env?: NodeJS.ProcessEnv }): CliResult;
+  /** Rows of the live database, read through a separate read-only connection, as someone holding the file would. */
+  query<T>(sql: string, ...params: unknown[]): T[];
   start(): Promise<void>;
   stop(): Promise<void>;
   kill9(): Promise<void>;
@@ -182,6 +185,14 @@ export async function startCustos(config: Record<string, unknown> = {}): Promise
         stdoutBytes: r.stdout,
         stderr: r.stderr.toString("utf8"),
       };
+    },
+    query<T>(sql: string, ...params: unknown[]): T[] {
+      const db = new Database(join(dir, "custos.db"), { readonly: true, fileMustExist: true });
+      try {
+        return db.prepare(sql).all(...params) as T[];
+      } finally {
+        db.close();
+      }
     },
     async start() {
       const out = openSync(logFile, "a");

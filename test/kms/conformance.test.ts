@@ -1,8 +1,6 @@
 import assert from "node:assert/strict";
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import Database from "better-sqlite3";
 import { validateContext } from "../../src/context/index.js";
 import { type CustosInstance, type HttpAnswer, httpsRaw, startCustos } from "../helpers/custos.js";
 
@@ -51,14 +49,7 @@ describe("KMS conformance over HTTPS", () => {
       .ciphertext as string;
   const decrypt = (key: string, ciphertext: string, context?: Record<string, string>) =>
     call("POST", `/v1/keys/${key}/decrypt`, { ciphertext, ...(context ? { context } : {}) });
-  const sqlite = <T>(sql: string, ...params: unknown[]): T => {
-    const db = new Database(join(custos.dir, "custos.db"), { readonly: true, fileMustExist: true });
-    try {
-      return db.prepare(sql).get(...params) as T;
-    } finally {
-      db.close();
-    }
-  };
+  const sqlite = <T>(sql: string, ...params: unknown[]): T => custos.query<T>(sql, ...params)[0] as T;
 
   before(async () => {
     custos = await startCustos();

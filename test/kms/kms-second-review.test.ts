@@ -5,7 +5,6 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, wri
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import Database from "better-sqlite3";
 import { type CustosInstance, errorCode, type HttpAnswer, ok, startCustos } from "../helpers/custos.js";
 import { freePort } from "../helpers/ports.js";
 
@@ -93,16 +92,11 @@ describe("KMS second conformance review", () => {
     ]);
     return r.status === 0 && /Verified OK/.test(r.out);
   };
-  const auditRows = (requestId: string) => {
-    const db = new Database(join(custos.dir, "custos.db"), { readonly: true, fileMustExist: true });
-    try {
-      return db
-        .prepare("SELECT action, resource, outcome, error_code, details FROM audit_log WHERE request_id = ?")
-        .all(requestId) as { action: string; resource: string; outcome: string; error_code: string | null }[];
-    } finally {
-      db.close();
-    }
-  };
+  const auditRows = (requestId: string) =>
+    custos.query<{ action: string; resource: string; outcome: string; error_code: string | null }>(
+      "SELECT action, resource, outcome, error_code, details FROM audit_log WHERE request_id = ?",
+      requestId,
+    );
 
   /** The x-request-id of an answer (the helper's HttpAnswer carries the headers at run time). */
   const requestIdOf = (r: HttpAnswer): string => {

@@ -3,7 +3,6 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import Database from "better-sqlite3";
 import { type CustosInstance, type HttpAnswer, startCustos } from "../helpers/custos.js";
 
 /**
@@ -26,15 +25,7 @@ describe("platform model conformance", () => {
   let owner: string;
   let agent: string;
 
-  /** Rows of the live database, read through a separate read-only connection. */
-  const query = <T>(sql: string, ...args: unknown[]): T[] => {
-    const db = new Database(join(custos.dir, "custos.db"), { readonly: true, fileMustExist: true });
-    try {
-      return db.prepare(sql).all(...args) as T[];
-    } finally {
-      db.close();
-    }
-  };
+  const query = <T>(sql: string, ...args: unknown[]): T[] => custos.query<T>(sql, ...args);
   const auditOf = (r: HttpAnswer) =>
     query<{ action: string; outcome: string; error_code: string | null; resource: string }>(
       "SELECT action, outcome, error_code, resource FROM audit_log WHERE request_id = ? ORDER BY seq",

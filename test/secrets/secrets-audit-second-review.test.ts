@@ -32,14 +32,7 @@ describe("secrets and their audit records, second review", () => {
     return { ...r, id: String(r.headers["x-request-id"]) };
   }
 
-  function query<T>(sql: string, ...params: unknown[]): T[] {
-    const db = new Database(join(custos.dir, "custos.db"), { readonly: true });
-    try {
-      return db.prepare(sql).all(...params) as T[];
-    } finally {
-      db.close();
-    }
-  }
+  const query = <T>(sql: string, ...params: unknown[]): T[] => custos.query<T>(sql, ...params);
 
   const recordsOf = (requestId: string) => query<Row>("SELECT * FROM audit_log WHERE request_id = ?", requestId);
   const ciphertexts = (path: string) =>
