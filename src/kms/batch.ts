@@ -68,7 +68,13 @@ async function runBatch<I extends { readonly context?: unknown }, R extends { re
   name: string,
   items: unknown,
   op: { action: string; decrypts: boolean; secretOf?: (r: R) => Secret | undefined },
-  item: (view: Awaited<ReturnType<typeof preloadedView>>, input: I, i: number) => Promise<R>,
+  /** One item's work, given its context as `checkContexts` validated it. */
+  item: (
+    view: Awaited<ReturnType<typeof preloadedView>>,
+    input: I,
+    context: EncryptionContext,
+    i: number,
+  ) => Promise<R>,
   prepare?: (inputs: readonly I[]) => Promise<() => void>,
 ): Promise<BatchItemResult<R>[]> {
   checkName(name);
@@ -85,7 +91,7 @@ async function runBatch<I extends { readonly context?: unknown }, R extends { re
         if (typeof input !== "object" || input === null) {
           return failure(new CustosError("invalid_request", "item must be an object"));
         }
-        return success(await item(view, input, i));
+        return success(await item(view, input, contexts[i] as EncryptionContext, i));
       } catch (e) {
         return failure(e);
       }
@@ -114,7 +120,8 @@ async function runBatch<I extends { readonly context?: unknown }, R extends { re
  * makes the batch malformed, and a malformed batch is refused whole, naming the item.
  * The API's schema can't be the only check: it counts code points, so 129 emoji (258
  * UTF-16 units) or a lone surrogate pass it. An item that is not an object has no
- * context here and fails on its own.
+ * context here and fails on its own. The items and the audit record use these, so
+ * each context is validated once.
  */
 function checkContexts(inputs: readonly { readonly context?: unknown }[]): EncryptionContext[] {
   return inputs.map((input, i) => {
@@ -155,7 +162,7 @@ export function encryptBatch(ctx: KmsContext, actor: Actor, name: string, items:
     name,
     items,
     { action: "key.encrypt", decrypts: false },
-    (view, input) => sealInput(ctx, view, input),
+    (view, input, context) => sealInput(ctx, view, input, context),
   );
 }
 
@@ -167,7 +174,7 @@ export function decryptBatch(ctx: KmsContext, actor: Actor, name: string, items:
     name,
     items,
     { action: "key.decrypt", decrypts: true, secretOf: (r) => r.plaintext },
-    (view, input) => open(ctx, view, input.ciphertext, validateContext(input.context)),
+    (view, input, context) => open(ctx, view, input.ciphertext, context),
   );
 }
 
@@ -179,8 +186,8 @@ export function rewrapBatch(ctx: KmsContext, actor: Actor, name: string, items: 
     name,
     items,
     { action: "key.rewrap", decrypts: true },
-    async (view, input) => {
-      const { fromVersion: _, ...result } = await reseal(ctx, view, input.ciphertext, validateContext(input.context));
+    async (view, input, context) => {
+      const { fromVersion: _, ...result } = await reseal(ctx, view, input.ciphertext, context);
       return result;
     },
   );
@@ -214,9 +221,8 @@ export function generateDataKeyBatch(ctx: KmsContext, actor: Actor, name: string
     name,
     items,
     { action: "key.datakey", decrypts: false, secretOf: (r) => r.plaintext },
-    async (view, input, i) => {
+    async (view, input, context, i) => {
       const bytes = checkDataKeyBytes(input.bytes);
-      const context = validateContext(input.context);
       const start = offsets[i] ?? 0;
       const plaintext = Secret.copy(pool.subarray(start, start + bytes));
       try {

@@ -1,4 +1,4 @@
-import { type EncryptionContext, validateContext } from "../context/index.js";
+import type { EncryptionContext } from "../context/index.js";
 import { CustosError, decryptionFailed } from "../errors/index.js";
 import type { KeyRecord, KeyVersionRecord } from "../store/index.js";
 import { ALG_AES_256_GCM, additionalDataFrom, boundHeader, encodeCiphertextFrom, parseCiphertext } from "./format.js";
@@ -73,14 +73,14 @@ export async function seal(
   return { ciphertext: encodeCiphertextFrom(bound, sealed.iv, sealed.ciphertext), version };
 }
 
-/** Validates caller input and encrypts it. */
+/** Validates caller input and encrypts it under `context` (already validated). */
 export async function sealInput(
   ctx: KmsContext,
   view: KeyView,
-  input: { plaintext?: unknown; context?: unknown; version?: unknown },
+  input: { plaintext?: unknown; version?: unknown },
+  context: EncryptionContext,
 ): Promise<EncryptResult> {
   const plaintext = checkPlaintext(input.plaintext);
-  const context = validateContext(input.context);
   return seal(ctx, view, plaintext, context, encryptionVersion(view.key, input.version));
 }
 
