@@ -95,6 +95,17 @@ function errorBody(code: ErrorCode, message: string) {
   return { error: { code, message } };
 }
 
+/** The body answering `error`: a server error names the request, so that an operator finds it in the log. */
+function answerTo(req: FastifyRequest, error: CustosError) {
+  return errorBody(error.code, error.isClientError ? error.message : `${error.message} (request ${req.id})`);
+}
+
+/** Logs why a request could not be audited; the audit's error becomes the answer. */
+function auditFailed(req: FastifyRequest, auditError: unknown, what: string): CustosError {
+  req.log.error({ err: auditError }, `could not audit ${what}`);
+  return toCustosError(auditError);
+}
+
 /** Maps anything thrown to the CustosError the client will see. */
 function toCustosError(err: unknown): CustosError {
   if (isCustosError(err)) return err;
@@ -185,9 +196,8 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
       recordOutcome(req, "failure", refusal.code)
         .then(() => reply.status(refusal.status).send(errorBody(refusal.code, refusal.message)))
         .catch((auditError: unknown) => {
-          req.log.error({ err: auditError, cause: error.code }, "could not audit a refused request");
-          const failed = toCustosError(auditError);
-          reply.status(failed.status).send(errorBody(failed.code, `${failed.message} (request ${req.id})`));
+          const failed = auditFailed(req, auditError, "a refused request");
+          reply.status(failed.status).send(answerTo(req, failed));
         });
     },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
@@ -283,10 +293,9 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
       return payload;
     } catch (auditError) {
       req.custos.audited = true;
-      req.log.error({ err: auditError }, "could not audit a request");
-      const failed = toCustosError(auditError);
+      const failed = auditFailed(req, auditError, "a request");
       reply.status(failed.status).header("content-type", "application/json; charset=utf-8");
-      return JSON.stringify(errorBody(failed.code, `${failed.message} (request ${req.id})`));
+      return JSON.stringify(answerTo(req, failed));
     }
   });
 
@@ -313,14 +322,12 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
       try {
         await recordOutcome(req, outcome, error.code);
       } catch (auditError) {
-        req.log.error({ err: auditError }, "could not audit a failed request");
-        error = toCustosError(auditError);
+        error = auditFailed(req, auditError, "a failed request");
       }
     }
-    const message = error.isClientError ? error.message : `${error.message} (request ${req.id})`;
     const challenge = bearerChallenge(req, error);
     if (challenge) reply.header("www-authenticate", challenge);
-    return reply.status(error.status).send(errorBody(error.code, message));
+    return reply.status(error.status).send(answerTo(req, error));
   });
 
   app.get("/v1/health", { config: { public: true } }, async (req, reply) => {
