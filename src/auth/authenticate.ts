@@ -48,6 +48,7 @@ export async function login(
     createdAt: now.toISOString(),
     expiresAt,
     revokedAt: null,
+    parentId: null,
   };
   try {
     const entry = auditEntry(actor, "auth.login", `user/${user.name}`, { tokenId: id, expiresAt });

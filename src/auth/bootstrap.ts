@@ -53,6 +53,7 @@ export async function buildInitialAdmin(input: InitialAdminInput): Promise<Initi
     createdAt: at,
     expiresAt: null,
     revokedAt: null,
+    parentId: null,
   };
   return { policies: [builtinAdminPolicy(at)], admin, adminToken, token };
 }

@@ -150,10 +150,11 @@ export class AuthService {
   }
 
   /**
-   * Revokes a token: the caller's own token or another of its user's with no policy,
-   * any other with `token:revoke` and admin rights (checked here, unlike other methods).
+   * Revokes a token and the tokens it made (answering their ids): the caller's own
+   * token, another of its user's or one its token made with no policy, any other
+   * with `token:revoke` and admin rights (checked here, unlike other methods).
    */
-  revokeToken(actor: Actor, principal: Principal, id: string): Promise<void> {
+  revokeToken(actor: Actor, principal: Principal, id: string): Promise<string[]> {
     return tokens.revokeToken(this.#ctx, actor, principal, id);
   }
 

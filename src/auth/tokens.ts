@@ -94,6 +94,7 @@ export async function createToken(
     createdAt: now.toISOString(),
     expiresAt: expiresMs === null ? null : new Date(expiresMs).toISOString(),
     revokedAt: null,
+    parentId: principal.kind === "token" ? principal.tokenId : null,
   };
   try {
     await ctx.store.createToken(record, auditEntry(actor, "token.create", `token/${id}`, { after: tokenInfo(record) }));
@@ -123,25 +124,37 @@ function notHeld(held: readonly string[], wanted: readonly string[]): string | u
   return held.includes(ADMIN_POLICY) ? undefined : wanted.find((p) => !held.includes(p));
 }
 
-/** Tokens `principal` may see: all for admins, else its user's tokens (or, standalone, itself). */
+/**
+ * Tokens `principal` may see: all for admins; else its user's tokens (or,
+ * standalone, itself) and the tokens its own token made.
+ */
 export async function listTokens(ctx: AuthContext, principal: Principal): Promise<TokenRecord[]> {
   if (effectivePolicies(ctx, principal).includes(ADMIN_POLICY)) return ctx.store.listTokens();
-  if (principal.userId !== null) return ctx.store.listTokens(principal.userId);
-  const own = await ctx.store.getToken(principal.tokenId);
-  return own ? [own] : [];
+  const own = await (principal.userId !== null
+    ? ctx.store.listTokens(principal.userId)
+    : ctx.store.getToken(principal.tokenId).then((t) => (t ? [t] : [])));
+  const made = await ctx.store.listTokensMadeBy(principal.tokenId);
+  const seen = new Set(own.map((t) => t.id));
+  return [...own, ...made.filter((t) => !seen.has(t.id))].sort(
+    (a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id),
+  );
 }
 
 /**
- * Revokes a token. The caller's own token, or another token of its user, needs no
- * policy (as Vault's default policy allows revoke-self: anyone may give up what
- * they hold); any other needs `token:revoke` on it and admin rights. The policy is
- * checked here, before saying whether a token that isn't the caller's exists.
+ * Revokes a token, and with it every token it made and theirs (as Vault revokes a
+ * token's children); answers the ids of those. The caller's own token, another token of its user, or a
+ * token its own token made needs no policy (as Vault's default policy allows
+ * revoke-self: anyone may give up what they hold or handed on); any other needs
+ * `token:revoke` on it and admin rights. The policy is checked here, before
+ * saying whether a token that isn't the caller's exists.
  */
-export async function revokeToken(ctx: AuthContext, actor: Actor, principal: Principal, id: string): Promise<void> {
+export async function revokeToken(ctx: AuthContext, actor: Actor, principal: Principal, id: string): Promise<string[]> {
   const token = typeof id === "string" ? await ctx.store.getToken(id) : undefined;
   const mine =
     token !== undefined &&
-    (token.id === principal.tokenId || (token.userId !== null && token.userId === principal.userId));
+    (token.id === principal.tokenId ||
+      token.parentId === principal.tokenId ||
+      (token.userId !== null && token.userId === principal.userId));
   if (!mine) authorize(ctx, principal, "token:revoke", `token/${String(id)}`);
   if (!token) throw new CustosError("not_found", "no such token");
   if (!mine && !effectivePolicies(ctx, principal).includes(ADMIN_POLICY)) {
@@ -150,6 +163,11 @@ export async function revokeToken(ctx: AuthContext, actor: Actor, principal: Pri
   if (token.revokedAt !== null) throw new CustosError("conflict", "token already revoked");
   const at = nowIso(ctx);
   const details = { before: tokenInfo(token), after: tokenInfo({ ...token, revokedAt: at }) };
-  await ctx.store.revokeToken(token.id, at, auditEntry(actor, "token.revoke", `token/${token.id}`, details));
+  const revokedWith = await ctx.store.revokeToken(
+    token.id,
+    at,
+    auditEntry(actor, "token.revoke", `token/${token.id}`, details),
+  );
   invalidateCache(ctx);
+  return revokedWith;
 }

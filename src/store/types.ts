@@ -188,6 +188,12 @@ export interface TokenRecord {
   readonly createdAt: string;
   readonly expiresAt: string | null;
   readonly revokedAt: string | null;
+  /**
+   * The API token that made this one, which it can't outlive: revoking a token
+   * revokes every token it made, and theirs. Null for login sessions, tokens made
+   * with one, and the first admin's.
+   */
+  readonly parentId: string | null;
 }
 
 export interface PolicyRule {
@@ -403,7 +409,10 @@ export interface Store {
     audit: AuditEntry,
     options?: { endSessions?: boolean },
   ): Promise<void>;
-  /** Deletes the user, revokes their tokens and removes them from groups. */
+  /**
+   * Deletes the user, revokes their tokens (and the tokens those made: see
+   * `revokeToken`) and removes them from groups.
+   */
   deleteUser(id: string, audit: AuditEntry): Promise<void>;
 
   createGroup(group: GroupRecord, audit: AuditEntry): Promise<void>;
@@ -413,11 +422,18 @@ export interface Store {
   updateGroup(group: GroupRecord, expectedRevision: number, audit: AuditEntry): Promise<void>;
   deleteGroup(id: string, audit: AuditEntry): Promise<void>;
 
+  /** `unauthenticated` if the token's parent is revoked by the time it is written. */
   createToken(token: TokenRecord, audit: AuditEntry): Promise<void>;
   getToken(id: string): Promise<TokenRecord | undefined>;
   getTokenByHash(hash: string): Promise<TokenRecord | undefined>;
   listTokens(userId?: string): Promise<TokenRecord[]>;
-  revokeToken(id: string, at: string, audit: AuditEntry): Promise<void>;
+  /** The tokens `parentId` made itself (not theirs), oldest first. */
+  listTokensMadeBy(parentId: string): Promise<TokenRecord[]>;
+  /**
+   * Revokes the token and, in the same transaction, every live token it made and
+   * theirs; answers their ids, which the audit record's `revokedWith` names too.
+   */
+  revokeToken(id: string, at: string, audit: AuditEntry): Promise<string[]>;
 
   putPolicy(policy: PolicyRecord, expectedRevision: number | null, audit: AuditEntry): Promise<void>;
   getPolicy(name: string): Promise<PolicyRecord | undefined>;

@@ -379,6 +379,71 @@ describe("bearer tokens", () => {
     await env.auth.updateUser(env.actor, "kim", { policies: ["app-b"] });
     assert.deepEqual((await env.auth.authenticate(scoped.token.exposeText())).policies, []);
   });
+
+  test("revoking a token revokes the tokens it made, and theirs, and the audit record names them", async () => {
+    const env = await setup();
+    await env.auth.putPolicy(env.actor, { name: "app-a", rules: [{ resource: "key/app-a-*", actions: ["key:*"] }] });
+    const lee = await userWith(env, "lee", ["app-a"]);
+    // A token made in a login session has no parent: ending the session leaves it.
+    const ci = await env.auth.createToken(env.actor, lee.principal, { name: "ci" });
+    assert.equal(ci.record.parentId, null);
+    const ciPrincipal = await env.auth.authenticate(ci.token.exposeText());
+    const job = await env.auth.createToken(env.actor, ciPrincipal, {
+      name: "job",
+      forUser: false,
+      policies: ["app-a"],
+    });
+    assert.equal(job.record.parentId, ci.record.id);
+    const jobPrincipal = await env.auth.authenticate(job.token.exposeText());
+    const step = await env.auth.createToken(env.actor, jobPrincipal, { name: "step", policies: ["app-a"] });
+    const sibling = await env.auth.createToken(env.actor, lee.principal, { name: "other" });
+
+    // The standalone token's maker sees it, and may revoke it, without any token policy.
+    const seen = (await env.auth.listTokens(ciPrincipal)).map((t) => t.name);
+    assert.ok(seen.includes("job") && seen.includes("ci"), seen.join(","));
+    assert.deepEqual(await env.auth.revokeToken(env.actor, ciPrincipal, ci.record.id), [job.record.id, step.record.id]);
+    for (const t of [ci, job, step]) {
+      await rejectsWith(env.auth.authenticate(t.token.exposeText()), "unauthenticated", INVALID_TOKEN);
+    }
+    assert.equal((await env.auth.authenticate(sibling.token.exposeText())).tokenId, sibling.record.id);
+    assert.equal((await env.auth.authenticate(lee.token)).name, "lee");
+    const [record] = await env.store.listAudit({ action: "token.revoke", limit: 1, descending: true });
+    assert.deepEqual(record?.details.revokedWith, [job.record.id, step.record.id]);
+  });
+
+  test("a token whose maker is revoked before it is written is never made", async () => {
+    const env = await setup();
+    const maker = await env.auth.createToken(env.actor, env.admin, { name: "maker" });
+    // Authenticated before the revocation, as a request in flight while it happens.
+    const inFlight = await env.auth.authenticate(maker.token.exposeText());
+    assert.deepEqual(await env.auth.revokeToken(env.actor, env.admin, maker.record.id), []);
+    await rejectsWith(env.auth.createToken(env.actor, inFlight, { name: "late" }), "unauthenticated", INVALID_TOKEN);
+    assert.ok(!(await env.store.listTokens()).some((t) => t.name === "late"));
+  });
+
+  test("deleting a user revokes the standalone tokens their tokens made", async () => {
+    const env = await setup();
+    await env.auth.putPolicy(env.actor, { name: "app-a", rules: [{ resource: "key/app-a-*", actions: ["key:*"] }] });
+    const mo = await userWith(env, "mo", ["app-a"]);
+    const ci = await env.auth.createToken(env.actor, mo.principal, { name: "ci" });
+    const ciPrincipal = await env.auth.authenticate(ci.token.exposeText());
+    const svc = await env.auth.createToken(env.actor, ciPrincipal, {
+      name: "svc",
+      forUser: false,
+      policies: ["app-a"],
+    });
+    // Made in the login session, not by a token: it outlives the user, as a standalone token is meant to.
+    const kept = await env.auth.createToken(env.actor, mo.principal, {
+      name: "kept",
+      forUser: false,
+      policies: ["app-a"],
+    });
+    await env.auth.deleteUser(env.actor, "mo");
+    await rejectsWith(env.auth.authenticate(svc.token.exposeText()), "unauthenticated", INVALID_TOKEN);
+    assert.equal((await env.auth.authenticate(kept.token.exposeText())).userId, null);
+    const [record] = await env.store.listAudit({ action: "user.delete", limit: 1, descending: true });
+    assert.deepEqual(record?.details.revokedWith, [svc.record.id]);
+  });
 });
 
 describe("authorisation", () => {

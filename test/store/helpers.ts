@@ -128,6 +128,7 @@ export function tokenRecord(userId: string | null, overrides: Partial<TokenRecor
     createdAt: T0,
     expiresAt: T1,
     revokedAt: null,
+    parentId: null,
     ...overrides,
   };
 }

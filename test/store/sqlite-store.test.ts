@@ -59,6 +59,7 @@ describe("opening", () => {
       { version: 3, name: "platform-secrets" },
       { version: 4, name: "broker" },
       { version: 5, name: "ssh" },
+      { version: 6, name: "token-parent" },
     ]);
     for (const t of [
       "settings",

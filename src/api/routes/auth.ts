@@ -14,6 +14,7 @@ function tokenView(t: TokenRecord) {
     createdAt: t.createdAt,
     expiresAt: t.expiresAt,
     revokedAt: t.revokedAt,
+    parentId: t.parentId,
   };
 }
 
@@ -102,8 +103,8 @@ export function authRoutes(deps: ApiDeps): FastifyPluginAsync {
         // The service authorises: revoking one's own token needs no policy, which it alone can tell.
         req.custos.action = "token:revoke";
         req.custos.resource = `token/${req.params.id}`;
-        await deps.auth.revokeToken(actorOf(req), principalOf(req), req.params.id);
-        return { revoked: true };
+        const revokedWith = await deps.auth.revokeToken(actorOf(req), principalOf(req), req.params.id);
+        return { revoked: true, revokedWith };
       },
     );
   };

@@ -187,6 +187,7 @@ export interface TokenRow {
   created_at: string;
   expires_at: string | null;
   revoked_at: string | null;
+  parent_id: string | null;
 }
 
 export function tokenFromRow(r: TokenRow): TokenRecord {
@@ -200,6 +201,7 @@ export function tokenFromRow(r: TokenRow): TokenRecord {
     createdAt: r.created_at,
     expiresAt: r.expires_at,
     revokedAt: r.revoked_at,
+    parentId: r.parent_id,
   };
 }
 
@@ -214,6 +216,7 @@ export function tokenParams(t: TokenRecord): Record<string, string | null> {
     created_at: t.createdAt,
     expires_at: t.expiresAt,
     revoked_at: t.revokedAt,
+    parent_id: t.parentId,
   };
 }
 

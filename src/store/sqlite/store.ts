@@ -535,7 +535,12 @@ export class SqliteStore implements Store {
   deleteUser(id: string, audit: AuditEntry): Promise<void> {
     return this.#write(() => {
       this.#revisionOf("users", "id", id);
+      const live = this.#all<{ id: string }>("SELECT id FROM tokens WHERE user_id = ? AND revoked_at IS NULL", id);
       this.#run("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", audit.time, id);
+      const madeByThem = this.#revokeDescendants(
+        live.map((r) => r.id),
+        audit.time,
+      );
       this.#run(
         `UPDATE groups SET revision = revision + 1, updated_at = ?
          WHERE id IN (SELECT group_id FROM group_members WHERE user_id = ?)`,
@@ -543,7 +548,7 @@ export class SqliteStore implements Store {
         id,
       );
       this.#run("DELETE FROM users WHERE id = ?", id);
-      this.#appendAuditRow(audit);
+      this.#appendAuditRow(withRevokedTokens(audit, madeByThem));
     });
   }
 
@@ -617,8 +622,16 @@ export class SqliteStore implements Store {
 
   // ---- tokens -----------------------------------------------------------------
 
+  /** `unauthenticated` if the token's parent was revoked before this write: the child would outlive it. */
   createToken(token: TokenRecord, audit: AuditEntry): Promise<void> {
     return this.#write(() => {
+      if (token.parentId !== null) {
+        const parent = this.#get<{ revoked_at: string | null }>(
+          "SELECT revoked_at FROM tokens WHERE id = ?",
+          token.parentId,
+        );
+        if (parent?.revoked_at !== null) throw new CustosError("unauthenticated", "invalid or expired token");
+      }
       this.#insertToken(token);
       this.#appendAuditRow(audit);
     });
@@ -626,8 +639,8 @@ export class SqliteStore implements Store {
 
   #insertToken(token: TokenRecord): void {
     this.#run(
-      `INSERT INTO tokens (id, hash, kind, name, user_id, policies, created_at, expires_at, revoked_at)
-       VALUES (:id, :hash, :kind, :name, :user_id, :policies, :created_at, :expires_at, :revoked_at)`,
+      `INSERT INTO tokens (id, hash, kind, name, user_id, policies, created_at, expires_at, revoked_at, parent_id)
+       VALUES (:id, :hash, :kind, :name, :user_id, :policies, :created_at, :expires_at, :revoked_at, :parent_id)`,
       tokenParams(token),
     );
   }
@@ -655,13 +668,46 @@ export class SqliteStore implements Store {
     );
   }
 
+  listTokensMadeBy(parentId: string): Promise<TokenRecord[]> {
+    return this.#read(() =>
+      this.#all<TokenRow>("SELECT * FROM tokens WHERE parent_id = ? ORDER BY created_at, id", parentId).map(
+        tokenFromRow,
+      ),
+    );
+  }
+
   /** Idempotent: a token already revoked keeps its first revocation time. */
-  revokeToken(id: string, at: string, audit: AuditEntry): Promise<void> {
+  revokeToken(id: string, at: string, audit: AuditEntry): Promise<string[]> {
     return this.#write(() => {
       const result = this.#run("UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", at, id);
       if (result.changes === 0) throw new CustosError("not_found", "token not found");
-      this.#appendAuditRow(audit);
+      const revokedWith = this.#revokeDescendants([id], at);
+      this.#appendAuditRow(withRevokedTokens(audit, revokedWith));
+      return revokedWith;
     });
+  }
+
+  /**
+   * Revokes every live token made by `parents`, and by those, at `at`; returns
+   * their ids. A child is always younger than its parent, so the walk ends.
+   */
+  #revokeDescendants(parents: readonly string[], at: string): string[] {
+    if (parents.length === 0) return [];
+    const ids = this.#all<{ id: string }>(
+      `WITH RECURSIVE made(id) AS (
+         SELECT id FROM tokens WHERE parent_id IN (SELECT value FROM json_each(?))
+         UNION SELECT tokens.id FROM tokens JOIN made ON tokens.parent_id = made.id)
+       SELECT id FROM tokens WHERE id IN made AND revoked_at IS NULL ORDER BY created_at, id`,
+      JSON.stringify(parents),
+    ).map((r) => r.id);
+    if (ids.length > 0) {
+      this.#run(
+        "UPDATE tokens SET revoked_at = ? WHERE id IN (SELECT value FROM json_each(?))",
+        at,
+        JSON.stringify(ids),
+      );
+    }
+    return ids;
   }
 
   // ---- policies ---------------------------------------------------------------
@@ -998,6 +1044,11 @@ export class SqliteStore implements Store {
     })();
     return this.#closing;
   }
+}
+
+/** A revocation's audit entry, naming the tokens revoked with it (made, directly or not, by those it revoked). */
+function withRevokedTokens(audit: AuditEntry, ids: readonly string[]): AuditEntry {
+  return ids.length === 0 ? audit : { ...audit, details: { ...audit.details, revokedWith: ids } };
 }
 
 function singular(table: "keys" | "users" | "groups" | "policies"): string {

@@ -3,6 +3,7 @@ import { pkiSchema } from "./002-pki.js";
 import { platformSecretsSchema } from "./003-platform-secrets.js";
 import { brokerSchema } from "./004-broker.js";
 import { sshSchema } from "./005-ssh.js";
+import { tokenParentSchema } from "./006-token-parent.js";
 import type { Migration } from "./types.js";
 
 export type { Migration } from "./types.js";
@@ -14,4 +15,5 @@ export const migrations: readonly Migration[] = [
   platformSecretsSchema,
   brokerSchema,
   sshSchema,
+  tokenParentSchema,
 ];
