@@ -14,7 +14,6 @@ export const ACTIONS = [
   "key:rotate",
   "key:enable",
   "key:disable",
-  "key:schedule-destruction",
   "key:cancel-destruction",
   "key:destroy",
   "key:encrypt",
