@@ -30,13 +30,13 @@ function restrictFileModes(path: string): void {
  */
 export function openDatabase(path: string, busyTimeoutMs: number): Database.Database {
   const inMemory = path === ":memory:";
-  if (!inMemory) {
-    // Create the file 0600 before SQLite does, so no moment exists where it is world-readable.
-    closeSync(openSync(path, "a", PRIVATE_MODE));
-    restrictFileModes(path);
-  }
   let db: Database.Database;
   try {
+    if (!inMemory) {
+      // Create the file 0600 before SQLite does, so no moment exists where it is world-readable.
+      closeSync(openSync(path, "a", PRIVATE_MODE));
+      restrictFileModes(path);
+    }
     db = new Database(path, { timeout: busyTimeoutMs });
   } catch (e) {
     throw new CustosError("store_unavailable", "cannot open the database", { cause: e });
@@ -156,9 +156,12 @@ export function migrate(db: Database.Database, migrations: readonly Migration[])
     );
   }
   const record = db.prepare("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)");
+  const isApplied = db.prepare("SELECT 1 FROM schema_migrations WHERE version = ?");
   for (const m of [...migrations].sort((a, b) => a.version - b.version)) {
     if (applied.has(m.version)) continue;
     db.transaction(() => {
+      // Asked again under the write lock: another process opening the same new database may have applied it since.
+      if (isApplied.get(m.version) !== undefined) return;
       db.exec(m.sql);
       record.run(m.version, m.name, new Date().toISOString());
     }).immediate();
