@@ -1,4 +1,5 @@
 import type { Secret } from "../secret/index.js";
+import { InFlight } from "./in-flight.js";
 
 /**
  * The seam between Custos and its HSM. Everything above `hsm/` speaks to this
@@ -67,7 +68,10 @@ export interface Keystore {
 
   // --- root key --------------------------------------------------------------
 
-  /** Creates the non-extractable AES-256 root wrapping key. `conflict` if one exists. */
+  /**
+   * Creates the non-extractable AES-256 root wrapping key. `conflict` if one exists or
+   * another was being created at the same time (a race never leaves two).
+   */
   createRootKey(): Promise<RootKeyInfo>;
   /** Finds the root key by label; `undefined` when the token has none. */
   findRootKey(): Promise<RootKeyInfo | undefined>;
@@ -105,18 +109,32 @@ export interface Keystore {
 
   /** `length` bytes from the HSM's RNG. */
   random(length: number): Promise<Buffer>;
-  /** Closes every session and releases the module. */
+  /**
+   * Closes every session and releases the module, after waiting for calls still inside
+   * it (never finalizing under one).
+   */
   close(): Promise<void>;
 }
+
+const keyPairEnsures = new WeakMap<Keystore, InFlight<GeneratedKeyPair>>();
 
 /**
  * The pair under `label`, generated only if the token has none: one-time set-up
  * that died half-way and is run again reuses what it made instead of orphaning it.
+ * Concurrent calls for one label on one keystore share a single find-or-generate.
  */
 export async function ensureKeyPair(
   keystore: Keystore,
   algorithm: SigningAlgorithm,
   label: string,
 ): Promise<GeneratedKeyPair> {
-  return (await keystore.findKeyPair(label)) ?? (await keystore.generateKeyPair(algorithm, label));
+  let ensures = keyPairEnsures.get(keystore);
+  if (!ensures) {
+    ensures = new InFlight();
+    keyPairEnsures.set(keystore, ensures);
+  }
+  return ensures.run(
+    label,
+    async () => (await keystore.findKeyPair(label)) ?? (await keystore.generateKeyPair(algorithm, label)),
+  );
 }

@@ -42,6 +42,12 @@ export interface OpContext {
    * active, so it is closed rather than returned to the pool.
    */
   active: boolean;
+  /**
+   * Set when run() gave up on this call at its deadline and told the caller
+   * hsm_unavailable: the call may still finish in the module, but nobody will hear of
+   * what it created (see the keystore's cleanup of such objects).
+   */
+  abandoned: boolean;
 }
 
 interface PooledSession {
@@ -63,6 +69,12 @@ const PIN_BACKOFF_MAX_MS = 30_000;
 const PROBE_INTERVAL_MS = 1000;
 /** While healthy, the probe checks token and login every this many ticks. */
 const PROBE_OK_EVERY = 5;
+/**
+ * The least time close() gives calls still inside the module to return (a call
+ * abandoned at its deadline runs on there: an RSA key generation, say) before it
+ * leaves releasing the module to the last of them.
+ */
+const CLOSE_DRAIN_MS = 30_000;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
@@ -114,6 +126,8 @@ export class Connection {
   #everReady = false;
   #probe: NodeJS.Timeout | undefined;
   #probeTicks = 0;
+  /** Set by a close() that gave up waiting for calls inside the module: the last of them releases it. */
+  #releaseWhenIdle = false;
 
   private constructor(o: ConnectionOptions, module: LoadedModule) {
     this.#o = o;
@@ -195,10 +209,14 @@ export class Connection {
         serial: session.serial,
         epoch: session.epoch,
         active: false,
+        abandoned: false,
       };
       const attempt = this.#attempt(session, ctx, fn);
       const outcome = await raceDeadline(attempt, deadline);
-      if (outcome === undefined) throw this.#unavailable(op, last);
+      if (outcome === undefined) {
+        ctx.abandoned = true;
+        throw this.#unavailable(op, last);
+      }
       if (outcome.ok) return outcome.value;
       const e = outcome.error;
       const ckr = ckrOf(e);
@@ -226,12 +244,23 @@ export class Connection {
     this.#closed = true;
     if (this.#probe) clearInterval(this.#probe);
     for (const w of this.#waiters.splice(0)) w.resolve();
-    // Operations still inside the library must finish before their sessions close.
-    const until = Date.now() + this.#o.operationTimeoutMs;
+    // Closing a session or finalizing the library under a call still inside it can
+    // crash the process, and a call abandoned at its deadline may run on for a while:
+    // wait for every lent session to come back (each is closed as it does).
+    const until = Date.now() + Math.max(this.#o.operationTimeoutMs, CLOSE_DRAIN_MS);
     while (this.#busy > 0 && Date.now() < until) await sleep(5);
     for (const s of this.#idle.splice(0)) closeQuietly(this.p, s.handle);
     this.#open = 0;
     this.#ready = false;
+    if (this.#busy > 0) {
+      // Never finalize under a running call: leave that to the last one to return.
+      this.#releaseWhenIdle = true;
+      this.#o.logger?.warn(
+        { token: this.#o.tokenLabel, calls: this.#busy },
+        "hsm: closed with calls still inside the module; releasing it when they return",
+      );
+      return;
+    }
     releaseModule(this.#module);
   }
 
@@ -344,6 +373,10 @@ export class Connection {
         if (this.#ready && !this.#closed) this.#topUp();
       }
       this.#waiters.shift()?.resolve();
+      if (this.#releaseWhenIdle && this.#busy === 0) {
+        this.#releaseWhenIdle = false;
+        releaseModule(this.#module);
+      }
       return;
     }
     // Hand the session straight to the longest waiter: pushing it to the idle list
@@ -507,6 +540,7 @@ export class Connection {
       serial: s.serial,
       epoch: s.epoch,
       active: false,
+      abandoned: false,
     };
     this.#busy++;
     try {

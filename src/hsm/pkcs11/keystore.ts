@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import type { Mechanism, RsaPSS, Template } from "pkcs11js";
 import { CustosError, decryptionFailed } from "../../errors/index.js";
 import { Secret } from "../../secret/index.js";
+import { InFlight } from "../in-flight.js";
 import type {
   GcmCiphertext,
   GeneratedKeyPair,
@@ -163,7 +164,9 @@ export class Pkcs11Keystore implements Keystore {
   readonly #rootTemplate: Template;
   readonly #unwrapped: UnwrapCache;
   readonly #objects = new Map<string, TokenObject>();
-  readonly #hmacEnsures = new Map<string, Promise<HsmKeyRef>>();
+  readonly #hmacEnsures = new InFlight<HsmKeyRef>();
+  /** The tail of this keystore's root key creations, which run one at a time. */
+  #rootCreation: Promise<unknown> = Promise.resolve();
   #ivs: Buffer = Buffer.alloc(0);
   #ivOffset = 0;
   readonly #inlineAllowed: boolean;
@@ -224,15 +227,29 @@ export class Pkcs11Keystore implements Keystore {
   // --- root key --------------------------------------------------------------
 
   async createRootKey(): Promise<RootKeyInfo> {
-    await this.#c.run("createRootKey", async (ctx) => {
-      if (this.#rootOnToken(ctx)) throw new CustosError("conflict", "the token already holds a root key");
-      const id = this.#randomId(ctx);
-      await ctx.p.C_GenerateKeyAsync(
-        ctx.session,
-        { mechanism: pk.CKM_AES_KEY_GEN },
-        rootKeyTemplate(this.#rootLabel, id),
-      );
-    });
+    // One creation at a time in this keystore, so that the next one's check sees the key.
+    const created = this.#rootCreation.then(() =>
+      this.#c.run("createRootKey", async (ctx) => {
+        if (this.#rootOnToken(ctx)) throw new CustosError("conflict", "the token already holds a root key");
+        const id = this.#randomId(ctx);
+        const root = await ctx.p.C_GenerateKeyAsync(
+          ctx.session,
+          { mechanism: pk.CKM_AES_KEY_GEN },
+          rootKeyTemplate(this.#rootLabel, id),
+        );
+        this.#keepCreated(ctx, [root]);
+        // PKCS#11 has no create-if-absent, so another keystore or process may have made
+        // one meanwhile. A key is kept only by a creator that finds it alone; every later
+        // creator sees it and backs out, so two root keys never both survive. (In a dead
+        // heat all back out: no key, every caller told conflict, and creating again works.)
+        if (findAll(ctx, [...this.#rootTemplate, ON_TOKEN], 2).length > 1) {
+          ctx.p.C_DestroyObject(ctx.session, root);
+          throw new CustosError("conflict", "another root key was created on the token at the same time");
+        }
+      }),
+    );
+    this.#rootCreation = created.catch(() => {});
+    await created;
     const info = await this.findRootKey();
     if (!info) throw new CustosError("hsm_error", "root key vanished right after creation");
     return info;
@@ -354,7 +371,8 @@ export class Pkcs11Keystore implements Keystore {
     const id = await this.#c.run("generateKeyPair", async (ctx) => {
       const newId = this.#randomId(ctx);
       const t = keyPairTemplates(algorithm, label, newId);
-      await ctx.p.C_GenerateKeyPairAsync(ctx.session, t.mechanism, t.publicKey, t.privateKey);
+      const pair = await ctx.p.C_GenerateKeyPairAsync(ctx.session, t.mechanism, t.publicKey, t.privateKey);
+      this.#keepCreated(ctx, [pair.publicKey, pair.privateKey]);
       return newId.toString("hex");
     });
     const ref: HsmKeyRef = { label, id };
@@ -439,10 +457,8 @@ export class Pkcs11Keystore implements Keystore {
   async ensureHmacKey(label: string): Promise<HsmKeyRef> {
     checkLabel(label);
     // Two concurrent first calls must not make two keys under one label.
-    const pending = this.#hmacEnsures.get(label);
-    if (pending) return pending;
-    const work = this.#c
-      .run("ensureHmacKey", async (ctx) => {
+    return this.#hmacEnsures.run(label, () =>
+      this.#c.run("ensureHmacKey", async (ctx) => {
         const template = [
           ...ownKey(pk.CKO_SECRET_KEY),
           { type: pk.CKA_KEY_TYPE, value: pk.CKK_GENERIC_SECRET },
@@ -453,16 +469,15 @@ export class Pkcs11Keystore implements Keystore {
         if (existing) return { label, id: attribute(ctx, existing, pk.CKA_ID).toString("hex") };
         this.#c.assertAlive(ctx);
         const id = this.#randomId(ctx);
-        await ctx.p.C_GenerateKeyAsync(
+        const key = await ctx.p.C_GenerateKeyAsync(
           ctx.session,
           { mechanism: pk.CKM_GENERIC_SECRET_KEY_GEN },
           hmacKeyTemplate(label, id),
         );
+        this.#keepCreated(ctx, [key]);
         return { label, id: id.toString("hex") };
-      })
-      .finally(() => this.#hmacEnsures.delete(label));
-    this.#hmacEnsures.set(label, work);
-    return work;
+      }),
+    );
   }
 
   async hmac(ref: HsmKeyRef, data: Uint8Array): Promise<Buffer> {
@@ -566,12 +581,16 @@ export class Pkcs11Keystore implements Keystore {
     const cached = this.#objects.get(key);
     if (cached && cached.epoch === ctx.epoch) {
       const now = performance.now();
-      if (now - cached.checkedAt >= COPY_RECHECK_MS) {
-        // Throws CKR_OBJECT_HANDLE_INVALID (a session-class fault: new epoch, search again) if the key is gone.
-        ulongAttribute(ctx, cached.source, pk.CKA_KEY_TYPE);
+      if (now - cached.checkedAt < COPY_RECHECK_MS) return cached;
+      if (this.#sourceAlive(ctx, cached)) {
         cached.checkedAt = now;
+        return cached;
       }
-      return cached;
+      // The key was destroyed on the token (by another keystore or process, say): only
+      // this entry is stale, the session is fine. Search again; an empty search means
+      // not_found.
+      this.#objects.delete(key);
+      if (cached.copy) this.#destroyQuietly(ctx, cached.handle);
     }
     const handle = findOne(ctx, [...template, ON_TOKEN]);
     if (!handle) {
@@ -592,6 +611,21 @@ export class Pkcs11Keystore implements Keystore {
     // A session of a past epoch is closed when released, and its copy with it.
     if (ctx.epoch === this.#c.epoch) this.#objects.set(key, found);
     return found;
+  }
+
+  /**
+   * Whether a cached key's token object still exists. A dead session or a lost login
+   * answers with a session- or device-class CKR and is thrown as such; only the
+   * object's own handle being invalid means the key itself is gone.
+   */
+  #sourceAlive(ctx: OpContext, object: TokenObject): boolean {
+    try {
+      ulongAttribute(ctx, object.source, pk.CKA_KEY_TYPE);
+      return true;
+    } catch (e) {
+      if (ckrOf(e)?.name === "CKR_OBJECT_HANDLE_INVALID") return false;
+      throw e;
+    }
   }
 
   /**
@@ -638,6 +672,17 @@ export class Pkcs11Keystore implements Keystore {
 
   #randomId(ctx: OpContext): Buffer {
     return ctx.p.C_GenerateRandom(ctx.session, Buffer.alloc(ID_LENGTH));
+  }
+
+  /**
+   * Lets objects a call has just created stand, unless the caller already gave up on
+   * the call at its deadline: it was told hsm_unavailable and holds no reference to
+   * them, so they are destroyed rather than left on the token for nobody.
+   */
+  #keepCreated(ctx: OpContext, handles: Buffer[]): void {
+    if (!ctx.abandoned) return;
+    for (const h of handles) this.#destroyQuietly(ctx, h);
+    throw new CustosError("hsm_unavailable", "call abandoned at its deadline; what it created was destroyed");
   }
 
   #destroyQuietly(ctx: OpContext, handle: Buffer): void {
