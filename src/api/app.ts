@@ -106,11 +106,44 @@ function auditFailed(req: FastifyRequest, auditError: unknown, what: string): Cu
   return toCustosError(auditError);
 }
 
+/** What fastify attaches to an error of schema validation: ajv's errors and the part of the request. */
+interface SchemaFailure {
+  readonly validation: readonly { keyword: string; instancePath: string; params: Record<string, unknown> }[];
+  readonly validationContext?: string;
+  readonly message?: string;
+}
+
+/** A name the client sent, quoted for a message: at most 128 characters (a body may hold a 1 MiB member name). */
+function quoted(name: string): string {
+  return JSON.stringify(name.length > 128 ? `${name.slice(0, 128)}…` : name);
+}
+
+/**
+ * The refusal of a request its route's schema turned down: ajv's message, except where
+ * that would not say what to fix (an unknown member or parameter, a value off a list).
+ */
+function schemaRefusal(e: SchemaFailure): CustosError {
+  const first = e.validation[0];
+  const where = `${e.validationContext ?? "body"}${first?.instancePath ?? ""}`;
+  const unknown = first?.keyword === "additionalProperties" ? first.params.additionalProperty : undefined;
+  const allowed = first?.keyword === "enum" ? first.params.allowedValues : undefined;
+  let problem = e.message ?? "bad input";
+  if (typeof unknown === "string") {
+    problem =
+      e.validationContext === "querystring"
+        ? `unknown query parameter ${quoted(unknown)}`
+        : `${where} has an unknown member ${quoted(unknown)}`;
+  } else if (Array.isArray(allowed)) {
+    problem = `${where} must be one of ${allowed.map((v) => JSON.stringify(v)).join(", ")}`;
+  }
+  return new CustosError("invalid_request", `invalid request: ${problem}`);
+}
+
 /** Maps anything thrown to the CustosError the client will see. */
 function toCustosError(err: unknown): CustosError {
   if (isCustosError(err)) return err;
   const e = err as { validation?: unknown; statusCode?: number; code?: string; message?: string };
-  if (e.validation) return new CustosError("invalid_request", `invalid request: ${e.message ?? "bad input"}`);
+  if (Array.isArray(e.validation)) return schemaRefusal(e as SchemaFailure);
   switch (e.code) {
     case "FST_ERR_CTP_BODY_TOO_LARGE":
       return new CustosError("payload_too_large", "request body too large");
@@ -132,6 +165,32 @@ function toCustosError(err: unknown): CustosError {
   return new CustosError("internal", "internal error", { cause: err });
 }
 
+/** A `\uD800`–`\uDFFF` escape: the only way a surrogate gets into a body, as UTF-8 has none. */
+const SURROGATE_ESCAPE = /\\u[dD][89a-fA-F]/;
+
+// String.prototype.isWellFormed is ES2024: in Node since 20, not in our ES2023 lib.
+const isWellFormed = (s: string): boolean => (s as unknown as { isWellFormed(): boolean }).isWellFormed();
+
+/** Whether no string in `value`, member names included, holds a lone surrogate. */
+function hasOnlyWellFormedStrings(value: unknown): boolean {
+  // A stack, not recursion: a body of nested arrays can be deeper than the call stack.
+  const pending: unknown[] = [value];
+  while (pending.length > 0) {
+    const v = pending.pop();
+    if (typeof v === "string") {
+      if (!isWellFormed(v)) return false;
+    } else if (Array.isArray(v)) {
+      for (const item of v) pending.push(item);
+    } else if (typeof v === "object" && v !== null) {
+      for (const [name, member] of Object.entries(v)) {
+        if (!isWellFormed(name)) return false;
+        pending.push(member);
+      }
+    }
+  }
+  return true;
+}
+
 function isParsableJson(text: string): boolean {
   try {
     JSON.parse(text);
@@ -139,6 +198,38 @@ function isParsableJson(text: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** RFC 9110 7.2: uri-host (an IP literal, or a reg-name, which includes IPv4) and an optional port. */
+const HOST = /^(?:\[[0-9A-Za-z:.]+\]|[\w.~!$&'()*+,;=%-]*)(?::[0-9]*)?$/;
+
+/** The expectation node's server meets itself (it answers `100 Continue`), as node matches it. */
+const CONTINUE = /(?:^|\W)100-continue(?:$|\W)/i;
+
+/**
+ * What is wrong with the request's framing headers, if anything. Node lets these through
+ * (it keeps the first of two Host fields and checks no value) or would answer them itself,
+ * with no body and no request id; here they are refused like any bad request.
+ */
+function headerProblem(req: FastifyRequest): string | null {
+  const raw = req.raw.rawHeaders;
+  let hosts = 0;
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]?.length === 4 && raw[i]?.toLowerCase() === "host") hosts++;
+  // RFC 9112 3.2: exactly one Host, which HTTP/1.1 must send (HTTP/1.0 may not know it).
+  if (hosts > 1) return "the request has more than one Host header field";
+  const host = req.headers.host;
+  if (host === undefined && req.raw.httpVersion !== "1.0") return "the request has no Host header field";
+  if (host !== undefined && !HOST.test(host)) return "the Host header field is not a valid host[:port]";
+  const expect = req.headers.expect;
+  if (expect !== undefined && !CONTINUE.test(expect)) {
+    return "the Expect header field asks for an expectation the server can't meet (only 100-continue)";
+  }
+  // RFC 9110 8.4: a body under a coding we don't decode must not be read as if it were plain.
+  const coding = req.headers["content-encoding"];
+  if (coding !== undefined && !/^identity$/i.test(coding.trim())) {
+    return `content-encoding ${quoted(coding)} is not supported: send the body uncompressed`;
+  }
+  return null;
 }
 
 /** The longest path parameter the router matches, in characters of the raw URL. */
@@ -159,7 +250,8 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     genReqId: () => randomUUID(),
     requestIdHeader: false,
     trustProxy: false,
-    return503OnClosing: true,
+    // Requests that arrive while the server drains are refused in onRequest, in our shape.
+    return503OnClosing: false,
     // A whole request (at most bodyLimit) arrives within this, or the connection is closed:
     // Custos serves clients directly, with no proxy in front to cut off a trickle.
     requestTimeout: 30_000,
@@ -173,9 +265,11 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
       }
       const status = code === "HPE_HEADER_OVERFLOW" ? 431 : code === "ERR_HTTP_REQUEST_TIMEOUT" ? 408 : 400;
       const body = JSON.stringify(errorBody("invalid_request", STATUS_CODES[status] ?? "bad request"));
+      // Never a request, so never audited; the id still lets a client's report be matched to the log.
       socket.end(
         `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
-          `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+          `Content-Length: ${Buffer.byteLength(body)}\r\nX-Request-Id: ${randomUUID()}\r\n` +
+          `Cache-Control: no-store\r\nConnection: close\r\n\r\n${body}`,
       );
     },
     // Room for every name the API accepts (the longest is 256 characters), percent-encoded;
@@ -201,8 +295,18 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
         });
     },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
-    ...(deps.https ? { https: deps.https } : {}),
+    // Node would answer an HTTP/1.1 request without Host itself (a bare 400): onRequest refuses it instead.
+    ...(deps.https ? { https: { ...deps.https, requireHostHeader: false } } : { http: { requireHostHeader: false } }),
   }) as unknown as FastifyInstance;
+
+  // Node answers an Expect other than 100-continue itself (a bare 417) unless someone
+  // listens: the request goes the usual way instead, and onRequest refuses it.
+  app.server.on("checkExpectation", (req, res) => app.server.emit("request", req, res));
+  // Set as the server starts to drain: what arrives after is refused (and audited) in onRequest.
+  let closing = false;
+  app.addHook("preClose", async () => {
+    closing = true;
+  });
 
   await app.register(swagger, {
     openapi: {
@@ -260,7 +364,21 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
           ),
           undefined,
         );
-      } else done(err, value);
+      } else if (err) {
+        done(err, undefined);
+      } else if (typeof value !== "object" || value === null || Array.isArray(value)) {
+        // Every body the API takes is an object; a bare `null` would pass for no body at all.
+        done(new CustosError("invalid_request", "request body must be a JSON object"), undefined);
+      } else if (SURROGATE_ESCAPE.test(text) && !hasOnlyWellFormedStrings(value)) {
+        // RFC 8259 8.2 allows the escape, but no UTF-8 holds it: the store would keep U+FFFD instead.
+        done(
+          new CustosError(
+            "invalid_request",
+            "request body holds a lone surrogate (an unpaired \\uD800-\\uDFFF escape)",
+          ),
+          undefined,
+        );
+      } else done(null, value);
     });
   });
 
@@ -269,6 +387,12 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     // Answers carry tokens, keys and secrets: no cache keeps one unless a route says so (CA material, CRLs).
     reply.header("cache-control", "no-store");
     req.custos = newRequestState(`${req.method} ${req.routeOptions.url ?? "unknown"}`);
+    if (closing) {
+      reply.header("connection", "close");
+      throw new CustosError("shutting_down", "the server is shutting down; send the request again");
+    }
+    const problem = headerProblem(req);
+    if (problem !== null) throw new CustosError("invalid_request", problem);
     if (req.routeOptions.config.public) return;
     const header = req.headers.authorization;
     // RFC 9110 11.1: the scheme's name is case-insensitive; RFC 6750 2.1: one or more spaces follow it.

@@ -39,3 +39,10 @@ export function singleOrBatch(properties: Record<string, unknown>, required: rea
     properties: { ...properties, items: { type: "array", minItems: 1, maxItems: 1000, items: item } },
   } as const;
 }
+
+/**
+ * The body of a POST that takes none: nothing, or `{}`. A request without a body is
+ * validated as `null` (fastify's rule), hence the type; a body of JSON `null` never gets
+ * here, the JSON parser refuses every body that is not an object.
+ */
+export const noBody = { type: ["object", "null"], additionalProperties: false } as const;

@@ -32,6 +32,7 @@ export const RETRYABLE_CODES: ReadonlySet<string> = new Set([
   "hsm_unavailable",
   "store_unavailable",
   "audit_unavailable",
+  "shutting_down",
 ]);
 
 /** Socket errors that, on a reused socket with no answer yet, mean the server had closed it. */

@@ -36,6 +36,7 @@ export type ErrorCode =
   | "hsm_error"
   | "audit_unavailable"
   | "store_unavailable"
+  | "shutting_down"
   | "internal";
 
 /** HTTP status of each code. Client errors are 4xx; everything the caller can't fix is 5xx. */
@@ -69,6 +70,7 @@ export const httpStatusOf: Readonly<Record<ErrorCode, number>> = {
   hsm_error: 500,
   audit_unavailable: 503,
   store_unavailable: 503,
+  shutting_down: 503,
   internal: 500,
 };
 

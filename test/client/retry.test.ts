@@ -51,8 +51,8 @@ describe("retries against a real TLS server", () => {
     );
   });
 
-  test("store_unavailable and audit_unavailable are retried too", async () => {
-    for (const code of ["store_unavailable", "audit_unavailable"]) {
+  test("store_unavailable, audit_unavailable and shutting_down are retried too", async () => {
+    for (const code of ["store_unavailable", "audit_unavailable", "shutting_down"]) {
       let n = 0;
       server.reply = () => (++n === 1 ? unavailable(code) : { body: {} });
       const start = server.requests.length;

@@ -217,7 +217,15 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
     });
     app.get<{ Querystring: { active?: "true" | "false" } }>(
       "/v1/sudo/grants",
-      { schema: { querystring: { type: "object", properties: { active: { enum: ["true", "false"] } } } } },
+      {
+        schema: {
+          querystring: {
+            type: "object",
+            additionalProperties: false,
+            properties: { active: { enum: ["true", "false"] } },
+          },
+        },
+      },
       async (req) => {
         authorize(deps, req, "sudo:read", "sudo");
         const grants = await auth.listSudoGrants(req.query.active === "true");

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsync } from "fastify";
 import { type ApiDeps, authorize } from "../app.js";
+import { noBody } from "../schemas.js";
 
 const seq = { type: "string", pattern: "^[0-9]{1,15}$" } as const;
 /** A positive integer; `AuditLog.list` refuses one above `AUDIT_LIST_MAX` with `invalid_request` (the one bound). */
@@ -70,7 +71,7 @@ export function auditRoutes(deps: ApiDeps): FastifyPluginAsync {
       },
     );
 
-    app.post("/v1/audit/verify", async (req) => {
+    app.post("/v1/audit/verify", { schema: { body: noBody } }, async (req) => {
       authorize(deps, req, "audit:verify", "audit");
       return deps.audit.verify();
     });

@@ -12,6 +12,7 @@ import {
 import { MAX_CSR_BYTES } from "../../pki/index.js";
 import { type ApiDeps, authorize } from "../app.js";
 import { actorOf } from "../context.js";
+import { noBody } from "../schemas.js";
 
 /** A DNS label (docs/broker.md, Names). */
 const label = { type: "string", pattern: "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$" } as const;
@@ -179,7 +180,7 @@ export function brokerRoutes(deps: ApiDeps): FastifyPluginAsync {
       },
     );
 
-    app.post("/v1/broker/jwt", { config: instanceRoute }, async (req, reply) => {
+    app.post("/v1/broker/jwt", { config: instanceRoute, schema: { body: noBody } }, async (req, reply) => {
       reply.header("cache-control", "no-store");
       return asInstance(req, "broker.jwt", (who) => broker.refreshJwt(who));
     });

@@ -2,7 +2,7 @@ import type { FastifyPluginAsync } from "fastify";
 import { type ConsumerInput, Consumers } from "../../pki/index.js";
 import { type ApiDeps, authorize } from "../app.js";
 import { actorOf } from "../context.js";
-import { nameParam, stringList } from "../schemas.js";
+import { nameParam, noBody, stringList } from "../schemas.js";
 
 const serviceAudits = { serviceAudits: true } as const;
 const fingerprint = { type: "string", pattern: "^[0-9a-f]{64}$" } as const;
@@ -59,7 +59,7 @@ export function consumerRoutes(deps: ApiDeps): FastifyPluginAsync {
     });
     app.post<Name>(
       "/v1/pki/consumers/:name/rotate",
-      { config: serviceAudits, schema: { params: nameParam } },
+      { config: serviceAudits, schema: { params: nameParam, body: noBody } },
       async (req) => {
         authorize(deps, req, "cert:rotate", `cert/${req.params.name}`);
         return { consumer: await consumers.rotate(actorOf(req), req.params.name) };
@@ -67,7 +67,7 @@ export function consumerRoutes(deps: ApiDeps): FastifyPluginAsync {
     );
     app.post<Name>(
       "/v1/pki/consumers/:name/rollback",
-      { config: serviceAudits, schema: { params: nameParam } },
+      { config: serviceAudits, schema: { params: nameParam, body: noBody } },
       async (req) => {
         authorize(deps, req, "cert:rotate", `cert/${req.params.name}`);
         return { consumer: await consumers.rollback(actorOf(req), req.params.name) };

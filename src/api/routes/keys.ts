@@ -4,7 +4,7 @@ import type { Secret } from "../../secret/index.js";
 import { type ApiDeps, authorize } from "../app.js";
 import { actorOf } from "../context.js";
 import { fromBase64 } from "../encoding.js";
-import { base64, context, nameParam, singleOrBatch } from "../schemas.js";
+import { base64, context, nameParam, noBody, singleOrBatch } from "../schemas.js";
 
 type Name = { Params: { name: string } };
 type Context = Record<string, string>;
@@ -187,17 +187,21 @@ export function keyRoutes(deps: ApiDeps): FastifyPluginAsync {
 
     app.post<Name>(
       "/v1/keys/:name/cancel-destruction",
-      { config: serviceAudits, schema: { params: nameParam } },
+      { config: serviceAudits, schema: { params: nameParam, body: noBody } },
       async (req) => {
         authorize(deps, req, "key:cancel-destruction", `key/${req.params.name}`);
         return kms.cancelDestruction(actorOf(req), req.params.name);
       },
     );
 
-    app.post<Name>("/v1/keys/:name/rotate", { config: serviceAudits, schema: { params: nameParam } }, async (req) => {
-      authorize(deps, req, "key:rotate", `key/${req.params.name}`);
-      return kms.rotateKey(actorOf(req), req.params.name);
-    });
+    app.post<Name>(
+      "/v1/keys/:name/rotate",
+      { config: serviceAudits, schema: { params: nameParam, body: noBody } },
+      async (req) => {
+        authorize(deps, req, "key:rotate", `key/${req.params.name}`);
+        return kms.rotateKey(actorOf(req), req.params.name);
+      },
+    );
 
     type EncryptItem = { plaintext: string; context?: Context; version?: number };
     app.post<Name & { Body: EncryptItem & BatchBody<EncryptItem> }>(
