@@ -4,13 +4,20 @@
  * and its end turned into an exit code (its own, or 128 + the signal that killed it).
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { accessSync, constants as files, statSync } from "node:fs";
 import { constants } from "node:os";
+import { join } from "node:path";
 
 /** How the app is started. */
 export interface ChildSpec {
   /** The command and its arguments; with `shell`, joined by spaces and run by /bin/sh -c. */
   readonly command: readonly string[];
   readonly shell: boolean;
+  /**
+   * Where a command named without a `/` is looked up: `custos run`'s own PATH. Not
+   * the app's: a secret may set that one, and must not choose the program.
+   */
+  readonly searchPath: string | undefined;
   /** How long a restart waits after SIGTERM before SIGKILL. */
   readonly stopGraceMs: number;
 }
@@ -58,10 +65,17 @@ export class Child {
    * restart too.
    */
   start(env: NodeJS.ProcessEnv): boolean {
-    const [file, ...args] = this.#spec.shell ? ["/bin/sh", "-c", this.#spec.command.join(" ")] : this.#spec.command;
+    const [name, ...args] = this.#spec.shell ? ["/bin/sh", "-c", this.#spec.command.join(" ")] : this.#spec.command;
+    const file = commandFile(name as string, this.#spec.searchPath);
+    if (file === undefined) {
+      this.#process = undefined;
+      this.#log(`cannot start ${name}: ENOENT (not found in custos run's PATH)`);
+      this.#settle?.(127);
+      return false;
+    }
     let child: ChildProcess;
     try {
-      child = spawn(file as string, args, { env, stdio: "inherit" });
+      child = spawn(file, args, { env, stdio: "inherit" });
     } catch (e) {
       // spawn checks its arguments synchronously, and its message quotes the one it
       // refuses, which can be a secret from `env`: only the code is said.
@@ -149,4 +163,20 @@ function stop(child: ChildProcess, graceMs: number): Promise<void> {
     });
     child.kill("SIGTERM");
   });
+}
+
+/** The executable `name` names: itself when it holds a `/`, else the first match along `searchPath`. */
+function commandFile(name: string, searchPath: string | undefined): string | undefined {
+  if (name.includes("/")) return name;
+  for (const dir of (searchPath ?? "").split(":")) {
+    // An empty entry is the working directory, as execvp reads it.
+    const candidate = join(dir === "" ? "." : dir, name);
+    try {
+      accessSync(candidate, files.X_OK);
+      if (statSync(candidate).isFile()) return candidate;
+    } catch {
+      // Not here: the next directory.
+    }
+  }
+  return undefined;
 }

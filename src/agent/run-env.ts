@@ -3,7 +3,11 @@
  * its SPIFFE id under fixed `CUSTOS_*` names, and its secrets — each under its
  * name upper-cased with every other character turned into `_` (`db/password` →
  * `DB_PASSWORD`, `shared/ca-bundle` → `SHARED_CA_BUNDLE`; a leading digit gets a
- * `_` in front), or under the name `--env NAME=<secret>` gives it.
+ * `_` in front), or under the name `--env NAME=<secret>` gives it. A default name
+ * never replaces a variable `custos run` inherited (PATH, HOME, a platform's
+ * settings) nor takes one the dynamic loader acts on (LD_*, DYLD_*): a secret's
+ * writer, possibly another app's owner sharing it, would otherwise choose what the
+ * app runs or loads. Replacing one takes an explicit `--env`.
  */
 
 /** The variables `custos run` always sets; no secret may take one of these names. */
@@ -17,6 +21,9 @@ export const RESERVED_VARIABLES = [
 ] as const;
 
 const VARIABLE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** Variables the dynamic loader (glibc's, macOS's) reads before the app's first instruction. */
+const LOADER_VARIABLE = /^(?:LD|DYLD)_/;
 
 /** One `--env NAME=<secret>`. */
 export interface EnvMapping {
@@ -79,6 +86,8 @@ export function findSecret<T extends { readonly path: string; readonly name: str
 export function secretVariables(
   secrets: readonly NamedValue[],
   policy: EnvPolicy,
+  /** The variables `custos run` passes on from its own environment. */
+  inherited: ReadonlySet<string>,
 ): { variables: Record<string, string>; problems: string[]; unusable: string[] } {
   const variables: Record<string, string> = {};
   const owner = new Map<string, string>();
@@ -115,6 +124,13 @@ export function secretVariables(
       if ((RESERVED_VARIABLES as readonly string[]).includes(variable)) {
         problems.push(
           `secret ${secret.name} would go into ${variable}, which custos run sets itself: map it with --env`,
+        );
+        continue;
+      }
+      if (inherited.has(variable) || LOADER_VARIABLE.test(variable)) {
+        const why = inherited.has(variable) ? "inherited by custos run" : "read by the dynamic loader";
+        problems.push(
+          `secret ${secret.name} would replace ${variable}, ${why}: to do that on purpose, map it with --env ${variable}=${secret.name}`,
         );
         continue;
       }

@@ -11,8 +11,9 @@
  * outage never stops the app. Revoked credentials end the loops, not the app (the
  * platform that stopped the instance is stopping its container too).
  */
-import { readFile } from "node:fs/promises";
-import { resolve } from "node:path";
+import { constants } from "node:fs";
+import { access, readFile } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
 import {
   type BrokerSecret,
   BrokerSession,
@@ -166,7 +167,12 @@ async function supervise(options: RunAppOptions): Promise<number> {
     throw new RunError("io_error", `cannot write the credential files: ${errnoOrMessage(cause)}`, { cause });
   }
   const child = new Child(
-    { command: options.command, shell: options.shell, stopGraceMs: options.stopGraceMs ?? 10_000 },
+    {
+      command: options.command,
+      shell: options.shell,
+      stopGraceMs: options.stopGraceMs ?? 10_000,
+      searchPath: options.baseEnv.PATH,
+    },
     log,
   );
   const forward = (signal: NodeJS.Signals): void => child.forward(signal);
@@ -207,6 +213,8 @@ class RunState {
   readonly templates: readonly LoadedTemplate[];
   readonly #credentials: Credentials;
   readonly #options: RunAppOptions;
+  /** What the app inherits from custos run's environment, which secrets' default names must not replace. */
+  readonly #inherited: ReadonlySet<string>;
 
   constructor(credentials: Credentials, files: CredentialFiles, templates: LoadedTemplate[], options: RunAppOptions) {
     this.#credentials = credentials;
@@ -218,6 +226,7 @@ class RunState {
     this.files = files;
     this.templates = templates;
     this.#options = options;
+    this.#inherited = new Set(Object.keys(options.baseEnv).filter((name) => name !== "CUSTOS_BOOTSTRAP_TOKEN"));
   }
 
   /**
@@ -315,7 +324,7 @@ class RunState {
   }
 
   #secretEnv(): { variables: Record<string, string>; problems: string[]; unusable: string[] } {
-    return secretVariables(this.secrets, this.#options.env);
+    return secretVariables(this.secrets, this.#options.env, this.#inherited);
   }
 }
 
@@ -532,6 +541,16 @@ async function loadTemplates(specs: readonly TemplateSpec[]): Promise<LoadedTemp
       const dest = resolve(spec.dest);
       if (seen.has(dest)) throw new RunError("invalid_template", `two templates write ${spec.dest}`);
       seen.add(dest);
+      // Checked now, not when the file is written: by then the exchange has spent the one-time token.
+      try {
+        await access(dirname(dest), constants.W_OK | constants.X_OK);
+      } catch (cause) {
+        throw new RunError(
+          "invalid_template",
+          `template ${spec.source} writes ${spec.dest}, whose directory can't be written: ${errnoOrMessage(cause)}`,
+          { cause },
+        );
+      }
       let text: string;
       try {
         text = await readFile(spec.source, "utf8");

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -8,7 +8,12 @@ import { Child, exitCodeOf } from "../../src/agent/run-child.js";
 import { waitFor } from "../helpers/wait.js";
 
 const node = process.execPath;
-const spec = (command: string[], shell = false) => ({ command, shell, stopGraceMs: 2000 });
+const spec = (command: string[], shell = false) => ({
+  command,
+  shell,
+  stopGraceMs: 2000,
+  searchPath: process.env.PATH,
+});
 
 describe("custos run's app process", () => {
   let dir: string;
@@ -29,6 +34,24 @@ describe("custos run's app process", () => {
     const child = new Child(spec([node, "-e", "process.exit(Number(process.env.CODE))"]), () => {});
     child.start({ ...process.env, CODE: "23" });
     assert.equal(await child.exited, 23);
+  });
+
+  test("a bare command name is looked up in custos run's PATH, never in the app's", async () => {
+    // The app's PATH (a secret may set it) names a directory holding its own "node".
+    const decoy = join(dir, "decoy-bin");
+    mkdirSync(decoy, { recursive: true });
+    writeFileSync(join(decoy, "node"), "#!/bin/sh\nexit 99\n", { mode: 0o755 });
+    const child = new Child(spec(["node", "-e", "process.exit(7)"]), () => {});
+    child.start({ ...process.env, PATH: decoy });
+    assert.equal(await child.exited, 7);
+
+    const lines: string[] = [];
+    const missing = new Child({ ...spec(["node", "-e", ""]), searchPath: join(dir, "empty-bin") }, (l) =>
+      lines.push(l),
+    );
+    missing.start({ ...process.env, PATH: decoy });
+    assert.equal(await missing.exited, 127);
+    assert.match(lines.join("\n"), /cannot start node: ENOENT/);
   });
 
   test("a command that doesn't exist ends with 127 and says so", async () => {
@@ -129,7 +152,7 @@ describe("custos run's app process", () => {
     const ready = join(dir, "stubborn");
     const script = `process.on("SIGTERM", () => {}); require("node:fs").writeFileSync(${JSON.stringify(ready)}, "");
       setInterval(() => {}, 1000);`;
-    const child = new Child({ command: [node, "-e", script], shell: false, stopGraceMs: 300 }, () => {});
+    const child = new Child({ ...spec([node, "-e", script]), stopGraceMs: 300 }, () => {});
     child.start(process.env);
     await waitFor("the app", () => existsSync(ready));
     const first = child.pid;

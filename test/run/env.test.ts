@@ -3,6 +3,8 @@ import { describe, test } from "node:test";
 import { parseEnvMapping, secretVariables, variableFor } from "../../src/agent/run-env.js";
 
 const secret = (name: string, value: string, path = `acme/prod/web/${name}`) => ({ path, name, value });
+/** What custos run inherited in these tests: nothing a secret's default name meets, unless a test says. */
+const NONE: ReadonlySet<string> = new Set();
 const WEB = [
   secret("db/password", "pw"),
   secret("api-key", "key"),
@@ -29,42 +31,54 @@ describe("custos run environment", () => {
   });
 
   test("automatic: every secret under its default name", () => {
-    const { variables, problems } = secretVariables(WEB, { automatic: true, mappings: [] });
+    const { variables, problems } = secretVariables(WEB, { automatic: true, mappings: [] }, NONE);
     assert.deepEqual(variables, { API_KEY: "key", DB_PASSWORD: "pw", SHARED_CA_BUNDLE: "bundle" });
     assert.deepEqual(problems, []);
   });
 
   test("an explicit mapping replaces the default name; by name or whole path", () => {
-    const { variables, problems } = secretVariables(WEB, {
-      automatic: true,
-      mappings: [
-        { variable: "PGPASSWORD", secret: "db/password" },
-        { variable: "CA", secret: "shared/ca-bundle" },
-      ],
-    });
+    const { variables, problems } = secretVariables(
+      WEB,
+      {
+        automatic: true,
+        mappings: [
+          { variable: "PGPASSWORD", secret: "db/password" },
+          { variable: "CA", secret: "shared/ca-bundle" },
+        ],
+      },
+      NONE,
+    );
     assert.deepEqual(variables, { PGPASSWORD: "pw", CA: "bundle", API_KEY: "key" });
     assert.deepEqual(problems, []);
-    const byPath = secretVariables(WEB, {
-      automatic: false,
-      mappings: [{ variable: "K", secret: "acme/prod/web/api-key" }],
-    });
+    const byPath = secretVariables(
+      WEB,
+      {
+        automatic: false,
+        mappings: [{ variable: "K", secret: "acme/prod/web/api-key" }],
+      },
+      NONE,
+    );
     assert.deepEqual(byPath.variables, { K: "key" });
   });
 
   test("--no-env: only the mapped ones", () => {
-    assert.deepEqual(secretVariables(WEB, { automatic: false, mappings: [] }).variables, {});
+    assert.deepEqual(secretVariables(WEB, { automatic: false, mappings: [] }, NONE).variables, {});
     assert.deepEqual(
-      secretVariables(WEB, { automatic: false, mappings: [{ variable: "P", secret: "db/password" }] }).variables,
+      secretVariables(WEB, { automatic: false, mappings: [{ variable: "P", secret: "db/password" }] }, NONE).variables,
       { P: "pw" },
     );
   });
 
   test("problems: a mapped secret that didn't come, two secrets for one name, a reserved name; never a value", () => {
     const clash = [...WEB, secret("db-password", "other"), secret("custos/spiffe-id", "sneaky")];
-    const { variables, problems } = secretVariables(clash, {
-      automatic: true,
-      mappings: [{ variable: "Q", secret: "queue/token" }],
-    });
+    const { variables, problems } = secretVariables(
+      clash,
+      {
+        automatic: true,
+        mappings: [{ variable: "Q", secret: "queue/token" }],
+      },
+      NONE,
+    );
     assert.equal(variables.DB_PASSWORD, undefined, "a clash puts neither in");
     assert.equal(variables.CUSTOS_SPIFFE_ID, undefined);
     assert.equal(variables.API_KEY, "key");
@@ -75,17 +89,35 @@ describe("custos run environment", () => {
     for (const p of problems) assert.ok(!/\bpw\b|other|sneaky/.test(p), p);
   });
 
+  test("a default name never replaces an inherited variable or takes a loader one; an explicit --env may", () => {
+    const risky = [secret("path", "/tmp/evil"), secret("ld_preload", "/tmp/evil.so"), secret("dyld/insert", "x")];
+    const inherited = new Set(["PATH", "HOME"]);
+    const { variables, problems } = secretVariables(risky, { automatic: true, mappings: [] }, inherited);
+    assert.deepEqual(variables, {});
+    assert.equal(problems.length, 3);
+    assert.match(problems[0] ?? "", /secret dyld\/insert would replace DYLD_INSERT, read by the dynamic loader/);
+    assert.match(problems[1] ?? "", /secret ld_preload would replace LD_PRELOAD, read by the dynamic loader/);
+    assert.match(problems[2] ?? "", /secret path would replace PATH, inherited by custos run: .*--env PATH=path/);
+    for (const p of problems) assert.ok(!p.includes("evil"), p);
+    const mapped = secretVariables(
+      risky,
+      { automatic: false, mappings: [{ variable: "PATH", secret: "path" }] },
+      inherited,
+    );
+    assert.deepEqual(mapped, { variables: { PATH: "/tmp/evil" }, problems: [], unusable: [] });
+  });
+
   test("a value no environment can hold (a NUL byte) stays out, named by secret and variable, never shown", () => {
     const nul = [...WEB, secret("token", "before\u0000after")];
     for (const policy of [
       { automatic: true, mappings: [] },
       { automatic: false, mappings: [{ variable: "TOKEN", secret: "token" }] },
     ]) {
-      const { variables, problems, unusable } = secretVariables(nul, policy);
+      const { variables, problems, unusable } = secretVariables(nul, policy, NONE);
       assert.equal(variables.TOKEN, undefined);
       assert.deepEqual(problems, []);
       assert.deepEqual(unusable, ["secret token can't go into TOKEN: its value holds a NUL byte"]);
     }
-    assert.deepEqual(secretVariables(WEB, { automatic: true, mappings: [] }).unusable, []);
+    assert.deepEqual(secretVariables(WEB, { automatic: true, mappings: [] }, NONE).unusable, []);
   });
 });

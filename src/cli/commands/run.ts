@@ -46,8 +46,10 @@ and starts the command with, in its environment, CUSTOS_CERT_FILE,
 CUSTOS_KEY_FILE, CUSTOS_CA_FILE, CUSTOS_JWT_FILE, CUSTOS_SPIFFE_ID and each
 secret under its name upper-cased, other characters turned into _ (db/password
 → DB_PASSWORD, shared/ca-bundle → SHARED_CA_BUNDLE; --env NAME=<secret> picks
-the name; --no-env leaves out all but those --env names). The bootstrap token is
-not passed on.
+the name; --no-env leaves out all but those --env names). A default name that
+would replace an inherited variable (PATH, HOME, ...) or an LD_* / DYLD_* one
+stops the start: map it with --env to mean it. The command is looked up in
+custos run's own PATH. The bootstrap token is not passed on.
 
 Templates (--template src:dest, written 0600) know only these placeholders; any
 other, or a secret the instance doesn't receive, stops the start:
