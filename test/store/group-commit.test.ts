@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { type CustosError, isCustosError } from "../../src/errors/index.js";
-import { auditRecordHash, GENESIS_HASH, SqliteStore, type Store } from "../../src/store/index.js";
-import { entry, tempDir, userRecord } from "./helpers.js";
+import { SqliteStore } from "../../src/store/index.js";
+import { assertChainIntact, entry, tempDir, userRecord } from "./helpers.js";
 
 const tmp = tempDir();
 after(() => tmp.remove());
@@ -22,21 +22,6 @@ async function settle<T>(promises: Promise<T>[]): Promise<Settled<T>[]> {
       ),
     ),
   );
-}
-
-/** The whole chain as stored, checked link by link. */
-async function assertChainIntact(store: Store): Promise<number> {
-  const head = await store.auditHead();
-  const records = await store.readAuditRange(1, head.seq);
-  assert.equal(records.length, head.seq, "gap-free");
-  let prevHash = GENESIS_HASH;
-  for (const [i, r] of records.entries()) {
-    assert.equal(r.seq, i + 1);
-    assert.equal(r.prevHash, prevHash, `link at ${r.seq}`);
-    assert.equal(r.hash, auditRecordHash(r.seq, r.prevHash, r, r.detailsJson), `hash at ${r.seq}`);
-    prevHash = r.hash;
-  }
-  return head.seq;
 }
 
 describe("group commit", () => {

@@ -1,16 +1,20 @@
+import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type {
-  AuditEntry,
-  GroupRecord,
-  KeyRecord,
-  KeyVersionRecord,
-  PolicyRecord,
-  SudoGrantRecord,
-  TokenRecord,
-  UserRecord,
+import {
+  type AuditEntry,
+  auditRecordHash,
+  GENESIS_HASH,
+  type GroupRecord,
+  type KeyRecord,
+  type KeyVersionRecord,
+  type PolicyRecord,
+  type Store,
+  type SudoGrantRecord,
+  type TokenRecord,
+  type UserRecord,
 } from "../../src/store/index.js";
 
 /** A temp directory for one test file's databases. */
@@ -158,4 +162,19 @@ export function sudoGrant(subjectId: string, overrides: Partial<SudoGrantRecord>
     revokedAt: null,
     ...overrides,
   };
+}
+
+/** The whole chain as stored, checked link by link; returns the head seq. */
+export async function assertChainIntact(store: Store): Promise<number> {
+  const head = await store.auditHead();
+  const records = await store.readAuditRange(1, head.seq);
+  assert.equal(records.length, head.seq, "gap-free");
+  let prevHash = GENESIS_HASH;
+  for (const [i, r] of records.entries()) {
+    assert.equal(r.seq, i + 1);
+    assert.equal(r.prevHash, prevHash, `link at ${r.seq}`);
+    assert.equal(r.hash, auditRecordHash(r.seq, r.prevHash, r, r.detailsJson), `hash at ${r.seq}`);
+    prevHash = r.hash;
+  }
+  return head.seq;
 }

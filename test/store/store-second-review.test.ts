@@ -6,10 +6,10 @@ import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { isCustosError } from "../../src/errors/index.js";
-import { auditRecordHash, GENESIS_HASH, SqliteStore, type Store } from "../../src/store/index.js";
+import { SqliteStore } from "../../src/store/index.js";
 import { migrate } from "../../src/store/sqlite/connection.js";
 import { migrations } from "../../src/store/sqlite/migrations/index.js";
-import { entry, tempDir, userRecord } from "./helpers.js";
+import { assertChainIntact, entry, tempDir, userRecord } from "./helpers.js";
 
 const tmp = tempDir();
 after(() => tmp.remove());
@@ -24,21 +24,6 @@ async function rejectsWith(promise: Promise<unknown>, code: string): Promise<voi
     assert.equal(e.code, code, e.message);
     return true;
   });
-}
-
-/** The whole chain as stored, checked link by link; returns the head seq. */
-async function assertChainIntact(store: Store): Promise<number> {
-  const head = await store.auditHead();
-  const records = await store.readAuditRange(1, head.seq);
-  assert.equal(records.length, head.seq, "gap-free");
-  let prevHash = GENESIS_HASH;
-  for (const [i, r] of records.entries()) {
-    assert.equal(r.seq, i + 1);
-    assert.equal(r.prevHash, prevHash, `link at ${r.seq}`);
-    assert.equal(r.hash, auditRecordHash(r.seq, r.prevHash, r, r.detailsJson), `hash at ${r.seq}`);
-    prevHash = r.hash;
-  }
-  return head.seq;
 }
 
 /** SQLite's own verdict on the file, read-only and outside the store. */
