@@ -570,10 +570,7 @@ async function loadTemplates(specs: readonly TemplateSpec[]): Promise<LoadedTemp
 }
 
 function describe(e: unknown): string {
-  if (isBrokerError(e)) return `${e.code}: ${e.message}`;
-  const code = (e as { code?: unknown } | null)?.code;
-  if (typeof code === "string") return code;
-  return e instanceof Error ? e.message : String(e);
+  return isBrokerError(e) ? `${e.code}: ${e.message}` : errnoOrMessage(e);
 }
 
 function seconds(ms: number): string {

@@ -288,7 +288,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
           : "the URL is not valid percent-encoding",
       );
       recordOutcome(req, "failure", refusal.code)
-        .then(() => reply.status(refusal.status).send(errorBody(refusal.code, refusal.message)))
+        .then(() => reply.status(refusal.status).send(answerTo(req, refusal)))
         .catch((auditError: unknown) => {
           const failed = auditFailed(req, auditError, "a refused request");
           reply.status(failed.status).send(answerTo(req, failed));

@@ -142,11 +142,11 @@ export async function listTokens(ctx: AuthContext, principal: Principal): Promis
 
 /**
  * Revokes a token, and with it every token it made and theirs (as Vault revokes a
- * token's children); answers the ids of those. The caller's own token, another token of its user, or a
- * token its own token made needs no policy (as Vault's default policy allows
- * revoke-self: anyone may give up what they hold or handed on); any other needs
- * `token:revoke` on it and admin rights. The policy is checked here, before
- * saying whether a token that isn't the caller's exists.
+ * token's children); answers the ids of those. The caller's own token, another
+ * token of its user, or a token its own token made needs no policy (as Vault's
+ * default policy allows revoke-self: anyone may give up what they hold or handed
+ * on); any other needs `token:revoke` on it and admin rights. The policy is
+ * checked here, before saying whether a token that isn't the caller's exists.
  */
 export async function revokeToken(ctx: AuthContext, actor: Actor, principal: Principal, id: string): Promise<string[]> {
   const token = typeof id === "string" ? await ctx.store.getToken(id) : undefined;

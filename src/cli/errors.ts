@@ -6,7 +6,7 @@
  * given theirs here.
  */
 import { ClientError } from "../client/index.js";
-import { isCustosError } from "../errors/index.js";
+import { isCustosError, messageOf } from "../errors/index.js";
 
 /** The exit codes `custos` uses. 64 is sysexits' EX_USAGE. */
 export type ExitCode = 0 | 1 | 2 | 64;
@@ -76,7 +76,7 @@ export function formatError(e: unknown): string {
   if (e instanceof CliError || e instanceof ClientError || isCustosError(e)) {
     return `error: ${e.code}: ${printable(e.message)}`;
   }
-  const message = e instanceof Error ? e.message : String(e);
+  const message = messageOf(e);
   return `error: internal: ${printable(message)}`;
 }
 

@@ -9,7 +9,7 @@ import { constants, type Stats } from "node:fs";
 import { chmod, copyFile, type FileHandle, open, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { Transform } from "node:stream";
-import { CustosError } from "../errors/index.js";
+import { CustosError, messageOf } from "../errors/index.js";
 import { syncPath } from "../files/index.js";
 import { decryptionFailed } from "./errors.js";
 import { type Header, IncompleteHeader, MAGIC, parseHeader, replaceKeySection } from "./format.js";
@@ -255,6 +255,6 @@ function isRefusal(e: unknown): boolean {
 
 function failed(path: string, e: unknown): RewrapOutcome {
   const code = typeof (e as { code?: unknown })?.code === "string" ? (e as { code: string }).code : "internal";
-  const message = e instanceof Error ? e.message : String(e);
+  const message = messageOf(e);
   return { path, status: "failed", error: { code, message } };
 }

@@ -8,7 +8,7 @@
  * not repeated.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import {
   existsSync,
@@ -27,6 +27,7 @@ import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import { createLocalJWKSet, type JSONWebKeySet, jwtVerify } from "jose";
 import { type CustosInstance, httpsJson, startCustos } from "../helpers/custos.js";
 import { freePort } from "../helpers/ports.js";
+import { follow, type Running } from "../helpers/process.js";
 import { alive, waitFor } from "../helpers/wait.js";
 
 type Json = Record<string, unknown>;
@@ -35,13 +36,6 @@ const BIN = join(resolve(import.meta.dirname, "../.."), "bin/custos.js");
 const DB_PASSWORD = "agent-review-db-password";
 /** A value that looks like template syntax: rendering must insert it as it is. */
 const TRICKY = 'a{{ jwt }}b}}c{{ "x" }}';
-
-interface Running {
-  readonly proc: ChildProcess;
-  stdout: string;
-  stderr: string;
-  readonly exited: Promise<number | null>;
-}
 
 function openssl(args: string[]): { status: number; out: string } {
   const r = spawnSync("openssl", args, { encoding: "utf8" });
@@ -80,19 +74,7 @@ describe("custos run: second review", () => {
       },
       stdio: ["ignore", "pipe", "pipe"],
     });
-    const running: Running = {
-      proc,
-      stdout: "",
-      stderr: "",
-      exited: new Promise((ok) => proc.once("exit", (code) => ok(code))),
-    };
-    proc.stdout?.on("data", (c: Buffer) => {
-      running.stdout += c.toString("utf8");
-    });
-    proc.stderr?.on("data", (c: Buffer) => {
-      running.stderr += c.toString("utf8");
-    });
-    return running;
+    return follow(proc);
   };
 
   /** An app that appends what happens to it to `events` ("start <pid>" first), and idles. */

@@ -4,7 +4,7 @@
  * through `node bin/custos.js run`, as a container entry point would.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { createPrivateKey, X509Certificate } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { request } from "node:https";
@@ -14,6 +14,7 @@ import { after, before, describe, test } from "node:test";
 import { createLocalJWKSet, type JSONWebKeySet, jwtVerify } from "jose";
 import { BrokerError, BrokerSession, bootstrap } from "../../src/broker-client/index.js";
 import { type CustosInstance, startCustos } from "../helpers/custos.js";
+import { follow, type Running } from "../helpers/process.js";
 import { alive, waitFor } from "../helpers/wait.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
@@ -43,13 +44,6 @@ interface Printed {
   ca: string;
   jwt: string;
   modes: { cert: number; key: number; jwt: number };
-}
-
-interface Running {
-  readonly proc: ChildProcess;
-  stdout: string;
-  stderr: string;
-  readonly exited: Promise<number | null>;
 }
 
 let custos: CustosInstance;
@@ -89,19 +83,7 @@ function launch(args: string[], env: Record<string, string>): Running {
     env: { PATH: process.env.PATH ?? "", CUSTOS_ADDR: custos.url, CUSTOS_CACERT: caFile, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
-  const running: Running = {
-    proc,
-    stdout: "",
-    stderr: "",
-    exited: new Promise((ok) => proc.once("exit", (code) => ok(code))),
-  };
-  proc.stdout?.on("data", (c: Buffer) => {
-    running.stdout += c.toString("utf8");
-  });
-  proc.stderr?.on("data", (c: Buffer) => {
-    running.stderr += c.toString("utf8");
-  });
-  return running;
+  return follow(proc);
 }
 
 function pemBlocks(text: string): string[] {

@@ -12,7 +12,7 @@ import {
 } from "../../agent/run.js";
 import { BrokerError, KEY_TYPES, type KeyType } from "../../broker-client/index.js";
 import { caFromEnv, DEFAULT_ADDR } from "../../client/index.js";
-import { errnoOrMessage } from "../../errors/index.js";
+import { errnoOrMessage, messageOf } from "../../errors/index.js";
 import { arg, type CliContext } from "../context.js";
 import { CliError, EXIT_CLIENT, EXIT_SERVER, EXIT_USAGE, type ExitCode, printable, usageError } from "../errors.js";
 import { parseDuration, parseInteger } from "../parse.js";
@@ -196,7 +196,7 @@ function addMapping(text: string, previous: EnvMapping[]): EnvMapping[] {
   try {
     mapping = parseEnvMapping(text);
   } catch (e) {
-    throw usageError(e instanceof Error ? e.message : String(e));
+    throw usageError(messageOf(e));
   }
   if (previous.some((m) => m.variable === mapping.variable)) throw usageError(`--env ${mapping.variable} given twice`);
   return [...previous, mapping];

@@ -535,10 +535,13 @@ export class SqliteStore implements Store {
   deleteUser(id: string, audit: AuditEntry): Promise<void> {
     return this.#write(() => {
       this.#revisionOf("users", "id", id);
-      const live = this.#all<{ id: string }>("SELECT id FROM tokens WHERE user_id = ? AND revoked_at IS NULL", id);
-      this.#run("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL", audit.time, id);
+      const revoked = this.#all<{ id: string }>(
+        "UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL RETURNING id",
+        audit.time,
+        id,
+      );
       const madeByThem = this.#revokeDescendants(
-        live.map((r) => r.id),
+        revoked.map((r) => r.id),
         audit.time,
       );
       this.#run(
