@@ -137,6 +137,25 @@ describe("group commit", () => {
     await store.close();
   });
 
+  test("a write waiting for another connection's lock leaves the event loop turning", async () => {
+    const path = tmp.path("turning.db");
+    const store = await SqliteStore.open(path, { writeTimeoutMs: 5_000 });
+    const side = new Database(path, { timeout: 0 });
+    side.exec("BEGIN IMMEDIATE");
+    const waiting = store.appendAudit(entry("waiting"));
+    // Over 500 ms a 5 ms timer fires about 100 times. A BEGIN that sleeps in SQLite's busy handler (250 ms a try)
+    // holds the loop nearly all that time, and it fires only a handful.
+    let turns = 0;
+    const ticker = setInterval(() => turns++, 5);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    clearInterval(ticker);
+    side.exec("COMMIT");
+    side.close();
+    assert.equal((await waiting).seq, 1, "the write committed once the lock was free");
+    assert.ok(turns >= 25, `the loop turned only ${turns} times while the write waited`);
+    await store.close();
+  });
+
   test("many concurrent appends get distinct, consecutive seqs in submission order", async () => {
     const store = await SqliteStore.open(tmp.path("many.db"));
     const records = await Promise.all(Array.from({ length: 500 }, (_, i) => store.appendAudit(entry(`burst.${i}`))));

@@ -3,7 +3,7 @@ import Database from "better-sqlite3";
 import { CustosError } from "../../errors/index.js";
 import { migrations as allMigrations, type Migration } from "./migrations/index.js";
 
-/** The longest a single statement may wait for another process's lock; writes retry past it until their deadline. */
+/** The longest a read or a checkpoint may wait for another process's lock. Writes never wait in SQLite: they retry from a timer until their deadline. */
 export const MAX_BUSY_TIMEOUT_MS = 250;
 
 const PRIVATE_MODE = 0o600;

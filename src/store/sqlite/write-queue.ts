@@ -63,6 +63,8 @@ export class WriteQueue<S> {
   readonly #state: TransactionalState<S>;
   readonly #options: WriteQueueOptions;
   readonly #begin: Database.Statement;
+  readonly #busyWaitOff: Database.Statement;
+  readonly #busyWaitOn: Database.Statement;
   readonly #commit: Database.Statement;
   readonly #rollback: Database.Statement;
   readonly #savepoint: Database.Statement;
@@ -86,6 +88,11 @@ export class WriteQueue<S> {
     this.#state = state;
     this.#options = options;
     this.#begin = db.prepare("BEGIN IMMEDIATE");
+    // SQLite's busy handler sleeps on the calling thread, which here is the event loop: BEGIN runs with none,
+    // and another process's write lock is waited out by retrying from a timer. Reads keep the connection's wait.
+    const busyTimeoutMs = Number(db.pragma("busy_timeout", { simple: true }));
+    this.#busyWaitOff = db.prepare("PRAGMA busy_timeout = 0");
+    this.#busyWaitOn = db.prepare(`PRAGMA busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
     this.#commit = db.prepare("COMMIT");
     this.#rollback = db.prepare("ROLLBACK");
     this.#savepoint = db.prepare("SAVEPOINT op");
@@ -180,7 +187,12 @@ export class WriteQueue<S> {
 
   #runBatch(batch: Pending[]): void {
     try {
-      this.#begin.run();
+      this.#busyWaitOff.run();
+      try {
+        this.#begin.run();
+      } finally {
+        this.#busyWaitOn.run();
+      }
     } catch (e) {
       if (isBusy(e)) {
         // Another process holds the write lock: keep the batch and try again until deadlines expire.
