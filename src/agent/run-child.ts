@@ -60,11 +60,11 @@ export class Child {
   }
 
   /**
-   * Starts the app with `env`; false if spawn refused at once. A failure to start
-   * ends the run (`exited` settles with 127 or 126, as a shell would say), on a
-   * restart too.
+   * Starts the app with `env`, calling `started` once it runs; false if spawn
+   * refused at once. A failure to start ends the run (`exited` settles with 127 or
+   * 126, as a shell would say), on a restart too.
    */
-  start(env: NodeJS.ProcessEnv): boolean {
+  start(env: NodeJS.ProcessEnv, started?: () => void): boolean {
     const [name, ...args] = this.#spec.shell ? ["/bin/sh", "-c", this.#spec.command.join(" ")] : this.#spec.command;
     const file = commandFile(name as string, this.#spec.searchPath);
     if (file === undefined) {
@@ -99,6 +99,7 @@ export class Child {
       end(e.code === "ENOENT" ? 127 : 126);
     });
     child.once("exit", (code, signal) => end(exitCodeOf(code, signal)));
+    if (started) child.once("spawn", started);
     return true;
   }
 

@@ -2,9 +2,10 @@
  * The files `custos run` keeps for the app in its credentials directory, each
  * replaced atomically (a reader sees the old file or the new, never half of one):
  * `cert.pem` (leaf then chain), `key.pem` (0600), `ca.pem` (the CA chain peers'
- * identities are checked against) and `jwt` (0600).
+ * identities are checked against) and `jwt` (0600). The two private ones are
+ * removed when the run ends.
  */
-import { mkdir, stat } from "node:fs/promises";
+import { mkdir, rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { writeFileAtomic } from "../files/index.js";
 
@@ -72,6 +73,15 @@ export async function writeCredentials(files: CredentialFiles, contents: Credent
     writeFileAtomic(files.ca, ensureNewline(contents.caChain), PUBLIC_MODE),
     writeJwt(files, contents.jwt),
   ]);
+}
+
+/**
+ * Removes `key.pem` and `jwt` once the app has ended: both stay valid until they
+ * expire, and nothing is left to use them. The public files stay, as templates do
+ * (their destinations are the operator's).
+ */
+export async function removePrivateFiles(files: CredentialFiles): Promise<void> {
+  await Promise.all([rm(files.key, { force: true }), rm(files.jwt, { force: true })]);
 }
 
 /** Rewrites the JWT file alone (after a refresh). */

@@ -33,6 +33,7 @@ import {
   credentialFiles,
   PRIVATE_MODE,
   prepareDirectory,
+  removePrivateFiles,
   writeCredentials,
   writeJwt,
 } from "./run-files.js";
@@ -164,6 +165,7 @@ async function supervise(options: RunAppOptions): Promise<number> {
   try {
     await Promise.all([state.writeCredentials(), state.writeTemplates()]);
   } catch (cause) {
+    await removePrivateFiles(files).catch(() => {});
     throw new RunError("io_error", `cannot write the credential files: ${errnoOrMessage(cause)}`, { cause });
   }
   const child = new Child(
@@ -177,9 +179,9 @@ async function supervise(options: RunAppOptions): Promise<number> {
   );
   const forward = (signal: NodeJS.Signals): void => child.forward(signal);
   for (const s of SIGNALS_FORWARDED) process.on(s, forward);
-  if (child.start(state.environment(true))) {
-    log(`started ${options.command[0] ?? ""} as ${credentials.identity.spiffeId}`);
-  }
+  child.start(state.environment(true), () =>
+    log(`started ${options.command[0] ?? ""} as ${credentials.identity.spiffeId}`),
+  );
 
   const session = new BrokerSession(
     {
@@ -199,6 +201,9 @@ async function supervise(options: RunAppOptions): Promise<number> {
     // Closing first aborts calls in flight, so a hung connection can't hold up the exit.
     session.close();
     await background.stop();
+    await removePrivateFiles(files).catch((e: unknown) =>
+      log(`warning: cannot remove the private key and JWT from ${files.dir}: ${errnoOrMessage(e)}`),
+    );
   }
 }
 

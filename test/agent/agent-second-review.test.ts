@@ -84,6 +84,12 @@ describe("custos run: second review", () => {
     ${extra}
     note("start " + process.pid);
     setInterval(() => {}, 1000);`;
+  /** An app that copies the credentials directory to `copy` and ends: the private files leave with the run. */
+  const copying = (dir: string, copy: string): string[] => [
+    process.execPath,
+    "-e",
+    `require("node:fs").cpSync(${JSON.stringify(dir)}, ${JSON.stringify(copy)}, { recursive: true })`,
+  ];
   const lines = (file: string): string[] => (existsSync(file) ? readFileSync(file, "utf8").trim().split("\n") : []);
   const appPid = (events: string): number =>
     Number(
@@ -115,12 +121,13 @@ describe("custos run: second review", () => {
   test("--key-type ed25519: openssl finds an Ed25519 key.pem matching cert.pem, which verifies to ca.pem as an sslclient", async () => {
     const token = await register("web-ed");
     const dir = join(work, "web-ed");
-    const run = launch(["--dir", dir, "--key-type", "ed25519", "--", process.execPath, "-e", ""], {
+    const copy = join(work, "web-ed-copy");
+    const run = launch(["--dir", dir, "--key-type", "ed25519", "--", ...copying(dir, copy)], {
       CUSTOS_BOOTSTRAP_TOKEN: token,
       CUSTOS_INSTANCE_ID: "web-ed",
     });
     assert.equal(await run.exited, 0, run.stderr);
-    const [cert, key, ca] = ["cert.pem", "key.pem", "ca.pem"].map((f) => join(dir, f)) as [string, string, string];
+    const [cert, key, ca] = ["cert.pem", "key.pem", "ca.pem"].map((f) => join(copy, f)) as [string, string, string];
     const text = openssl(["x509", "-in", cert, "-noout", "-text"]);
     assert.equal(text.status, 0, text.out);
     assert.match(text.out, /Public Key Algorithm: ED25519/);
@@ -148,8 +155,8 @@ describe("custos run: second review", () => {
   test("two instances' files make mutual TLS: openssl s_client with one pair verifies the other's server name, the server its SPIFFE id", async () => {
     const dirs: Record<string, string> = {};
     for (const id of ["web-srv", "web-cli"]) {
-      dirs[id] = join(work, id);
-      const run = launch(["--dir", dirs[id], "--", process.execPath, "-e", ""], {
+      dirs[id] = join(work, `${id}-copy`);
+      const run = launch(["--dir", join(work, id), "--", ...copying(join(work, id), dirs[id])], {
         CUSTOS_BOOTSTRAP_TOKEN: await register(id),
         CUSTOS_INSTANCE_ID: id,
       });

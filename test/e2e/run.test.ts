@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createPrivateKey, X509Certificate } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -204,6 +204,8 @@ describe("custos run", () => {
       // Never a secret in custos run's own log.
       for (const value of Object.values(SECRETS)) assert.ok(!stderr.includes(value), `${id}'s log holds a secret`);
       assert.ok(!stderr.includes(printed.jwt), `${id}'s log holds the JWT`);
+      // Once the app has ended, the private files are gone; the public ones stay.
+      assert.deepEqual(readdirSync(dir).sort(), ["ca.pem", "cert.pem"], `${id}: what the run left`);
     }
     assert.equal(spiffeIds.size, 3);
   });
@@ -284,6 +286,10 @@ describe("custos run", () => {
       run.proc.kill("SIGTERM");
       assert.equal(await run.exited, 7);
       assert.ok(log().includes("term"));
+      assert.ok(
+        !existsSync(join(dir, "key.pem")) && !existsSync(join(dir, "jwt")),
+        "the private files outlived the run",
+      );
       assert.ok(!run.stderr.includes("web-db-password"), "a secret reached custos run's log");
     } finally {
       if (run.proc.exitCode === null) run.proc.kill("SIGKILL");

@@ -54,12 +54,19 @@ describe("custos run's app process", () => {
     assert.match(lines.join("\n"), /cannot start node: ENOENT/);
   });
 
-  test("a command that doesn't exist ends with 127 and says so", async () => {
+  test("a command that doesn't exist ends with 127 and says so, and is never said to have started", async () => {
     const lines: string[] = [];
     const child = new Child(spec([join(dir, "no-such-command")]), (l) => lines.push(l));
-    child.start(process.env);
+    let started = 0;
+    child.start(process.env, () => started++);
     assert.equal(await child.exited, 127);
     assert.match(lines.join("\n"), /cannot start .*no-such-command: ENOENT/);
+    assert.equal(started, 0);
+
+    const running = new Child(spec([node, "-e", ""]), () => {});
+    running.start(process.env, () => started++);
+    assert.equal(await running.exited, 0);
+    assert.equal(started, 1);
   });
 
   test("--shell runs the words through /bin/sh -c", async () => {

@@ -69,7 +69,8 @@ change leaves the app running unrestarted, with a warning.
 A Custos outage never stops the app: each failure is a warning on stderr and is
 retried with back-off. If the instance's credentials are revoked (the platform
 deregistered it), custos run says so and stops renewing but leaves the app
-running: the platform is stopping it.
+running: the platform is stopping it. When the command has ended, key.pem and
+jwt are removed (the other files and templates stay).
 
 Exits with the command's exit code (128 + the signal's number if a signal ended
 it); before the command starts: 1 refused (an invalid bootstrap token, a missing
