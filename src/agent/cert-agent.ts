@@ -17,7 +17,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { connect } from "node:tls";
 import { ClientError, type CustosClient } from "../client/index.js";
 import { messageOf } from "../errors/index.js";
-import { writeFileAtomic as durableWrite, replaceFiles } from "../files/index.js";
+import { writeFileAtomic as durableWrite, type FileChange, replaceFilesUndoably } from "../files/index.js";
 import { Secret } from "../secret/index.js";
 
 /** Where `--check` connects, and the name it asks for. */
@@ -370,44 +370,90 @@ export class CertAgent {
     return parseMaterial(body);
   }
 
+  /**
+   * Installs the material: files, reload, check. When the reload or the check fails
+   * and a pair was being served, its files are put back, and a reload that had
+   * succeeded is run again, so the files on disk are again the pair the endpoint
+   * serves (and would serve after a restart), never the refused one. With nothing
+   * served yet there is nothing to go back to: the new files stay, for the endpoint
+   * to start on, and are not taken as served until a reload succeeds.
+   */
   async #apply(material: FullMaterial, checked: CheckedMaterial, signal: AbortSignal | undefined): Promise<void> {
     const { leaf, certPem, chainPem } = checked;
     this.#log("info", `${nameOf(material)} to install`);
     signal?.throwIfAborted();
-    await this.#replace(material.privateKey, certPem, chainPem);
-    signal?.throwIfAborted();
-    await runReload(this.#options.reloadCommand, this.#options.reloadTimeoutMs ?? DEFAULT_RELOAD_TIMEOUT_MS);
-    this.#log("info", "reload command succeeded");
-    const check = this.#options.check;
-    if (check !== undefined) {
-      const servername = check.servername ?? defaultServername(leaf);
-      await waitUntilPresented(
-        check,
-        servername,
-        material.fingerprint,
-        this.#options.checkTimeoutMs ?? DEFAULT_CHECK_TIMEOUT_MS,
-        signal,
-      );
-      this.#log("info", `${addressOf(check)} presents ${short(material.fingerprint)}`);
+    const change = await this.#replace(material.privateKey, certPem, chainPem);
+    let reloaded = false;
+    try {
+      signal?.throwIfAborted();
+      await this.#reload();
+      reloaded = true;
+      const check = this.#options.check;
+      if (check !== undefined) {
+        const servername = check.servername ?? defaultServername(leaf);
+        await waitUntilPresented(
+          check,
+          servername,
+          material.fingerprint,
+          this.#options.checkTimeoutMs ?? DEFAULT_CHECK_TIMEOUT_MS,
+          signal,
+        );
+        this.#log("info", `${addressOf(check)} presents ${short(material.fingerprint)}`);
+      }
+    } catch (e) {
+      await this.#rollBack(change, reloaded);
+      throw e;
     }
+    await change
+      .keep()
+      .catch((e: unknown) => this.#log("error", `cannot remove the copies of the old files: ${messageOf(e)}`));
     this.#served = material.fingerprint;
     await writeFileAtomic(this.#stateFile(), Buffer.from(`${material.fingerprint}\n`, "utf8"), 0o644);
   }
 
+  async #reload(): Promise<void> {
+    await runReload(this.#options.reloadCommand, this.#options.reloadTimeoutMs ?? DEFAULT_RELOAD_TIMEOUT_MS);
+    this.#log("info", "reload command succeeded");
+  }
+
+  /** Puts the served files back after a failed install; reloads again if the endpoint had been reloaded on the new ones. */
+  async #rollBack(change: FileChange, reloaded: boolean): Promise<void> {
+    if (this.#served === undefined || this.#rewrite) {
+      await change.keep().catch(() => {});
+      return;
+    }
+    try {
+      await change.undo();
+      this.#log("info", "the previous certificate files are back in place");
+    } catch (e) {
+      // What the files hold is unknown: the next round writes the whole material again.
+      this.#rewrite = true;
+      this.#log("error", `cannot put the previous certificate files back: ${messageOf(e)}`);
+      return;
+    }
+    if (!reloaded) return;
+    try {
+      await this.#reload();
+    } catch (e) {
+      this.#log("error", `the reload on the previous files failed too: ${messageOf(e)}`);
+    }
+  }
+
   /**
-   * Replaces key, chain and certificate as one change (`replaceFiles`): after an
-   * error all three are as they were, so the pair on disk is always the old or the
+   * Replaces key, chain and certificate as one change (`replaceFilesUndoably`): after
+   * an error all three are as they were, so the pair on disk is always the old or the
    * new one. Key first and certificate last: a reload that races the agent then
    * finds either pair or, for the instant between two renames, the new key with the
    * old certificate, which nginx refuses (keeping its running configuration) rather
    * than serving. A crash in that instant can leave that pair on disk; a restarted
    * agent does not take it as served (`init`) and rewrites the files at once.
    */
-  async #replace(privateKey: Secret, certPem: string, chainPem: string): Promise<void> {
+  async #replace(privateKey: Secret, certPem: string, chainPem: string): Promise<FileChange> {
     const { keyFile, chainFile, certFile } = this.#options;
+    let change: FileChange;
     try {
-      await privateKey.use((key) =>
-        replaceFiles([
+      change = await privateKey.use((key) =>
+        replaceFilesUndoably([
           { path: keyFile, data: key, mode: 0o600 },
           { path: chainFile, data: chainPem, mode: 0o644 },
           { path: certFile, data: `${certPem}${chainPem}`, mode: 0o644 },
@@ -421,6 +467,7 @@ export class CertAgent {
       throw new CertAgentError("io_error", `cannot replace the certificate files: ${messageOf(e)}`, { cause: e });
     }
     this.#rewrite = false;
+    return change;
   }
 
   #stateFile(): string {

@@ -63,6 +63,22 @@ interface Staged {
  * Error saying so, with the first failure as its cause.
  */
 export async function replaceFiles(files: readonly FileReplacement[]): Promise<void> {
+  await (await replaceFilesUndoably(files)).keep();
+}
+
+/** A `replaceFiles` change not yet final: kept, or undone with the old contents put back. */
+export interface FileChange {
+  /** Makes the change final: drops the copies of the old files. */
+  keep(): Promise<void>;
+  /** Puts every old file back (removing those that did not exist), by rename, as a failed rename would. */
+  undo(): Promise<void>;
+}
+
+/**
+ * `replaceFiles`, with the copies of the old files kept until the caller knows
+ * whether the new ones work (a server reloaded on them): `keep()` or `undo()`.
+ */
+export async function replaceFilesUndoably(files: readonly FileReplacement[]): Promise<FileChange> {
   const staged: Staged[] = [];
   const temps = (): string[] => staged.flatMap((s) => (s.previous === undefined ? [s.temp] : [s.temp, s.previous]));
   try {
@@ -76,30 +92,43 @@ export async function replaceFiles(files: readonly FileReplacement[]): Promise<v
     throw e;
   }
   const dirs = [...new Set(files.map((f) => dirname(f.path)))];
-  let replaced = 0;
-  try {
-    for (const s of staged) {
-      await rename(s.temp, s.path);
-      replaced++;
-    }
-  } catch (e) {
+  /** Puts back the first `replaced` files, newest first. */
+  const putBack = async (replaced: number): Promise<void> => {
     try {
       for (const s of staged.slice(0, replaced).reverse()) {
         if (s.previous === undefined) await rm(s.path, { force: true });
         else await rename(s.previous, s.path);
       }
       for (const dir of dirs) await syncPath(dir);
+    } finally {
+      await Promise.all(temps().map((t) => rm(t, { force: true })));
+    }
+  };
+  let replaced = 0;
+  try {
+    for (const s of staged) {
+      await rename(s.temp, s.path);
+      replaced++;
+    }
+    for (const dir of dirs) await syncPath(dir);
+  } catch (e) {
+    try {
+      await putBack(replaced);
     } catch (restoring) {
       throw new Error(`${messageOf(e)}; and the previous files could not all be put back: ${messageOf(restoring)}`, {
         cause: e,
       });
-    } finally {
-      await Promise.all(temps().map((t) => rm(t, { force: true })));
     }
     throw e;
   }
-  await Promise.all(staged.map((s) => (s.previous === undefined ? undefined : rm(s.previous, { force: true }))));
-  for (const dir of dirs) await syncPath(dir);
+  return {
+    keep: async () => {
+      await Promise.all(staged.map((s) => (s.previous === undefined ? undefined : rm(s.previous, { force: true }))));
+      // Durably gone: a copy may be of a private key.
+      for (const dir of dirs) await syncPath(dir);
+    },
+    undo: () => putBack(staged.length),
+  };
 }
 
 /** A durable copy of `path` beside it, with its mode, to rename back; undefined when there is no such file. */

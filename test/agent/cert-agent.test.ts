@@ -301,28 +301,53 @@ describe("certificate agent", () => {
       fake.reports.every((r) => r.fingerprint === leaf(0).fingerprint),
       "only what is still served is reported",
     );
-    // The files are the new ones, but the agent still asks as the holder of the old.
+    // The served files are back, and the agent asks as their holder.
     rmSync(join(dir, "reload.fail"));
     assert.equal((await agent.round()).changed, true);
     assert.equal(fake.fetches.at(-1)?.get("known"), leaf(0).fingerprint);
     assert.equal(fake.reports.at(-1)?.fingerprint, leaf(1).fingerprint);
   });
 
-  test("files a failed reload left behind are not taken as served by a restarted agent", async () => {
+  test("a failed reload puts the served files back; a restarted agent serves them and installs the new pair", async () => {
     await (await agentOn()).round();
     fake.target = leaf(1);
     fake.generation = 2;
     writeFileSync(join(dir, "reload.fail"), "");
     await assert.rejects((await agentOn()).round(), { code: "reload_failed" });
-    assert.equal(readFileSync(join(dir, "router.key"), "utf8"), leaf(1).key, "the new files are in place");
+    assert.equal(readFileSync(join(dir, "router.key"), "utf8"), leaf(0).key, "the served key is back");
+    assert.equal(
+      readFileSync(join(dir, "router.pem"), "utf8"),
+      leaf(0).cert + pki.ca,
+      "the served certificate is back",
+    );
+    assert.deepEqual(
+      readdirSync(dir).filter((f) => f.endsWith(".tmp")),
+      [],
+      "no copies left behind",
+    );
+    rmSync(join(dir, "reload.fail"));
+    const restarted = await agentOn();
+    assert.equal(restarted.served, leaf(0).fingerprint);
+    assert.equal((await restarted.round()).changed, true);
+    assert.equal(readFileSync(join(dir, "router.key"), "utf8"), leaf(1).key);
+    assert.deepEqual(
+      fake.reports.map((r) => r.fingerprint),
+      [leaf(0).fingerprint, leaf(0).fingerprint, leaf(1).fingerprint],
+    );
+  });
+
+  test("files a failed first reload left behind stay for the endpoint, but are not taken as served", async () => {
+    writeFileSync(join(dir, "reload.fail"), "");
+    await assert.rejects((await agentOn()).round(), { code: "reload_failed" });
+    assert.equal(readFileSync(join(dir, "router.key"), "utf8"), leaf(0).key, "nothing to go back to: the files stay");
     rmSync(join(dir, "reload.fail"));
     const restarted = await agentOn();
     assert.equal(restarted.served, undefined);
     assert.equal((await restarted.round()).changed, true);
-    assert.equal(reloads(), 2, "reloaded, since the new files had never been");
+    assert.equal(reloads(), 1, "reloaded, since the files had never been");
     assert.deepEqual(
       fake.reports.map((r) => r.fingerprint),
-      [leaf(0).fingerprint, leaf(0).fingerprint, leaf(1).fingerprint],
+      [leaf(0).fingerprint],
     );
   });
 
