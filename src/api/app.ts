@@ -34,6 +34,7 @@ import { pkiRoutes } from "./routes/pki.js";
 import { platformRoutes } from "./routes/platform.js";
 import { secretRoutes } from "./routes/secrets.js";
 import { sshRoutes } from "./routes/ssh.js";
+import { noBody, noQuery } from "./schemas.js";
 
 export interface ApiDeps {
   readonly kms: KmsService;
@@ -334,6 +335,17 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   const answerCreated = async (_req: FastifyRequest, reply: FastifyReply): Promise<void> => {
     reply.status(201);
   };
+  app.addHook("onRoute", (route) => {
+    // A parameter or body a route doesn't read is refused, as an unknown member is: a mistyped filter must not
+    // silently act on everything, nor a DELETE's body be taken for a condition it never checked.
+    const schema = route.schema ?? {};
+    const methods = [route.method].flat();
+    route.schema = {
+      ...schema,
+      querystring: schema.querystring ?? noQuery,
+      ...(schema.body === undefined && methods.includes("DELETE") ? { body: noBody } : {}),
+    };
+  });
   app.addHook("onRoute", (route) => {
     if ((route.config as FastifyContextConfig | undefined)?.created !== true) return;
     const existing = route.preHandler === undefined ? [] : [route.preHandler].flat();

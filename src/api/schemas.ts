@@ -46,3 +46,6 @@ export function singleOrBatch(properties: Record<string, unknown>, required: rea
  * here, the JSON parser refuses every body that is not an object.
  */
 export const noBody = { type: ["object", "null"], additionalProperties: false } as const;
+
+/** The query string of a route that reads none: any parameter is refused, by name. */
+export const noQuery = { type: "object", additionalProperties: false } as const;

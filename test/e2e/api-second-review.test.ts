@@ -164,6 +164,33 @@ describe("the HTTPS API edge, second review", () => {
     assert.equal(errorCode(grants), "invalid_request");
   });
 
+  test("a route that reads no query string or no body refuses one, naming it, and does nothing", async () => {
+    const health = await custos.call("GET", "/v1/health?verbose=1");
+    assert.equal(errorCode(health), "invalid_request", health.text);
+    assert.match(health.text, /unknown query parameter \\"verbose\\"/);
+    ok(await custos.call("PUT", "/v1/policies/kept", { rules: [{ resource: "key/x", actions: ["key:read"] }] }));
+    // Sized: node's client sends a DELETE body with neither Content-Length nor chunking.
+    const body = JSON.stringify({ ifRevision: 7 });
+    const conditional = await httpsRaw({
+      port: custos.port,
+      ca: custos.ca,
+      method: "DELETE",
+      path: "/v1/policies/kept",
+      body,
+      headers: {
+        authorization: `Bearer ${custos.adminToken}`,
+        "content-type": "application/json",
+        "content-length": Buffer.byteLength(body),
+      },
+    });
+    assert.equal(errorCode(conditional), "invalid_request", conditional.text);
+    assert.match(conditional.text, /body has an unknown member \\"ifRevision\\"/);
+    const typo = await custos.call("DELETE", "/v1/policies/kept?force=true");
+    assert.equal(errorCode(typo), "invalid_request", typo.text);
+    ok(await custos.call("GET", "/v1/policies/kept"));
+    ok(await custos.call("DELETE", "/v1/policies/kept"));
+  });
+
   test("a POST route that takes no body refuses one rather than ignoring it", async () => {
     const before = ok(await custos.call("GET", "/v1/keys/edge")).latestVersion;
     for (const body of ['"x"', "null", '{"algorithm":"ed25519"}']) {
