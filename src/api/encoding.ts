@@ -1,8 +1,13 @@
 import { CustosError } from "../errors/index.js";
 
-const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+/**
+ * Padded standard base64 whose pad bits are zero (RFC 4648 3.5): the last character
+ * before `==` is one of A Q g w, before `=` one of A E I M Q U Y c g k o s w 0 4 8.
+ * Other spellings decode to the same bytes; refusing them keeps one spelling per value.
+ */
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$/;
 
-/** Whether `value` is standard base64, padded, and nothing else. */
+/** Whether `value` is canonical standard base64, padded, and nothing else. */
 export function isBase64(value: string): boolean {
   return BASE64.test(value);
 }

@@ -23,6 +23,9 @@ describe("malformed input", () => {
     ["unknown field", "POST", "/v1/keys", { name: "x", purpose: "encrypt", colour: "red" }, 400, "invalid_request"],
     ["bad key name", "POST", "/v1/keys", { name: "../etc", purpose: "encrypt" }, 400, "invalid_request"],
     ["bad base64", "POST", "/v1/keys/k/encrypt", { plaintext: "%%%notbase64" }, 400, "invalid_request"],
+    // "aGl=" decodes to "hi" as "aGk=" does, with a pad bit set (RFC 4648 3.5).
+    ["non-canonical base64", "POST", "/v1/keys/k/encrypt", { plaintext: "aGl=" }, 400, "invalid_request"],
+    ["non-canonical base64 ==", "POST", "/v1/keys/k/encrypt", { plaintext: "aR==" }, 400, "invalid_request"],
     [
       "context not a string map",
       "POST",
