@@ -348,7 +348,7 @@ export async function initialize(config: CustosConfig, options: { adminName: str
  * The listener's certificate: the admin's own files, or one from the PKI (leaf and
  * intermediate), issued anew when two thirds of its life are gone, when it came
  * from a CA the PKI no longer has (the core's bootstrap CA, on a migrated install),
- * or when server.key is not its key.
+ * when it was revoked, or when server.key is not its key.
  */
 async function serverTls(services: Services): Promise<ServerTls | { cert: string; key: string }> {
   const { config, store, pki } = services;
@@ -360,7 +360,7 @@ async function serverTls(services: Services): Promise<ServerTls | { cert: string
   await writeOwnFile(resolve(config.tls.dir, "ca.pem"), pki.authority.root().certPem, 0o644);
   if (existsSync(certFile) && existsSync(keyFile)) {
     const cert = readFileSync(certFile, "utf8");
-    if (!serverNeedsNew(cert, pki.authority)) {
+    if (!(await serverNeedsNew(cert, pki.authority, pki.issuer))) {
       const key = readFileSync(keyFile, "utf8");
       // A renewal cut short by a crash between its two renames leaves one file new.
       if (keyMatches(cert, key)) return { cert, key };
@@ -420,6 +420,12 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
   const { kms, audit, keystore } = services;
   const timers: NodeJS.Timeout[] = [];
   try {
+    // CRLs whose nextUpdate passed (or is near) while the server was down are re-signed
+    // before the first request, not at the scheduler's first tick. A failure is no
+    // reason not to serve everything else: the scheduler tries again.
+    await services.pki.authority
+      .refreshCrls()
+      .catch((err: unknown) => logger.warn({ err }, "CRL refresh at start failed; will retry"));
     const tls = config.tls.insecureHttp ? undefined : await serverTls(services);
     const app = await buildApp({
       kms,

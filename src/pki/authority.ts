@@ -3,6 +3,7 @@ import * as x509 from "@peculiar/x509";
 import { type Actor, auditEntry } from "../audit/index.js";
 import { CustosError, isCustosError } from "../errors/index.js";
 import { ensureKeyPair, type Keystore } from "../hsm/index.js";
+import { KeyedSerial } from "../serial/index.js";
 import type { CaRecord, CertificateRecord, Store } from "../store/index.js";
 import { buildIntermediate, buildRoot, type CaUrls, derToPem, fingerprintOf } from "./certificate.js";
 import { buildCrl, type RevocationReason, type RevokedEntry } from "./crl.js";
@@ -54,6 +55,12 @@ export class Authority {
   readonly #o: AuthorityOptions;
   readonly #now: () => Date;
   #cas: LoadedCa[] = [];
+  /**
+   * Every new CRL of a CA is built from the one stored before it (its number, its
+   * revision): signed one at a time per CA, this process's changes never find each
+   * other's revision stale, which in a burst of revocations they otherwise would.
+   */
+  readonly #crlChanges = new KeyedSerial();
 
   constructor(options: AuthorityOptions) {
     this.#o = options;
@@ -229,6 +236,15 @@ export class Authority {
     return ca.signer;
   }
 
+  /**
+   * Runs `change` (one that stores a new CRL of `caId`, built with `crlWith`) once
+   * this process's earlier changes to that CRL are done. A `conflict` inside it
+   * then means another process's writer.
+   */
+  changeCrl<T>(caId: string, change: () => Promise<T>): Promise<T> {
+    return this.#crlChanges.run(caId, change);
+  }
+
   /** The CRL to store after `extra` is revoked by `issuerId` (its entries read from the store). */
   async crlWith(
     issuerId: string,
@@ -269,10 +285,10 @@ export class Authority {
     for (const record of await this.#o.store.listCas()) {
       if (Date.parse(record.crlNextUpdate) - now > halfLife) continue;
       try {
-        await this.#o.store.replaceCrl(await this.crlWith(record.id, undefined));
+        await this.changeCrl(record.id, async () => this.#o.store.replaceCrl(await this.crlWith(record.id, undefined)));
         replaced++;
       } catch (e) {
-        // A revocation replaced it meanwhile: that CRL is fresh.
+        // Another process's revocation replaced it meanwhile: that CRL is fresh.
         if (!(isCustosError(e) && e.code === "conflict")) throw e;
       }
     }

@@ -101,7 +101,7 @@ export interface LeafRequest {
 const RESERVED_ROLE_PREFIX = "custos-";
 /** The built-in role Custos's own HTTPS certificates are recorded under. */
 export const SERVER_ROLE = "custos-server";
-/** How many times a revocation retries when another one replaced the CRL first. */
+/** How many times a revocation retries when another process replaced the CRL first. */
 const REVOKE_ATTEMPTS = 5;
 
 /**
@@ -352,33 +352,53 @@ export class Issuer {
     return (await this.#certificate(serial)).role;
   }
 
-  /** Revokes and re-signs the issuer's CRL in the same transaction, so the CRL never lags. */
+  /**
+   * Revokes and re-signs the issuer's CRL in the same transaction, so the CRL never
+   * lags. `conflict` only when the certificate is already revoked: revocations under
+   * one CA in this process take turns at its CRL (`Authority.changeCrl`), and one
+   * that another process's writer keeps beating is `store_unavailable`, to retry.
+   */
   async revoke(actor: Actor, given: string, reason = "unspecified"): Promise<CertificateView> {
     if (!isRevocationReason(reason)) {
       throw new CustosError("invalid_request", `reason must be one of ${REVOCATION_REASONS.join(", ")}`);
     }
     // The CRL, the store and the audit record all want the serial as stored: lowercase.
     const serial = checkSerial(given);
-    for (let attempt = 1; ; attempt++) {
-      const cert = await this.#certificate(serial);
-      if (cert.status === "revoked") throw new CustosError("conflict", "the certificate is already revoked");
-      const revokedAt = this.#now();
-      const crl = await this.#authority.crlWith(cert.issuerId, { serial, revokedAt, reason });
-      try {
-        await this.#store.revokeCertificate(
-          serial,
-          revokedAt.toISOString(),
-          reason,
-          crl,
-          auditEntry(actor, "pki.revoke", `pki/cert/${serial}`, { reason, role: cert.role, crlNumber: crl.crlNumber }),
-        );
-        await this.#authority.reload();
-        return this.view(await this.#certificate(serial));
-      } catch (e) {
-        // Another revocation replaced the CRL first: rebuild it with both.
-        if (!(isCustosError(e) && e.code === "conflict") || attempt >= REVOKE_ATTEMPTS) throw e;
+    const { issuerId } = await this.#certificate(serial);
+    return this.#authority.changeCrl(issuerId, async () => {
+      let lost: unknown;
+      for (let attempt = 1; ; attempt++) {
+        // Read on every attempt: what was queued or written before may have revoked it.
+        const cert = await this.#certificate(serial);
+        if (cert.status === "revoked") throw new CustosError("conflict", "the certificate is already revoked");
+        if (attempt > REVOKE_ATTEMPTS) {
+          throw new CustosError("store_unavailable", `the CRL of CA ${cert.issuerId} kept changing; try again`, {
+            cause: lost,
+          });
+        }
+        const revokedAt = this.#now();
+        const crl = await this.#authority.crlWith(cert.issuerId, { serial, revokedAt, reason });
+        try {
+          await this.#store.revokeCertificate(
+            serial,
+            revokedAt.toISOString(),
+            reason,
+            crl,
+            auditEntry(actor, "pki.revoke", `pki/cert/${serial}`, {
+              reason,
+              role: cert.role,
+              crlNumber: crl.crlNumber,
+            }),
+          );
+          await this.#authority.reload();
+          return this.view(await this.#certificate(serial));
+        } catch (e) {
+          // Another process replaced the CRL first: rebuild it with both.
+          if (!(isCustosError(e) && e.code === "conflict")) throw e;
+          lost = e;
+        }
       }
-    }
+    });
   }
 
   /**

@@ -21,6 +21,8 @@ import { Certificate, CRLReason, type Extension } from "@peculiar/asn1-x509";
 import type * as x509 from "@peculiar/x509";
 import { CustosError } from "../errors/index.js";
 import { CRL_REASON_CODES, isRevocationReason, type RevocationReason } from "./crl.js";
+import { DerError, tlvAt } from "./der-reader.js";
+import { OCTET_STRING } from "./der-tags.js";
 import { type CaSigner, signAsX509, signatureAlgorithmOf } from "./signer.js";
 
 /** What an OCSP CertID names: a certificate by its issuer's hashed name and key, and its serial. */
@@ -56,8 +58,8 @@ const CERT_ID_HASHES: Readonly<Record<string, string>> = {
  */
 export const MAX_OCSP_CERT_IDS = 32;
 
-/** RFC 8954 §2.1: a nonce is at most 32 octets; 2 more for its OCTET STRING header. */
-const MAX_NONCE_EXTN_OCTETS = 34;
+/** RFC 8954 §2.1: Nonce ::= OCTET STRING (SIZE(1..32)); a responder MUST reject one of 0 octets. */
+const MAX_NONCE_OCTETS = 32;
 
 const DEFAULT_VALIDITY_SECONDS = 3600;
 
@@ -75,7 +77,8 @@ const DEFAULT_VALIDITY_SECONDS = 3600;
  *
  * Bad input never throws; it answers an unsigned OCSPResponse: `malformedRequest`
  * for a request that does not parse, has no CertID, more than
- * {@link MAX_OCSP_CERT_IDS}, or a nonce longer than RFC 8954 allows;
+ * {@link MAX_OCSP_CERT_IDS}, or a nonce that is not the OCTET STRING of 1 to 32
+ * octets RFC 8954 allows;
  * `unauthorized` when no CertID names a served issuer. Failures of `lookup` or of
  * the signer (the HSM) are not bad input and propagate, so the caller can log them
  * and answer {@link ocspErrorResponse} `internalError` or `tryLater`. So do invalid
@@ -169,11 +172,20 @@ function parseRequest(der: Uint8Array): ParsedRequest | undefined {
     });
   }
   const nonce = request.tbsRequest.requestExtensions?.find((e) => e.extnID === id_pkix_ocsp_nonce);
-  if (nonce) {
-    const size = nonce.extnValue.byteLength;
-    if (size === 0 || size > MAX_NONCE_EXTN_OCTETS) return undefined;
-  }
+  if (nonce && !isNonce(Buffer.from(nonce.extnValue.buffer))) return undefined;
   return { requests, certIds, nonce };
+}
+
+/** Whether an extnValue is the DER of a Nonce: one OCTET STRING of 1 to 32 octets, nothing after it. */
+function isNonce(extnValue: Buffer): boolean {
+  try {
+    const tlv = tlvAt(extnValue, 0, extnValue.length);
+    const size = tlv.end - tlv.start;
+    return tlv.tag === OCTET_STRING && tlv.end === extnValue.length && size >= 1 && size <= MAX_NONCE_OCTETS;
+  } catch (e) {
+    if (e instanceof DerError) return false;
+    throw e;
+  }
 }
 
 /** Same form as @peculiar/x509's `serialNumber`, which is what the store keys certificates by. */

@@ -23,9 +23,14 @@ export interface ServerTls {
   readonly notAfter: Date;
 }
 
+/** Listen addresses that mean every interface: no client reaches the listener by them, so no SAN names them. */
+const ALL_INTERFACES: ReadonlySet<string> = new Set(["0.0.0.0", "::"]);
+
 /** Names a local listener is reached by. */
 export function defaultServerNames(listenHost: string): string[] {
-  return [...new Set(["localhost", "127.0.0.1", "::1", hostname(), listenHost].filter((h) => h && h !== "0.0.0.0"))];
+  return [
+    ...new Set(["localhost", "127.0.0.1", "::1", hostname(), listenHost].filter((h) => h && !ALL_INTERFACES.has(h))),
+  ];
 }
 
 function serverRole(ttlSeconds: number): Role {
@@ -70,16 +75,26 @@ export async function issueServerCertificate(
 
 /**
  * Whether the listener must get a new certificate: it is past two thirds of its
- * life, or was not issued by a CA this PKI still trusts (the core's bootstrap CA,
- * before an install was migrated).
+ * life, was not issued by a CA this PKI still trusts (the core's bootstrap CA,
+ * before an install was migrated), or was revoked (an admin revoking a
+ * compromised server key expects Custos to stop serving it). The revocation is
+ * read from the store: one lookup per check.
  */
-export function serverNeedsNew(certPem: string, authority: Authority, now = new Date()): boolean {
+export async function serverNeedsNew(
+  certPem: string,
+  authority: Authority,
+  issuer: Issuer,
+  now = new Date(),
+): Promise<boolean> {
   const leaf = new X509Certificate(certPem);
   const renewAt = renewAtOf(new Date(leaf.validFrom).toISOString(), new Date(leaf.validTo).toISOString());
   if (now.getTime() >= renewAt.getTime()) return true;
-  return !authority.issuers().some((ca) => {
+  const ours = authority.issuers().some((ca) => {
     if (ca.kind !== "intermediate") return false;
     const caCert = new X509Certificate(authority.issuer(ca.id).certPem);
     return leaf.checkIssued(caCert) && leaf.verify(caCert.publicKey);
   });
+  if (!ours) return true;
+  // Our serials have no leading zero to drop (newSerial): node's hex is the stored serial, in capitals.
+  return (await issuer.find(leaf.serialNumber.toLowerCase()))?.status === "revoked";
 }

@@ -669,6 +669,22 @@ for (const kind of ["ec", "rsa"] as const) {
       const tooLong = await answerOcsp(Buffer.from(AsnConvert.serialize(request)), [int.signer], lookup);
       assert.equal(responseStatusOf(tooLong), OCSPResponseStatus.malformedRequest);
     });
+
+    test("a nonce of one octet is answered; an empty one, or one that is not a lone OCTET STRING, is malformedRequest", async () => {
+      const request = AsnConvert.parse(await opensslRequest(["-issuer", int.path, "-cert", good.path]), OCSPRequest);
+      const nonce = request.tbsRequest.requestExtensions?.[0];
+      assert.ok(nonce);
+      const lookup = async (): Promise<OcspStatus> => ({ status: "good" });
+      const answer = async (extnValue: Uint8Array) => {
+        nonce.extnValue = new OctetString(extnValue);
+        return responseStatusOf(await answerOcsp(Buffer.from(AsnConvert.serialize(request)), [int.signer], lookup));
+      };
+      assert.equal(await answer(Buffer.from([0x04, 0x01, 0x2a])), OCSPResponseStatus.successful);
+      assert.equal(await answer(Buffer.from([0x04, 0x00])), OCSPResponseStatus.malformedRequest);
+      // The nonce's octets without their OCTET STRING header, and a nonce followed by more bytes.
+      assert.equal(await answer(Buffer.alloc(16, 0x2a)), OCSPResponseStatus.malformedRequest);
+      assert.equal(await answer(Buffer.from([0x04, 0x01, 0x2a, 0x00])), OCSPResponseStatus.malformedRequest);
+    });
   });
 }
 
