@@ -3,18 +3,22 @@
  * and an exit code a script can branch on: 1 when the caller is at fault (an API 4xx),
  * 2 when the server or the path to it is (5xx, refused, TLS), 64 for a bad invocation
  * or unusable client settings. The API client's errors carry no exit codes: they are
- * given theirs here.
+ * given theirs here. A command cut short by a signal ends with 128 + its number, as a
+ * shell reports a process the signal ended; that includes 141 (SIGPIPE) for output
+ * whose reader has gone, which is no failure to report.
  */
 import { ClientError } from "../client/index.js";
 import { isCustosError, messageOf } from "../errors/index.js";
 
-/** The exit codes `custos` uses. 64 is sysexits' EX_USAGE. */
-export type ExitCode = 0 | 1 | 2 | 64;
+/** The exit codes `custos` uses. 64 is sysexits' EX_USAGE; 141 is 128 + SIGPIPE. */
+export type ExitCode = 0 | 1 | 2 | 64 | 141;
 
 export const EXIT_OK = 0;
 export const EXIT_CLIENT = 1;
 export const EXIT_SERVER = 2;
 export const EXIT_USAGE = 64;
+/** Stdout's reader went away (`| head`): the status a shell gives a process SIGPIPE ended. */
+export const EXIT_BROKEN_PIPE = 141;
 
 /** A failure of the CLI's own (bad arguments, unwritable output file), with its exit code. */
 export class CliError extends Error {
@@ -58,9 +62,22 @@ export function isCommanderError(e: unknown): e is Error & { code: string; exitC
   return typeof code === "string" && code.startsWith("commander.") && typeof exitCode === "number";
 }
 
+/**
+ * A write into a pipe nobody reads any more (stdout under `| head -c1`). Node ignores
+ * SIGPIPE, so what would have ended the process quietly arrives as this error.
+ */
+export function isBrokenPipe(e: unknown): boolean {
+  return (
+    e instanceof Error &&
+    (e as { code?: unknown }).code === "EPIPE" &&
+    !(e instanceof CliError || e instanceof ClientError || isCustosError(e))
+  );
+}
+
 /** The exit code for any thrown value. */
 export function exitCodeOf(e: unknown): ExitCode {
   if (e instanceof CliError) return e.exitCode;
+  if (isBrokenPipe(e)) return EXIT_BROKEN_PIPE;
   if (e instanceof ClientError) return clientExitCode(e);
   // --help and --version are "errors" to commander's exitOverride, but succeed.
   if (isCommanderError(e)) return e.exitCode === 0 ? EXIT_OK : EXIT_USAGE;

@@ -2,7 +2,18 @@
  * The CLI's dealings with its standard streams and files: reading input from a file
  * or stdin, writing output to a file or stdout, reading a password without echo.
  */
-import { closeSync, fchmodSync, openSync, readFileSync, writeSync } from "node:fs";
+import {
+  closeSync,
+  fchmodSync,
+  constants as fsConstants,
+  fstatSync,
+  ftruncateSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeSync,
+} from "node:fs";
+import { constants } from "node:os";
 import type { ReadStream } from "node:tty";
 import { errnoOrMessage } from "../errors/index.js";
 import { Secret } from "../secret/index.js";
@@ -40,6 +51,24 @@ export async function readInput(file: string | undefined, io: CliIo): Promise<Bu
   }
 }
 
+/**
+ * The bytes of `file` (or stdin) as text, refused when they are not UTF-8: a value
+ * the API takes as a string must arrive byte for byte, not with U+FFFD where the
+ * bytes were.
+ */
+export async function readText(file: string | undefined, io: CliIo): Promise<string> {
+  const bytes = await readInput(file, io);
+  try {
+    // ignoreBOM keeps a leading byte order mark as part of the value.
+    return new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes);
+  } catch {
+    const from = file === undefined || file === "-" ? "stdin" : file;
+    throw usageError(`${from} is not UTF-8 text, and values are text: encode binary data first (e.g. as base64)`);
+  } finally {
+    bytes.fill(0);
+  }
+}
+
 /** Writes to a stream and waits until it has taken the data. */
 export function writeTo(stream: NodeJS.WritableStream, data: string | Uint8Array): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -56,24 +85,100 @@ export async function writeOutput(file: string | undefined, data: string | Uint8
   writePrivateFile(file, data);
 }
 
+/** The CLI's error for an output file it could not write. Exit 1. */
+export function cannotWrite(file: string, cause: unknown): CliError {
+  return new CliError("io_error", `cannot write ${file}: ${errnoOrMessage(cause)}`, EXIT_CLIENT, { cause });
+}
+
 /** Creates or truncates `file` with mode 0600 (also when it existed with a wider mode) and writes `data`. */
 export function writePrivateFile(file: string, data: string | Uint8Array): void {
+  reservePrivateFile(file).fill(data);
+}
+
+/** An output file opened before its contents exist (see `reservePrivateFile`). */
+export interface ReservedFile {
+  /** Replaces the file's contents with `data`, mode 0600 (a FIFO or device is written, not changed), and closes it. */
+  fill(data: string | Uint8Array): void;
+  /** Closes the file without writing; removes it if this reservation created it. */
+  release(): void;
+}
+
+/**
+ * Opens `file` for writing now, creating it (0600) if absent but neither truncating
+ * nor changing it, so a command can find out that its output can't be written before
+ * it asks the server for something that would be lost (a token issued once).
+ * @throws CliError `io_error` when the file can't be opened for writing.
+ */
+export function reservePrivateFile(file: string): ReservedFile {
   let fd: number;
+  let created = false;
   try {
-    fd = openSync(file, "w", 0o600);
+    try {
+      fd = openSync(file, "wx", 0o600);
+      created = true;
+    } catch (e) {
+      if ((e as { code?: unknown }).code !== "EEXIST") throw e;
+      // Not truncated: what was there stays until there is something to replace it.
+      // O_CREAT still, for a link whose target is yet to be made (O_EXCL saw the link).
+      fd = openSync(file, fsConstants.O_WRONLY | fsConstants.O_CREAT, 0o600);
+    }
   } catch (cause) {
-    throw new CliError("io_error", `cannot write ${file}: ${errnoOrMessage(cause)}`, EXIT_CLIENT, { cause });
+    throw cannotWrite(file, cause);
   }
-  try {
-    fchmodSync(fd, 0o600);
-    const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
-    let offset = 0;
-    while (offset < bytes.length) offset += writeSync(fd, bytes, offset);
-  } catch (cause) {
-    throw new CliError("io_error", `cannot write ${file}: ${errnoOrMessage(cause)}`, EXIT_CLIENT, { cause });
-  } finally {
-    closeSync(fd);
-  }
+  let open = true;
+  const close = (): void => {
+    if (open) closeSync(fd);
+    open = false;
+  };
+  return {
+    fill(data) {
+      try {
+        // Only a regular file is the command's to narrow: fchmod on a FIFO or on
+        // /dev/null (as root) would change that node for everyone.
+        if (fstatSync(fd).isFile()) {
+          fchmodSync(fd, 0o600);
+          ftruncateSync(fd, 0);
+        }
+        const bytes = typeof data === "string" ? Buffer.from(data, "utf8") : data;
+        let offset = 0;
+        while (offset < bytes.length) offset += writeSync(fd, bytes, offset);
+      } catch (cause) {
+        close();
+        // Half a token is no token: leave nothing this reservation made.
+        if (created) rmSync(file, { force: true });
+        throw cannotWrite(file, cause);
+      } finally {
+        close();
+      }
+    },
+    release() {
+      close();
+      if (created) rmSync(file, { force: true });
+    },
+  };
+}
+
+/** Signals that end a command midway: its terminal closed, Ctrl-C, a kill. */
+const INTERRUPTS = ["SIGHUP", "SIGINT", "SIGTERM"] as const;
+
+/**
+ * Runs `cleanup` (synchronous: the process ends right after) when one of `INTERRUPTS`
+ * arrives before the returned function is called, then exits as that signal would
+ * have: 128 + its number (130 for Ctrl-C, 143 for SIGTERM). For files that must not
+ * outlive an interrupted command.
+ */
+export function cleanUpOnInterrupt(cleanup: () => void): () => void {
+  const onSignal = (signal: NodeJS.Signals): void => {
+    try {
+      cleanup();
+    } finally {
+      process.exit(128 + (constants.signals[signal] ?? 0));
+    }
+  };
+  for (const s of INTERRUPTS) process.on(s, onSignal);
+  return () => {
+    for (const s of INTERRUPTS) process.off(s, onSignal);
+  };
 }
 
 /**

@@ -2,5 +2,10 @@
 import { processIo } from "./io.js";
 import { run } from "./run.js";
 
+// A reader that left (`| head`) fails the pending write, and run() reports that as
+// 141; the stream's own 'error' event would crash the process with a stack trace.
+process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+  if (e.code !== "EPIPE") throw e;
+});
 // exitCode rather than exit(): stdout may still be draining into a pipe.
 process.exitCode = await run(process.argv.slice(2), processIo());

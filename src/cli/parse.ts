@@ -31,13 +31,15 @@ export function parseDuration(text: string): number {
 
 /**
  * Parses one `--context k=v` pair. The value may itself contain `=` (it splits at
- * the first one); the key may not be empty.
+ * the first one); the key may not be empty, nor `__proto__`, which the API refuses
+ * (JSON parsers drop that member) and an object built here would silently lose.
  */
 export function parseContextPair(text: string): [key: string, value: string] {
   const at = text.indexOf("=");
   if (at < 0) throw usageError(`invalid context "${text}": expected key=value`);
   const key = text.slice(0, at);
   if (key.length === 0) throw usageError(`invalid context "${text}": the key is empty`);
+  if (key === "__proto__") throw usageError("context key __proto__ is reserved");
   return [key, text.slice(at + 1)];
 }
 

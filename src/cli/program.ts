@@ -39,7 +39,8 @@ export function buildProgram(ctx: CliContext): Command {
         "custos --version (or -V) prints the version.",
         "",
         "Exit codes: 0 done, 1 refused (4xx, invalid signature, audit problems),",
-        "2 server failure or unreachable, 64 usage error.",
+        "2 server failure or unreachable, 64 usage error; 128 + N when signal N ends it:",
+        "130 Ctrl-C, 143 SIGTERM, 141 (SIGPIPE) when stdout's reader left early (| head).",
       ].join("\n"),
     )
     .option("--json", "print the raw JSON answer (for scripts)")

@@ -15,6 +15,9 @@ export class Progress {
   #files = 0;
   #bytes = 0;
   #lastDrawn = Number.NEGATIVE_INFINITY;
+  /** The work counted when last drawn, so `finish` doesn't repeat a line that already says it all. */
+  #drawnFiles = -1;
+  #drawnBytes = -1;
 
   constructor(
     out: NodeJS.WritableStream,
@@ -36,14 +39,16 @@ export class Progress {
     if (now - this.#lastDrawn >= (this.#tty ? TTY_INTERVAL_MS : LINE_INTERVAL_MS)) this.#draw(now);
   }
 
-  /** Draws the final state (and ends the bar's line). */
+  /** Draws the final state, unless already drawn (and ends the bar's line). */
   finish(): void {
-    this.#draw(this.#now());
+    if (this.#files !== this.#drawnFiles || this.#bytes !== this.#drawnBytes) this.#draw(this.#now());
     if (this.#tty) this.#out.write("\n");
   }
 
   #draw(now: number): void {
     this.#lastDrawn = now;
+    this.#drawnFiles = this.#files;
+    this.#drawnBytes = this.#bytes;
     const seconds = Math.max((now - this.#started) / 1000, 1e-3);
     const rate = this.#bytes / seconds;
     const left = this.totalBytes - this.#bytes;

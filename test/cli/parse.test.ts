@@ -51,6 +51,15 @@ describe("--context pairs", () => {
     usage(() => parseContextPair("=v"), /key is empty/);
   });
 
+  test("__proto__ is refused, as the API refuses it; other Object.prototype names are plain keys", () => {
+    usage(() => parseContextPair("__proto__=v"), /__proto__ is reserved/);
+    const context = addContextPair("constructor=c", addContextPair("toString=t", undefined));
+    assert.deepEqual(Object.entries(context), [
+      ["toString", "t"],
+      ["constructor", "c"],
+    ]);
+  });
+
   test("accumulate into a fresh object and refuse a repeated key", () => {
     const first = addContextPair("app=a", undefined);
     const both = addContextPair("bucket=photos", first);

@@ -3,7 +3,7 @@ import type { Command } from "commander";
 import { AUDIT_LIST_MAX } from "../../audit/index.js";
 import { arg, type CliContext } from "../context.js";
 import { EXIT_CLIENT, EXIT_SERVER, printable, usageError } from "../errors.js";
-import { readInput } from "../io.js";
+import { readText } from "../io.js";
 import { renderTable } from "../output.js";
 import { parseInteger } from "../parse.js";
 
@@ -88,14 +88,14 @@ export function registerAuditCommands(program: Command, ctx: CliContext): void {
       "the audit HMAC of a value, to match a secret write's valueHmac; the value comes from stdin (one trailing " +
         "newline dropped, as secret put does) or --from-file (as is), never the command line",
     )
-    .option("--from-file <file>", "read the value from a file, byte for byte")
+    .option("--from-file <file>", "read the value from a file, byte for byte (UTF-8 text)")
     .action(async (o: { fromFile?: string }): Promise<void> => {
       let value: string;
       if (o.fromFile !== undefined) {
-        value = (await readInput(o.fromFile, ctx.io)).toString("utf8");
+        value = await readText(o.fromFile, ctx.io);
       } else {
         if (ctx.io.stdin.isTTY === true) await ctx.note("reading the value from stdin (end with Ctrl-D)");
-        value = (await readInput(undefined, ctx.io)).toString("utf8").replace(/\r?\n$/, "");
+        value = (await readText(undefined, ctx.io)).replace(/\r?\n$/, "");
       }
       if (value.length === 0) throw usageError("the value is empty");
       const answer = await ctx.client().request<{ hmac: string }>("POST", "/v1/audit/hash", { body: { value } });

@@ -1,8 +1,9 @@
 /** `custos login`, `custos whoami` and `custos token …`. */
 import type { Command } from "commander";
+import { clientFromEnv } from "../../client/index.js";
 import { arg, type CliContext, seg } from "../context.js";
-import { usageError } from "../errors.js";
-import { readPassword, writePrivateFile } from "../io.js";
+import { CliError, EXIT_CLIENT, usageError } from "../errors.js";
+import { type ReservedFile, readPassword, reservePrivateFile } from "../io.js";
 import { renderTable } from "../output.js";
 import { collect, parseDuration } from "../parse.js";
 
@@ -10,8 +11,9 @@ type Json = Record<string, unknown>;
 
 /**
  * Where a freshly issued token goes: `--token-file`, else stdout inside the JSON
- * answer with `--json`, else (for login) `$CUSTOS_TOKEN_FILE`. Decided before the
- * request, so a token is never issued only to be lost.
+ * answer with `--json`, else (for login) `$CUSTOS_TOKEN_FILE`. Decided (and the file
+ * opened, see `reserveTokenFile`) before the request, so a token is never issued
+ * only to be lost.
  */
 function tokenDestination(ctx: CliContext, tokenFile: string | undefined, fallbackEnv: boolean): string | null {
   if (tokenFile !== undefined) return tokenFile;
@@ -21,6 +23,48 @@ function tokenDestination(ctx: CliContext, tokenFile: string | undefined, fallba
   throw usageError(
     `the token is never printed in human output: give --token-file FILE${fallbackEnv ? " (or set CUSTOS_TOKEN_FILE)" : ""}, or --json`,
   );
+}
+
+/** Opens the token's file before the request that issues it: a file that can't be written fails the command first. */
+export function reserveTokenFile(destination: string | undefined | null): ReservedFile | null {
+  return destination === undefined || destination === null ? null : reservePrivateFile(destination);
+}
+
+/** How `keepToken` undoes an issue: what it did when it worked, and the command to run when it didn't. */
+export interface Revocation {
+  readonly done: string;
+  readonly command: string;
+  readonly run: () => Promise<unknown>;
+}
+
+/**
+ * Writes a freshly issued token into its reserved file. Should that still fail, the
+ * token is revoked (best effort), so none stays live that nobody holds, and the
+ * error says which happened.
+ */
+export async function keepToken(reserved: ReservedFile, token: string, revoke: Revocation): Promise<void> {
+  try {
+    reserved.fill(`${token}\n`);
+  } catch (e) {
+    let outcome: string;
+    try {
+      await revoke.run();
+      outcome = revoke.done;
+    } catch {
+      outcome = `it is live and could not be revoked: run ${revoke.command}`;
+    }
+    throw new CliError("io_error", `${(e as Error).message}; ${outcome}`, EXIT_CLIENT, { cause: e });
+  }
+}
+
+/** How `keepToken` revokes a token `POST /v1/auth/tokens` just issued. */
+export function revokeToken(ctx: CliContext, answer: Json): Revocation {
+  const id = String(answer.id);
+  return {
+    done: `token ${id} was revoked`,
+    command: `custos token revoke ${id}`,
+    run: () => ctx.client().request("DELETE", `/v1/auth/tokens/${seg(id)}`),
+  };
 }
 
 /** The answer without its `token` field, for human output. */
@@ -38,21 +82,40 @@ export function registerAuthCommands(program: Command, ctx: CliContext): void {
     .option("--token-file <file>", "write the token here (default: $CUSTOS_TOKEN_FILE)")
     .action(async (username: string, o: { passwordStdin?: boolean; tokenFile?: string }): Promise<void> => {
       const destination = tokenDestination(ctx, o.tokenFile, true);
-      const password = await readPassword(ctx.io, o.passwordStdin === true);
+      const reserved = reserveTokenFile(destination);
       let answer: Json;
       try {
-        answer = await ctx.client().request<Json>("POST", "/v1/auth/login", {
-          auth: false,
-          body: { username, password: password.exposeText() },
-        });
-      } finally {
-        password.destroy();
+        const password = await readPassword(ctx.io, o.passwordStdin === true);
+        try {
+          answer = await ctx.client().request<Json>("POST", "/v1/auth/login", {
+            auth: false,
+            body: { username, password: password.exposeText() },
+          });
+        } finally {
+          password.destroy();
+        }
+      } catch (e) {
+        reserved?.release();
+        throw e;
       }
-      if (destination === null) {
+      if (reserved === null) {
         await ctx.emit(answer);
         return;
       }
-      writePrivateFile(destination, `${String(answer.token)}\n`);
+      const session = String(answer.token);
+      await keepToken(reserved, session, {
+        done: "the session was revoked",
+        command: `custos token revoke ${String(answer.tokenId)}`,
+        run: async () => {
+          // The session revokes itself: it needs no policy for that, which the configured token might lack.
+          const client = clientFromEnv({ ...ctx.io.env, CUSTOS_TOKEN: session, CUSTOS_TOKEN_FILE: "" });
+          try {
+            await client.request("DELETE", `/v1/auth/tokens/${seg(String(answer.tokenId))}`);
+          } finally {
+            client.close();
+          }
+        },
+      });
       if (ctx.json) await ctx.emit(withoutToken(answer));
       else
         await ctx.out(
@@ -81,9 +144,16 @@ export function registerAuthCommands(program: Command, ctx: CliContext): void {
       const body: Json = { name: o.name };
       if (o.policy !== undefined) body.policies = o.policy;
       if (o.ttl !== undefined) body.ttlSeconds = o.ttl;
-      const answer = await ctx.client().request<Json>("POST", "/v1/auth/tokens", { body });
-      if (destination !== null) writePrivateFile(destination, `${String(answer.token)}\n`);
-      await ctx.emit(destination === null ? answer : withoutToken(answer));
+      const reserved = reserveTokenFile(destination);
+      const answer = await ctx
+        .client()
+        .request<Json>("POST", "/v1/auth/tokens", { body })
+        .catch((e: unknown) => {
+          reserved?.release();
+          throw e;
+        });
+      if (reserved !== null) await keepToken(reserved, String(answer.token), revokeToken(ctx, answer));
+      await ctx.emit(reserved === null ? answer : withoutToken(answer));
     });
 
   token

@@ -1,9 +1,9 @@
 /** `custos broker …`: what a platform agent does — its token, and registering, inspecting and stopping instances. */
 import type { Command } from "commander";
 import { arg, type CliContext, seg } from "../context.js";
-import { writePrivateFile } from "../io.js";
 import { renderRecord } from "../output.js";
 import { checkInstance, parseAppRef, parseDuration } from "../parse.js";
+import { keepToken, reserveTokenFile, revokeToken } from "./auth.js";
 
 type Json = Record<string, unknown>;
 
@@ -25,10 +25,18 @@ export function registerBrokerCommands(program: Command, ctx: CliContext): void 
     .action(async (name: string, o: { ttl?: number; tokenFile?: string }) => {
       const body: Json = { name, policies: ["platform-agent"], forUser: false };
       if (o.ttl !== undefined) body.ttlSeconds = o.ttl;
-      const answer = await ctx.client().request<Json>("POST", "/v1/auth/tokens", { body });
+      // Opened before the token exists: one that can't be kept is never issued.
+      const reserved = reserveTokenFile(o.tokenFile);
+      const answer = await ctx
+        .client()
+        .request<Json>("POST", "/v1/auth/tokens", { body })
+        .catch((e: unknown) => {
+          reserved?.release();
+          throw e;
+        });
       const token = String(answer.token);
-      if (o.tokenFile !== undefined) {
-        writePrivateFile(o.tokenFile, `${token}\n`);
+      if (reserved !== null) {
+        await keepToken(reserved, token, revokeToken(ctx, answer));
         const { token: _t, ...rest } = answer;
         await ctx.emit(rest);
         return;
@@ -46,11 +54,24 @@ export function registerBrokerCommands(program: Command, ctx: CliContext): void 
     .action(async (appText: string, instance: string, o: { ttl?: number; tokenFile?: string }) => {
       const body: Json = { ...parseAppRef(appText), instance: checkInstance(instance) };
       if (o.ttl !== undefined) body.ttlSeconds = o.ttl;
-      const answer = await ctx.client().request<Json>("POST", "/v1/broker/instances", { body });
+      const reserved = reserveTokenFile(o.tokenFile);
+      const answer = await ctx
+        .client()
+        .request<Json>("POST", "/v1/broker/instances", { body })
+        .catch((e: unknown) => {
+          reserved?.release();
+          throw e;
+        });
       const token = String(answer.bootstrapToken);
       const { bootstrapToken: _t, ...rest } = answer;
-      if (o.tokenFile !== undefined) {
-        writePrivateFile(o.tokenFile, `${token}\n`);
+      if (reserved !== null) {
+        // An instance whose bootstrap token is lost can never start: deregistering it is the revocation.
+        const id = String(answer.instance);
+        await keepToken(reserved, token, {
+          done: `instance ${id} was deregistered, which voids its bootstrap token`,
+          command: `custos broker deregister ${id}`,
+          run: () => ctx.client().request("DELETE", path(id)),
+        });
         await ctx.emit(rest);
         return;
       }

@@ -4,13 +4,20 @@
  * Output files appear whole or not at all (written beside, then renamed).
  */
 import { randomBytes } from "node:crypto";
-import { createWriteStream } from "node:fs";
-import { open, rename, rm, stat } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { rmSync } from "node:fs";
+import { type FileHandle, open, rename, rm, stat } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { Command } from "commander";
-import { chunkLayout, DEFAULT_CHUNK_SIZE, IncompleteHeader, parseHeader } from "../../envelope/format.js";
+import {
+  chunkLayout,
+  DEFAULT_CHUNK_SIZE,
+  IncompleteHeader,
+  MAX_CHUNK_SIZE,
+  MIN_CHUNK_SIZE,
+  parseHeader,
+} from "../../envelope/format.js";
 import {
   Envelope,
   fileSource,
@@ -23,7 +30,8 @@ import {
 import { errnoOrMessage } from "../../errors/index.js";
 import { syncPath } from "../../files/index.js";
 import { arg, type CliContext } from "../context.js";
-import { CliError, EXIT_CLIENT, usageError } from "../errors.js";
+import { CliError, EXIT_CLIENT, printable, usageError } from "../errors.js";
+import { cannotWrite, cleanUpOnInterrupt } from "../io.js";
 import { addContextPair, parseInteger } from "../parse.js";
 
 type Context = Record<string, string>;
@@ -49,7 +57,7 @@ export function registerFileCommands(program: Command, ctx: CliContext): void {
     .option(
       "--chunk-size <bytes>",
       `plaintext bytes per chunk (default ${DEFAULT_CHUNK_SIZE})`,
-      arg((t) => parseInteger(t, "chunk size")),
+      arg((t) => parseInteger(t, "chunk size", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)),
     )
     .action(async (o: { key: string; context?: Context; in?: string; out?: string; chunkSize?: number }) => {
       const envelope = new Envelope({
@@ -57,7 +65,12 @@ export function registerFileCommands(program: Command, ctx: CliContext): void {
         cache: false,
         ...(o.chunkSize === undefined ? {} : { chunkSize: o.chunkSize }),
       });
-      await transfer(ctx, [await input(ctx, o.in), envelope.encryptStream({ key: o.key, ...contextOf(o) })], o.out);
+      await transfer(
+        ctx,
+        o.out,
+        async () => [await input(ctx, o.in), envelope.encryptStream({ key: o.key, ...contextOf(o) })],
+        "an envelope message",
+      );
     });
 
   contextOption(
@@ -71,20 +84,22 @@ export function registerFileCommands(program: Command, ctx: CliContext): void {
     .action(async (o: { context?: Context; in?: string; out?: string; offset?: number; length?: number }) => {
       const envelope = new Envelope({ kms: httpKms(ctx.client()), cache: false });
       if (o.offset === undefined && o.length === undefined) {
-        await transfer(ctx, [await input(ctx, o.in), envelope.decryptStream(contextOf(o))], o.out);
+        await transfer(ctx, o.out, async () => [await input(ctx, o.in), envelope.decryptStream(contextOf(o))]);
         return;
       }
-      if (o.in === undefined || o.in === "-") throw usageError("--offset and --length need --in FILE (random access)");
-      const source = await openSource(o.in);
-      try {
-        const start = o.offset ?? 0;
-        // Both are safe integers, their sum need not be; readRange clamps any end past the plaintext.
-        const end = Math.min(start + (o.length ?? Number.MAX_SAFE_INTEGER), Number.MAX_SAFE_INTEGER);
-        const plaintext = await envelope.readRange(source, start, end, contextOf(o));
-        await transfer(ctx, [[plaintext]], o.out);
-      } finally {
-        await source.close();
-      }
+      const file = o.in;
+      if (file === undefined || file === "-") throw usageError("--offset and --length need --in FILE (random access)");
+      const start = o.offset ?? 0;
+      // Both are safe integers, their sum need not be; readRange clamps any end past the plaintext.
+      const end = Math.min(start + (o.length ?? Number.MAX_SAFE_INTEGER), Number.MAX_SAFE_INTEGER);
+      await transfer(ctx, o.out, async () => {
+        const source = await openSource(file);
+        try {
+          return [[await envelope.readRange(source, start, end, contextOf(o))]];
+        } finally {
+          await source.close();
+        }
+      });
     });
 
   file
@@ -115,17 +130,19 @@ export function registerFileCommands(program: Command, ctx: CliContext): void {
     .action(async (paths: string[]) => {
       const kms = httpKms(ctx.client());
       if (paths.length === 0) {
-        await transfer(ctx, [ctx.io.stdin, rewrapStream(kms)], undefined);
+        await transfer(ctx, undefined, async () => [ctx.io.stdin, rewrapStream(kms)], "an envelope message");
         return;
       }
       const outcomes = await rewrapFiles(kms, paths);
       await ctx.emit({ files: outcomes }, ({ files }) =>
         files
           .map((f) => {
-            if (f.status === "rewrapped") return `${f.path}: rewrapped, version ${f.from} -> ${f.to}\n`;
-            if (f.status === "current") return `${f.path}: already on version ${f.version}\n`;
-            if (f.status === "not_envelope") return `${f.path}: not an envelope message, left alone\n`;
-            return `${f.path}: failed: ${f.error.code}: ${f.error.message}\n`;
+            // A file name is anyone's choice, and may hold what would drive the terminal.
+            const path = printable(f.path);
+            if (f.status === "rewrapped") return `${path}: rewrapped, version ${f.from} -> ${f.to}\n`;
+            if (f.status === "current") return `${path}: already on version ${f.version}\n`;
+            if (f.status === "not_envelope") return `${path}: not an envelope message, left alone\n`;
+            return `${path}: failed: ${printable(f.error.code)}: ${printable(f.error.message)}\n`;
           })
           .join(""),
       );
@@ -149,51 +166,143 @@ function input(ctx: CliContext, file: string | undefined): Promise<Stage> | Stag
   return file === undefined || file === "-" ? ctx.io.stdin : openInput(file);
 }
 
+/** What the bytes `transfer` writes are, when a terminal must not get them raw. */
+type Binary = "an envelope message" | undefined;
+
 /**
- * Runs `stages` into `to` (a file, or stdout for none or `-`). A file is written
- * beside its destination with mode 0600 and renamed into place only once complete
- * and synced, so a failure leaves no partial output behind.
+ * Runs the stages that `source` builds into `to`, or stdout for none or `-`. Everything
+ * that can be checked about the output is, before `source` is asked for anything (no
+ * KMS call for output that can't be written). A regular file (or a new one) is written
+ * beside its destination with mode 0600 and renamed into place once complete and
+ * synced, so it appears whole or not at all, also when a signal ends the command; a
+ * FIFO or a device is written into, as it is no file to replace. The output is bytes:
+ * with `--json` it must go to a file, and the JSON answer says where and how much.
  */
-/**
- * Runs the stages into `to` (written whole or not at all) or stdout. The output is
- * bytes: with `--json` it must go to a file, and the JSON answer says where and how
- * much.
- */
-async function transfer(ctx: CliContext, stages: Stage[], to: string | undefined): Promise<void> {
+async function transfer(
+  ctx: CliContext,
+  to: string | undefined,
+  source: () => Promise<Stage[]>,
+  binary?: Binary,
+): Promise<void> {
   if (to === undefined || to === "-") {
     if (ctx.json) throw usageError("the output is bytes, not JSON: with --json, write it to --out FILE");
-    await run(...stages, ctx.io.stdout, { end: false });
+    if (binary !== undefined && (ctx.io.stdout as { isTTY?: boolean }).isTTY === true) {
+      throw usageError(`refusing to write ${binary} to a terminal: redirect stdout or give --out FILE`);
+    }
+    await run(...(await source()), ctx.io.stdout, { end: false });
     return;
   }
-  const temp = join(dirname(to), `.${basename(to)}.${randomBytes(6).toString("hex")}.part`);
+  const bytes = (await replaceable(to)) ? await replaceFile(to, source) : await writeInto(to, source);
+  if (ctx.json) await ctx.emit({ out: to, bytes });
+}
+
+/**
+ * Whether `to` is a file to replace: a regular one, or none yet. A FIFO or a device
+ * (`/dev/null`, `/dev/stdout`, followed through its link) is written into instead:
+ * renaming a file over it would put plaintext where a device node was.
+ */
+async function replaceable(to: string): Promise<boolean> {
   try {
-    await run(...stages, createWriteStream(temp, { flags: "wx", mode: 0o600 }));
-    // fsync applies to the file, whichever descriptor asks: the stream has closed its own.
-    await syncPath(temp);
-    await rename(temp, to);
-    await syncPath(dirname(to));
-    if (ctx.json) await ctx.emit({ out: to, bytes: (await stat(to)).size });
+    const found = await stat(to);
+    if (found.isDirectory()) throw new CliError("io_error", `cannot write ${to}: it is a directory`, EXIT_CLIENT);
+    return found.isFile();
   } catch (e) {
-    await rm(temp, { force: true });
-    const code = (e as { code?: unknown }).code;
-    if (code === "ENOENT" || code === "EACCES" || code === "EEXIST" || code === "ENOTDIR") {
-      throw new CliError("io_error", `cannot write ${to}: ${errnoOrMessage(e)}`, EXIT_CLIENT, { cause: e });
-    }
-    throw e;
+    if (e instanceof CliError) throw e;
+    // A missing parent directory is reported by the open that follows.
+    if ((e as { code?: unknown }).code === "ENOENT") return true;
+    throw cannotWrite(to, e);
   }
 }
 
-async function openInput(file: string): Promise<Readable> {
+async function replaceFile(to: string, source: () => Promise<Stage[]>): Promise<number> {
+  const stages = await source();
+  // Short and in the same directory: the destination's own name may already be as long as the file system allows.
+  const temp = join(dirname(to), `.custos-${randomBytes(6).toString("hex")}.part`);
+  // A killed command would leave its partial output (perhaps plaintext) beside the destination.
+  const stopCleanup = cleanUpOnInterrupt(() => rmSync(temp, { force: true }));
+  let handle: FileHandle | undefined;
   try {
-    const handle = await open(file, "r");
+    try {
+      handle = await open(temp, "wx", 0o600);
+    } catch (e) {
+      discard(stages);
+      throw cannotWrite(to, e);
+    }
+    const bytes = await pipeInto(stages, handle, to);
+    try {
+      await handle.sync();
+      await handle.close();
+      handle = undefined;
+      await rename(temp, to);
+      await syncPath(dirname(to));
+    } catch (e) {
+      throw cannotWrite(to, e);
+    }
+    return bytes;
+  } catch (e) {
+    // The first error is the one to report: cleaning up is best effort.
+    await handle?.close().catch(() => {});
+    await rm(temp, { force: true }).catch(() => {});
+    throw e;
+  } finally {
+    stopCleanup();
+  }
+}
+
+async function writeInto(to: string, source: () => Promise<Stage[]>): Promise<number> {
+  const stages = await source();
+  let handle: FileHandle;
+  try {
+    handle = await open(to, "w");
+  } catch (e) {
+    discard(stages);
+    throw cannotWrite(to, e);
+  }
+  try {
+    return await pipeInto(stages, handle, to);
+  } finally {
+    await handle.close().catch(() => {});
+  }
+}
+
+/** Closes what `stages` opened, when they will not run. */
+function discard(stages: Stage[]): void {
+  for (const stage of stages) if ("destroy" in stage && typeof stage.destroy === "function") stage.destroy();
+}
+
+/** Runs `stages` into an open file; a failed write is an `io_error` naming `to`. Returns the bytes written. */
+async function pipeInto(stages: Stage[], handle: FileHandle, to: string): Promise<number> {
+  let total = 0;
+  await run(...stages, async (chunks: AsyncIterable<Buffer>) => {
+    for await (const chunk of chunks) {
+      try {
+        for (let at = 0; at < chunk.length; ) at += (await handle.write(chunk, at)).bytesWritten;
+      } catch (e) {
+        throw cannotWrite(to, e);
+      }
+      total += chunk.length;
+    }
+  });
+  return total;
+}
+
+async function openInput(file: string): Promise<Readable> {
+  let handle: FileHandle | undefined;
+  try {
+    handle = await open(file, "r");
+    // A directory opens, and fails only at the first read, midway through the command.
+    if ((await handle.stat()).isDirectory()) throw Object.assign(new Error("is a directory"), { code: "EISDIR" });
     return handle.createReadStream();
   } catch (cause) {
+    await handle?.close();
     throw usageError(`cannot read ${file}: ${errnoOrMessage(cause)}`, cause);
   }
 }
 
 async function openSource(file: string) {
   try {
+    // As in openInput: a directory would fail only at the first read.
+    if ((await stat(file)).isDirectory()) throw Object.assign(new Error("is a directory"), { code: "EISDIR" });
     return await fileSource(file);
   } catch (cause) {
     throw usageError(`cannot read ${file}: ${errnoOrMessage(cause)}`, cause);

@@ -1,8 +1,8 @@
 /** `custos key …`: create, inspect, rotate and change the state of KMS keys. */
 import { type Command, Option } from "commander";
 import { arg, type CliContext, seg } from "../context.js";
-import { usageError } from "../errors.js";
-import { renderTable } from "../output.js";
+import { printable, usageError } from "../errors.js";
+import { renderRecord, renderTable } from "../output.js";
 import { parseDuration, parseInteger } from "../parse.js";
 
 type Json = Record<string, unknown>;
@@ -18,6 +18,24 @@ const KEY_COLUMNS = [
   "rotationPeriodSeconds",
   "destroyAt",
 ];
+
+/**
+ * A key as `key: value` lines and its versions as a table, each version's public key
+ * (sign keys) after it as the PEM it is: in a table cell its newlines would be
+ * control characters, shown as U+FFFD.
+ */
+export function renderKey(answer: unknown): string {
+  const key = answer as Json;
+  if (!Array.isArray(key.versions)) return renderRecord(key);
+  const versions = key.versions as Json[];
+  let out = renderRecord({ ...key, versions: versions.map(({ publicKeyPem: _pem, ...v }) => v) });
+  for (const v of versions) {
+    if (typeof v.publicKeyPem !== "string") continue;
+    const pem = v.publicKeyPem.split("\n").map(printable).join("\n");
+    out += `\nversion ${printable(String(v.version))} public key:\n${pem.endsWith("\n") ? pem : `${pem}\n`}`;
+  }
+  return out;
+}
 
 /** Registers `key` and its subcommands. */
 export function registerKeyCommands(program: Command, ctx: CliContext): void {
@@ -40,7 +58,7 @@ export function registerKeyCommands(program: Command, ctx: CliContext): void {
         if (o.algorithm !== undefined) body.algorithm = o.algorithm;
         if (o.description !== undefined) body.description = o.description;
         if (o.rotationPeriod !== undefined) body.rotationPeriodSeconds = o.rotationPeriod;
-        await ctx.emit(await ctx.client().request("POST", "/v1/keys", { body }));
+        await ctx.emit(await ctx.client().request("POST", "/v1/keys", { body }), renderKey);
       },
     );
 
@@ -65,14 +83,14 @@ export function registerKeyCommands(program: Command, ctx: CliContext): void {
     .command("show <name>")
     .description("show a key's metadata and versions (never its material)")
     .action(async (name: string): Promise<void> => {
-      await ctx.emit(await ctx.client().request("GET", path(name)));
+      await ctx.emit(await ctx.client().request("GET", path(name)), renderKey);
     });
 
   key
     .command("rotate <name>")
     .description("add a new version and make it the one that encrypts and signs")
     .action(async (name: string): Promise<void> => {
-      await ctx.emit(await ctx.client().request("POST", `${path(name)}/rotate`));
+      await ctx.emit(await ctx.client().request("POST", `${path(name)}/rotate`), renderKey);
     });
 
   key
@@ -104,7 +122,7 @@ export function registerKeyCommands(program: Command, ctx: CliContext): void {
             "nothing to update: give --description, --rotation-period, --no-rotation or --min-decryption-version",
           );
         }
-        await ctx.emit(await ctx.client().request("PATCH", path(name), { body }));
+        await ctx.emit(await ctx.client().request("PATCH", path(name), { body }), renderKey);
       },
     );
 
@@ -116,7 +134,7 @@ export function registerKeyCommands(program: Command, ctx: CliContext): void {
       .command(`${verb} <name>`)
       .description(enabled ? "allow the key to be used again" : "refuse every use of the key until enabled")
       .action(async (name: string): Promise<void> => {
-        await ctx.emit(await ctx.client().request("PATCH", path(name), { body: { enabled } }));
+        await ctx.emit(await ctx.client().request("PATCH", path(name), { body: { enabled } }), renderKey);
       });
   }
 
@@ -128,13 +146,13 @@ export function registerKeyCommands(program: Command, ctx: CliContext): void {
     .action(async (name: string, o: { waiting?: number; now?: boolean }): Promise<void> => {
       if (o.now === true && o.waiting !== undefined) throw usageError("--waiting and --now contradict each other");
       const query = o.now === true ? { immediate: true } : { waitingSeconds: o.waiting };
-      await ctx.emit(await ctx.client().request("DELETE", path(name), { query }));
+      await ctx.emit(await ctx.client().request("DELETE", path(name), { query }), renderKey);
     });
 
   key
     .command("cancel-destruction <name>")
     .description("cancel a scheduled destruction (the key comes back disabled or enabled as the server decides)")
     .action(async (name: string): Promise<void> => {
-      await ctx.emit(await ctx.client().request("POST", `${path(name)}/cancel-destruction`));
+      await ctx.emit(await ctx.client().request("POST", `${path(name)}/cancel-destruction`), renderKey);
     });
 }

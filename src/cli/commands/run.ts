@@ -110,7 +110,7 @@ export function registerRunCommand(program: Command, ctx: CliContext): void {
         .default("signal"),
     )
     .addOption(
-      new Option("--poll <seconds>", "fetch the secrets this often (seconds, or a duration like 5m)")
+      new Option("--poll <seconds>", "fetch the secrets this often (seconds, or a duration like 5m; at most 1d)")
         .argParser(arg(parsePoll))
         .default(30),
     )
@@ -220,8 +220,15 @@ function parseSignal(text: string): NodeJS.Signals {
   return full as NodeJS.Signals;
 }
 
+/** The longest --poll: a day. Longer ones would also overflow the timer that waits them out (about 24.8 days). */
+const MAX_POLL_SECONDS = 86_400;
+
 function parsePoll(text: string): number {
-  return /^\s*\d+\s*$/.test(text) ? parseInteger(text, "--poll", 1, 86_400) : parseDuration(text);
+  if (/^\s*\d+\s*$/.test(text)) return parseInteger(text, "--poll", 1, MAX_POLL_SECONDS);
+  const seconds = parseDuration(text);
+  if (seconds > MAX_POLL_SECONDS)
+    throw usageError(`invalid --poll "${text}": at most 1d (${MAX_POLL_SECONDS} seconds)`);
+  return seconds;
 }
 
 function nonEmpty(value: string | undefined): string | undefined {

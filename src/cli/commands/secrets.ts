@@ -2,7 +2,7 @@
 import type { Command } from "commander";
 import { arg, type CliContext, seg } from "../context.js";
 import { usageError } from "../errors.js";
-import { readInput } from "../io.js";
+import { readText } from "../io.js";
 import { renderRecord, renderTable } from "../output.js";
 import { collect, parseInteger } from "../parse.js";
 
@@ -12,6 +12,9 @@ type Json = Record<string, unknown>;
 function urlPath(path: string): string {
   return path.split("/").map(seg).join("/");
 }
+
+/** The fields of a secret version's answer that `secret get --field` prints. */
+const SECRET_FIELDS: readonly string[] = ["value", "version", "createdAt", "path"];
 
 const version = arg((t: string) => parseInteger(t, "version", 1));
 const casArg = arg((t: string) => parseInteger(t, "cas", 0));
@@ -56,7 +59,7 @@ export function registerSecretCommands(program: Command, ctx: CliContext): void 
       "write a new version; the value comes from stdin (one trailing newline dropped), --from-file (as is) or, " +
         "discouraged (shell history, ps), the command line",
     )
-    .option("--from-file <file>", "read the value from a file, byte for byte")
+    .option("--from-file <file>", "read the value from a file, byte for byte (UTF-8 text)")
     .option("--cas <version>", "check-and-set: the current version must be this (0: must not exist)", casArg)
     .action(async (path: string, value: string | undefined, o: { fromFile?: string; cas?: number }) => {
       if (value !== undefined && o.fromFile !== undefined) throw usageError("give the value or --from-file, not both");
@@ -65,10 +68,10 @@ export function registerSecretCommands(program: Command, ctx: CliContext): void 
         await ctx.note("warning: a value on the command line can leak through shell history and ps; prefer stdin");
         text = value;
       } else if (o.fromFile !== undefined) {
-        text = (await readInput(o.fromFile, ctx.io)).toString("utf8");
+        text = await readText(o.fromFile, ctx.io);
       } else {
         if (ctx.io.stdin.isTTY === true) await ctx.note("reading the value from stdin (end with Ctrl-D)");
-        text = (await readInput(undefined, ctx.io)).toString("utf8").replace(/\r?\n$/, "");
+        text = (await readText(undefined, ctx.io)).replace(/\r?\n$/, "");
       }
       if (text.length === 0) throw usageError("the value is empty");
       const body: Json = { value: text };
@@ -83,13 +86,14 @@ export function registerSecretCommands(program: Command, ctx: CliContext): void 
     .option("--version <n>", "that version", version)
     .option("--field <name>", "print only this field (value, version, createdAt), without a trailing newline")
     .action(async (path: string, o: { version?: number; field?: string }) => {
+      // Before the read: a typo must not decrypt the secret and be audited as a read.
+      if (o.field !== undefined && !SECRET_FIELDS.includes(o.field)) {
+        throw usageError(`unknown field "${o.field}": value, version, createdAt or path`);
+      }
       const a = await ctx.client().request<Json>("GET", `/v1/secrets/data/${urlPath(path)}`, {
         ...(o.version === undefined ? {} : { query: { version: o.version } }),
       });
       if (o.field !== undefined) {
-        if (!["value", "version", "createdAt", "path"].includes(o.field)) {
-          throw usageError(`unknown field "${o.field}": value, version, createdAt or path`);
-        }
         await ctx.out(String(a[o.field]));
         return;
       }

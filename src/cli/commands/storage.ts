@@ -4,13 +4,13 @@
  * atomically, so a kill at any moment leaves every file old or new; a rerun skips the
  * files already done (their headers say so), which is what makes it resumable.
  */
-import { lstat, opendir, rm } from "node:fs/promises";
+import { lstat, opendir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { httpKms, type RewrapOutcome, rewrapFiles, TEMP_FILE } from "../../envelope/index.js";
 import { errnoOrMessage } from "../../errors/index.js";
 import { arg, type CliContext } from "../context.js";
-import { EXIT_CLIENT, usageError } from "../errors.js";
+import { EXIT_CLIENT, printable, usageError } from "../errors.js";
 import { parseInteger } from "../parse.js";
 import { formatBytes, Progress } from "../progress.js";
 
@@ -74,7 +74,10 @@ export function registerStorageCommands(program: Command, ctx: CliContext): void
           ...(s.removedTemporary > 0
             ? [`removed ${s.removedTemporary} temporary files left by an interrupted run`]
             : []),
-          ...s.failures.map((f) => `failed: ${f.path}: ${f.error.code}: ${f.error.message}`),
+          // A file name is anyone's choice, and may hold what would drive the terminal.
+          ...s.failures.map(
+            (f) => `failed: ${printable(f.path)}: ${printable(f.error.code)}: ${printable(f.error.message)}`,
+          ),
           "",
         ].join("\n"),
       );
@@ -83,13 +86,14 @@ export function registerStorageCommands(program: Command, ctx: CliContext): void
 }
 
 /**
- * Every regular file under `dir`, in a stable order. Symbolic links are not followed
- * (renaming over one would replace the link, and it may point outside the tree), and
- * temporary files of an interrupted rewrap are removed.
+ * Every regular file under `dir`, in a stable order. Symbolic links in the tree are
+ * not followed (renaming over one would replace the link, and it may point outside
+ * the tree); `dir` itself may be one, as the tree the caller named. Temporary files
+ * of an interrupted rewrap are removed.
  */
 async function findFiles(dir: string): Promise<Found> {
   try {
-    if (!(await lstat(dir)).isDirectory()) throw usageError(`${dir} is not a directory`);
+    if (!(await stat(dir)).isDirectory()) throw usageError(`${dir} is not a directory`);
   } catch (cause) {
     if ((cause as { code?: unknown }).code === "usage") throw cause;
     throw usageError(`cannot read ${dir}: ${errnoOrMessage(cause)}`, cause);
