@@ -32,6 +32,9 @@ export const PLATFORM_AGENT_POLICY = "platform-agent";
 /** How far a JWT's `nbf` precedes its `iat`: the 60 s the PKI backdates certificates by. */
 const JWT_BACKDATE_SECONDS = 60;
 
+/** The shortest lease an agent may ask for. */
+const MIN_LEASE_SECONDS = 10;
+
 /** The longest lease an agent may ask for at once (a year); it extends it as the instance keeps running. */
 export const MAX_LEASE_SECONDS = 365 * 86_400;
 
@@ -220,8 +223,21 @@ export class Broker {
 
   /** The instance (lapsing it first if its lease has ended); `not_found` for an unknown id. */
   async instance(id: string): Promise<InstanceRecord> {
-    const record = await this.#store.broker.getInstance(checkLabel("instance", id));
+    const record = await this.find(id);
     if (!record) throw new CustosError("not_found", `no instance ${id}`);
+    return this.#lapseIfDue(record);
+  }
+
+  /**
+   * The instance as stored, or undefined: nothing else is done, so that a caller
+   * can be authorised on it before anything happens on its behalf.
+   */
+  find(id: string): Promise<InstanceRecord | undefined> {
+    return this.#store.broker.getInstance(checkLabel("instance", id));
+  }
+
+  /** The instance as it now is: stopped first if its lease has ended. */
+  current(record: InstanceRecord): Promise<InstanceRecord> {
     return this.#lapseIfDue(record);
   }
 
@@ -260,12 +276,25 @@ export class Broker {
     return this.#store.broker.tokenOfInstance(instanceId);
   }
 
-  /** Extends the lease of a live instance to `ttlSeconds` from now. */
+  /**
+   * Extends the lease of a live instance to `ttlSeconds` from now. A lease is never
+   * shortened (`invalid_request`): the certificates and JWTs issued under it end
+   * with it, and one that ended sooner would leave them valid past it for whoever
+   * checks them offline. Deregistering ends it at once and revokes them.
+   */
   async extendLease(actor: Actor, record: InstanceRecord, ttlSeconds: number): Promise<InstanceRecord> {
     const lease = checkLease(ttlSeconds);
     if (record.state === "stopped") throw new CustosError("conflict", `instance ${record.id} is stopped`);
     const now = this.#now();
     const leaseExpiresAt = iso(plusSeconds(now, lease));
+    if (leaseExpiresAt < record.leaseExpiresAt) {
+      const least = Math.max(MIN_LEASE_SECONDS, Math.ceil((Date.parse(record.leaseExpiresAt) - now.getTime()) / 1000));
+      throw new CustosError(
+        "invalid_request",
+        `the lease of instance ${record.id} ends at ${record.leaseExpiresAt} and can only be extended: ` +
+          `ttlSeconds must be at least ${least} (deregister the instance to end it now)`,
+      );
+    }
     await this.#store.broker.extendLease(
       record.id,
       record.revision,
@@ -752,10 +781,13 @@ function checkLease(ttlSeconds: unknown): number {
   if (
     typeof ttlSeconds !== "number" ||
     !Number.isInteger(ttlSeconds) ||
-    ttlSeconds < 10 ||
+    ttlSeconds < MIN_LEASE_SECONDS ||
     ttlSeconds > MAX_LEASE_SECONDS
   ) {
-    throw new CustosError("invalid_request", `ttlSeconds must be an integer from 10 to ${MAX_LEASE_SECONDS}`);
+    throw new CustosError(
+      "invalid_request",
+      `ttlSeconds must be an integer from ${MIN_LEASE_SECONDS} to ${MAX_LEASE_SECONDS}`,
+    );
   }
   return ttlSeconds;
 }

@@ -129,10 +129,9 @@ export class Platform {
   readonly #now: () => Date;
   #instanceCounter: InstanceCounter | undefined;
   /**
-   * App creations and space deletions, one at a time. An app's key is made before
-   * its record: a space deleted in between would fail the record, and the key,
-   * destroyed since a destroyed key can't be removed, would hold the app's name for
-   * good.
+   * App creations, app deletions and space deletions, one at a time. An app's
+   * record is written before its key is made, and a deletion in between would find
+   * no key to destroy and leave the key, made after it, with no app.
    */
   readonly #structure = new KeyedSerial();
 
@@ -247,6 +246,10 @@ export class Platform {
    * Creates the app and its KMS key `app.<org>.<space>.<app>` (AES-256, encrypt).
    * `conflict` if the app or a key of that name exists (the key of a deleted app
    * stays, destroyed, and keeps its name).
+   *
+   * The record goes first, then the key: a refused record (an owner or the space
+   * deleted meanwhile) leaves nothing behind, where a key made first would have to
+   * be destroyed and would hold the app's name for good.
    */
   async createApp(actor: Actor, ref: AppRef, owners: OwnersInput = {}): Promise<AppView> {
     const r = checkAppRef(ref);
@@ -263,22 +266,8 @@ export class Platform {
       throw new CustosError("conflict", `app ${appPath(r)} already exists`);
     }
     const keyName = appKeyName(r.org, r.space, r.app);
-    try {
-      await this.#kms.createKey(actor, {
-        name: keyName,
-        purpose: "encrypt",
-        algorithm: "aes-256-gcm",
-        description: `secrets of app ${appPath(r)}`,
-      });
-    } catch (e) {
-      if (isCustosError(e, "conflict")) {
-        throw new CustosError(
-          "conflict",
-          `a key named ${keyName} exists already (a deleted app's key keeps its name); choose another app name`,
-        );
-      }
-      throw e;
-    }
+    // Cheap early answer before the record is written; createKey's unique name is what decides.
+    if ((await this.#store.getKey(keyName)) !== undefined) throw keyNameTaken(keyName);
     const now = this.#now().toISOString();
     const app: App = { id: randomUUID(), ...r, keyName, ...ids, createdAt: now, updatedAt: now, revision: 1 };
     const names = await this.#ownerNames();
@@ -289,8 +278,20 @@ export class Platform {
         auditEntry(actor, "platform.app.create", appResource(r), { app: appPath(r), keyName, owners: view.owners }),
       );
     } catch (e) {
-      await this.#shredQuietly(actor, keyName, e);
+      // An owner deleted since it was looked up fails the record's foreign key: answer as if it had been first.
+      if (isCustosError(e, "invalid_request")) await this.#resolveOwners(owners);
       throw e;
+    }
+    try {
+      await this.#kms.createKey(actor, {
+        name: keyName,
+        purpose: "encrypt",
+        algorithm: "aes-256-gcm",
+        description: `secrets of app ${appPath(r)}`,
+      });
+    } catch (e) {
+      await this.#withdrawQuietly(actor, app, e);
+      throw isCustosError(e, "conflict") ? keyNameTaken(keyName) : e;
     }
     return view;
   }
@@ -320,27 +321,30 @@ export class Platform {
   }
 
   /**
-   * Deletes the app: its key is destroyed first (so its secrets are unrecoverable
-   * even if the rest fails), then the app, owners, secrets and grants go in one
-   * transaction.
+   * Deletes the app: `conflict` while it has live instances. It is marked first, in
+   * the transaction that finds no live instance, so that no instance can be
+   * registered from then on; its key is destroyed next (so its secrets are
+   * unrecoverable even if the rest fails), then the app, owners, secrets and grants
+   * go in one transaction. A deletion that fails half-way leaves the app marked
+   * (taking no instances): deleting it again finishes it.
    */
   async deleteApp(actor: Actor, ref: AppRef): Promise<void> {
-    const app = await this.getApp(ref);
-    // Checked before the key goes: running instances would lose their secrets under them.
-    const counts = (await this.#instanceCounter?.(app)) ?? {};
-    const live = (counts.registered ?? 0) + (counts.running ?? 0);
-    if (live > 0) {
-      throw new CustosError("conflict", `app ${appPath(app)} has ${live} live instances: deregister them first`);
-    }
-    try {
-      await this.#kms.destroyKey(actor, app.keyName);
-    } catch (e) {
-      if (!isCustosError(e, "not_found")) throw e;
-    }
-    await this.#store.platform.deleteApp(
-      app.id,
-      auditEntry(actor, "platform.app.delete", appResource(app), { app: appPath(app), keyName: app.keyName }),
-    );
+    const r = checkAppRef(ref);
+    await this.#structure.run(STRUCTURE, async () => {
+      const app = await this.getApp(r);
+      // Stops the instances whose lease has lapsed, which would otherwise count as live.
+      await this.#instanceCounter?.(app);
+      await this.#store.platform.beginDeleteApp(app.id, this.#now().toISOString());
+      try {
+        await this.#kms.destroyKey(actor, app.keyName);
+      } catch (e) {
+        if (!isCustosError(e, "not_found")) throw e;
+      }
+      await this.#store.platform.deleteApp(
+        app.id,
+        auditEntry(actor, "platform.app.delete", appResource(app), { app: appPath(app), keyName: app.keyName }),
+      );
+    });
   }
 
   // ---- helpers ----------------------------------------------------------------
@@ -353,21 +357,22 @@ export class Platform {
     }
     // Names are looked up as the auth module stores them: ASCII, folded to lower case.
     const stored = (name: unknown) => (typeof name === "string" ? tryNormalizeName(name) : undefined);
-    const ownerUsers: string[] = [];
+    // Sets: two spellings of one name ("admin", "ADMIN") are one owner, as the store keeps them.
+    const ownerUsers = new Set<string>();
     for (const name of users) {
       const folded = stored(name);
       const user = folded === undefined ? undefined : await this.#store.getUserByName(folded);
       if (user === undefined) throw new CustosError("invalid_request", `owner: no user named ${String(name)}`);
-      ownerUsers.push(user.id);
+      ownerUsers.add(user.id);
     }
-    const ownerGroups: string[] = [];
+    const ownerGroups = new Set<string>();
     for (const name of groups) {
       const folded = stored(name);
       const group = folded === undefined ? undefined : await this.#store.getGroupByName(folded);
       if (group === undefined) throw new CustosError("invalid_request", `owner: no group named ${String(name)}`);
-      ownerGroups.push(group.id);
+      ownerGroups.add(group.id);
     }
-    return { ownerUsers, ownerGroups };
+    return { ownerUsers: [...ownerUsers], ownerGroups: [...ownerGroups] };
   }
 
   /** Names of users and groups by id, for showing owners. */
@@ -395,16 +400,37 @@ export class Platform {
   }
 
   /**
-   * A key made for an app whose record was certainly not written is destroyed: it
-   * protects nothing. After an ambiguous failure the app may exist, so the key stays.
+   * Removes the record of an app whose key could not be made, so that the name is
+   * free again. The store says whether the failure made one after all (a commit
+   * whose sync failed): then, or when the store can't say, the app stays (and can
+   * be deleted); an instance registered meanwhile keeps it too.
    */
-  async #shredQuietly(actor: Actor, keyName: string, cause: unknown): Promise<void> {
-    const certain = isCustosError(cause, "conflict") || isCustosError(cause, "not_found");
-    if (!certain && !isCustosError(cause, "invalid_request")) return;
+  async #withdrawQuietly(actor: Actor, app: App, cause: unknown): Promise<void> {
+    const made =
+      !isCustosError(cause, "conflict") &&
+      (await this.#store.getKey(app.keyName).then(
+        (key) => key !== undefined,
+        () => true,
+      ));
+    if (made) return;
     try {
-      await this.#kms.destroyKey(actor, keyName);
+      await this.#store.platform.deleteApp(
+        app.id,
+        auditEntry(actor, "platform.app.delete", appResource(app), {
+          app: appPath(app),
+          keyName: app.keyName,
+          reason: "its key could not be made",
+        }),
+      );
     } catch {
-      // The store's error is the one the caller must see.
+      // The key's error is the one the caller must see.
     }
   }
+}
+
+function keyNameTaken(keyName: string): CustosError {
+  return new CustosError(
+    "conflict",
+    `a key named ${keyName} exists already (a deleted app's key keeps its name); choose another app name`,
+  );
 }

@@ -66,7 +66,10 @@ export interface IssuedCredentials {
 }
 
 export interface BrokerStore {
-  /** `conflict` if the id was ever used. */
+  /**
+   * `conflict` if the id was ever used or the app is being deleted; `not_found` if
+   * the app (`instance.appId`) is gone.
+   */
   register(instance: InstanceRecord, token: BootstrapTokenRecord, audit: AuditEntry): Promise<void>;
   getInstance(id: string): Promise<InstanceRecord | undefined>;
   getToken(id: string): Promise<BootstrapTokenRecord | undefined>;

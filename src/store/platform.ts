@@ -28,7 +28,16 @@ export interface PlatformStore {
   appsOwnedBy(userIds: readonly string[], groupIds: readonly string[]): Promise<AppRecord[]>;
   /** Replaces the owners; `app.revision` must be `expectedRevision + 1`. */
   updateApp(app: AppRecord, expectedRevision: number, audit: AuditEntry): Promise<void>;
-  /** Deletes the app, its owners, its secrets (every version) and its grants. */
+  /**
+   * Marks the app as being deleted, in the transaction that finds it has no live
+   * instance (`conflict` if it has one; `not_found` if it is gone): from then on the
+   * broker registers no instance of it. Marking it again is harmless.
+   */
+  beginDeleteApp(id: string, at: string): Promise<void>;
+  /**
+   * Deletes the app, its owners, its secrets (every version) and its grants;
+   * `conflict` while it has a live instance.
+   */
   deleteApp(id: string, audit: AuditEntry): Promise<void>;
 }
 

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { isCustosError } from "../../src/errors/index.js";
+import { Platform } from "../../src/platform/index.js";
+import type { AuditEntry, BootstrapTokenRecord, InstanceRecord } from "../../src/store/index.js";
 import { admin, openPlatformFixture, type PlatformFixture } from "./setup.js";
 
 describe("platform model", () => {
@@ -107,6 +109,77 @@ describe("platform model", () => {
     assert.deepEqual(rec?.details.after, { owners: { users: ["carl"], groups: [] } });
   });
 
+  test("an owner deleted after it was looked up: the creation is refused as if it had gone first, and the name stays free", async () => {
+    await f.user("leaver");
+    let deletion: Promise<void> | undefined;
+    const platform = new Platform({
+      store: f.store,
+      kms: f.kms,
+      // Read once the owners are looked up, before the app is written: the user's deletion is queued then.
+      clock: () => {
+        deletion ??= f.store.deleteUser("u-leaver", setupEntry("user.delete", "user/leaver"));
+        return new Date();
+      },
+    });
+    const ref = { org: "acme", space: "prod", app: "left" };
+    await assert.rejects(
+      platform.createApp(admin, ref, { users: ["leaver"] }),
+      (e) => isCustosError(e, "invalid_request") && e.message === "owner: no user named leaver",
+    );
+    assert.ok(deletion, "control: the user was deleted in between");
+    await deletion;
+    await assert.rejects(f.kms.getKey(admin, "app.acme.prod.left"), (e) => isCustosError(e, "not_found"));
+    const again = await f.platform.createApp(admin, ref);
+    assert.equal(again.keyName, "app.acme.prod.left");
+    assert.equal((await f.kms.getKey(admin, "app.acme.prod.left")).state, "enabled");
+    await f.platform.deleteApp(admin, ref);
+  });
+
+  test("an app is made after its record: a key of its name made meanwhile refuses it and leaves no app", async () => {
+    const ref = { org: "acme", space: "prod", app: "taken" };
+    await f.kms.createKey(admin, { name: "app.acme.prod.taken", purpose: "encrypt" });
+    await assert.rejects(
+      f.platform.createApp(admin, ref),
+      (e) => isCustosError(e, "conflict") && /keeps its name/.test(e.message),
+    );
+    await assert.rejects(f.platform.getApp(ref), (e) => isCustosError(e, "not_found"));
+    assert.equal(
+      (await f.kms.getKey(admin, "app.acme.prod.taken")).state,
+      "enabled",
+      "someone else's key is left alone",
+    );
+  });
+
+  test("owner names that fold to one are one owner, in the answer, the record and the audit", async () => {
+    const ref = { org: "acme", space: "prod", app: "folded" };
+    const view = await f.platform.createApp(admin, ref, {
+      users: ["ann", "ANN", "Ann"],
+      groups: ["web-team", "WEB-TEAM"],
+    });
+    assert.deepEqual(view.owners, { users: ["ann"], groups: ["web-team"] });
+    const app = await f.platform.getApp(ref);
+    assert.deepEqual([app.ownerUsers, app.ownerGroups], [["u-ann"], ["g-web-team"]]);
+    const [created] = (await f.records("platform.app.create")).slice(-1);
+    assert.deepEqual(created?.details.owners, view.owners);
+    await f.platform.deleteApp(admin, ref);
+  });
+
+  test("a live instance blocks the app's deletion before its key goes; a deletion begun takes no new instance", async () => {
+    const ref = { org: "acme", space: "prod", app: "busy" };
+    const { id: appId } = await f.platform.createApp(admin, ref);
+    const register = (id: string) => f.store.broker.register(...instanceOf(id, appId));
+    await register("busy-1");
+    await assert.rejects(f.platform.deleteApp(admin, ref), (e) => isCustosError(e, "conflict"));
+    assert.equal((await f.kms.getKey(admin, "app.acme.prod.busy")).state, "enabled", "the key stays with its app");
+    await f.store.broker.stop("busy-1", new Date().toISOString(), "deregistered", setupEntry("broker.deregister", ""));
+    // The first step of a deletion, as a deletion interrupted after it leaves the app.
+    await f.store.platform.beginDeleteApp(appId, new Date().toISOString());
+    await assert.rejects(register("busy-2"), (e) => isCustosError(e, "conflict") && /being deleted/.test(e.message));
+    await f.platform.deleteApp(admin, ref);
+    await assert.rejects(register("busy-3"), (e) => isCustosError(e, "not_found"));
+    assert.equal(await f.store.broker.getInstance("busy-2"), undefined);
+  });
+
   test("deleting the app destroys its key; then the space and org can go", async () => {
     await f.platform.deleteApp(admin, { org: "acme", space: "prod", app: "web" });
     const key = await f.kms.getKey(admin, "app.acme.prod.web");
@@ -119,3 +192,50 @@ describe("platform model", () => {
     assert.deepEqual(await f.platform.listOrgs(), []);
   });
 });
+
+function setupEntry(action: string, resource: string): AuditEntry {
+  return {
+    time: new Date().toISOString(),
+    requestId: "setup",
+    principal: "system",
+    source: "local",
+    action,
+    resource,
+    outcome: "success",
+    errorCode: null,
+    details: {},
+  };
+}
+
+/** A registered instance of acme/prod/busy as the broker writes it, with its token and audit record. */
+function instanceOf(id: string, appId: string): [InstanceRecord, BootstrapTokenRecord, AuditEntry] {
+  const now = new Date();
+  const at = now.toISOString();
+  return [
+    {
+      id,
+      org: "acme",
+      space: "prod",
+      app: "busy",
+      appId,
+      state: "registered",
+      leaseExpiresAt: new Date(now.getTime() + 3_600_000).toISOString(),
+      registeredBy: "token:agent",
+      createdAt: at,
+      updatedAt: at,
+      stoppedAt: null,
+      stopReason: null,
+      revision: 1,
+    },
+    {
+      id: `tok-${id}`,
+      instanceId: id,
+      hash: `hash-${id}`,
+      createdAt: at,
+      expiresAt: at,
+      state: "unused",
+      usedAt: null,
+    },
+    setupEntry("broker.register", `instance/acme/prod/busy/${id}`),
+  ];
+}

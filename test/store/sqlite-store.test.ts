@@ -60,6 +60,7 @@ describe("opening", () => {
       { version: 4, name: "broker" },
       { version: 5, name: "ssh" },
       { version: 6, name: "token-parent" },
+      { version: 7, name: "app-deleting" },
     ]);
     for (const t of [
       "settings",

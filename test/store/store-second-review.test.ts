@@ -266,6 +266,24 @@ describe("a failing operation inside a batch", () => {
     const store = await SqliteStore.open(tmp.path("multi-audit.db"));
     const at = "2025-01-01T00:00:00.000Z";
     const instanceId = "i-1";
+    // An instance is registered only for an app that exists.
+    await store.platform.createOrg({ name: "acme", createdAt: at }, entry("platform.org.create"));
+    await store.platform.createSpace({ org: "acme", name: "prod", createdAt: at }, entry("platform.space.create"));
+    await store.platform.createApp(
+      {
+        id: "app-web",
+        org: "acme",
+        space: "prod",
+        name: "web",
+        keyName: "app.acme.prod.web",
+        ownerUsers: [],
+        ownerGroups: [],
+        createdAt: at,
+        updatedAt: at,
+        revision: 1,
+      },
+      entry("platform.app.create"),
+    );
     await store.broker.register(
       {
         id: instanceId,
@@ -307,7 +325,7 @@ describe("a failing operation inside a batch", () => {
     ]);
     assert.equal(exchange?.status, "rejected");
     assert.equal(next?.status, "fulfilled");
-    assert.equal(next.status === "fulfilled" && next.value.seq, 2, "the rolled-back records took no seq");
+    assert.equal(next.status === "fulfilled" && next.value.seq, 5, "the rolled-back records took no seq");
     assert.equal((await store.broker.getToken("tok-1"))?.state, "unused", "the token was not consumed");
     assert.equal((await store.broker.getInstance(instanceId))?.state, "registered");
     // The exchange, done again correctly, is not refused as a replay.
@@ -317,7 +335,7 @@ describe("a failing operation inside a batch", () => {
       jwt,
       audits: [entry("broker.exchange")],
     });
-    assert.equal(await assertChainIntact(store), 3);
+    assert.equal(await assertChainIntact(store), 6);
     await store.close();
   });
 });

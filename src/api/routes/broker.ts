@@ -9,6 +9,7 @@ import {
   type RegisterInput,
   type RequestInfo,
 } from "../../broker/index.js";
+import { CustosError } from "../../errors/index.js";
 import { MAX_CSR_BYTES } from "../../pki/index.js";
 import { type ApiDeps, authorize } from "../app.js";
 import { actorOf } from "../context.js";
@@ -79,6 +80,24 @@ export function brokerRoutes(deps: ApiDeps): FastifyPluginAsync {
     }
   };
 
+  /**
+   * The instance `:id` for an agent allowed `action` on it, as it now is (lapsed if
+   * due: only then). Like the platform's app routes, a caller may not tell an id it
+   * has no rights over from an unknown one: `forbidden` either way. An unknown id is
+   * checked with `*` for its org, space and app, which only a policy covering that
+   * id in every org, space and app allows, and only then answers `not_found`.
+   */
+  const authorizedInstance = async (
+    req: FastifyRequest<Id>,
+    action: "instance:read" | "instance:register" | "instance:deregister",
+  ) => {
+    const record = await broker.find(req.params.id);
+    const names = record ?? { org: "*", space: "*", app: "*", id: req.params.id };
+    authorize(deps, req, action, instanceResource({ ...names, instance: names.id }));
+    if (record === undefined) throw new CustosError("not_found", `no instance ${req.params.id}`);
+    return broker.current(record);
+  };
+
   return async (app) => {
     // ---- platform agents ---------------------------------------------------------
 
@@ -105,9 +124,7 @@ export function brokerRoutes(deps: ApiDeps): FastifyPluginAsync {
     );
 
     app.get<Id>("/v1/broker/instances/:id", { schema: { params: idParam } }, async (req) => {
-      const record = await broker.instance(req.params.id);
-      authorize(deps, req, "instance:read", instanceResource({ ...record, instance: record.id }));
-      return broker.view(record);
+      return broker.view(await authorizedInstance(req, "instance:read"));
     });
 
     app.post<Id & { Body: { ttlSeconds: number } }>(
@@ -120,9 +137,8 @@ export function brokerRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        const record = await broker.instance(req.params.id);
         // Extending a lease keeps an instance registered: the agent's register right.
-        authorize(deps, req, "instance:register", instanceResource({ ...record, instance: record.id }));
+        const record = await authorizedInstance(req, "instance:register");
         return broker.view(await broker.extendLease(actorOf(req), record, req.body.ttlSeconds));
       },
     );
@@ -131,8 +147,7 @@ export function brokerRoutes(deps: ApiDeps): FastifyPluginAsync {
       "/v1/broker/instances/:id",
       { config: { serviceAudits: true }, schema: { params: idParam } },
       async (req) => {
-        const record = await broker.instance(req.params.id);
-        authorize(deps, req, "instance:deregister", instanceResource({ ...record, instance: record.id }));
+        const record = await authorizedInstance(req, "instance:deregister");
         return broker.view(await broker.deregister(actorOf(req), record));
       },
     );

@@ -143,6 +143,16 @@ export function brokerStore(area: Area): BrokerStore {
         if (getInstance(sql, instance.id) !== undefined) {
           throw new CustosError("conflict", `instance id ${instance.id} is taken (ids are never reused)`);
         }
+        // Checked here, in the transaction, against the app's deletion (see the platform store's beginDeleteApp).
+        const path = `${instance.org}/${instance.space}/${instance.app}`;
+        const app = sql.get<{ deleting_since: string | null }>(
+          "SELECT deleting_since FROM platform_apps WHERE id = ?",
+          instance.appId,
+        );
+        if (app === undefined) throw new CustosError("not_found", `app ${path} not found`);
+        if (app.deleting_since !== null) {
+          throw new CustosError("conflict", `app ${path} is being deleted: it takes no new instances`);
+        }
         sql.run(
           `INSERT INTO broker_instances (id, org, space, app, app_id, state, lease_expires_at, registered_by,
              created_at, updated_at, stopped_at, stop_reason, revision)

@@ -6,6 +6,13 @@ import { migrations as allMigrations, type Migration } from "./migrations/index.
 /** The longest a read or a checkpoint may wait for another process's lock. Writes never wait in SQLite: they retry from a timer until their deadline. */
 export const MAX_BUSY_TIMEOUT_MS = 250;
 
+/**
+ * How long opening waits for another process's lock: two processes opening a new
+ * database migrate it one after the other, each migration an fsynced transaction,
+ * which on a loaded disk takes longer than a request may wait. Opening blocks anyway.
+ */
+const OPEN_BUSY_TIMEOUT_MS = 10_000;
+
 const PRIVATE_MODE = 0o600;
 
 /** The database file and the two files SQLite keeps beside it in WAL mode. */
@@ -37,7 +44,7 @@ export function openDatabase(path: string, busyTimeoutMs: number): Database.Data
       closeSync(openSync(path, "a", PRIVATE_MODE));
       restrictFileModes(path);
     }
-    db = new Database(path, { timeout: busyTimeoutMs });
+    db = new Database(path, { timeout: OPEN_BUSY_TIMEOUT_MS });
   } catch (e) {
     throw new CustosError("store_unavailable", "cannot open the database", { cause: e });
   }
@@ -45,10 +52,10 @@ export function openDatabase(path: string, busyTimeoutMs: number): Database.Data
     db.pragma("journal_mode = WAL");
     db.pragma("synchronous = FULL");
     db.pragma("foreign_keys = ON");
-    db.pragma(`busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
     // Free pages are zeroed, so deleted rows (wrapped keys, hashes) don't linger in the file.
     db.pragma("secure_delete = ON");
     migrate(db, allMigrations);
+    db.pragma(`busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
     // From here on, COMMIT leaves the WAL fsync to the write queue, which runs it off the main thread.
     db.pragma("synchronous = NORMAL");
     if (!inMemory) {

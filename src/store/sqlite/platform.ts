@@ -126,13 +126,17 @@ export function platformStore(area: Area): PlatformStore {
         insertOwners(sql, app);
         record(audit);
       }),
+    beginDeleteApp: (id, at) =>
+      area.write((sql) => {
+        checkDeletable(sql, id);
+        sql.run("UPDATE platform_apps SET deleting_since = coalesce(deleting_since, ?) WHERE id = ?", at, id);
+      }),
     deleteApp: (id, audit) =>
       area.write((sql, record) => {
+        checkDeletable(sql, id);
         // Versions first so that secure_delete overwrites every ciphertext page now, not at a later vacuum.
         sql.run("DELETE FROM secret_versions WHERE path IN (SELECT path FROM secrets WHERE app_id = ?)", id);
-        if (sql.run("DELETE FROM platform_apps WHERE id = ?", id).changes === 0) {
-          throw new CustosError("not_found", "app not found");
-        }
+        sql.run("DELETE FROM platform_apps WHERE id = ?", id);
         // SSH sudo grants keep the app's name for their history, so nothing cascades to them: end the live ones
         // here, or they would stay listed as active and count as rights of their holders. Its instances are
         // already deregistered, so no certificate issued under them reaches anything.
@@ -147,6 +151,30 @@ export function platformStore(area: Area): PlatformStore {
         record(ended.length === 0 ? audit : { ...audit, details: { ...audit.details, sshSudoGrantsEnded: ended } });
       }),
   };
+}
+
+/**
+ * `not_found` for an app that is gone; `conflict` while it has an instance that is
+ * not stopped: its secrets and key would go from under it. The broker's
+ * registration checks the app in its own transaction, so of a registration and this
+ * check exactly one sees the other.
+ */
+function checkDeletable(sql: Sql, id: string): void {
+  const app = sql.get<{ org: string; space: string; name: string }>(
+    "SELECT org, space, name FROM platform_apps WHERE id = ?",
+    id,
+  );
+  if (app === undefined) throw new CustosError("not_found", "app not found");
+  const live = sql.get<{ n: number }>(
+    "SELECT count(*) AS n FROM broker_instances WHERE app_id = ? AND state != 'stopped'",
+    id,
+  );
+  if (live !== undefined && live.n > 0) {
+    throw new CustosError(
+      "conflict",
+      `app ${app.org}/${app.space}/${app.name} has ${live.n} live instances: deregister them first`,
+    );
+  }
 }
 
 interface OrgRow {

@@ -4,6 +4,7 @@ import { platformSecretsSchema } from "./003-platform-secrets.js";
 import { brokerSchema } from "./004-broker.js";
 import { sshSchema } from "./005-ssh.js";
 import { tokenParentSchema } from "./006-token-parent.js";
+import { appDeletingSchema } from "./007-app-deleting.js";
 import type { Migration } from "./types.js";
 
 export type { Migration } from "./types.js";
@@ -16,4 +17,5 @@ export const migrations: readonly Migration[] = [
   brokerSchema,
   sshSchema,
   tokenParentSchema,
+  appDeletingSchema,
 ];
