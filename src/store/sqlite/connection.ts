@@ -1,6 +1,7 @@
 import { chmodSync, closeSync, existsSync, openSync } from "node:fs";
 import Database from "better-sqlite3";
 import { CustosError } from "../../errors/index.js";
+import { isBusy } from "./errors.js";
 import { migrations as allMigrations, type Migration } from "./migrations/index.js";
 
 /** The longest a read or a checkpoint may wait for another process's lock. Writes never wait in SQLite: they retry from a timer until their deadline. */
@@ -49,12 +50,14 @@ export function openDatabase(path: string, busyTimeoutMs: number): Database.Data
     throw new CustosError("store_unavailable", "cannot open the database", { cause: e });
   }
   try {
-    db.pragma("journal_mode = WAL");
     db.pragma("synchronous = FULL");
     db.pragma("foreign_keys = ON");
     // Free pages are zeroed, so deleted rows (wrapped keys, hashes) don't linger in the file.
     db.pragma("secure_delete = ON");
-    migrate(db, allMigrations);
+    retryWhileBusy(() => {
+      db.pragma("journal_mode = WAL");
+      migrate(db, allMigrations);
+    });
     db.pragma(`busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
     // From here on, COMMIT leaves the WAL fsync to the write queue, which runs it off the main thread.
     db.pragma("synchronous = NORMAL");
@@ -68,6 +71,27 @@ export function openDatabase(path: string, busyTimeoutMs: number): Database.Data
     throw new CustosError("store_unavailable", "cannot prepare the database", { cause: e });
   }
   return db;
+}
+
+/**
+ * Runs `step` (which must be safe to run again) until it is not refused as busy, for
+ * up to OPEN_BUSY_TIMEOUT_MS. SQLite's busy handler covers most waits, but not all:
+ * on a new database, a connection that would deadlock (switching to WAL, a reader
+ * that must write) is answered SQLITE_BUSY at once, and several processes opening
+ * the same new database meet exactly that. Opening is synchronous, so the pause is.
+ */
+function retryWhileBusy(step: () => void): void {
+  const deadline = Date.now() + OPEN_BUSY_TIMEOUT_MS;
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (let wait = 5; ; wait = Math.min(100, wait * 2)) {
+    try {
+      step();
+      return;
+    } catch (e) {
+      if (!isBusy(e) || Date.now() >= deadline) throw e;
+      Atomics.wait(pause, 0, 0, wait);
+    }
+  }
 }
 
 /** Retries of a checkpoint that found the WAL in use: the first after a second, then doubling up to a minute. */
