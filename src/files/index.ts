@@ -158,7 +158,7 @@ async function copyOf(path: string): Promise<string | undefined> {
 
 /** Writes `data` to a new temporary file beside `path`, created with `mode`, fsynced; returns its path. */
 async function writeTemp(path: string, data: string | Uint8Array, mode: number): Promise<string> {
-  const temp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.tmp`);
+  const temp = join(dirname(path), tempName(basename(path), "tmp"));
   try {
     const handle = await open(temp, "wx", mode);
     try {
@@ -173,4 +173,18 @@ async function writeTemp(path: string, data: string | Uint8Array, mode: number):
     await rm(temp, { force: true });
     throw e;
   }
+}
+
+/** The longest file name most file systems take, in bytes. */
+const NAME_MAX = 255;
+
+/**
+ * A hidden name beside `name` for its next contents: `.<name>.<random>.<suffix>`, which
+ * says whose it is should a crash leave it, or `.custos-<random>.<suffix>` when that
+ * would pass NAME_MAX (a target's name may itself be up to 255 bytes).
+ */
+export function tempName(name: string, suffix: string): string {
+  const random = randomBytes(6).toString("hex");
+  const beside = `.${name}.${random}.${suffix}`;
+  return Buffer.byteLength(beside) <= NAME_MAX ? beside : `.custos-${random}.${suffix}`;
 }

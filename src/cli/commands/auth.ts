@@ -30,6 +30,16 @@ export function reserveTokenFile(destination: string | undefined | null): Reserv
   return destination === undefined || destination === null ? null : reservePrivateFile(destination);
 }
 
+/** Waits for the request that issues a token bound for `reserved`; if it fails, the file is released. */
+export async function issuing<T>(reserved: ReservedFile | null, request: Promise<T>): Promise<T> {
+  try {
+    return await request;
+  } catch (e) {
+    reserved?.release();
+    throw e;
+  }
+}
+
 /** How `keepToken` undoes an issue: what it did when it worked, and the command to run when it didn't. */
 export interface Revocation {
   readonly done: string;
@@ -145,13 +155,7 @@ export function registerAuthCommands(program: Command, ctx: CliContext): void {
       if (o.policy !== undefined) body.policies = o.policy;
       if (o.ttl !== undefined) body.ttlSeconds = o.ttl;
       const reserved = reserveTokenFile(destination);
-      const answer = await ctx
-        .client()
-        .request<Json>("POST", "/v1/auth/tokens", { body })
-        .catch((e: unknown) => {
-          reserved?.release();
-          throw e;
-        });
+      const answer = await issuing(reserved, ctx.client().request<Json>("POST", "/v1/auth/tokens", { body }));
       if (reserved !== null) await keepToken(reserved, String(answer.token), revokeToken(ctx, answer));
       await ctx.emit(reserved === null ? answer : withoutToken(answer));
     });

@@ -3,7 +3,7 @@ import type { Command } from "commander";
 import { arg, type CliContext, seg } from "../context.js";
 import { renderRecord } from "../output.js";
 import { checkInstance, parseAppRef, parseDuration } from "../parse.js";
-import { keepToken, reserveTokenFile, revokeToken } from "./auth.js";
+import { issuing, keepToken, reserveTokenFile, revokeToken } from "./auth.js";
 
 type Json = Record<string, unknown>;
 
@@ -27,13 +27,7 @@ export function registerBrokerCommands(program: Command, ctx: CliContext): void 
       if (o.ttl !== undefined) body.ttlSeconds = o.ttl;
       // Opened before the token exists: one that can't be kept is never issued.
       const reserved = reserveTokenFile(o.tokenFile);
-      const answer = await ctx
-        .client()
-        .request<Json>("POST", "/v1/auth/tokens", { body })
-        .catch((e: unknown) => {
-          reserved?.release();
-          throw e;
-        });
+      const answer = await issuing(reserved, ctx.client().request<Json>("POST", "/v1/auth/tokens", { body }));
       const token = String(answer.token);
       if (reserved !== null) {
         await keepToken(reserved, token, revokeToken(ctx, answer));
@@ -55,13 +49,7 @@ export function registerBrokerCommands(program: Command, ctx: CliContext): void 
       const body: Json = { ...parseAppRef(appText), instance: checkInstance(instance) };
       if (o.ttl !== undefined) body.ttlSeconds = o.ttl;
       const reserved = reserveTokenFile(o.tokenFile);
-      const answer = await ctx
-        .client()
-        .request<Json>("POST", "/v1/broker/instances", { body })
-        .catch((e: unknown) => {
-          reserved?.release();
-          throw e;
-        });
+      const answer = await issuing(reserved, ctx.client().request<Json>("POST", "/v1/broker/instances", { body }));
       const token = String(answer.bootstrapToken);
       const { bootstrapToken: _t, ...rest } = answer;
       if (reserved !== null) {

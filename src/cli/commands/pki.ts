@@ -4,12 +4,11 @@
  * `issue` writes them to a 0600 file, or prints them only when `--json` asks for
  * the raw answer.
  */
-import { randomBytes } from "node:crypto";
 import { open, rename, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { type Command, Option } from "commander";
 import { errnoOrMessage } from "../../errors/index.js";
-import { syncPath } from "../../files/index.js";
+import { syncPath, tempName } from "../../files/index.js";
 import { KEY_TYPES, REVOCATION_REASONS } from "../../pki/index.js";
 import { arg, type CliContext, seg } from "../context.js";
 import { CliError, EXIT_CLIENT, EXIT_SERVER, usageError } from "../errors.js";
@@ -63,7 +62,7 @@ interface PendingFile {
  * are never in a file someone else made or with a wider mode) and synced.
  */
 async function stage(to: string, data: string, mode: number): Promise<PendingFile> {
-  const temp = join(dirname(to), `.${basename(to)}.${randomBytes(6).toString("hex")}.part`);
+  const temp = join(dirname(to), tempName(basename(to), "part"));
   try {
     const handle = await open(temp, "wx", mode);
     try {
