@@ -127,6 +127,47 @@ export function httpsRaw(o: {
   });
 }
 
+/** A binary answer: its status, content type and bytes (CRLs, OCSP, DER). */
+export interface RawAnswer {
+  readonly status: number;
+  readonly type: string;
+  readonly body: Buffer;
+}
+
+/** GET `path` (or POST `post.body` as `post.type`) from a running Custos, the answer's bytes untouched. */
+export function fetchRaw(
+  custos: CustosInstance,
+  path: string,
+  post?: { type: string; body: Buffer },
+): Promise<RawAnswer> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      {
+        host: "127.0.0.1",
+        port: custos.port,
+        path,
+        method: post ? "POST" : "GET",
+        ca: custos.ca,
+        agent: false,
+        headers: post ? { "content-type": post.type } : {},
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.on("end", () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            type: String(res.headers["content-type"]),
+            body: Buffer.concat(chunks),
+          }),
+        );
+      },
+    );
+    req.on("error", reject);
+    req.end(post?.body);
+  });
+}
+
 /**
  * Initialises a fresh Custos (as `custos init` does) and starts its server.
  * `config` becomes the data dir's custos.json (settings beyond the defaults).

@@ -2,12 +2,11 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Authority, Issuer } from "../../src/pki/index.js";
-import { type CustosInstance, startCustos } from "../helpers/custos.js";
+import { type CustosInstance, fetchRaw, startCustos } from "../helpers/custos.js";
 import { alice, type KmsFixture, openFixture } from "../kms/setup.js";
 
 // Conformance of Custos's PKI to RFC 5280 (certificates, CRLs) and RFC 6960 (OCSP).
@@ -375,37 +374,6 @@ describe("PKI profile on a clock set near 2050", () => {
 });
 
 // ==== a running Custos: the URLs certificates carry and the OCSP endpoint ============
-
-interface Raw {
-  readonly status: number;
-  readonly type: string;
-  readonly body: Buffer;
-}
-
-function fetchRaw(custos: CustosInstance, path: string, post?: { type: string; body: Buffer }): Promise<Raw> {
-  return new Promise((ok, fail) => {
-    const req = request(
-      {
-        host: "127.0.0.1",
-        port: custos.port,
-        path,
-        method: post ? "POST" : "GET",
-        ca: custos.ca,
-        agent: false,
-        headers: post ? { "content-type": post.type } : {},
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () =>
-          ok({ status: res.statusCode ?? 0, type: String(res.headers["content-type"]), body: Buffer.concat(chunks) }),
-        );
-      },
-    );
-    req.on("error", fail);
-    req.end(post?.body);
-  });
-}
 
 /** The URL path of `label - URI:` in openssl's text of a certificate. */
 function uriOf(text: string, label: RegExp): string {

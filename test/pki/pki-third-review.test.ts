@@ -3,7 +3,6 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -11,7 +10,7 @@ import { connect } from "node:tls";
 import { OCSPRequest } from "@peculiar/asn1-ocsp";
 import { AsnConvert, OctetString } from "@peculiar/asn1-schema";
 import { Authority, defaultServerNames, Issuer, issueServerCertificate, serverNeedsNew } from "../../src/pki/index.js";
-import { type CustosInstance, ok, startCustos } from "../helpers/custos.js";
+import { type CustosInstance, fetchRaw, ok, startCustos } from "../helpers/custos.js";
 import { alice, type KmsFixture, openFixture } from "../kms/setup.js";
 
 // Third review of the PKI, as an operator and a TLS client meet it: a running
@@ -41,41 +40,6 @@ function write(name: string, data: string | Uint8Array): string {
 function openssl(...args: string[]): { status: number; out: string } {
   const r = spawnSync("openssl", args, { encoding: "buffer", input: "" });
   return { status: r.status ?? -1, out: `${r.stdout.toString()}${r.stderr.toString()}` };
-}
-
-interface Raw {
-  readonly status: number;
-  readonly type: string;
-  readonly body: Buffer;
-}
-
-function fetchRaw(custos: CustosInstance, path: string, post?: { type: string; body: Buffer }): Promise<Raw> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      {
-        host: "127.0.0.1",
-        port: custos.port,
-        path,
-        method: post ? "POST" : "GET",
-        ca: custos.ca,
-        agent: false,
-        headers: post ? { "content-type": post.type } : {},
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () =>
-          resolve({
-            status: res.statusCode ?? 0,
-            type: String(res.headers["content-type"]),
-            body: Buffer.concat(chunks),
-          }),
-        );
-      },
-    );
-    req.on("error", reject);
-    req.end(post?.body);
-  });
 }
 
 /** The leaf a TLS handshake with Custos presents, to a node:tls client trusting only the root. */

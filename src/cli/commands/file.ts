@@ -3,10 +3,9 @@
  * streams (docs/envelope-format.md). Data never travels to Custos: only data keys do.
  * Output files appear whole or not at all (written beside, then renamed).
  */
-import { randomBytes } from "node:crypto";
 import { rmSync } from "node:fs";
 import { type FileHandle, open, rename, rm, stat } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { Command } from "commander";
@@ -28,7 +27,7 @@ import {
   rewrapStream,
 } from "../../envelope/index.js";
 import { errnoOrMessage } from "../../errors/index.js";
-import { syncPath } from "../../files/index.js";
+import { syncPath, tempName } from "../../files/index.js";
 import { arg, type CliContext } from "../context.js";
 import { CliError, EXIT_CLIENT, printable, usageError } from "../errors.js";
 import { cannotWrite, cleanUpOnInterrupt } from "../io.js";
@@ -216,8 +215,7 @@ async function replaceable(to: string): Promise<boolean> {
 
 async function replaceFile(to: string, source: () => Promise<Stage[]>): Promise<number> {
   const stages = await source();
-  // Short and in the same directory: the destination's own name may already be as long as the file system allows.
-  const temp = join(dirname(to), `.custos-${randomBytes(6).toString("hex")}.part`);
+  const temp = join(dirname(to), tempName(basename(to), "part"));
   // A killed command would leave its partial output (perhaps plaintext) beside the destination.
   const stopCleanup = cleanUpOnInterrupt(() => rmSync(temp, { force: true }));
   let handle: FileHandle | undefined;
