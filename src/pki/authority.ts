@@ -35,6 +35,12 @@ export interface IssuerView {
   readonly parentId: string | null;
 }
 
+/** A rollover's outcome: the intermediate that now issues, and the one it retired. */
+export interface Rotation {
+  readonly issuer: IssuerView;
+  readonly retiring: IssuerView;
+}
+
 interface LoadedCa {
   readonly record: CaRecord;
   readonly signer: CaSigner;
@@ -206,14 +212,23 @@ export class Authority {
   /**
    * CA rollover: a new intermediate (new HSM key, signed by the root) becomes the
    * one that issues; the old one retires, still trusted (same root) and still
-   * answering CRL and OCSP for what it issued.
+   * answering CRL and OCSP for what it issued. It takes its turn with the old CA's
+   * CRL changes, whose every revocation moves the record's revision on.
    */
-  async rotateIntermediate(
-    actor: Actor,
-    algorithm: CaAlgorithm = this.#o.caAlgorithm,
-  ): Promise<{ issuer: IssuerView; retiring: IssuerView }> {
+  async rotateIntermediate(actor: Actor, algorithm: CaAlgorithm = this.#o.caAlgorithm): Promise<Rotation> {
     const old = this.active();
-    const oldRecord = this.issuer(old.id);
+    const rotated = await this.changeCrl(old.id, async () => {
+      const oldRecord = await this.#o.store.getCa(old.id);
+      if (oldRecord?.state === "active") return this.#rotate(actor, oldRecord, algorithm);
+      // A rotation before this one (here or in another process) retired it: this one
+      // rotates its successor.
+      await this.#load();
+      return undefined;
+    });
+    return rotated ?? this.rotateIntermediate(actor, algorithm);
+  }
+
+  async #rotate(actor: Actor, oldRecord: CaRecord, algorithm: CaAlgorithm): Promise<Rotation> {
     const rootRecord = this.root();
     const rootSigner = this.#signerOf(rootRecord.id);
     const generation = 1 + Math.max(...this.#cas.map((c) => Number(c.record.id.split("-")[1] ?? 0)));

@@ -333,6 +333,61 @@ describe("Custos's own certificate: the names it is issued for", () => {
   });
 });
 
+describe("intermediate rollover beside revocations", () => {
+  let fx: KmsFixture;
+
+  before(async () => {
+    fx = await openFixture("pki-rollover");
+  });
+  after(async () => {
+    await fx?.close();
+  });
+
+  test("two rollovers and six revocations under the retiring CA, all at once: every one succeeds, in turn", async () => {
+    const authority = new Authority({
+      keystore: fx.keystore,
+      store: fx.store,
+      caAlgorithm: "ecdsa-p256",
+      baseUrl: "https://custos.test:8443",
+      crlValiditySeconds: 86_400,
+      ocspValiditySeconds: 3600,
+    });
+    const issuer = new Issuer({ store: fx.store, authority });
+    await authority.ensure(alice);
+    const leaves = await Promise.all(
+      Array.from({ length: 6 }, (_, i) => issueServerCertificate(issuer, fx.store, alice, [`r${i}.test`], 3600)),
+    );
+    const serials = leaves.map((l) => new X509Certificate(l.cert).serialNumber.toLowerCase());
+    const [first, second, ...revoked] = await Promise.all([
+      authority.rotateIntermediate(alice),
+      authority.rotateIntermediate(alice),
+      ...serials.map((s) => issuer.revoke(alice, s, "superseded")),
+    ]);
+    assert.deepEqual(
+      [first, second].map((r) => [r?.retiring.id, r?.issuer.id]),
+      [
+        ["int-1", "int-2"],
+        ["int-2", "int-3"],
+      ],
+    );
+    assert.deepEqual(
+      revoked.map((r) => (r as { status: string }).status),
+      serials.map(() => "revoked"),
+    );
+    const text = crlText((await fx.store.getCa("int-1"))?.crlDer ?? Buffer.alloc(0));
+    for (const serial of serials) assert.match(text, new RegExp(`Serial Number: ${serial}`, "i"));
+    assert.deepEqual(
+      authority.issuers().map((v) => [v.id, v.state]),
+      [
+        ["root-1", "active"],
+        ["int-1", "retiring"],
+        ["int-2", "retiring"],
+        ["int-3", "active"],
+      ],
+    );
+  });
+});
+
 describe("a Custos restarted after its CRLs lapsed", () => {
   let custos: CustosInstance;
 
