@@ -45,7 +45,7 @@ const STICKY: ReadonlyArray<[RegExp, string]> = [
   ],
   [/node_modules\/(pino|sonic-boom|thread-stream|pino-std-serializers)\//, "logging (pino)"],
   [/node_modules\/better-sqlite3\//, "SQLite + audit"],
-  [/node_modules\/pkcs11js\//, "HSM sign (pkcs11js, main-thread part)"],
+  [/node_modules\/pkcs11js\//, "HSM calls (pkcs11js, main-thread part)"],
 ];
 
 /** Our own files: the innermost one on the stack says what the library code below it was doing. */
@@ -55,7 +55,7 @@ const SOURCES: ReadonlyArray<[RegExp, string]> = [
   [/\/src\/secrets\/|\/src\/kms\//, "secrets (KMS)"],
   [/\/src\/pki\/keys\.ts/, "key generation (issue)"],
   [/\/src\/pki\/certificate\.ts/, "x509/asn1 building"],
-  [/\/src\/pki\/signer\.ts|\/src\/hsm\//, "HSM sign (pkcs11js, main-thread part)"],
+  [/\/src\/pki\/signer\.ts|\/src\/hsm\//, "HSM calls (pkcs11js, main-thread part)"],
   [/\/src\/store\/|\/src\/audit\//, "SQLite + audit"],
   [/\/src\/auth\//, "auth (token check)"],
   [/\/src\/log\//, "logging (pino)"],
