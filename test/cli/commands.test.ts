@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { PassThrough } from "node:stream";
 import { after, before, beforeEach, describe, test } from "node:test";
 import { EXIT_CLIENT, EXIT_OK, EXIT_SERVER, EXIT_USAGE } from "../../src/cli/errors.js";
+import { run } from "../../src/cli/index.js";
 import { envFor, type Recorded, runCli, startServer, type TestServer } from "./harness.js";
 
 const TOKEN = "cst_super_secret_token_do_not_print";
@@ -277,6 +279,26 @@ describe("custos commands against a real TLS server", () => {
     assert.equal(noTty.code, EXIT_USAGE);
     assert.match(noTty.err, /--password-stdin/);
     assert.equal(server.requests.length, before);
+  });
+
+  test("login at its password prompt has not made the token file yet: a kill there leaves none", async () => {
+    server.reply = () => ({ body: { token: "cst_prompted", tokenId: "t3", expiresAt: null } });
+    const file = join(server.dir, "prompted.token");
+    const terminal = Object.assign(new PassThrough(), { isTTY: true, setRawMode: () => terminal });
+    const err = new PassThrough();
+    const prompted = new Promise((ok) => err.once("data", ok));
+    const done = run(["login", "alice", "--token-file", file], {
+      stdin: terminal,
+      stdout: new PassThrough(),
+      stderr: err,
+      env,
+    });
+    assert.match(String(await prompted), /Password: /);
+    assert.equal(existsSync(file), false);
+    terminal.write("typed\r");
+    assert.equal(await done, EXIT_OK);
+    assert.equal(readFileSync(file, "utf8"), "cst_prompted\n");
+    assert.deepEqual(lastBody(), { username: "alice", password: "typed" });
   });
 
   test("login falls back to CUSTOS_TOKEN_FILE", async () => {

@@ -92,21 +92,21 @@ export function registerAuthCommands(program: Command, ctx: CliContext): void {
     .option("--token-file <file>", "write the token here (default: $CUSTOS_TOKEN_FILE)")
     .action(async (username: string, o: { passwordStdin?: boolean; tokenFile?: string }): Promise<void> => {
       const destination = tokenDestination(ctx, o.tokenFile, true);
-      const reserved = reserveTokenFile(destination);
+      // The file is opened after the prompt: a kill at the prompt leaves no empty file.
+      const password = await readPassword(ctx.io, o.passwordStdin === true);
+      let reserved: ReservedFile | null;
       let answer: Json;
       try {
-        const password = await readPassword(ctx.io, o.passwordStdin === true);
-        try {
-          answer = await ctx.client().request<Json>("POST", "/v1/auth/login", {
+        reserved = reserveTokenFile(destination);
+        answer = await issuing(
+          reserved,
+          ctx.client().request<Json>("POST", "/v1/auth/login", {
             auth: false,
             body: { username, password: password.exposeText() },
-          });
-        } finally {
-          password.destroy();
-        }
-      } catch (e) {
-        reserved?.release();
-        throw e;
+          }),
+        );
+      } finally {
+        password.destroy();
       }
       if (reserved === null) {
         await ctx.emit(answer);
