@@ -184,7 +184,7 @@ export async function openServices(config: CustosConfig, logger: Logger = create
   const keystore = await openKeystore(config, logger);
   let store: Store | undefined;
   try {
-    store = await SqliteStore.open(config.store.path);
+    store = await SqliteStore.open(config.store.path, { exclusive: true });
     if (!(await store.isInitialized())) {
       throw new CustosError("not_initialized", "Custos is not initialised: run `custos init` first");
     }

@@ -1,6 +1,18 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { type CustosInstance, startCustos } from "../helpers/custos.js";
+import { freePort } from "../helpers/ports.js";
+
+const CUSTOS = join(import.meta.dirname, "../../bin/custos.js");
+
+/** `custos server` on `custos`'s data beside it, on a port of its own; what it said when it exited. */
+async function secondServer(custos: CustosInstance): Promise<{ status: number | null; stderr: string }> {
+  const env = { ...custos.env, CUSTOS_LISTEN: `127.0.0.1:${await freePort()}` };
+  const r = spawnSync(process.execPath, [CUSTOS, "server"], { env, encoding: "utf8", timeout: 60_000 });
+  return { status: r.status, stderr: `${r.stdout}${r.stderr}` };
+}
 
 /** A kill -9 never loses an acknowledged write, and never breaks the audit chain. */
 describe("kill -9 during a burst of key creations and rotations", () => {
@@ -55,5 +67,32 @@ describe("kill -9 during a burst of key creations and rotations", () => {
     }
     const verify = custos.cli(["audit", "verify"]);
     assert.equal(verify.status, 0, verify.stdout + verify.stderr);
+  });
+});
+
+/** The store keeps the audit chain's head in memory: a second server would fork it. */
+describe("one server per database", () => {
+  let custos: CustosInstance;
+  before(async () => {
+    custos = await startCustos();
+  });
+  after(async () => {
+    await custos?.dispose();
+  });
+
+  test("a second server on the same database refuses to start, and the first keeps a whole audit chain", async () => {
+    const second = await secondServer(custos);
+    assert.notEqual(second.status, 0);
+    assert.notEqual(second.status, null, "the second server started serving");
+    assert.match(second.stderr, /another Custos server is serving .*custos\.db: one server per database/);
+    assert.equal((await custos.call("POST", "/v1/keys", { name: "after-second", purpose: "encrypt" })).status, 201);
+    const verify = custos.cli(["audit", "verify"]);
+    assert.equal(verify.status, 0, verify.stdout + verify.stderr);
+  });
+
+  test("a kill -9 leaves no lock behind: the next server starts", async () => {
+    await custos.kill9();
+    await custos.start();
+    assert.equal((await custos.call("GET", "/v1/keys/after-second")).status, 200);
   });
 });

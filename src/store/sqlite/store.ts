@@ -65,6 +65,7 @@ import {
   userParams,
 } from "./rows.js";
 import { secretStore } from "./secrets.js";
+import { lockForServer, type ServerLock } from "./server-lock.js";
 import { sshStore } from "./ssh.js";
 import { WriteQueue } from "./write-queue.js";
 
@@ -73,6 +74,8 @@ export interface SqliteStoreOptions {
   readonly writeTimeoutMs?: number | undefined;
   /** Where batch failures are reported (never with record contents). */
   readonly logger?: Logger | undefined;
+  /** Hold the database for this process alone, as a server must (`lockForServer`); refused if another does. */
+  readonly exclusive?: boolean | undefined;
 }
 
 /** Page size of `listAudit` when the query names none, and the most it will return at once. */
@@ -103,6 +106,7 @@ const KEY_CACHE_LIMIT = 10_000;
  */
 export class SqliteStore implements Store {
   readonly #db: Database.Database;
+  readonly #lock: ServerLock | undefined;
   readonly #queue: WriteQueue<ChainHead>;
   readonly #statements = new Map<string, Database.Statement>();
   /** Keys by name and key versions by `<key id>/<version>`: cleared by every write to either table. */
@@ -132,8 +136,14 @@ export class SqliteStore implements Store {
   #closed = false;
   #closing: Promise<void> | undefined;
 
-  private constructor(db: Database.Database, options: SqliteStoreOptions, walPath: string | null) {
+  private constructor(
+    db: Database.Database,
+    options: SqliteStoreOptions,
+    walPath: string | null,
+    lock: ServerLock | undefined,
+  ) {
     this.#db = db;
+    this.#lock = lock;
     this.#loadHead();
     // `initialize` writes the init record with the initialised mark, so an initialised
     // store with no records had its log deleted: a new chain over it would verify.
@@ -170,11 +180,19 @@ export class SqliteStore implements Store {
     if (!Number.isFinite(timeout) || timeout <= 0) {
       throw new CustosError("invalid_request", "writeTimeoutMs must be a positive number");
     }
-    const db = openDatabase(path, Math.min(MAX_BUSY_TIMEOUT_MS, timeout));
+    const lock = options.exclusive && path !== ":memory:" ? lockForServer(path) : undefined;
+    let db: Database.Database;
     try {
-      return new SqliteStore(db, options, path === ":memory:" ? null : `${path}-wal`);
+      db = openDatabase(path, Math.min(MAX_BUSY_TIMEOUT_MS, timeout));
+    } catch (e) {
+      lock?.release();
+      throw e;
+    }
+    try {
+      return new SqliteStore(db, options, path === ":memory:" ? null : `${path}-wal`, lock);
     } catch (e) {
       db.close();
+      lock?.release();
       throw toStoreError(e);
     }
   }
@@ -1043,6 +1061,7 @@ export class SqliteStore implements Store {
       this.#closed = true;
       this.#statements.clear();
       this.#db.close();
+      this.#lock?.release();
       this.#queue.release();
     })();
     return this.#closing;
