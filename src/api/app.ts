@@ -242,6 +242,20 @@ const MAX_PARAM_LENGTH = 1024;
  * successes in `preSerialization` (`onSend` for text and bytes), failures in the error
  * handler — and a response is sent only after its record is durable.
  */
+/**
+ * Options for node's HTTP server under fastify. Node would answer an HTTP/1.1 request
+ * without Host itself (a bare 400): onRequest refuses it instead. A request must
+ * arrive whole within 30 s (`requestTimeout` below); node 20 cuts off a stalled body
+ * only at headersTimeout (60 s by default), and checks both only every
+ * connectionsCheckingInterval (30 s by default): measured, a stalled body held its
+ * connection 61–84 s. With these it is cut off at 31 s.
+ */
+const SERVER_OPTIONS = {
+  requireHostHeader: false,
+  headersTimeout: 30_000,
+  connectionsCheckingInterval: 1_000,
+} as const;
+
 export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: deps.logger,
@@ -296,8 +310,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
         });
     },
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
-    // Node would answer an HTTP/1.1 request without Host itself (a bare 400): onRequest refuses it instead.
-    ...(deps.https ? { https: { ...deps.https, requireHostHeader: false } } : { http: { requireHostHeader: false } }),
+    ...(deps.https ? { https: { ...deps.https, ...SERVER_OPTIONS } } : { http: SERVER_OPTIONS }),
   }) as unknown as FastifyInstance;
 
   // Node answers an Expect other than 100-continue itself (a bare 417) unless someone
