@@ -6,6 +6,7 @@ import { createPrivateKey, X509Certificate } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { dirname, resolve } from "node:path";
+import type { FastifyInstance } from "fastify";
 import { buildApp } from "./api/app.js";
 import { AuditLog, auditEntry, INIT_ACTION, systemActor } from "./audit/index.js";
 import { AuthService, buildInitialAdmin } from "./auth/index.js";
@@ -122,9 +123,14 @@ function useDevSoftHsmConf(config: CustosConfig): void {
   if (!process.env.SOFTHSM2_CONF && existsSync(devConf)) process.env.SOFTHSM2_CONF = devConf;
 }
 
-/** The HSM PIN, from its file or its variable; never from argv, never logged. */
+/**
+ * The HSM PIN, from its variable when set (an explicit choice wins over the default
+ * file), else from its file; never from argv, never logged.
+ */
 function readPin(config: CustosConfig): Secret {
   const { pinFile, pinEnv } = config.hsm;
+  const fromEnv = process.env[pinEnv];
+  if (fromEnv) return Secret.fromString(fromEnv);
   if (pinFile && existsSync(pinFile)) {
     const pin = readFileSync(pinFile);
     const end = pin.length - (pin.at(-1) === 0x0a ? 1 : 0);
@@ -132,8 +138,6 @@ function readPin(config: CustosConfig): Secret {
     pin.fill(0);
     return secret;
   }
-  const fromEnv = process.env[pinEnv];
-  if (fromEnv) return Secret.fromString(fromEnv);
   throw new CustosError("invalid_request", `no HSM PIN: create ${pinFile ?? "a PIN file"} or set ${pinEnv}`);
 }
 
@@ -413,6 +417,20 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** Starts listening; an address that can't be had is the configuration's fault, said so. */
+async function listen(app: FastifyInstance, at: CustosConfig["listen"]): Promise<string> {
+  try {
+    return await app.listen({ host: at.host, port: at.port });
+  } catch (e) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code !== "string" || !LISTEN_ERRORS.has(code)) throw e;
+    throw new CustosError("invalid_request", `cannot listen on ${at.host}:${at.port}: ${code}`, { cause: e });
+  }
+}
+
+/** What the system says when the listen address is in use, not ours, or not a name it knows. */
+const LISTEN_ERRORS = new Set(["EADDRINUSE", "EADDRNOTAVAIL", "EACCES", "ENOTFOUND", "EAI_AGAIN", "EINVAL"]);
+
 /** `custos server`: opens everything and serves the API until closed. */
 export async function serve(config: CustosConfig): Promise<RunningServer> {
   const logger = createLogger();
@@ -427,6 +445,7 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
       .refreshCrls()
       .catch((err: unknown) => logger.warn({ err }, "CRL refresh at start failed; will retry"));
     const tls = config.tls.insecureHttp ? undefined : await serverTls(services);
+    if (!tls) logger.warn("serving plain HTTP (tls.insecureHttp): only behind a proxy that terminates TLS");
     const app = await buildApp({
       kms,
       auth: services.auth,
@@ -443,7 +462,7 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
       loginAttemptsPerMinute: config.auth.loginAttemptsPerMinute,
       ...(tls ? { https: { ...tls, ...clientCertificates(services), ...TLS_POLICY } } : {}),
     });
-    const address = await app.listen({ host: config.listen.host, port: config.listen.port });
+    const address = await listen(app, config.listen);
     audit.start();
 
     const runDue = (): void => {

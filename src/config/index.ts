@@ -157,8 +157,9 @@ function fromEnv(env: NodeJS.ProcessEnv): Json {
     over[section] = { ...over[section], [key]: value };
   };
   if (env.CUSTOS_LISTEN) {
-    const m = /^(.+):(\d+)$/.exec(env.CUSTOS_LISTEN);
-    if (!m?.[1] || !m[2]) throw invalid("CUSTOS_LISTEN must be host:port");
+    // An IPv6 address in brackets (RFC 3986 3.2.2), or host:port with the port after the last colon.
+    const m = /^\[([^\]]+)\]:(\d+)$/.exec(env.CUSTOS_LISTEN) ?? /^([^[\]]+):(\d+)$/.exec(env.CUSTOS_LISTEN);
+    if (!m?.[1] || !m[2]) throw invalid("CUSTOS_LISTEN must be host:port or [ipv6]:port");
     set("listen", "host", m[1]);
     set("listen", "port", Number(m[2]));
   }

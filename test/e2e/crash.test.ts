@@ -7,9 +7,13 @@ import { freePort } from "../helpers/ports.js";
 
 const CUSTOS = join(import.meta.dirname, "../../bin/custos.js");
 
-/** `custos server` on `custos`'s data beside it, on a port of its own; what it said when it exited. */
-async function secondServer(custos: CustosInstance): Promise<{ status: number | null; stderr: string }> {
-  const env = { ...custos.env, CUSTOS_LISTEN: `127.0.0.1:${await freePort()}` };
+/** `custos server` on `custos`'s data, on a port of its own or at `listen`; what it said when it exited. */
+async function secondServer(
+  custos: CustosInstance,
+  listen?: string,
+  more: NodeJS.ProcessEnv = {},
+): Promise<{ status: number | null; stderr: string }> {
+  const env = { ...custos.env, CUSTOS_LISTEN: listen ?? `127.0.0.1:${await freePort()}`, ...more };
   const r = spawnSync(process.execPath, [CUSTOS, "server"], { env, encoding: "utf8", timeout: 60_000 });
   return { status: r.status, stderr: `${r.stdout}${r.stderr}` };
 }
@@ -92,6 +96,25 @@ describe("one server per database", () => {
 
   test("a kill -9 leaves no lock behind: the next server starts", async () => {
     await custos.kill9();
+    await custos.start();
+    assert.equal((await custos.call("GET", "/v1/keys/after-second")).status, 200);
+  });
+
+  test("a listen address, a setting or a PIN it can't use: the server says which and exits", async () => {
+    await custos.stop();
+    const unknownHost = await secondServer(custos, "no-such-host.invalid:8445");
+    assert.equal(unknownHost.status, 1, unknownHost.stderr);
+    assert.match(
+      unknownHost.stderr,
+      /invalid_request: cannot listen on no-such-host\.invalid:8445: (ENOTFOUND|EAI_AGAIN)/,
+    );
+    const badSetting = await secondServer(custos, "8445");
+    assert.equal(badSetting.status, 64, badSetting.stderr);
+    assert.match(badSetting.stderr, /CUSTOS_LISTEN must be host:port or \[ipv6\]:port/);
+    // An explicit CUSTOS_HSM_PIN wins over the PIN file the instance was started with.
+    const wrongPin = await secondServer(custos, undefined, { CUSTOS_HSM_PIN: "not-the-pin" });
+    assert.notEqual(wrongPin.status, 0, wrongPin.stderr);
+    assert.match(wrongPin.stderr, /PIN/);
     await custos.start();
     assert.equal((await custos.call("GET", "/v1/keys/after-second")).status, 200);
   });

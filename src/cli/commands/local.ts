@@ -4,11 +4,22 @@
  * so every other command starts without it.
  */
 import type { Command } from "commander";
+import type { CustosConfig } from "../../config/index.js";
+import { isCustosError } from "../../errors/index.js";
 import type { CliContext } from "../context.js";
+import { usageError } from "../errors.js";
 
-/** What to tell `loadConfig`: the `--config` file if given, and the run's environment. */
-function configOptions(ctx: CliContext, file: string | undefined): { configFile?: string; env: NodeJS.ProcessEnv } {
-  return file === undefined ? { env: ctx.io.env } : { configFile: file, env: ctx.io.env };
+/**
+ * The configuration from the `--config` file if given, and the run's environment. A
+ * setting it refuses is a bad invocation (exit 64), like a bad flag.
+ */
+async function configFor(ctx: CliContext, file: string | undefined): Promise<CustosConfig> {
+  const { loadConfig } = await import("../../config/index.js");
+  try {
+    return loadConfig(file === undefined ? { env: ctx.io.env } : { configFile: file, env: ctx.io.env });
+  } catch (e) {
+    throw isCustosError(e) ? usageError(e.message, e) : e;
+  }
 }
 
 /** Resolves on the first SIGINT or SIGTERM. */
@@ -31,10 +42,10 @@ export function registerLocalCommands(program: Command, ctx: CliContext): void {
     .description("serve the HTTPS API until SIGINT or SIGTERM")
     .option("--config <file>", "JSON configuration file (default: $CUSTOS_CONFIG or var/custos.json)")
     .action(async (o: { config?: string }): Promise<void> => {
-      const { loadConfig } = await import("../../config/index.js");
+      const config = await configFor(ctx, o.config);
       const { serve } = await import("../../main.js");
       const stopped = shutdownSignal();
-      const server = await serve(loadConfig(configOptions(ctx, o.config)));
+      const server = await serve(config);
       await ctx.note(`custos: serving on ${server.address}`);
       const signal = await stopped;
       await ctx.note(`custos: ${signal}, shutting down`);
@@ -47,9 +58,9 @@ export function registerLocalCommands(program: Command, ctx: CliContext): void {
     .option("--config <file>", "JSON configuration file (default: $CUSTOS_CONFIG or var/custos.json)")
     .option("--admin <name>", "name of the first admin user", "admin")
     .action(async (o: { config?: string; admin: string }): Promise<void> => {
-      const { loadConfig } = await import("../../config/index.js");
+      const config = await configFor(ctx, o.config);
       const { initialize } = await import("../../main.js");
-      const result = await initialize(loadConfig(configOptions(ctx, o.config)), { adminName: o.admin });
+      const result = await initialize(config, { adminName: o.admin });
       await ctx.emit(result, (r) =>
         [
           r.created ? "initialized" : "already initialized (root key checked, CA file rewritten)",
@@ -58,7 +69,7 @@ export function registerLocalCommands(program: Command, ctx: CliContext): void {
           "",
           "to use it:",
           `  export CUSTOS_CACERT=${r.caCertFile} CUSTOS_TOKEN_FILE=${r.adminTokenFile}`,
-          "  custos whoami",
+          "  npx custos whoami",
           "",
         ].join("\n"),
       );
