@@ -150,8 +150,6 @@ function toCustosError(err: unknown): CustosError {
       return new CustosError("payload_too_large", "request body too large");
     case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
       return new CustosError("invalid_request", "content type must be application/json");
-    case "FST_ERR_CTP_EMPTY_JSON_BODY":
-      return new CustosError("invalid_request", "request body is empty");
     case "FST_ERR_CTP_INVALID_JSON_BODY":
     case "FST_ERR_CTP_INVALID_CONTENT_LENGTH":
       return new CustosError("invalid_request", "request body is not valid JSON");
@@ -373,6 +371,12 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   app.removeContentTypeParser("application/json");
   app.addContentTypeParser("application/json", { parseAs: "buffer" }, (req, body, done) => {
     const bytes = body as Buffer;
+    // Many clients label an empty POST as JSON: it is no body, which a route that takes
+    // none accepts and any other refuses through its schema.
+    if (bytes.length === 0) {
+      done(null, undefined);
+      return;
+    }
     if (!isUtf8(bytes)) {
       done(new CustosError("invalid_request", "request body is not UTF-8"), undefined);
       return;
@@ -443,7 +447,10 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     } catch (auditError) {
       req.custos.audited = true;
       const failed = auditFailed(req, auditError, "a request");
-      reply.status(failed.status).header("content-type", "application/json; charset=utf-8");
+      reply
+        .status(failed.status)
+        .header("content-type", "application/json; charset=utf-8")
+        .header("cache-control", "no-store");
       return JSON.stringify(answerTo(req, failed));
     }
   });
@@ -476,6 +483,8 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     }
     const challenge = bearerChallenge(req, error);
     if (challenge) reply.header("www-authenticate", challenge);
+    // A route that set a cache lifetime for its answer did so for a success, not for this.
+    reply.header("cache-control", "no-store");
     return reply.status(error.status).send(answerTo(req, error));
   });
 

@@ -217,8 +217,26 @@ describe("the HTTPS API edge, second review", () => {
     });
     assert.equal(rotated.status, 200, rotated.text);
     ok(await custos.call("POST", "/v1/keys/edge/rotate", {}));
-    assert.equal(ok(await custos.call("GET", "/v1/keys/edge")).latestVersion, Number(before) + 2);
+    // Many clients label an empty POST as JSON: that is no body too.
+    const labelled = await httpsRaw({
+      port: custos.port,
+      ca: custos.ca,
+      method: "POST",
+      path: "/v1/keys/edge/rotate",
+      headers: { authorization: `Bearer ${custos.adminToken}`, "content-type": "application/json" },
+    });
+    assert.equal(labelled.status, 200, labelled.text);
+    assert.equal(ok(await custos.call("GET", "/v1/keys/edge")).latestVersion, Number(before) + 3);
     ok(await custos.call("POST", "/v1/audit/verify"));
+    const needsOne = await httpsRaw({
+      port: custos.port,
+      ca: custos.ca,
+      method: "POST",
+      path: "/v1/keys/edge/encrypt",
+      headers: { authorization: `Bearer ${custos.adminToken}`, "content-type": "application/json" },
+    });
+    assert.equal(needsOne.status, 400, needsOne.text);
+    assert.match(needsOne.text, /"invalid_request".*body must be object/);
   });
 
   test("a string member holding a lone surrogate is refused, not stored altered", async () => {

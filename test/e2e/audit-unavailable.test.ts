@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import Database from "better-sqlite3";
-import { type CustosInstance, errorCode, type HttpAnswer, startCustos } from "../helpers/custos.js";
+import { type CustosInstance, errorCode, type HttpAnswer, httpsRaw, startCustos } from "../helpers/custos.js";
 
 let custos: CustosInstance;
 
@@ -34,16 +34,20 @@ test("every kind of answer becomes audit_unavailable when its audit record can't
       custos.call("GET", "/v1/pki/ca.pem", undefined, null),
       custos.call("GET", "/v1/keys/no-such-key"),
       custos.call("GET", "/v1/keys/%E0%A4%A"),
+      // A route whose success may be cached (no-cache, revalidated): its error may not be.
+      httpsRaw({ port: custos.port, ca: custos.ca, method: "GET", path: "/v1/pki/chain.pem", headers: {} }),
     ]);
   } finally {
     lock.exec("ROLLBACK");
     lock.close();
   }
-  const [json, text, error, refused] = answers;
+  const [json, text, error, refused, cached] = answers;
   assertAuditError(json as HttpAnswer, "a JSON answer");
   assertAuditError(text as HttpAnswer, "a PEM answer");
   assertAuditError(error as HttpAnswer, "an error answer");
   assertAuditError(refused as HttpAnswer, "a refused URL");
+  assertAuditError(cached as HttpAnswer, "a cacheable PEM answer");
+  assert.equal((cached as Awaited<ReturnType<typeof httpsRaw>>).headers["cache-control"], "no-store");
 
   // With the lock gone the same requests are served and audited again.
   const keys = await custos.call("GET", "/v1/keys");
