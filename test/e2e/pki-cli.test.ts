@@ -94,7 +94,7 @@ describe("custos pki: refusals decided before any request", () => {
     const cases = [
       ["pki", "role", "put", "web", "--ttl", "30"],
       ["pki", "role", "put", "web", "--max-ttl", "1w"],
-      ["pki", "role", "put", "web", "--ext-key-usage", "serverAuth"],
+      ["pki", "role", "put", "web", "--ext-key-usage", "codeSigning"],
       ["pki", "role", "put", "web", "--key-usage", "nonRepudiation"],
       ["pki", "role", "put", "web", "--key-type", "rsa-1024"],
       ["pki", "issue", "web", "--key-type", "ec-p521", "--out", "x"],
@@ -202,7 +202,7 @@ describe("custos pki against a running Custos", () => {
       "--ext-key-usage",
       "server",
       "--ext-key-usage",
-      "client",
+      "clientAuth",
       "--key-type",
       "ec-p256",
       "--key-type",

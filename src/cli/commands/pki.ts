@@ -32,7 +32,13 @@ interface Issued {
 }
 
 const KEY_USAGES = ["digitalSignature", "keyEncipherment", "keyAgreement"];
-const EXT_KEY_USAGES: Readonly<Record<string, string>> = { server: "serverAuth", client: "clientAuth" };
+/** The short names, and the API's own (as roles are shown), for each extended key usage. */
+const EXT_KEY_USAGES: Readonly<Record<string, string>> = {
+  server: "serverAuth",
+  client: "clientAuth",
+  serverAuth: "serverAuth",
+  clientAuth: "clientAuth",
+};
 const CA_ALGORITHMS = ["ecdsa-p256", "rsa-3072"];
 const CERT_STATUSES = ["valid", "revoked", "expired"];
 
@@ -245,7 +251,7 @@ function registerRoleCommands(pki: Command, ctx: CliContext): void {
     )
     .option(
       "--ext-key-usage <usage>",
-      "extended key usage: server or client (repeatable)",
+      "extended key usage: server or client, or serverAuth or clientAuth (repeatable)",
       arg<string[], string[] | undefined>(choice(Object.keys(EXT_KEY_USAGES))),
     )
     .option(
