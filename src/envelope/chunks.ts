@@ -113,11 +113,16 @@ export class ChunkOpener {
   }
 }
 
-/** A FIFO of buffers that hands out byte counts as lists of views, copying nothing. */
+/**
+ * A FIFO of buffers that hands out byte counts as lists of views. It copies only on
+ * `keep()`: what a stream holds back past a write's callback.
+ */
 export class ByteQueue {
   readonly #pieces: Buffer[] = [];
   #head = 0;
   #length = 0;
+  /** How many pieces at the end were pushed since the last `keep()`: views of their writers' buffers. */
+  #borrowed = 0;
 
   get length(): number {
     return this.#length;
@@ -127,6 +132,21 @@ export class ByteQueue {
     if (piece.length === 0) return;
     this.#pieces.push(piece);
     this.#length += piece.length;
+    this.#borrowed++;
+  }
+
+  /**
+   * Copies the bytes still borrowed from writers. A Writable's writer may reuse its
+   * buffer once the write's callback has come (Node's contract), so a stream calls
+   * this before that callback for whatever it holds back: at most a chunk's worth,
+   * while the bytes taken before are sealed or opened straight from the writer's buffer.
+   */
+  keep(): void {
+    const n = this.#borrowed;
+    if (n === 0) return;
+    const end = this.#pieces.length;
+    this.#pieces.splice(end - n, n, Buffer.concat(this.#pieces.slice(end - n)));
+    this.#borrowed = 0;
   }
 
   /** Removes the first `n` bytes (n ≤ length) and returns them as views. */
@@ -150,6 +170,7 @@ export class ByteQueue {
       this.#pieces.splice(0, this.#head);
       this.#head = 0;
     }
+    this.#borrowed = Math.min(this.#borrowed, this.#pieces.length - this.#head);
     return out;
   }
 

@@ -7,14 +7,13 @@
 import { randomBytes } from "node:crypto";
 import { constants, type Stats } from "node:fs";
 import { chmod, copyFile, type FileHandle, open, realpath, rename, rm, stat } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { basename, sep } from "node:path";
 import { Transform } from "node:stream";
 import { CustosError, messageOf } from "../errors/index.js";
-import { syncPath } from "../files/index.js";
 import { decryptionFailed } from "./errors.js";
 import { type Header, IncompleteHeader, MAGIC, parseHeader, replaceKeySection } from "./format.js";
 import { type EnvelopeKms, isItemError, itemError, KmsItemError } from "./kms.js";
-import { fileSource, readHeader } from "./range.js";
+import { readHeader } from "./range.js";
 
 /** What happened to one file. */
 export type RewrapOutcome =
@@ -31,10 +30,10 @@ const BATCH = 1000;
 const WRITERS = 8;
 
 interface Candidate {
-  /** As the caller named it. */
-  readonly path: string;
-  /** The file itself, links resolved: what is read and replaced. */
-  readonly file: string;
+  /** Its place in the caller's list. */
+  readonly index: number;
+  /** The file itself, links resolved: what is read and replaced. Bytes, as a name need not be UTF-8. */
+  readonly file: Buffer;
   readonly header: Header;
   readonly before: Stats;
 }
@@ -45,22 +44,26 @@ interface Candidate {
  * key version moved. Files already on the newest version are left untouched. One
  * file's failure is its outcome; only a KMS that can't be reached or is unavailable
  * makes the whole call throw (a rerun picks up where it stopped).
+ *
+ * A path may be given as bytes (a file name need not be UTF-8); its outcome's `path`
+ * is then those bytes decoded as UTF-8, for display. Outcomes come in the order of `paths`.
  */
-export async function rewrapFiles(kms: EnvelopeKms, paths: readonly string[]): Promise<RewrapOutcome[]> {
-  const outcomes = new Map<string, RewrapOutcome>();
+export async function rewrapFiles(kms: EnvelopeKms, paths: readonly (string | Buffer)[]): Promise<RewrapOutcome[]> {
+  const shown = paths.map((p) => p.toString());
+  const outcomes: RewrapOutcome[] = [];
   const byKey = new Map<string, Candidate[]>();
-  for (const path of paths) {
+  for (const [index, path] of shown.entries()) {
     try {
-      const candidate = await readCandidate(path);
+      const candidate = await readCandidate(paths[index] as string | Buffer, index);
       if (candidate === undefined) {
-        outcomes.set(path, { path, status: "not_envelope" });
+        outcomes[index] = { path, status: "not_envelope" };
         continue;
       }
       const list = byKey.get(candidate.header.keyName) ?? [];
       list.push(candidate);
       byKey.set(candidate.header.keyName, list);
     } catch (e) {
-      outcomes.set(path, failed(path, e));
+      outcomes[index] = failed(path, e);
     }
   }
   for (const [keyName, candidates] of byKey) {
@@ -76,31 +79,34 @@ export async function rewrapFiles(kms: EnvelopeKms, paths: readonly string[]): P
         // The KMS refused this key (unknown, forbidden, destroyed): its files fail, the others go on.
         // Anything else (unreachable, unavailable) stops the run: nothing more can succeed.
         if (!isRefusal(e)) throw e;
-        for (const c of batch) outcomes.set(c.path, failed(c.path, e));
+        for (const c of batch) outcomes[c.index] = failed(shown[c.index] as string, e);
         continue;
       }
       await eachLimited(batch, WRITERS, async (c, i) => {
+        const path = shown[c.index] as string;
         const result = results[i];
         if (result === undefined || isItemError(result)) {
           const error = result?.error ?? { code: "internal", message: "the KMS answered fewer items than asked" };
-          outcomes.set(c.path, { path: c.path, status: "failed", error });
+          outcomes[c.index] = { path, status: "failed", error };
           return;
         }
         if (result.version === c.header.keyVersion) {
-          outcomes.set(c.path, { path: c.path, status: "current", version: result.version });
+          outcomes[c.index] = { path, status: "current", version: result.version };
           return;
         }
         try {
+          // Parsing keeps every byte of a header: re-encoding its own key section gives the bytes read.
+          const read = replaceKeySection(c.header, c.header.keyVersion, c.header.wrappedKey);
           const header = replaceKeySection(c.header, result.version, result.wrapped);
-          await replaceHeader(c.file, c.header.length, header, c.before);
-          outcomes.set(c.path, { path: c.path, status: "rewrapped", from: c.header.keyVersion, to: result.version });
+          await replaceHeader(c.file, read, header, c.before);
+          outcomes[c.index] = { path, status: "rewrapped", from: c.header.keyVersion, to: result.version };
         } catch (e) {
-          outcomes.set(c.path, failed(c.path, e));
+          outcomes[c.index] = failed(path, e);
         }
       });
     }
   }
-  return paths.map((p) => outcomes.get(p) as RewrapOutcome);
+  return outcomes;
 }
 
 /**
@@ -144,61 +150,70 @@ export function rewrapStream(kms: EnvelopeKms): Transform {
 }
 
 /** The header of an envelope file, or undefined when the file is not one (no magic). */
-async function readCandidate(path: string): Promise<Candidate | undefined> {
+async function readCandidate(path: string | Buffer, index: number): Promise<Candidate | undefined> {
   // A symbolic link is rewrapped where it points, in the target's directory: renaming over the link
   // would turn it into a rewrapped copy and leave the message it names on the old key.
-  const file = await realpath(path);
-  const source = await fileSource(file);
+  const file = await realpath(path, { encoding: "buffer" });
+  // Not fileSource: it takes a string, and the name may not be UTF-8.
+  const handle = await open(file, "r");
   try {
+    const before = await handle.stat();
+    const source = { size: before.size, read: (position: number, length: number) => readAt(handle, position, length) };
     const start = await source.read(0, MAGIC.length);
     if (!start.equals(MAGIC)) return undefined;
-    const before = await stat(file);
     let header: Header;
     try {
       header = await readHeader(source);
     } catch {
       throw new CustosError("decryption_failed", "the envelope header is damaged");
     }
-    return { path, file, header, before };
+    return { index, file, header, before };
   } finally {
-    await source.close();
+    await handle.close();
   }
 }
 
 /**
- * Replaces the first `oldLength` bytes of the file at `path` with `header`, atomically:
- * a copy beside it (a reflink where the file system can, else an in-kernel copy), the
- * new header written over the copy's, fsync, rename over the original, fsync of the
- * directory. Refuses (`conflict`) if the file changed since `before` was taken.
+ * Replaces the header `old` at the start of the file at `path` (absolute, links resolved)
+ * with `header`, atomically: a copy beside it (a reflink where the file system can, else
+ * an in-kernel copy), the new header written over the copy's, fsync, rename over the
+ * original, fsync of the directory. Refuses (`conflict`) if the file changed since
+ * `old` was read and `before` taken.
  */
-export async function replaceHeader(path: string, oldLength: number, header: Buffer, before: Stats): Promise<void> {
-  const dir = dirname(path);
-  const temp = join(dir, `.custos-rewrap-${randomBytes(6).toString("hex")}.tmp`);
+export async function replaceHeader(path: Buffer, old: Buffer, header: Buffer, before: Stats): Promise<void> {
+  const slash = path.lastIndexOf(sep);
+  const dir = path.subarray(0, Math.max(slash, 1));
+  const temp = Buffer.concat([
+    path.subarray(0, slash + 1),
+    Buffer.from(`.custos-rewrap-${randomBytes(6).toString("hex")}.tmp`),
+  ]);
   try {
-    if (header.length === oldLength) {
+    if (header.length === old.length) {
       await copyFile(path, temp, constants.COPYFILE_FICLONE);
       // The copy has the original's mode, which may not let even its owner write (0444): the header
       // goes in first and keepOwnership restores the mode after, as in copyShifted.
       await chmod(temp, 0o600);
-      await writeInto(temp, header, before);
+      await writeInto(path, temp, old, header, before);
     } else {
-      await copyShifted(path, temp, oldLength, header, before);
+      await copyShifted(path, temp, old, header, before);
     }
+    // A writer that kept the length and the times (rsync --inplace --times) is caught by the header the copy
+    // took; these catch the others, up to the rename.
     const now = await stat(path);
-    if (now.ino !== before.ino || now.size !== before.size || now.mtimeMs !== before.mtimeMs) {
-      throw new CustosError("conflict", `${basename(path)} changed while it was being rewrapped; run again`);
-    }
+    if (now.ino !== before.ino || now.size !== before.size || now.mtimeMs !== before.mtimeMs) throw changed(path);
     await rename(temp, path);
-    await syncPath(dir);
+    await syncDirectory(dir);
   } catch (e) {
     await rm(temp, { force: true });
     throw e;
   }
 }
 
-async function writeInto(temp: string, header: Buffer, before: Stats): Promise<void> {
+/** The same-length case: `header` written over the copy's. */
+async function writeInto(path: Buffer, temp: Buffer, old: Buffer, header: Buffer, before: Stats): Promise<void> {
   const handle = await open(temp, "r+");
   try {
+    await expectHeader(handle, old, path);
     await handle.write(header, 0, header.length, 0);
     await keepOwnership(handle, before);
     await handle.sync();
@@ -208,13 +223,14 @@ async function writeInto(temp: string, header: Buffer, before: Stats): Promise<v
 }
 
 /** The general case, for a header whose length changed: new header, then the body streamed after it. */
-async function copyShifted(path: string, temp: string, oldLength: number, header: Buffer, before: Stats) {
+async function copyShifted(path: Buffer, temp: Buffer, old: Buffer, header: Buffer, before: Stats) {
   const input = await open(path, "r");
   const output = await open(temp, "wx", 0o600);
   try {
+    await expectHeader(input, old, path);
     await output.write(header, 0, header.length, 0);
     const buffer = Buffer.allocUnsafe(1024 * 1024);
-    for (let from = oldLength, to = header.length; ; ) {
+    for (let from = old.length, to = header.length; ; ) {
       const { bytesRead } = await input.read(buffer, 0, buffer.length, from);
       if (bytesRead === 0) break;
       await output.write(buffer, 0, bytesRead, to);
@@ -226,6 +242,40 @@ async function copyShifted(path: string, temp: string, oldLength: number, header
   } finally {
     await input.close();
     await output.close();
+  }
+}
+
+/**
+ * Refuses (`conflict`) unless the file at `handle` starts with `old`, the header that was rewrapped:
+ * a file rewritten since would otherwise get the old message's header on its new body.
+ */
+async function expectHeader(handle: FileHandle, old: Buffer, path: Buffer): Promise<void> {
+  if (!(await readAt(handle, 0, old.length)).equals(old)) throw changed(path);
+}
+
+function changed(path: Buffer): CustosError {
+  return new CustosError("conflict", `${basename(path.toString())} changed while it was being rewrapped; run again`);
+}
+
+/** `length` bytes at `position` (fewer only at the end). */
+async function readAt(handle: FileHandle, position: number, length: number): Promise<Buffer> {
+  const buffer = Buffer.allocUnsafe(length);
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await handle.read(buffer, done, length - done, position + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  return buffer.subarray(0, done);
+}
+
+/** As syncPath, which takes a string: a directory's name need not be UTF-8. */
+async function syncDirectory(dir: Buffer): Promise<void> {
+  const handle = await open(dir, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
 

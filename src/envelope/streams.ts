@@ -47,11 +47,15 @@ export class EncryptStream extends Transform {
     this.push(this.#sealing.header);
   }
 
-  /** Seals every chunk known not to be the last: those with more input after them. */
+  /**
+   * Seals every chunk known not to be the last (those with more input after them),
+   * then copies what is held back: the write's callback comes next.
+   */
   #sealFull(added: number): void {
     const sealing = this.#sealing as Sealing;
     sealing.addBytes(added);
     while (this.#queue.length > sealing.chunkSize) this.#emit(this.#queue.take(sealing.chunkSize), false);
+    this.#queue.keep();
   }
 
   #emit(pieces: Buffer[], last: boolean): void {
@@ -80,7 +84,11 @@ export class DecryptStream extends Transform {
       settle(done, () => this.#openFull());
       return;
     }
-    this.#tryHeader().then(() => settle(done, () => this.#opening !== undefined && this.#openFull()), done);
+    // A header still incomplete is held back past the write's callback too.
+    this.#tryHeader().then(
+      () => settle(done, () => (this.#opening !== undefined ? this.#openFull() : this.#queue.keep())),
+      done,
+    );
   }
 
   override _flush(done: TransformCallback): void {
@@ -113,10 +121,11 @@ export class DecryptStream extends Transform {
     this.#opening = await this.#begin(header);
   }
 
-  /** Opens every chunk known not to be the last. */
+  /** Opens every chunk known not to be the last, then copies what is held back (see `ByteQueue.keep`). */
   #openFull(): void {
     const stride = (this.#opening as Opening).header.chunkSize + TAG_BYTES;
     while (this.#queue.length > stride) this.#openChunk(stride, false);
+    this.#queue.keep();
   }
 
   #openChunk(length: number, last: boolean): void {

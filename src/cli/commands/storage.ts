@@ -4,24 +4,29 @@
  * atomically, so a kill at any moment leaves every file old or new; a rerun skips the
  * files already done (their headers say so), which is what makes it resumable.
  */
-import { lstat, opendir, rm, stat } from "node:fs/promises";
+import type { Dirent } from "node:fs";
+import { lstat, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { httpKms, type RewrapOutcome, rewrapFiles, TEMP_FILE } from "../../envelope/index.js";
-import { errnoOrMessage } from "../../errors/index.js";
+import { errnoOrMessage, messageOf } from "../../errors/index.js";
 import { arg, type CliContext } from "../context.js";
 import { EXIT_CLIENT, printable, usageError } from "../errors.js";
 import { parseInteger } from "../parse.js";
 import { formatBytes, Progress } from "../progress.js";
 
 interface Found {
-  readonly files: { path: string; size: number }[];
+  /** Paths as bytes: a file name need not be UTF-8. */
+  readonly files: { path: Buffer; size: number }[];
   readonly bytes: number;
   /** Temporary files an interrupted run left behind, removed. */
   readonly removed: number;
+  /** Entries that could not be read or looked at: failures of the run, each named. */
+  readonly failures: Failure[];
 }
 
 type Status = RewrapOutcome["status"];
+type Failure = Extract<RewrapOutcome, { status: "failed" }>;
 
 /** Registers `custos storage …`. */
 export function registerStorageCommands(program: Command, ctx: CliContext): void {
@@ -38,8 +43,13 @@ export function registerStorageCommands(program: Command, ctx: CliContext): void
       const started = Date.now();
       const found = await findFiles(dir);
       const kms = httpKms(ctx.client());
-      const counts: Record<Status, number> = { rewrapped: 0, current: 0, not_envelope: 0, failed: 0 };
-      const failures: Extract<RewrapOutcome, { status: "failed" }>[] = [];
+      const counts: Record<Status, number> = {
+        rewrapped: 0,
+        current: 0,
+        not_envelope: 0,
+        failed: found.failures.length,
+      };
+      const failures = [...found.failures];
       const progress = new Progress(ctx.io.stderr, found.files.length, found.bytes);
       const batch = o.batch ?? 200;
       for (let at = 0; at < found.files.length; at += batch) {
@@ -98,26 +108,59 @@ async function findFiles(dir: string): Promise<Found> {
     if ((cause as { code?: unknown }).code === "usage") throw cause;
     throw usageError(`cannot read ${dir}: ${errnoOrMessage(cause)}`, cause);
   }
-  const files: { path: string; size: number }[] = [];
+  const files: { path: Buffer; size: number }[] = [];
+  const failures: Failure[] = [];
   let bytes = 0;
   let removed = 0;
-  const walk = async (at: string): Promise<void> => {
-    const entries = [];
-    for await (const entry of await opendir(at)) entries.push(entry);
-    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  /** A failure of the run for this entry, or nothing for one gone since its directory was listed. */
+  const fail = (path: Buffer, e: unknown) => {
+    const code = (e as { code?: unknown } | null)?.code;
+    if (code === "ENOENT") return;
+    failures.push({
+      path: path.toString(),
+      status: "failed",
+      error: { code: typeof code === "string" ? code : "internal", message: messageOf(e) },
+    });
+  };
+  const walk = async (at: Buffer): Promise<void> => {
+    let entries: Dirent<Buffer>[];
+    try {
+      entries = await readdir(at, { withFileTypes: true, encoding: "buffer" });
+    } catch (e) {
+      fail(at, e);
+      return;
+    }
+    entries.sort((a, b) => Buffer.compare(a.name, b.name));
     for (const entry of entries) {
-      const path = join(at, entry.name);
-      if (entry.isDirectory()) await walk(path);
-      else if (entry.isFile() && TEMP_FILE.test(entry.name)) {
-        await rm(path, { force: true });
-        removed++;
-      } else if (entry.isFile()) {
-        const { size } = await lstat(path);
-        files.push({ path, size });
-        bytes += size;
+      const path = joinBytes(at, entry.name);
+      if (entry.isDirectory()) {
+        await walk(path);
+        continue;
+      }
+      if (!entry.isFile()) continue;
+      try {
+        if (TEMP_FILE.test(entry.name.toString())) {
+          await rm(path, { force: true });
+          removed++;
+        } else {
+          const { size } = await lstat(path);
+          files.push({ path, size });
+          bytes += size;
+        }
+      } catch (e) {
+        fail(path, e);
       }
     }
   };
-  await walk(dir);
-  return { files, bytes, removed };
+  await walk(Buffer.from(dir));
+  return { files, bytes, removed, failures };
+}
+
+/**
+ * `path.join` on names kept as bytes. Latin-1 maps each byte to one character and back, and join only
+ * acts on the separator and dots, which are single bytes that no UTF-8 sequence holds: the other bytes
+ * come through as they were.
+ */
+function joinBytes(dir: Buffer, name: Buffer): Buffer {
+  return Buffer.from(join(dir.toString("latin1"), name.toString("latin1")), "latin1");
 }
