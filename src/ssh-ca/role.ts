@@ -95,6 +95,19 @@ export function checkPrincipalText(value: unknown, what: string): string {
   return value;
 }
 
+/**
+ * A host certificate's principal (or a host role's name or pattern): no upper-case
+ * letter, because the ssh client lowercases the host name and HostKeyAlias before
+ * it matches them against the certificate, so such a principal never matches.
+ */
+export function checkHostPrincipal(value: string, what: string): void {
+  if (/[A-Z]/.test(value)) {
+    throw invalid(
+      `${what} "${value.slice(0, 64)}" has upper-case letters: ssh clients lowercase the host name they check, so write it in lower case`,
+    );
+  }
+}
+
 function stringList(value: unknown, what: string, max: number): string[] {
   if (!Array.isArray(value) || value.length > max || !value.every((v) => typeof v === "string")) {
     throw invalid(`${what} must be a list of at most ${max} strings`);
@@ -198,6 +211,7 @@ export function validateRoleSpec(input: unknown): RoleSpec {
       }
     } else {
       checkPrincipalText(p, "principal");
+      if (certType === "host") checkHostPrincipal(p, "principals: host name");
       if (selfService) throw invalid(`a self-service role takes only templates, not "${p.slice(0, 64)}"`);
     }
   }

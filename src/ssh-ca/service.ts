@@ -17,6 +17,7 @@ import { authorizedKeyLine, parsePublicKeyLine, type SubjectKey, sshPublicKeyFro
 import { buildKrl } from "./krl.js";
 import {
   BUILTIN_ROLES,
+  checkHostPrincipal,
   checkPrincipalText,
   checkReason,
   checkSubjectKey,
@@ -321,6 +322,14 @@ export class SshCa {
       // certificate holds them, so that what is recorded and answered is what it says.
       const until = Math.min(now.getTime() + ttl * 1000, grant === null ? Infinity : Date.parse(grant.grantExpiresAt));
       const validBefore = wholeSeconds(until);
+      if (validBefore.getTime() <= now.getTime()) {
+        // Only a grant in its last fraction of a second gets here: rounded down, its end has passed.
+        throw new CustosError(
+          "principal_not_allowed",
+          `the sudo grant for ${grant?.account}@${grant?.instanceId} ends at ${grant?.grantExpiresAt}: ` +
+            "less than a whole second is left for a certificate",
+        );
+      }
       const plan: CertificatePlan = {
         role,
         key,
@@ -419,11 +428,16 @@ export class SshCa {
       if (!Array.isArray(requested) || requested.length > MAX_CERTIFICATE_PRINCIPALS) {
         throw new CustosError("invalid_request", `principals must be a list of at most ${MAX_CERTIFICATE_PRINCIPALS}`);
       }
-      for (const p of requested) checkPrincipalText(p, "principal");
+      for (const p of requested) {
+        checkPrincipalText(p, "principal");
+        if (role.certType === "host") checkHostPrincipal(p, "host principal");
+      }
     }
     const allowed = await this.#allowed(role, requester, now);
     if (requested === undefined || requested.length === 0) {
       const principals = [...allowed.exact].filter(([, sudo]) => sudo === null).map(([p]) => p);
+      // A host role stored before role writes refused upper case may still name such a host.
+      if (role.certType === "host") for (const p of principals) checkHostPrincipal(p, "host principal");
       if (principals.length === 0) {
         throw new CustosError("principal_not_allowed", `role ${role.name} gives ${requester.display} no principals`);
       }
