@@ -10,14 +10,20 @@
  */
 import { spawn } from "node:child_process";
 import { createHash, createPrivateKey, X509Certificate } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { readdir, readFile, rm } from "node:fs/promises";
 import { isIP } from "node:net";
-import { basename } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect } from "node:tls";
 import { ClientError, type CustosClient } from "../client/index.js";
 import { messageOf } from "../errors/index.js";
-import { writeFileAtomic as durableWrite, type FileChange, replaceFilesUndoably } from "../files/index.js";
+import {
+  writeFileAtomic as durableWrite,
+  type FileChange,
+  replaceFiles,
+  replaceFilesUndoably,
+  syncPath,
+} from "../files/index.js";
 import { Secret } from "../secret/index.js";
 
 /** Where `--check` connects, and the name it asks for. */
@@ -157,6 +163,40 @@ export function isAgentId(id: string): boolean {
  */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+const PEM_END = "-----END CERTIFICATE-----";
+
+/**
+ * The temporary files `src/files` made beside `path` (`.<name>.<12 hex>.tmp`) and a
+ * stopped agent left: new contents not yet renamed, or copies of the old.
+ */
+async function leftoversOf(path: string): Promise<string[]> {
+  const name = basename(path);
+  let entries: string[];
+  try {
+    entries = await readdir(dirname(path));
+  } catch (e) {
+    if (errnoOf(e) === "ENOENT") return [];
+    throw new CertAgentError("io_error", `cannot list ${dirname(path)}: ${messageOf(e)}`, { cause: e });
+  }
+  return entries
+    .filter((e) => e.startsWith(`.${name}.`) && /^[0-9a-f]{12}\.tmp$/.test(e.slice(name.length + 2)))
+    .map((e) => join(dirname(path), e));
+}
+
+/** Whether `keyPem` is the private key of `leaf`. */
+function matches(leaf: X509Certificate, keyPem: Buffer): boolean {
+  try {
+    return leaf.checkPrivateKey(createPrivateKey(keyPem));
+  } catch {
+    return false;
+  }
+}
+
+/** What the files hold, for a log line. */
+function filesHold(onDisk: { fingerprint: string } | undefined): string {
+  return onDisk === undefined ? "the files are not a usable pair" : `the files hold ${short(onDisk.fingerprint)}`;
+}
+
 /** SHA-256 of a certificate's DER, lowercase hex: how Custos names certificates. */
 export function fingerprintOf(cert: X509Certificate): string {
   return createHash("sha256").update(cert.raw).digest("hex");
@@ -173,7 +213,11 @@ export class CertAgent {
   readonly #now: () => number;
   #served: string | undefined;
   #accepted = false;
-  /** Set when a replacement of the files failed: they are written again even if `#served` is the target. */
+  /**
+   * Set when the files are not known to hold `#served`'s pair (a replacement failed,
+   * or an agent stopped mid-change): they are written again even if `#served` is the
+   * target, and a failed install has no served files to put back.
+   */
   #rewrite = false;
 
   /** Builds an agent; `init()` must run before the first round. */
@@ -207,38 +251,133 @@ export class CertAgent {
    * agent itself confirmed that certificate served: files written before a reload
    * that failed (by an agent that then stopped) or put there by someone else are
    * not taken as served. With a check address the handshake has the last word.
+   *
+   * An agent stopped in the middle of a change (killed during its reload) leaves the
+   * new files in place and its copies of the served ones beside them: the pair the
+   * state file names is put back from those copies, so a failed reload later has
+   * that pair to go back to, and the copies (one holds a private key) are removed.
+   * Without the copies, a check that still presents the state file's certificate
+   * makes it what is served and reported, the files to be written whole next round.
    */
   async init(signal?: AbortSignal): Promise<void> {
-    const onDisk = await this.#readServed();
-    if (onDisk === undefined) {
+    const confirmed = await this.#readState();
+    let onDisk = await this.#readServed();
+    if (confirmed !== undefined && onDisk?.fingerprint !== confirmed && (await this.#putBackServed(confirmed))) {
+      onDisk = await this.#readServed();
+    }
+    await this.#removeLeftovers();
+    if (onDisk === undefined && confirmed === undefined) {
       this.#log("info", "no usable certificate files yet: the first round writes them");
       return;
     }
-    const confirmed = await this.#readState();
-    if (confirmed !== onDisk.fingerprint) {
-      this.#log("info", `the files hold ${short(onDisk.fingerprint)}, not known to be served: rewriting them`);
+    const trusted = onDisk !== undefined && onDisk.fingerprint === confirmed;
+    const check = this.#options.check;
+    if (check === undefined || confirmed === undefined) {
+      if (onDisk !== undefined && trusted) {
+        this.#served = onDisk.fingerprint;
+        this.#log("info", `serving ${short(onDisk.fingerprint)} (from the files)`);
+      } else {
+        this.#log("info", `${filesHold(onDisk)}, not known to be served: rewriting them`);
+      }
       return;
     }
-    const check = this.#options.check;
-    if (check !== undefined) {
-      const servername = check.servername ?? defaultServername(onDisk.cert);
-      let presented: string;
+    const servername = check.servername ?? (onDisk === undefined ? undefined : defaultServername(onDisk.cert));
+    let presented: string;
+    try {
+      presented = await presentedFingerprint(check, servername, HANDSHAKE_TIMEOUT_MS, signal);
+    } catch (e) {
+      this.#log("info", `${addressOf(check)} cannot be checked (${messageOf(e)}): rewriting the files`);
+      return;
+    }
+    if (onDisk !== undefined && trusted && presented === onDisk.fingerprint) {
+      this.#served = onDisk.fingerprint;
+      this.#log("info", `serving ${short(onDisk.fingerprint)} (from the files)`);
+      return;
+    }
+    if (presented === confirmed) {
+      // Still what clients see, and what the agent confirmed: report it (holding a
+      // rotation open) rather than nothing, and write the files whole next round.
+      this.#served = confirmed;
+      this.#rewrite = true;
+      this.#log(
+        "info",
+        `${addressOf(check)} presents ${short(confirmed)}, served before a change that did not finish, though ${filesHold(onDisk)}: rewriting them`,
+      );
+      return;
+    }
+    this.#log(
+      "info",
+      `${addressOf(check)} presents ${short(presented)}, not ${short(confirmed)} last confirmed served (${filesHold(onDisk)}): rewriting them`,
+    );
+  }
+
+  /**
+   * Puts the pair `fingerprint` names back in place from the copies a stopped agent
+   * left beside the files (`replaceFilesUndoably`'s), when its certificate and a
+   * matching key are among them; the chain is the certificate file's tail.
+   * @returns true when the files hold that pair again.
+   */
+  async #putBackServed(fingerprint: string): Promise<boolean> {
+    const { certFile, keyFile, chainFile } = this.#options;
+    let found: { text: string; leaf: X509Certificate; chain: string } | undefined;
+    for (const path of [certFile, ...(await leftoversOf(certFile))]) {
+      const text = await readFile(path, "utf8").catch(() => "");
+      const end = text.indexOf(PEM_END);
       try {
-        presented = await presentedFingerprint(check, servername, HANDSHAKE_TIMEOUT_MS, signal);
-      } catch (e) {
-        this.#log("info", `${addressOf(check)} cannot be checked (${messageOf(e)}): rewriting the files`);
-        return;
-      }
-      if (presented !== onDisk.fingerprint) {
-        this.#log(
-          "info",
-          `${addressOf(check)} presents ${short(presented)}, not the files' ${short(onDisk.fingerprint)}: rewriting them`,
-        );
-        return;
+        const leaf = new X509Certificate(text);
+        const chain = text.slice(end + PEM_END.length).replace(/^\r?\n/, "");
+        if (fingerprintOf(leaf) === fingerprint && leaf.checkIssued(new X509Certificate(chain))) {
+          found = { text, leaf, chain };
+          break;
+        }
+      } catch {
+        // Not a certificate file of the agent's: look further.
       }
     }
-    this.#served = onDisk.fingerprint;
-    this.#log("info", `serving ${short(onDisk.fingerprint)} (from the files)`);
+    if (found === undefined) return false;
+    for (const path of [keyFile, ...(await leftoversOf(keyFile))]) {
+      const key = await readFile(path).catch(() => undefined);
+      if (key === undefined) continue;
+      try {
+        if (!matches(found.leaf, key)) continue;
+        await replaceFiles([
+          { path: keyFile, data: key, mode: 0o600 },
+          { path: chainFile, data: found.chain, mode: 0o644 },
+          { path: certFile, data: found.text, mode: 0o644 },
+        ]);
+      } catch (e) {
+        throw new CertAgentError("io_error", `cannot put the served certificate files back: ${messageOf(e)}`, {
+          cause: e,
+        });
+      } finally {
+        key.fill(0);
+      }
+      this.#log(
+        "info",
+        `put back the files of ${short(fingerprint)}, left beside them by a change that did not finish`,
+      );
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * Removes the temporary files a stopped agent left beside its own files (a copy
+   * of the key among them): no change of this agent is under way before `init` ends.
+   */
+  async #removeLeftovers(): Promise<void> {
+    const { certFile, keyFile, chainFile } = this.#options;
+    const paths = [certFile, keyFile, chainFile, this.#stateFile()];
+    const leftovers = (await Promise.all(paths.map(leftoversOf))).flat();
+    if (leftovers.length === 0) return;
+    try {
+      await Promise.all(leftovers.map((path) => rm(path, { force: true })));
+      // Durably gone: one may be a copy of a private key.
+      for (const dir of new Set(leftovers.map(dirname))) await syncPath(dir);
+    } catch (e) {
+      throw new CertAgentError("io_error", `cannot remove leftover temporary files: ${messageOf(e)}`, { cause: e });
+    }
+    this.#log("info", `removed ${leftovers.length} temporary files a stopped agent left`);
   }
 
   /**
@@ -382,6 +521,8 @@ export class CertAgent {
     const { leaf, certPem, chainPem } = checked;
     this.#log("info", `${nameOf(material)} to install`);
     signal?.throwIfAborted();
+    // Whether the files about to be replaced are the served pair, to go back to.
+    const restorable = this.#served !== undefined && !this.#rewrite;
     const change = await this.#replace(material.privateKey, certPem, chainPem);
     let reloaded = false;
     try {
@@ -401,7 +542,7 @@ export class CertAgent {
         this.#log("info", `${addressOf(check)} presents ${short(material.fingerprint)}`);
       }
     } catch (e) {
-      await this.#rollBack(change, reloaded);
+      await this.#rollBack(change, reloaded, restorable);
       throw e;
     }
     await change
@@ -416,10 +557,16 @@ export class CertAgent {
     this.#log("info", "reload command succeeded");
   }
 
-  /** Puts the served files back after a failed install; reloads again if the endpoint had been reloaded on the new ones. */
-  async #rollBack(change: FileChange, reloaded: boolean): Promise<void> {
-    if (this.#served === undefined || this.#rewrite) {
+  /**
+   * Puts the served files back after a failed install (when `restorable`: the files
+   * replaced were the served pair); reloads again if the endpoint had been reloaded
+   * on the new ones.
+   */
+  async #rollBack(change: FileChange, reloaded: boolean, restorable: boolean): Promise<void> {
+    if (!restorable) {
       await change.keep().catch(() => {});
+      // Something is served but the files are not its pair: write them whole again next round.
+      if (this.#served !== undefined) this.#rewrite = true;
       return;
     }
     try {
@@ -539,7 +686,9 @@ export interface RunOptions {
  * has never been answered: that is a setting to fix, not a condition to wait out.
  * Once it has been answered, they are logged and retried like the rest: the files
  * in place keep being served either way, and a policy put right is picked up
- * without a restart. A 400 ends the run whenever it comes.
+ * without a restart. So is a renewal the issuing policy refuses (a role narrowed
+ * under the consumer: `name_not_allowed`, `ttl_too_long`, ...), once something is
+ * served. A request Custos calls malformed ends the run whenever it comes.
  * @returns the last round's result, or undefined when stopped before any succeeded.
  */
 export async function runCertAgent(
@@ -564,9 +713,9 @@ export async function runCertAgent(
     } catch (e) {
       if (signal.aborted) return last;
       if (run.once === true) throw e;
-      // A request Custos calls malformed (400) stays malformed however often it is sent.
-      const malformed = e instanceof ClientError && e.status === 400;
-      if (isRefusal(e) && (!agent.accepted || malformed)) throw e;
+      // A 400 with nothing served is not waited out either: there is no endpoint to keep up.
+      const unserved = e instanceof ClientError && e.status === 400 && agent.served === undefined;
+      if (isRefusal(e) && (!agent.accepted || isMalformed(e) || unserved)) throw e;
       log("error", `${errorCodeOf(e)}: ${messageOf(e)} (retrying in ${Math.round(options.intervalMs / 1000)}s)`);
     }
     try {
@@ -584,6 +733,17 @@ export function isRefusal(e: unknown): boolean {
   if (!(e instanceof ClientError)) return false;
   if (e.status === 0) return e.code !== "unavailable" && e.code !== "internal";
   return e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429;
+}
+
+/**
+ * True for a request Custos calls malformed (`invalid_request`, or a 400 without a
+ * Custos error body, from a proxy in front): it stays malformed however often it
+ * is sent. Other 400s are about Custos's state (the role a consumer is issued
+ * under no longer allows its names, lifetime or key type), which an operator can
+ * put right.
+ */
+function isMalformed(e: unknown): boolean {
+  return e instanceof ClientError && e.status === 400 && (e.code === "invalid_request" || e.code === "http_error");
 }
 
 /** A refusal with what to change, for an operator reading one line. */

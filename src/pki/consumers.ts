@@ -1,5 +1,5 @@
-import { createPrivateKey } from "node:crypto";
-import { type Actor, auditEntry } from "../audit/index.js";
+import { createPrivateKey, randomUUID } from "node:crypto";
+import { type Actor, auditEntry, systemActor } from "../audit/index.js";
 import { CustosError, isCustosError } from "../errors/index.js";
 import type { Keystore } from "../hsm/index.js";
 import type {
@@ -157,16 +157,16 @@ export class Consumers {
   }
 
   async get(name: string): Promise<ConsumerView> {
-    return this.#view(await this.#consumer(name));
+    return this.#view(await this.#settled(await this.#consumer(name)));
   }
 
   async list(): Promise<ConsumerView[]> {
-    return Promise.all((await this.#store.listConsumers()).map((c) => this.#view(c)));
+    return Promise.all((await this.#store.listConsumers()).map(async (c) => this.#view(await this.#settled(c))));
   }
 
   /** Stages a new generation as the target. `conflict` while a rotation is in progress. */
   async rotate(actor: Actor, name: string): Promise<ConsumerView> {
-    const consumer = await this.#consumer(name);
+    const consumer = await this.#settled(await this.#consumer(name));
     if (await this.#rotating(consumer)) {
       throw new CustosError("conflict", `a rotation of ${name} is in progress: wait for it, or roll it back`);
     }
@@ -180,7 +180,7 @@ export class Consumers {
    */
   async renew(actor: Actor, name: string, fingerprint: unknown): Promise<ConsumerView> {
     const fp = checkFingerprint(fingerprint);
-    const consumer = await this.#consumer(name);
+    const consumer = await this.#settled(await this.#consumer(name));
     const target = await this.#generation(consumer, consumer.targetGeneration);
     const due = renewAtOf(target.notBefore, target.notAfter).getTime() <= this.#now().getTime();
     if (target.fingerprint !== fp || !due || (await this.#rotating(consumer))) return this.#view(consumer);
@@ -310,6 +310,45 @@ export class Consumers {
       } catch (e) {
         // The consumer moved on (a rotation started) between reading and writing: judge again.
         if (!(isCustosError(e) && e.code === "conflict") || attempt >= 3) throw e;
+      }
+    }
+  }
+
+  /**
+   * The consumer with its open rotation completed when every live agent already
+   * serves the target: time alone makes an agent stale, and a rotation no live agent
+   * has to take up completes without any report. So `state` and `completedAt` always
+   * agree. Costs reads only while a rotation is open, and one audited write when it
+   * completes (even on a GET); the write is a compare-and-set on the revision, so a
+   * concurrent report, rotation or rollback wins and is judged again.
+   */
+  async #settled(read: ConsumerRecord): Promise<ConsumerRecord> {
+    let consumer = read;
+    for (let attempt = 1; ; attempt++) {
+      const rotation = consumer.rotation;
+      if (rotation === null || rotation.completedAt !== null) return consumer;
+      const now = this.#now();
+      const target = await this.#generation(consumer, consumer.targetGeneration);
+      const agents = await this.#store.listConsumerAgents(consumer.name);
+      if (!this.#converged(agents, target.fingerprint, now)) return consumer;
+      const completed: ConsumerRecord = {
+        ...consumer,
+        rotation: { ...rotation, completedAt: now.toISOString() },
+        updatedAt: now.toISOString(),
+      };
+      try {
+        await this.#store.writeConsumer(
+          { consumer: completed, expectedRevision: consumer.revision },
+          auditEntry(systemActor(`rotation-${randomUUID()}`), "cert.rotation.complete", `cert/${consumer.name}`, {
+            rotationCompleted: rotation,
+          }),
+        );
+        return { ...completed, revision: consumer.revision + 1 };
+      } catch (e) {
+        if (!(isCustosError(e) && e.code === "conflict")) throw e;
+        consumer = await this.#consumer(consumer.name);
+        // Still contended: answer the consumer as it is; the next look completes it.
+        if (attempt >= 3) return consumer;
       }
     }
   }

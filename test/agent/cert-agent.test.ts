@@ -336,6 +336,47 @@ describe("certificate agent", () => {
     );
   });
 
+  /**
+   * What an agent killed during its reload leaves: the new pair (`to`) in place, its
+   * copies of the served one beside it, one new file never renamed, the state file
+   * naming the served certificate.
+   */
+  const killedDuringReload = (to: Leaf) => {
+    const copy = (name: string, random: string, mode: number) =>
+      writeFileSync(join(dir, `.${name}.${random}.tmp`), readFileSync(join(dir, name)), { mode });
+    copy("router.key", "0123456789ab", 0o600);
+    copy("chain.pem", "1123456789ab", 0o644);
+    copy("router.pem", "2123456789ab", 0o644);
+    writeFileSync(join(dir, ".router.key.3123456789ab.tmp"), to.key, { mode: 0o600 });
+    writeFileSync(join(dir, "router.key"), to.key, { mode: 0o600 });
+    writeFileSync(join(dir, "router.pem"), to.cert + pki.ca);
+  };
+
+  test("restarted after an agent was killed during its reload, it puts the served files back from its copies and removes them", async () => {
+    await (await agentOn()).round();
+    killedDuringReload(leaf(1));
+    writeFileSync(join(dir, "unrelated.tmp"), "");
+    const restarted = await agentOn();
+    assert.equal(restarted.served, leaf(0).fingerprint);
+    assert.equal(readFileSync(join(dir, "router.key"), "utf8"), leaf(0).key);
+    assert.equal(readFileSync(join(dir, "router.pem"), "utf8"), leaf(0).cert + pki.ca);
+    assert.equal(readFileSync(join(dir, "chain.pem"), "utf8"), pki.ca);
+    assert.equal(statSync(join(dir, "router.key")).mode & 0o777, 0o600);
+    assert.deepEqual(
+      readdirSync(dir).filter((f) => f.endsWith(".tmp")),
+      ["unrelated.tmp"],
+      "its own leftovers, a key copy among them, are gone; nothing else",
+    );
+    // A reload that fails now has the served pair to go back to, and it is what is reported.
+    fake.target = leaf(1);
+    fake.generation = 2;
+    writeFileSync(join(dir, "reload.fail"), "");
+    await assert.rejects(restarted.round(), { code: "reload_failed" });
+    assert.equal(readFileSync(join(dir, "router.key"), "utf8"), leaf(0).key);
+    assert.equal(fake.reports.at(-1)?.fingerprint, leaf(0).fingerprint);
+    assert.equal(reloads(), 1);
+  });
+
   test("files a failed first reload left behind stay for the endpoint, but are not taken as served", async () => {
     writeFileSync(join(dir, "reload.fail"), "");
     await assert.rejects((await agentOn()).round(), { code: "reload_failed" });
@@ -514,7 +555,7 @@ describe("certificate agent", () => {
     assert.match(errors[2] ?? "", /^error internal: /);
   });
 
-  test("a 400 ends the run even once Custos has answered: a malformed request is not retried", async () => {
+  test("a malformed request (invalid_request) ends the run even once Custos has answered: it is not retried", async () => {
     const controller = new AbortController();
     const guard = setTimeout(() => controller.abort(), 5000);
     server.reply = (req) =>
@@ -530,6 +571,36 @@ describe("certificate agent", () => {
       clearTimeout(guard);
     }
     assert.equal(fake.fetches.length, 1);
+  });
+
+  test("once something is served, a renewal the issuing policy refuses (a 400) is logged and retried, not fatal", async () => {
+    const controller = new AbortController();
+    const guard = setTimeout(() => controller.abort(), 5000);
+    fake.renewAt = PAST;
+    let renewals = 0;
+    server.reply = (req) => {
+      if (req.method === "POST" && req.url.endsWith("/renew") && ++renewals <= 2) {
+        const code = renewals === 1 ? "name_not_allowed" : "ttl_too_long";
+        return { status: 400, body: { error: { code, message: "refused by the role" } } };
+      }
+      return fake.reply(req);
+    };
+    fake.next = leaf(1);
+    const stopWhenRenewed = (level: AgentLogLevel, message: string) => {
+      log(level, message);
+      if (message.startsWith("renewed:")) controller.abort();
+    };
+    try {
+      await runCertAgent(client, options({ intervalMs: 10 }), stopWhenRenewed, controller.signal);
+    } finally {
+      clearTimeout(guard);
+    }
+    const errors = lines.filter((l) => l.startsWith("error "));
+    assert.match(errors[0] ?? "", /^error name_not_allowed: refused by the role/);
+    assert.match(errors[1] ?? "", /^error ttl_too_long: refused by the role/);
+    assert.equal(fake.renewals, 1, "the third renewal reached the fake and renewed");
+    assert.equal(fake.target.fingerprint, leaf(1).fingerprint);
+    assert.equal(fake.reports[0]?.fingerprint, leaf(0).fingerprint, "what is served was reported meanwhile");
   });
 
   test("an agent id Custos would refuse is refused before anything is sent", () => {
@@ -651,6 +722,26 @@ describe("certificate agent", () => {
       });
       assert.deepEqual(fake.reports, []);
       assert.equal(names.at(-1), "edge.apps.test");
+    });
+
+    test("restarted after a change that did not finish and without its copies, it reports what the endpoint still presents", async () => {
+      presents = "files";
+      await (await agentOn({ check: { host: "127.0.0.1", port } })).round();
+      presents = leaf(0);
+      killedDuringReload(leaf(1));
+      for (const f of readdirSync(dir).filter((n) => n.endsWith(".tmp"))) rmSync(join(dir, f));
+      const restarted = await agentOn({ check: { host: "127.0.0.1", port }, checkTimeoutMs: 600 });
+      assert.equal(restarted.served, leaf(0).fingerprint, "the certificate the state file names, still presented");
+      fake.target = leaf(1);
+      fake.generation = 2;
+      writeFileSync(join(dir, "reload.fail"), "");
+      await assert.rejects(restarted.round(), { code: "reload_failed" });
+      assert.equal(fake.reports.at(-1)?.fingerprint, leaf(0).fingerprint, "reported, holding the rotation open");
+      assert.equal(fake.fetches.at(-1)?.has("known"), false, "the files are written whole");
+      rmSync(join(dir, "reload.fail"));
+      presents = "files";
+      assert.equal((await restarted.round()).changed, true);
+      assert.equal(fake.reports.at(-1)?.fingerprint, leaf(1).fingerprint);
     });
 
     test("at start, files the endpoint does not present are not taken as served", async () => {
