@@ -103,8 +103,8 @@ async function openChunks(
   return out;
 }
 
-/** A file as a `RangeSource`; `close()` it when done. */
-export async function fileSource(path: string): Promise<RangeSource & { close(): Promise<void> }> {
+/** A file as a `RangeSource`; `close()` it when done. A name as bytes need not be UTF-8. */
+export async function fileSource(path: string | Buffer): Promise<RangeSource & { close(): Promise<void> }> {
   const handle = await open(path, "r");
   try {
     const { size } = await handle.stat();

@@ -10,10 +10,11 @@ import { chmod, copyFile, type FileHandle, open, realpath, rename, rm, stat } fr
 import { basename, sep } from "node:path";
 import { Transform } from "node:stream";
 import { CustosError, messageOf } from "../errors/index.js";
+import { syncPath } from "../files/index.js";
 import { decryptionFailed } from "./errors.js";
 import { type Header, IncompleteHeader, MAGIC, parseHeader, replaceKeySection } from "./format.js";
 import { type EnvelopeKms, isItemError, itemError, KmsItemError } from "./kms.js";
-import { readHeader } from "./range.js";
+import { fileSource, readHeader } from "./range.js";
 
 /** What happened to one file. */
 export type RewrapOutcome =
@@ -154,13 +155,11 @@ async function readCandidate(path: string | Buffer, index: number): Promise<Cand
   // A symbolic link is rewrapped where it points, in the target's directory: renaming over the link
   // would turn it into a rewrapped copy and leave the message it names on the old key.
   const file = await realpath(path, { encoding: "buffer" });
-  // Not fileSource: it takes a string, and the name may not be UTF-8.
-  const handle = await open(file, "r");
+  const source = await fileSource(file);
   try {
-    const before = await handle.stat();
-    const source = { size: before.size, read: (position: number, length: number) => readAt(handle, position, length) };
     const start = await source.read(0, MAGIC.length);
     if (!start.equals(MAGIC)) return undefined;
+    const before = await stat(file);
     let header: Header;
     try {
       header = await readHeader(source);
@@ -169,7 +168,7 @@ async function readCandidate(path: string | Buffer, index: number): Promise<Cand
     }
     return { index, file, header, before };
   } finally {
-    await handle.close();
+    await source.close();
   }
 }
 
@@ -202,7 +201,7 @@ export async function replaceHeader(path: Buffer, old: Buffer, header: Buffer, b
     const now = await stat(path);
     if (now.ino !== before.ino || now.size !== before.size || now.mtimeMs !== before.mtimeMs) throw changed(path);
     await rename(temp, path);
-    await syncDirectory(dir);
+    await syncPath(dir);
   } catch (e) {
     await rm(temp, { force: true });
     throw e;
@@ -250,33 +249,14 @@ async function copyShifted(path: Buffer, temp: Buffer, old: Buffer, header: Buff
  * a file rewritten since would otherwise get the old message's header on its new body.
  */
 async function expectHeader(handle: FileHandle, old: Buffer, path: Buffer): Promise<void> {
-  if (!(await readAt(handle, 0, old.length)).equals(old)) throw changed(path);
+  // A regular file reads short only at its end.
+  const start = Buffer.alloc(old.length);
+  const { bytesRead } = await handle.read(start, 0, old.length, 0);
+  if (bytesRead !== old.length || !start.equals(old)) throw changed(path);
 }
 
 function changed(path: Buffer): CustosError {
   return new CustosError("conflict", `${basename(path.toString())} changed while it was being rewrapped; run again`);
-}
-
-/** `length` bytes at `position` (fewer only at the end). */
-async function readAt(handle: FileHandle, position: number, length: number): Promise<Buffer> {
-  const buffer = Buffer.allocUnsafe(length);
-  let done = 0;
-  while (done < length) {
-    const { bytesRead } = await handle.read(buffer, done, length - done, position + done);
-    if (bytesRead === 0) break;
-    done += bytesRead;
-  }
-  return buffer.subarray(0, done);
-}
-
-/** As syncPath, which takes a string: a directory's name need not be UTF-8. */
-async function syncDirectory(dir: Buffer): Promise<void> {
-  const handle = await open(dir, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 /** The copy gets the original's mode, and its owner when we may give it (as root). */

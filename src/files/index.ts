@@ -11,7 +11,7 @@ import { basename, dirname, join } from "node:path";
 import { messageOf } from "../errors/index.js";
 
 /** fsyncs a file, or a directory (which makes the renames and new entries in it durable). */
-export async function syncPath(path: string): Promise<void> {
+export async function syncPath(path: string | Buffer): Promise<void> {
   const handle = await open(path, "r");
   try {
     await handle.sync();
