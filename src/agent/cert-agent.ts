@@ -814,14 +814,8 @@ function checkMaterial(material: FullMaterial, now: number): CheckedMaterial {
   if (!leaf.checkIssued(issuer) || !leaf.verify(issuer.publicKey)) {
     throw new CertAgentError("invalid_material", "the chain's first certificate did not issue the certificate");
   }
-  const matches = material.privateKey.use((pem) => {
-    try {
-      return leaf.checkPrivateKey(createPrivateKey(pem));
-    } catch {
-      return false;
-    }
-  });
-  if (!matches) throw new CertAgentError("invalid_material", "the private key does not match the certificate");
+  if (!material.privateKey.use((pem) => matches(leaf, pem)))
+    throw new CertAgentError("invalid_material", "the private key does not match the certificate");
   if (now < Date.parse(leaf.validFrom)) {
     throw new CertAgentError(
       "invalid_material",

@@ -286,16 +286,7 @@ export class Consumers {
         consumer.rotation !== null &&
         consumer.rotation.completedAt === null &&
         this.#converged(agents, target.fingerprint, now);
-      const update = completes
-        ? {
-            consumer: {
-              ...consumer,
-              rotation: { ...(consumer.rotation as ConsumerRotation), completedAt: now.toISOString() },
-              updatedAt: now.toISOString(),
-            },
-            expectedRevision: consumer.revision,
-          }
-        : null;
+      const update = completes ? { consumer: completedAt(consumer, now), expectedRevision: consumer.revision } : null;
       try {
         await this.#store.reportConsumerAgent(
           agent,
@@ -331,11 +322,7 @@ export class Consumers {
       const target = await this.#generation(consumer, consumer.targetGeneration);
       const agents = await this.#store.listConsumerAgents(consumer.name);
       if (!this.#converged(agents, target.fingerprint, now)) return consumer;
-      const completed: ConsumerRecord = {
-        ...consumer,
-        rotation: { ...rotation, completedAt: now.toISOString() },
-        updatedAt: now.toISOString(),
-      };
+      const completed = completedAt(consumer, now);
       try {
         await this.#store.writeConsumer(
           { consumer: completed, expectedRevision: consumer.revision },
@@ -538,4 +525,10 @@ function consumerRequest(role: Role, input: ConsumerInput): ConsumerRequest {
 
 function generationView(generation: number, cert: CertificateRecord): GenerationView {
   return { generation, serial: cert.serial, fingerprint: cert.fingerprint, notAfter: cert.notAfter };
+}
+
+/** The consumer with its open rotation marked complete at `now`. */
+function completedAt(consumer: ConsumerRecord, now: Date): ConsumerRecord {
+  const rotation = { ...(consumer.rotation as ConsumerRotation), completedAt: now.toISOString() };
+  return { ...consumer, rotation, updatedAt: now.toISOString() };
 }
