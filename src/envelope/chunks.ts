@@ -1,10 +1,17 @@
 /**
  * Chunk encryption with a message's content key: AES-256-GCM from node:crypto (about
  * 2 GB/s here), one cipher per chunk under the nonce that binds its index and the
- * last-chunk flag. Streams hand chunks over as lists of buffers, so nothing is copied
- * on its way through; whole buffers go straight into one output buffer.
+ * last-chunk flag. Streams encrypt and decrypt each piece as it arrives (see
+ * `SealingChunk`); whole buffers go straight into one output buffer.
  */
-import { createCipheriv, createDecipheriv, createSecretKey, type KeyObject } from "node:crypto";
+import {
+  type CipherGCM,
+  createCipheriv,
+  createDecipheriv,
+  createSecretKey,
+  type DecipherGCM,
+  type KeyObject,
+} from "node:crypto";
 import { CustosError } from "../errors/index.js";
 import { decryptionFailed } from "./errors.js";
 import { chunkNonce, MAX_CHUNKS, TAG_BYTES } from "./format.js";
@@ -27,7 +34,7 @@ export class ChunkSealer {
 
   /** Encrypts chunk `index` (given as pieces) and appends its ciphertext, then its tag, to `out`. */
   seal(index: number, pieces: readonly Buffer[], last: boolean, out: Buffer[]): void {
-    const cipher = this.#cipher(index, last);
+    const cipher = this.cipher(index, last);
     for (const piece of pieces) {
       const sealed = cipher.update(piece);
       if (sealed.length > 0) out.push(sealed);
@@ -41,7 +48,7 @@ export class ChunkSealer {
    * offset after it. The whole-buffer path: one output buffer, no list to join.
    */
   sealInto(index: number, data: Buffer, last: boolean, out: Buffer, at: number): number {
-    const cipher = this.#cipher(index, last);
+    const cipher = this.cipher(index, last);
     let to = at;
     for (let from = 0; from < data.length; from += SLICE) {
       to += cipher.update(data.subarray(from, from + SLICE)).copy(out, to);
@@ -50,7 +57,8 @@ export class ChunkSealer {
     return to + cipher.getAuthTag().copy(out, to);
   }
 
-  #cipher(index: number, last: boolean) {
+  /** A cipher for chunk `index`, under the nonce that binds its index and the last-chunk flag. */
+  cipher(index: number, last: boolean): CipherGCM {
     if (index >= MAX_CHUNKS) throw new CustosError("invalid_request", "message has more chunks than the format allows");
     return createCipheriv("aes-256-gcm", this.#key, chunkNonce(this.#prefix, index, last));
   }
@@ -71,7 +79,7 @@ export class ChunkOpener {
    * unverified plaintext is zeroed, never returned.
    */
   open(index: number, pieces: readonly Buffer[], tag: Buffer, last: boolean): Buffer[] {
-    const decipher = this.#decipher(index, last, tag);
+    const decipher = this.decipher(index, last, tag);
     const out: Buffer[] = [];
     for (const piece of pieces) {
       const opened = decipher.update(piece);
@@ -93,7 +101,7 @@ export class ChunkOpener {
   openInto(index: number, sealed: Buffer, last: boolean, out: Buffer, at: number): number {
     if (sealed.length < TAG_BYTES) throw decryptionFailed();
     const end = sealed.length - TAG_BYTES;
-    const decipher = this.#decipher(index, last, sealed.subarray(end));
+    const decipher = this.decipher(index, last, sealed.subarray(end));
     let to = at;
     for (let from = 0; from < end; from += SLICE) {
       to += decipher.update(sealed.subarray(from, Math.min(end, from + SLICE))).copy(out, to);
@@ -107,86 +115,155 @@ export class ChunkOpener {
     return to;
   }
 
-  #decipher(index: number, last: boolean, tag: Buffer) {
-    if (tag.length !== TAG_BYTES) throw decryptionFailed();
-    return createDecipheriv("aes-256-gcm", this.#key, chunkNonce(this.#prefix, index, last)).setAuthTag(tag);
+  /** A decipher for chunk `index`; its tag is set before `final()`, here or by the caller. */
+  decipher(index: number, last: boolean, tag?: Buffer): DecipherGCM {
+    if (index >= MAX_CHUNKS || (tag !== undefined && tag.length !== TAG_BYTES)) throw decryptionFailed();
+    const decipher = createDecipheriv("aes-256-gcm", this.#key, chunkNonce(this.#prefix, index, last));
+    return tag === undefined ? decipher : decipher.setAuthTag(tag);
+  }
+
+  /** A cipher under chunk `index`'s not-last nonce: it turns that nonce's plaintext back into ciphertext. */
+  recipher(index: number): CipherGCM {
+    return createCipheriv("aes-256-gcm", this.#key, chunkNonce(this.#prefix, index, false));
   }
 }
 
 /**
- * A FIFO of buffers that hands out byte counts as lists of views. It copies only on
- * `keep()`: what a stream holds back past a write's callback.
+ * A stream's chunk, encrypted as its bytes arrive so that no input is held past its
+ * write (a writer may reuse its buffer once the write's callback has come). Whether
+ * the chunk is the last is known only when more input comes or the input ends, so it
+ * is encrypted under the not-last nonce and redone if it turns out to be the last.
  */
-export class ByteQueue {
-  readonly #pieces: Buffer[] = [];
-  #head = 0;
+export class SealingChunk {
+  readonly #sealer: ChunkSealer;
+  readonly #index: number;
+  readonly #cipher: CipherGCM;
+  readonly #sealed: Buffer[] = [];
   #length = 0;
-  /** How many pieces at the end were pushed since the last `keep()`: views of their writers' buffers. */
-  #borrowed = 0;
 
+  constructor(sealer: ChunkSealer, index: number) {
+    this.#sealer = sealer;
+    this.#index = index;
+    this.#cipher = sealer.cipher(index, false);
+  }
+
+  /** Plaintext bytes added so far. */
   get length(): number {
     return this.#length;
   }
 
-  push(piece: Buffer): void {
-    if (piece.length === 0) return;
-    this.#pieces.push(piece);
-    this.#length += piece.length;
-    this.#borrowed++;
+  add(plain: Buffer): void {
+    const sealed = this.#cipher.update(plain);
+    if (sealed.length > 0) this.#sealed.push(sealed);
+    this.#length += plain.length;
+  }
+
+  /** Ends the chunk as not the last: its ciphertext, then its tag. */
+  finish(): Buffer[] {
+    this.#cipher.final();
+    this.#sealed.push(this.#cipher.getAuthTag());
+    return this.#sealed;
   }
 
   /**
-   * Copies the bytes still borrowed from writers. A Writable's writer may reuse its
-   * buffer once the write's callback has come (Node's contract), so a stream calls
-   * this before that callback for whatever it holds back: at most a chunk's worth,
-   * while the bytes taken before are sealed or opened straight from the writer's buffer.
+   * Ends the chunk as the last. GCM encrypts in counter mode, so encrypting the
+   * ciphertext again under the same nonce gives back the plaintext, which is then
+   * sealed under the last-chunk nonce. Only the last chunk pays these two passes.
    */
-  keep(): void {
-    const n = this.#borrowed;
-    if (n === 0) return;
-    const end = this.#pieces.length;
-    this.#pieces.splice(end - n, n, Buffer.concat(this.#pieces.slice(end - n)));
-    this.#borrowed = 0;
-  }
-
-  /** Removes the first `n` bytes (n ≤ length) and returns them as views. */
-  take(n: number): Buffer[] {
+  finishLast(): Buffer[] {
+    const undo = this.#sealer.cipher(this.#index, false);
+    const plain = this.#sealed.map((b) => undo.update(b));
     const out: Buffer[] = [];
-    let left = n;
-    while (left > 0) {
-      const piece = this.#pieces[this.#head] as Buffer;
-      if (piece.length <= left) {
-        out.push(piece);
-        this.#pieces[this.#head++] = EMPTY;
-        left -= piece.length;
-      } else {
-        out.push(piece.subarray(0, left));
-        this.#pieces[this.#head] = piece.subarray(left);
-        left = 0;
-      }
-    }
-    this.#length -= n;
-    if (this.#head > 64 && this.#head * 2 > this.#pieces.length) {
-      this.#pieces.splice(0, this.#head);
-      this.#head = 0;
-    }
-    this.#borrowed = Math.min(this.#borrowed, this.#pieces.length - this.#head);
+    this.#sealer.seal(this.#index, plain, true, out);
+    for (const b of plain) b.fill(0);
     return out;
-  }
-
-  /** The first `n` bytes (n ≤ length) as one buffer, without removing them. */
-  peek(n: number): Buffer {
-    const first = this.#pieces[this.#head];
-    if (first !== undefined && first.length >= n) return first.subarray(0, n);
-    const views: Buffer[] = [];
-    let left = n;
-    for (let i = this.#head; left > 0; i++) {
-      const piece = this.#pieces[i] as Buffer;
-      views.push(piece.subarray(0, Math.min(left, piece.length)));
-      left -= Math.min(left, piece.length);
-    }
-    return Buffer.concat(views, n);
   }
 }
 
-const EMPTY = Buffer.alloc(0);
+/**
+ * A stream's chunk (ciphertext, then tag), decrypted as its bytes arrive under the
+ * not-last nonce and held until its tag verifies; nothing unverified leaves it. Only
+ * the tag's bytes are copied. If the input ends inside or right after it, it is the
+ * last and shorter than a stride, so its tag is its last 16 bytes, which were
+ * decrypted as ciphertext: `finishLast` encrypts the held plaintext back to the
+ * ciphertext (counter mode, same nonce), splits off the tag and opens the rest under
+ * the last-chunk nonce.
+ */
+export class OpeningChunk {
+  readonly #opener: ChunkOpener;
+  readonly #index: number;
+  readonly #chunkSize: number;
+  readonly #decipher: DecipherGCM;
+  readonly #plain: Buffer[] = [];
+  readonly #tag = Buffer.alloc(TAG_BYTES);
+  #received = 0;
+
+  constructor(opener: ChunkOpener, index: number, chunkSize: number) {
+    this.#opener = opener;
+    this.#index = index;
+    this.#chunkSize = chunkSize;
+    this.#decipher = opener.decipher(index, false);
+  }
+
+  /** Bytes received so far: up to a chunk of ciphertext, then up to a tag. */
+  get received(): number {
+    return this.#received;
+  }
+
+  /** Takes `sealed`, at most the bytes left of this chunk's stride (chunk size + tag). */
+  add(sealed: Buffer): void {
+    const body = Math.max(0, Math.min(sealed.length, this.#chunkSize - this.#received));
+    if (body > 0) {
+      const plain = this.#decipher.update(body === sealed.length ? sealed : sealed.subarray(0, body));
+      if (plain.length > 0) this.#plain.push(plain);
+    }
+    if (body < sealed.length) sealed.copy(this.#tag, this.#received + body - this.#chunkSize, body);
+    this.#received += sealed.length;
+  }
+
+  /** Ends a whole stride as not the last: its plaintext once the tag verifies. */
+  finish(): Buffer[] {
+    this.#decipher.setAuthTag(this.#tag);
+    try {
+      this.#decipher.final();
+    } catch {
+      this.#wipe();
+      throw decryptionFailed();
+    }
+    return this.#plain;
+  }
+
+  /** Ends the chunk as the last (see the class comment). */
+  finishLast(): Buffer[] {
+    const redo = this.#opener.recipher(this.#index);
+    const sealed = [
+      ...this.#plain.map((b) => redo.update(b)),
+      this.#tag.subarray(0, Math.max(0, this.#received - this.#chunkSize)),
+    ];
+    this.#wipe();
+    const tag = Buffer.concat(tail(sealed, TAG_BYTES), TAG_BYTES);
+    return this.#opener.open(this.#index, sealed, tag, true);
+  }
+
+  #wipe(): void {
+    for (const b of this.#plain) b.fill(0);
+  }
+}
+
+/** Cuts the last `n` bytes (n ≤ their total) off a list of pieces, in place, and returns them as pieces. */
+function tail(pieces: Buffer[], n: number): Buffer[] {
+  const cut: Buffer[] = [];
+  let left = n;
+  while (left > 0) {
+    const piece = pieces.pop() as Buffer;
+    if (piece.length <= left) {
+      cut.unshift(piece);
+      left -= piece.length;
+    } else {
+      cut.unshift(piece.subarray(piece.length - left));
+      pieces.push(piece.subarray(0, piece.length - left));
+      left = 0;
+    }
+  }
+  return cut;
+}

@@ -1,19 +1,21 @@
 /**
  * The streaming encoder and decoder as Node Transforms, so they sit in a
- * `pipeline()` and respect back-pressure. Each holds back one chunk's worth of input:
- * whether a chunk is the last is only known when the input ends, and the last-chunk
- * flag is part of the nonce.
+ * `pipeline()` and respect back-pressure. Each piece is encrypted or decrypted as it
+ * arrives, so no input is held or copied past its write; what is held is our own
+ * output, at most one chunk: whether a chunk is the last is known only when more
+ * input comes or the input ends, and the last-chunk flag is part of the nonce (see
+ * `SealingChunk` and `OpeningChunk`).
  */
 import { Transform, type TransformCallback } from "node:stream";
-import { ByteQueue } from "./chunks.js";
+import { OpeningChunk, SealingChunk } from "./chunks.js";
 import type { Opening, Sealing } from "./envelope.js";
 import { decryptionFailed } from "./errors.js";
 import { type Header, IncompleteHeader, parseHeader, TAG_BYTES } from "./format.js";
 
 export class EncryptStream extends Transform {
   readonly #begin: () => Promise<Sealing>;
-  readonly #queue = new ByteQueue();
   #sealing: Sealing | undefined;
+  #chunk: SealingChunk | undefined;
   #index = 0;
 
   constructor(begin: () => Promise<Sealing>) {
@@ -21,21 +23,26 @@ export class EncryptStream extends Transform {
     this.#begin = begin;
   }
 
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
-    this.#queue.push(chunk);
+  override _transform(data: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
     if (this.#sealing !== undefined) {
-      settle(done, () => this.#sealFull(chunk.length));
+      settle(done, () => this.#seal(data));
       return;
     }
-    this.#start().then(() => settle(done, () => this.#sealFull(chunk.length)), done);
+    this.#start().then(() => settle(done, () => this.#seal(data)), done);
   }
 
   override _flush(done: TransformCallback): void {
     this.#start().then(
       () =>
         settle(done, () => {
-          this.#sealFull(0);
-          this.#emit(this.#queue.take(this.#queue.length), true);
+          if (this.#chunk !== undefined) {
+            this.#pushAll(this.#chunk.finishLast());
+            return;
+          }
+          // The empty message: one empty last chunk.
+          const out: Buffer[] = [];
+          (this.#sealing as Sealing).sealer.seal(0, [], true, out);
+          this.#pushAll(out);
         }),
       done,
     );
@@ -47,30 +54,32 @@ export class EncryptStream extends Transform {
     this.push(this.#sealing.header);
   }
 
-  /**
-   * Seals every chunk known not to be the last (those with more input after them),
-   * then copies what is held back: the write's callback comes next.
-   */
-  #sealFull(added: number): void {
+  #seal(data: Buffer): void {
     const sealing = this.#sealing as Sealing;
-    sealing.addBytes(added);
-    while (this.#queue.length > sealing.chunkSize) this.#emit(this.#queue.take(sealing.chunkSize), false);
-    this.#queue.keep();
+    sealing.addBytes(data.length);
+    for (let at = 0; at < data.length; ) {
+      if (this.#chunk === undefined || this.#chunk.length === sealing.chunkSize) {
+        // More input after a full chunk: that chunk was not the last.
+        if (this.#chunk !== undefined) this.#pushAll(this.#chunk.finish());
+        this.#chunk = new SealingChunk(sealing.sealer, this.#index++);
+      }
+      const n = Math.min(sealing.chunkSize - this.#chunk.length, data.length - at);
+      this.#chunk.add(n === data.length ? data : data.subarray(at, at + n));
+      at += n;
+    }
   }
 
-  #emit(pieces: Buffer[], last: boolean): void {
-    const out: Buffer[] = [];
-    (this.#sealing as Sealing).sealer.seal(this.#index++, pieces, last, out);
+  #pushAll(out: Buffer[]): void {
     for (const b of out) this.push(b);
   }
 }
 
 export class DecryptStream extends Transform {
   readonly #begin: (header: Header) => Promise<Opening>;
-  readonly #queue = new ByteQueue();
+  /** Input received before the header is complete: copied, as it is held past its write (a few hundred bytes). */
+  #headerBytes: Buffer = Buffer.alloc(0);
   #opening: Opening | undefined;
-  /** Bytes the header needs before parsing is worth retrying. */
-  #headerNeeds = 0;
+  #chunk: OpeningChunk | undefined;
   #index = 0;
 
   constructor(begin: (header: Header) => Promise<Opening>) {
@@ -78,60 +87,57 @@ export class DecryptStream extends Transform {
     this.#begin = begin;
   }
 
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
-    this.#queue.push(chunk);
+  override _transform(data: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
     if (this.#opening !== undefined) {
-      settle(done, () => this.#openFull());
+      settle(done, () => this.#open(data));
       return;
     }
-    // A header still incomplete is held back past the write's callback too.
-    this.#tryHeader().then(
-      () => settle(done, () => (this.#opening !== undefined ? this.#openFull() : this.#queue.keep())),
-      done,
-    );
+    this.#readHeader(data).then((body) => settle(done, () => body !== undefined && this.#open(body)), done);
   }
 
   override _flush(done: TransformCallback): void {
     settle(done, () => {
-      // An input that ends inside the header (or is empty) is a damaged message.
-      if (this.#opening === undefined) throw decryptionFailed();
-      this.#openFull();
-      const { header } = this.#opening;
-      const left = this.#queue.length;
-      if (left < TAG_BYTES || (this.#index > 0 && left === TAG_BYTES) || left > header.chunkSize + TAG_BYTES) {
-        throw decryptionFailed();
-      }
-      this.#openChunk(left, true);
+      // An input that ends inside the header, or right after it, is a damaged message.
+      const chunk = this.#chunk;
+      if (chunk === undefined) throw decryptionFailed();
+      // The last chunk has its tag; only a message's first chunk may be empty.
+      if (chunk.received < TAG_BYTES || (this.#index > 1 && chunk.received === TAG_BYTES)) throw decryptionFailed();
+      for (const plain of chunk.finishLast()) this.push(plain);
     });
   }
 
-  async #tryHeader(): Promise<void> {
-    if (this.#queue.length < this.#headerNeeds) return;
+  /**
+   * Adds `data` to the header; once the header parses, begins opening and returns the
+   * body bytes that came with it (views of `data` or of our own copy).
+   */
+  async #readHeader(data: Buffer): Promise<Buffer | undefined> {
+    const held = this.#headerBytes.length > 0 ? Buffer.concat([this.#headerBytes, data]) : data;
     let header: Header;
     try {
-      header = parseHeader(this.#queue.peek(this.#queue.length));
+      header = parseHeader(held);
     } catch (e) {
-      if (e instanceof IncompleteHeader) {
-        this.#headerNeeds = e.needed;
-        return;
-      }
-      throw e;
+      if (!(e instanceof IncompleteHeader)) throw e;
+      this.#headerBytes = held === data ? Buffer.from(data) : held;
+      return undefined;
     }
-    this.#queue.take(header.length);
+    this.#headerBytes = Buffer.alloc(0);
     this.#opening = await this.#begin(header);
+    return held.subarray(header.length);
   }
 
-  /** Opens every chunk known not to be the last, then copies what is held back (see `ByteQueue.keep`). */
-  #openFull(): void {
+  #open(data: Buffer): void {
     const stride = (this.#opening as Opening).header.chunkSize + TAG_BYTES;
-    while (this.#queue.length > stride) this.#openChunk(stride, false);
-    this.#queue.keep();
-  }
-
-  #openChunk(length: number, last: boolean): void {
-    const pieces = this.#queue.take(length);
-    const tag = Buffer.concat(tail(pieces, TAG_BYTES), TAG_BYTES);
-    for (const plain of (this.#opening as Opening).opener.open(this.#index++, pieces, tag, last)) this.push(plain);
+    for (let at = 0; at < data.length; ) {
+      if (this.#chunk === undefined || this.#chunk.received === stride) {
+        // More input after a whole stride: that chunk was not the last.
+        if (this.#chunk !== undefined) for (const plain of this.#chunk.finish()) this.push(plain);
+        const { opener, header } = this.#opening as Opening;
+        this.#chunk = new OpeningChunk(opener, this.#index++, header.chunkSize);
+      }
+      const n = Math.min(stride - this.#chunk.received, data.length - at);
+      this.#chunk.add(n === data.length ? data : data.subarray(at, at + n));
+      at += n;
+    }
   }
 }
 
@@ -143,22 +149,4 @@ function settle(done: TransformCallback, work: () => void): void {
   } catch (e) {
     done(e as Error);
   }
-}
-
-/** Cuts the last `n` bytes off a list of pieces (in place) and returns them as pieces. */
-function tail(pieces: Buffer[], n: number): Buffer[] {
-  const cut: Buffer[] = [];
-  let left = n;
-  while (left > 0) {
-    const piece = pieces.pop() as Buffer;
-    if (piece.length <= left) {
-      cut.unshift(piece);
-      left -= piece.length;
-    } else {
-      cut.unshift(piece.subarray(piece.length - left));
-      pieces.push(piece.subarray(0, piece.length - left));
-      left = 0;
-    }
-  }
-  return cut;
 }
