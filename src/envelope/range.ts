@@ -2,6 +2,7 @@
  * Random access into a message: its header, and byte ranges of its plaintext that
  * decrypt only the chunks holding them (storage layers serve ranges).
  */
+import { constants } from "node:fs";
 import { open } from "node:fs/promises";
 import { CustosError } from "../errors/index.js";
 import type { Opening } from "./envelope.js";
@@ -103,11 +104,18 @@ async function openChunks(
   return out;
 }
 
-/** A file as a `RangeSource`; `close()` it when done. A name as bytes need not be UTF-8. */
+/**
+ * A regular file as a `RangeSource`; `close()` it when done. A name as bytes need not be
+ * UTF-8. Anything else is `invalid_request`: a FIFO or a device has no size to range
+ * over, and opening a FIFO would wait for a writer (hence O_NONBLOCK, which a regular
+ * file ignores).
+ */
 export async function fileSource(path: string | Buffer): Promise<RangeSource & { close(): Promise<void> }> {
-  const handle = await open(path, "r");
+  const handle = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
   try {
-    const { size } = await handle.stat();
+    const stats = await handle.stat();
+    if (!stats.isFile()) throw new CustosError("invalid_request", "not a regular file");
+    const { size } = stats;
     return {
       size,
       async read(position, length) {

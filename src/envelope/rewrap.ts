@@ -160,6 +160,10 @@ async function readCandidate(path: string | Buffer, index: number): Promise<Cand
     const start = await source.read(0, MAGIC.length);
     if (!start.equals(MAGIC)) return undefined;
     const before = await stat(file);
+    if (before.nlink > 1) {
+      // The rename replaces one name; the others would keep the old message, on the old key version.
+      throw new CustosError("invalid_request", `the file has ${before.nlink} hard links; a rewrap would split them`);
+    }
     let header: Header;
     try {
       header = await readHeader(source);

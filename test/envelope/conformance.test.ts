@@ -5,11 +5,12 @@
  * independent decoder and e2e/envelope-cli.test.ts leave out.
  */
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes, timingSafeEqual } from "node:crypto";
 import {
   chmodSync,
   chownSync,
+  linkSync,
   lstatSync,
   mkdirSync,
   mkdtempSync,
@@ -676,6 +677,27 @@ describe("custos file and custos storage rewrap", () => {
     assert.equal(lstatSync(link).isSymbolicLink(), true, "the link is still a link");
     assert.equal(readlinkSync(link), target);
     assert.equal(versionOf(target), before + 1, `the message behind the link moved (${r.stdout.trim()})`);
+  });
+
+  test("file rewrap refuses a FIFO at once and a hard-linked file, whose other name a rename would leave behind", () => {
+    const fifo = join(work, "fifo");
+    execFileSync("mkfifo", [fifo]);
+    const piped = custos.cli(["file", "rewrap", fifo]);
+    assert.equal(piped.status, 1, piped.stderr);
+    assert.match(piped.stdout, /fifo: failed: invalid_request: not a regular file/);
+    const inspected = custos.cli(["file", "inspect", "--in", fifo]);
+    assert.match(inspected.stderr, /cannot read .*fifo: not a regular file/);
+
+    const path = join(work, "linked");
+    encryptedFile(path);
+    linkSync(path, `${path}-twin`);
+    const message = readFileSync(path);
+    ok(["key", "rotate", "storage"]);
+    const linked = custos.cli(["file", "rewrap", path]);
+    assert.equal(linked.status, 1, linked.stderr);
+    assert.match(linked.stdout, /linked: failed: invalid_request: the file has 2 hard links/);
+    assert.deepEqual(readFileSync(path), message);
+    assert.equal(statSync(path).ino, statSync(`${path}-twin`).ino, "still one file under two names");
   });
 
   test("a rewrap the KMS refuses and an encryption under an unknown key leave files as they were, nothing beside", () => {

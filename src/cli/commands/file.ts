@@ -26,7 +26,7 @@ import {
   rewrapFiles,
   rewrapStream,
 } from "../../envelope/index.js";
-import { errnoOrMessage } from "../../errors/index.js";
+import { CustosError, errnoOrMessage } from "../../errors/index.js";
 import { syncPath, tempName } from "../../files/index.js";
 import { arg, type CliContext } from "../context.js";
 import { CliError, EXIT_CLIENT, printable, usageError } from "../errors.js";
@@ -299,11 +299,10 @@ async function openInput(file: string): Promise<Readable> {
 
 async function openSource(file: string) {
   try {
-    // As in openInput: a directory would fail only at the first read.
-    if ((await stat(file)).isDirectory()) throw Object.assign(new Error("is a directory"), { code: "EISDIR" });
     return await fileSource(file);
   } catch (cause) {
-    throw usageError(`cannot read ${file}: ${errnoOrMessage(cause)}`, cause);
+    const why = cause instanceof CustosError ? cause.message : errnoOrMessage(cause);
+    throw usageError(`cannot read ${file}: ${why}`, cause);
   }
 }
 
