@@ -67,6 +67,13 @@ export function parseEnvMapping(text: string): EnvMapping {
   return { variable, secret };
 }
 
+export interface SecretVariables {
+  readonly variables: Record<string, string>;
+  readonly conflicts: string[];
+  readonly missing: string[];
+  readonly unusable: string[];
+}
+
 /** Finds a secret by name or by whole path. */
 export function findSecret<T extends { readonly path: string; readonly name: string }>(
   secrets: readonly T[],
@@ -77,27 +84,29 @@ export function findSecret<T extends { readonly path: string; readonly name: str
 
 /**
  * The secret variables for `secrets` under `policy`, and what kept some out:
- * `problems` with the configuration (a mapping naming a secret the instance
- * doesn't have, two secrets or a secret and a `CUSTOS_*` variable wanting one
- * name), and `unusable` values, which no environment can hold (a NUL byte: exec
- * passes variables as C strings, and spawn refuses them with an error that quotes
- * the value). Both name secrets and variables, never values.
+ * `conflicts` of names (two secrets, or a secret and a variable custos run sets,
+ * inherits or the loader reads, wanting one name), `missing` secrets (a mapping
+ * naming one the instance doesn't have), and `unusable` values, which no
+ * environment can hold (a NUL byte: exec passes variables as C strings, and spawn
+ * refuses them with an error that quotes the value). All name secrets and
+ * variables, never values.
  */
 export function secretVariables(
   secrets: readonly NamedValue[],
   policy: EnvPolicy,
   /** The variables `custos run` passes on from its own environment. */
   inherited: ReadonlySet<string>,
-): { variables: Record<string, string>; problems: string[]; unusable: string[] } {
+): SecretVariables {
   const variables: Record<string, string> = {};
   const owner = new Map<string, string>();
-  const problems: string[] = [];
+  const conflicts: string[] = [];
+  const missing: string[] = [];
   const unusable: string[] = [];
   const explicit = new Set<string>();
   const claim = (variable: string, secret: NamedValue): void => {
     const other = owner.get(variable);
     if (other !== undefined) {
-      problems.push(`secrets ${other} and ${secret.name} both go into ${variable}: map one with --env NAME=<secret>`);
+      conflicts.push(`secrets ${other} and ${secret.name} both go into ${variable}: map one with --env NAME=<secret>`);
       delete variables[variable];
       return;
     }
@@ -111,7 +120,7 @@ export function secretVariables(
   for (const mapping of policy.mappings) {
     const secret = findSecret(secrets, mapping.secret);
     if (secret === undefined) {
-      problems.push(`--env ${mapping.variable}: secret "${mapping.secret}" is not one this instance receives`);
+      missing.push(`--env ${mapping.variable}: secret "${mapping.secret}" is not one this instance receives`);
       continue;
     }
     explicit.add(secret.path);
@@ -122,14 +131,14 @@ export function secretVariables(
       if (explicit.has(secret.path)) continue;
       const variable = variableFor(secret.name);
       if ((RESERVED_VARIABLES as readonly string[]).includes(variable)) {
-        problems.push(
+        conflicts.push(
           `secret ${secret.name} would go into ${variable}, which custos run sets itself: map it with --env`,
         );
         continue;
       }
       if (inherited.has(variable) || LOADER_VARIABLE.test(variable)) {
         const why = inherited.has(variable) ? "inherited by custos run" : "read by the dynamic loader";
-        problems.push(
+        conflicts.push(
           `secret ${secret.name} would replace ${variable}, ${why}: to do that on purpose, map it with --env ${variable}=${secret.name}`,
         );
         continue;
@@ -137,5 +146,5 @@ export function secretVariables(
       claim(variable, secret);
     }
   }
-  return { variables, problems, unusable };
+  return { variables, conflicts, missing, unusable };
 }

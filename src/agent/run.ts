@@ -27,7 +27,7 @@ import {
 import { errnoOrMessage } from "../errors/index.js";
 import { writeFileAtomic } from "../files/index.js";
 import { Child } from "./run-child.js";
-import { type EnvPolicy, findSecret, secretVariables } from "./run-env.js";
+import { type EnvPolicy, findSecret, type SecretVariables, secretVariables } from "./run-env.js";
 import {
   type CredentialFiles,
   credentialFiles,
@@ -83,7 +83,7 @@ export interface RunAppOptions {
 /** A failure before the app started, with what kind it was (the CLI gives each its exit code). */
 export class RunError extends Error {
   constructor(
-    readonly code: "invalid_template" | "io_error" | "missing_secret",
+    readonly code: "invalid_template" | "env_conflict" | "io_error" | "missing_secret" | "unusable_secret",
     message: string,
     options?: { cause?: unknown },
   ) {
@@ -160,8 +160,8 @@ async function supervise(options: RunAppOptions): Promise<number> {
 
   // From here to the spawn: only what the app needs before it starts.
   const state = new RunState(credentials, files, templates, options);
-  const startup = state.startupProblems();
-  if (startup.length > 0) throw new RunError("missing_secret", startup.join("; "));
+  const refused = state.startupError();
+  if (refused !== undefined) throw refused;
   try {
     await Promise.all([state.writeCredentials(), state.writeTemplates()]);
   } catch (cause) {
@@ -235,24 +235,28 @@ class RunState {
   }
 
   /**
-   * What would keep the app from starting as configured: secrets named by templates
-   * or --env that didn't come, values no environment can hold.
+   * What keeps the app from starting as configured, as the error to refuse it with:
+   * variable names in conflict (the configuration to fix), secrets named by templates
+   * or --env that didn't come, values no environment can hold. Undefined when nothing does.
    */
-  startupProblems(): string[] {
-    const problems: string[] = [];
-    if (this.#options.env.automatic || this.#options.env.mappings.length > 0) {
-      const { problems: configuration, unusable } = this.#secretEnv();
-      problems.push(...configuration, ...unusable);
-    }
+  startupError(): RunError | undefined {
+    const env = this.#options.env.automatic || this.#options.env.mappings.length > 0 ? this.#secretEnv() : undefined;
+    const missing = [...(env?.missing ?? [])];
     for (const t of this.templates) {
       try {
         this.#render(t);
       } catch (e) {
         if (!(e instanceof TemplateError)) throw e;
-        problems.push(e.message);
+        missing.push(e.message);
       }
     }
-    return problems;
+    const conflicts = env?.conflicts ?? [];
+    const unusable = env?.unusable ?? [];
+    const all = [...conflicts, ...missing, ...unusable].join("; ");
+    if (conflicts.length > 0) return new RunError("env_conflict", all);
+    if (missing.length > 0) return new RunError("missing_secret", all);
+    if (unusable.length > 0) return new RunError("unusable_secret", all);
+    return undefined;
   }
 
   /** Why the app's environment can't be set now: secret values no environment can hold. */
@@ -264,8 +268,8 @@ class RunState {
   environment(startup: boolean): NodeJS.ProcessEnv {
     const env: NodeJS.ProcessEnv = { ...this.#options.baseEnv };
     delete env.CUSTOS_BOOTSTRAP_TOKEN;
-    const { variables, problems } = this.#secretEnv();
-    if (!startup) for (const p of problems) this.#options.log(`custos run: warning: ${p}`);
+    const { variables, conflicts, missing } = this.#secretEnv();
+    if (!startup) for (const p of [...conflicts, ...missing]) this.#options.log(`custos run: warning: ${p}`);
     return {
       ...env,
       ...variables,
@@ -328,7 +332,7 @@ class RunState {
     });
   }
 
-  #secretEnv(): { variables: Record<string, string>; problems: string[]; unusable: string[] } {
+  #secretEnv(): SecretVariables {
     return secretVariables(this.secrets, this.#options.env, this.#inherited);
   }
 }

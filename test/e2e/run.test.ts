@@ -389,6 +389,17 @@ describe("custos run", () => {
     }
   });
 
+  test("a secret whose default name custos run inherits is a conflict to fix (64), not a missing secret", async () => {
+    const token = await register("web", "web-11");
+    const marker = join(work, "web-11-ran");
+    const touch = ["--", process.execPath, "-e", `require("node:fs").writeFileSync(${JSON.stringify(marker)}, "")`];
+    const env = { CUSTOS_BOOTSTRAP_TOKEN: token, CUSTOS_INSTANCE_ID: "web-11", API_KEY: "inherited" };
+    const run = launch(["--dir", join(work, "web-11"), ...touch], env);
+    assert.equal(await run.exited, 64, run.stderr);
+    assert.match(run.stderr, /error: env_conflict: secret api-key would replace API_KEY, inherited by custos run/);
+    assert.ok(!existsSync(marker), "the app ran despite the conflict");
+  });
+
   test("refusals: a bad template stops the start before the token is spent; a spent token is refused", async () => {
     const token = await register("web", "web-5");
     const env = { CUSTOS_BOOTSTRAP_TOKEN: token, CUSTOS_INSTANCE_ID: "web-5" };

@@ -31,13 +31,13 @@ describe("custos run environment", () => {
   });
 
   test("automatic: every secret under its default name", () => {
-    const { variables, problems } = secretVariables(WEB, { automatic: true, mappings: [] }, NONE);
+    const { variables, conflicts, missing } = secretVariables(WEB, { automatic: true, mappings: [] }, NONE);
     assert.deepEqual(variables, { API_KEY: "key", DB_PASSWORD: "pw", SHARED_CA_BUNDLE: "bundle" });
-    assert.deepEqual(problems, []);
+    assert.deepEqual([...conflicts, ...missing], []);
   });
 
   test("an explicit mapping replaces the default name; by name or whole path", () => {
-    const { variables, problems } = secretVariables(
+    const { variables, conflicts, missing } = secretVariables(
       WEB,
       {
         automatic: true,
@@ -49,7 +49,7 @@ describe("custos run environment", () => {
       NONE,
     );
     assert.deepEqual(variables, { PGPASSWORD: "pw", CA: "bundle", API_KEY: "key" });
-    assert.deepEqual(problems, []);
+    assert.deepEqual([...conflicts, ...missing], []);
     const byPath = secretVariables(
       WEB,
       {
@@ -69,9 +69,9 @@ describe("custos run environment", () => {
     );
   });
 
-  test("problems: a mapped secret that didn't come, two secrets for one name, a reserved name; never a value", () => {
+  test("a mapped secret that didn't come is missing; two secrets for one name, a reserved name conflict; no value shown", () => {
     const clash = [...WEB, secret("db-password", "other"), secret("custos/spiffe-id", "sneaky")];
-    const { variables, problems } = secretVariables(
+    const { variables, conflicts, missing } = secretVariables(
       clash,
       {
         automatic: true,
@@ -82,17 +82,17 @@ describe("custos run environment", () => {
     assert.equal(variables.DB_PASSWORD, undefined, "a clash puts neither in");
     assert.equal(variables.CUSTOS_SPIFFE_ID, undefined);
     assert.equal(variables.API_KEY, "key");
-    assert.equal(problems.length, 3);
-    assert.match(problems[0] ?? "", /--env Q: secret "queue\/token" is not one this instance receives/);
-    assert.ok(problems.some((p) => /custos\/spiffe-id would go into CUSTOS_SPIFFE_ID/.test(p)));
-    assert.ok(problems.some((p) => /db-password and db\/password both go into DB_PASSWORD/.test(p)));
-    for (const p of problems) assert.ok(!/\bpw\b|other|sneaky/.test(p), p);
+    assert.deepEqual(missing, ['--env Q: secret "queue/token" is not one this instance receives']);
+    assert.equal(conflicts.length, 2);
+    assert.ok(conflicts.some((p) => /custos\/spiffe-id would go into CUSTOS_SPIFFE_ID/.test(p)));
+    assert.ok(conflicts.some((p) => /db-password and db\/password both go into DB_PASSWORD/.test(p)));
+    for (const p of conflicts) assert.ok(!/\bpw\b|other|sneaky/.test(p), p);
   });
 
   test("a default name never replaces an inherited variable or takes a loader one; an explicit --env may", () => {
     const risky = [secret("path", "/tmp/evil"), secret("ld_preload", "/tmp/evil.so"), secret("dyld/insert", "x")];
     const inherited = new Set(["PATH", "HOME"]);
-    const { variables, problems } = secretVariables(risky, { automatic: true, mappings: [] }, inherited);
+    const { variables, conflicts: problems } = secretVariables(risky, { automatic: true, mappings: [] }, inherited);
     assert.deepEqual(variables, {});
     assert.equal(problems.length, 3);
     assert.match(problems[0] ?? "", /secret dyld\/insert would replace DYLD_INSERT, read by the dynamic loader/);
@@ -104,7 +104,7 @@ describe("custos run environment", () => {
       { automatic: false, mappings: [{ variable: "PATH", secret: "path" }] },
       inherited,
     );
-    assert.deepEqual(mapped, { variables: { PATH: "/tmp/evil" }, problems: [], unusable: [] });
+    assert.deepEqual(mapped, { variables: { PATH: "/tmp/evil" }, conflicts: [], missing: [], unusable: [] });
   });
 
   test("a value no environment can hold (a NUL byte) stays out, named by secret and variable, never shown", () => {
@@ -113,9 +113,9 @@ describe("custos run environment", () => {
       { automatic: true, mappings: [] },
       { automatic: false, mappings: [{ variable: "TOKEN", secret: "token" }] },
     ]) {
-      const { variables, problems, unusable } = secretVariables(nul, policy, NONE);
+      const { variables, conflicts, missing, unusable } = secretVariables(nul, policy, NONE);
       assert.equal(variables.TOKEN, undefined);
-      assert.deepEqual(problems, []);
+      assert.deepEqual([...conflicts, ...missing], []);
       assert.deepEqual(unusable, ["secret token can't go into TOKEN: its value holds a NUL byte"]);
     }
     assert.deepEqual(secretVariables(WEB, { automatic: true, mappings: [] }, NONE).unusable, []);

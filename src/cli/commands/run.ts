@@ -74,7 +74,9 @@ jwt are removed (the other files and templates stay).
 
 Exits with the command's exit code (128 + the signal's number if a signal ended
 it); before the command starts: 1 refused (an invalid bootstrap token, a missing
-secret), 2 Custos unreachable, 64 usage, 127 command not found.`;
+secret, a value no environment can hold), 2 Custos unreachable, 64 usage (a bad
+template, two secrets or a secret and an inherited variable wanting one name),
+127 command not found.`;
 
 /** Registers `run`. */
 export function registerRunCommand(program: Command, ctx: CliContext): void {
@@ -160,7 +162,8 @@ export function registerRunCommand(program: Command, ctx: CliContext): void {
 /** The CLI's view of a failure to start: 64 for configuration, 1 for refusals, 2 for Custos's failures. */
 function asCliError(e: unknown): unknown {
   if (e instanceof RunError) {
-    const exit: ExitCode = e.code === "invalid_template" ? EXIT_USAGE : EXIT_CLIENT;
+    const configuration = e.code === "invalid_template" || e.code === "env_conflict";
+    const exit: ExitCode = configuration ? EXIT_USAGE : EXIT_CLIENT;
     return new CliError(e.code, e.message, exit, { cause: e });
   }
   if (e instanceof BrokerError) {
