@@ -77,6 +77,9 @@ function pathOf(req: FastifyRequest): string {
   return (req.url.split("?")[0] ?? "").slice(0, 256);
 }
 
+/** How the OpenAPI document names a route's wildcard, unless its config says otherwise. */
+const WILDCARD = { name: "path", description: "the rest of the path, '/' included" };
+
 /**
  * RFC 6750 section 3: a bearer token that failed gets `invalid_token`, one that lacks
  * the rights `insufficient_scope`; a request with no bearer credential (none, or another
@@ -323,19 +326,45 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(swagger, {
     openapi: {
       info: { title: "Custos", version: deps.version, description: "HSM-backed KMS and secrets broker" },
-      components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
+      components: {
+        securitySchemes: {
+          bearer: { type: "http", scheme: "bearer" },
+          instanceJwt: {
+            type: "http",
+            scheme: "bearer",
+            bearerFormat: "JWT",
+            description:
+              "A broker instance's JWT; or instead, over mutual TLS, the client certificate the broker issued it " +
+              "(OpenAPI 3.0 can't name that scheme)",
+          },
+        },
+      },
       security: [{ bearer: [] }],
     },
     // The OpenAPI document says what the route config says, rather than every route's schema:
     // a public route needs no token (an empty requirement overrides the document-wide bearer
-    // one), and a creating route answers 201.
+    // one), an instance's route its own credential, and a creating route answers 201.
     transform: ({ schema, url, route }) => {
       const config = route.config as FastifyContextConfig | undefined;
+      let security: Array<Record<string, string[]>> | undefined;
+      if (config?.instanceCredential === true) security = [{ instanceJwt: [] }];
+      else if (config?.public === true) security = [];
+      // A wildcard (the rest of the path, '/' included) becomes a named path parameter that the document defines.
+      const wildcard = url.endsWith("*") ? (config?.wildcard ?? WILDCARD) : undefined;
       return {
-        url,
+        url: wildcard ? `${url.slice(0, -1)}{${wildcard.name}}` : url,
         schema: {
           ...schema,
-          ...(config?.public === true ? { security: [] } : {}),
+          ...(wildcard
+            ? {
+                params: {
+                  type: "object",
+                  required: [wildcard.name],
+                  properties: { [wildcard.name]: { type: "string", description: wildcard.description } },
+                },
+              }
+            : {}),
+          ...(security !== undefined ? { security } : {}),
           ...(config?.created === true ? { response: { 201: { description: "Created", type: "object" } } } : {}),
         },
       };

@@ -21,6 +21,13 @@ declare module "fastify" {
   interface FastifyContextConfig {
     /** No token needed (health, docs, login). */
     public?: boolean;
+    /**
+     * No token, but an instance's own credential: the client certificate the broker
+     * issued it, or its JWT as bearer token (the route checks; the OpenAPI document says so).
+     */
+    instanceCredential?: boolean;
+    /** How the OpenAPI document names the route's wildcard (default: `path`). */
+    wildcard?: { readonly name: string; readonly description: string };
     /** The service writes the success record itself, atomically with its change. */
     serviceAudits?: boolean;
     /** Answers 201 Created on success (and the OpenAPI document says so). */

@@ -403,7 +403,7 @@ describe("the HTTPS API edge, second review", () => {
     const doc = ok(await custos.call("GET", "/v1/docs", undefined, null)) as unknown as OpenApi;
     const fill = (path: string) =>
       path
-        .replace("{*}", "acme/prod/web/db")
+        .replace("{path}", "acme/prod/web/db")
         .replace("{serial}", "01")
         .replace("{id}", "int-1")
         .replace(/\{[a-z]+\}/g, "absent");
@@ -444,7 +444,7 @@ describe("the HTTPS API edge, second review", () => {
 
   test("no path in /v1/docs answers a method /v1/docs doesn't list for it", async () => {
     const doc = ok(await custos.call("GET", "/v1/docs", undefined, null)) as unknown as OpenApi;
-    const fill = (path: string) => path.replace("{*}", "acme/prod/web/db").replace(/\{[a-z]+\}/g, "absent");
+    const fill = (path: string) => path.replace("{path}", "acme/prod/web/db").replace(/\{[a-z]+\}/g, "absent");
     const served: string[] = [];
     for (const [path, ops] of Object.entries(doc.paths)) {
       for (const method of ["GET", "POST", "PUT", "PATCH", "DELETE"]) {

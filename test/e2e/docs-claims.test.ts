@@ -57,7 +57,7 @@ const cellsOf = (row: string): string[] =>
 
 const ROUTE = /`(?:((?:GET|POST|PUT|PATCH|DELETE)(?:\/(?:GET|POST|PUT|PATCH|DELETE))*) )?(\/v1\/[^`\s?[]*)[^`]*`/g;
 const openApiPath = (path: string): string =>
-  path.replace(/:(path|prefix|shared-path)$/, "{*}").replace(/:([a-z]+)/g, "{$1}");
+  path.replace(/:(prefix|shared-path)$/, "{path}").replace(/:([a-z]+)/g, "{$1}");
 
 /** `METHOD path` keys of the backticked routes in `text` (a bare path takes the method before it). */
 function routesIn(text: string): string[] {
@@ -314,15 +314,19 @@ describe("README.md and docs/*.md against the real custos", () => {
 
   test("the OpenAPI document lists every documented route and marks the public ones as needing no token", () => {
     const inOpenApi = new Set(openApiKeys());
-    // Its path is a wildcard (RFC 6960 A.1: base64 that may hold '/'), which OpenAPI can't describe.
-    const undescribable = new Set(["GET /v1/pki/ocsp/{request}"]);
-    const missing = documentedRoutes().filter((r) => !inOpenApi.has(r.key) && !undescribable.has(r.key));
+    const missing = documentedRoutes().filter((r) => !inOpenApi.has(r.key));
     assert.deepEqual(
       missing.map((r) => `${r.where} ${r.key}`),
       [],
       "documented routes missing from /v1/docs",
     );
     const { publicRoutes } = documentedWithoutBearer();
+    const brokerRows = documentedRoutes().filter((r) => r.where.startsWith("docs/broker.md"));
+    for (const { key } of brokerRows.filter((r) => /mTLS|JWT/.test(cellsOf(r.row)[1] ?? ""))) {
+      const [method, path] = key.split(" ") as [string, string];
+      const security = openapi.paths[path]?.[method.toLowerCase()]?.security as Json[] | undefined;
+      assert.deepEqual(security, [{ instanceJwt: [] }], `${key} takes an instance's credential`);
+    }
     for (const key of publicRoutes) {
       const [method, path] = key.split(" ") as [string, string];
       const op = openapi.paths[path]?.[method.toLowerCase()];
@@ -333,6 +337,21 @@ describe("README.md and docs/*.md against the real custos", () => {
         `${key} is documented as public but /v1/docs requires a bearer token`,
       );
     }
+  });
+
+  test("every parameter in an OpenAPI path template is defined as a path parameter", () => {
+    const undefinedParameters: string[] = [];
+    for (const [path, ops] of Object.entries(openapi.paths)) {
+      const names = [...path.matchAll(/\{([^}]+)\}/g)].map((m) => m[1]);
+      for (const [method, op] of Object.entries(ops)) {
+        const parameters = ((op as Json).parameters ?? []) as Array<{ in: string; name: string }>;
+        for (const name of names) {
+          if (!parameters.some((p) => p.in === "path" && p.name === name))
+            undefinedParameters.push(`${method} ${path}`);
+        }
+      }
+    }
+    assert.deepEqual(undefinedParameters, []);
   });
 
   test("the OpenAPI document says 201 where a route creates", () => {
@@ -367,7 +386,7 @@ describe("README.md and docs/*.md against the real custos", () => {
     const { publicRoutes, instanceRoutes } = documentedWithoutBearer();
     const fill = (path: string) =>
       path
-        .replace("{*}", "acme/prod/web/db")
+        .replace("{path}", "acme/prod/web/db")
         .replace(/\{serial\}/, "01")
         .replace(/\{[a-z]+\}/g, "x");
     const wrong: string[] = [];

@@ -24,7 +24,10 @@ const idParam = { type: "object", required: ["id"], properties: { id: label } } 
 const MAX_JWT = 8192;
 
 /** Instance routes authenticate the instance themselves and the broker writes every record, refusals included. */
-const instanceRoute = { public: true, serviceAudits: true } as const;
+/** The bootstrap exchange: the one-time token is in the body. */
+const exchangeRoute = { public: true, serviceAudits: true } as const;
+/** An instance's own endpoints: its certificate or JWT (see `credentialOf`). */
+const instanceRoute = { ...exchangeRoute, instanceCredential: true } as const;
 
 type Id = { Params: { id: string } };
 
@@ -157,7 +160,7 @@ export function brokerRoutes(deps: ApiDeps): FastifyPluginAsync {
     app.post<{ Body: { token: string; instance: string; csr: string } }>(
       "/v1/broker/exchange",
       {
-        config: instanceRoute,
+        config: exchangeRoute,
         schema: {
           body: {
             type: "object",

@@ -119,8 +119,13 @@ export function pkiRoutes(deps: ApiDeps): FastifyPluginAsync {
       }
       return ocsp(req, reply, req.body);
     });
-    // Left out of the OpenAPI document: its path is a wildcard (base64 may hold '/'), which OpenAPI can't describe.
-    const ocspGet = { ...publicRoute, schema: { hide: true } };
+    const ocspGet = {
+      config: {
+        ...publicRoute.config,
+        // A wildcard: base64 may hold '/'.
+        wildcard: { name: "request", description: "the DER OCSP request, base64, URL-encoded (RFC 6960 A.1)" },
+      },
+    };
     app.get<{ Params: { "*": string } }>("/v1/pki/ocsp/*", ocspGet, async (req, reply) => {
       // RFC 6960 A.1: the DER request, base64, URL-encoded, as the path (fastify has URL-decoded it).
       const encoded = req.params["*"];
