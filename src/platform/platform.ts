@@ -334,7 +334,11 @@ export class Platform {
       const app = await this.getApp(r);
       // Stops the instances whose lease has lapsed, which would otherwise count as live.
       await this.#instanceCounter?.(app);
-      await this.#store.platform.beginDeleteApp(app.id, this.#now().toISOString());
+      await this.#store.platform.beginDeleteApp(
+        app.id,
+        this.#now().toISOString(),
+        auditEntry(actor, "platform.app.delete.begin", appResource(app), { app: appPath(app) }),
+      );
       try {
         await this.#kms.destroyKey(actor, app.keyName);
       } catch (e) {

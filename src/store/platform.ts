@@ -31,9 +31,10 @@ export interface PlatformStore {
   /**
    * Marks the app as being deleted, in the transaction that finds it has no live
    * instance (`conflict` if it has one; `not_found` if it is gone): from then on the
-   * broker registers no instance of it. Marking it again is harmless.
+   * broker registers no instance of it. Marking it again is harmless; each mark is
+   * audited (`audit`), in its transaction.
    */
-  beginDeleteApp(id: string, at: string): Promise<void>;
+  beginDeleteApp(id: string, at: string, audit: AuditEntry): Promise<void>;
   /**
    * Deletes the app, its owners, its secrets (every version) and its grants;
    * `conflict` while it has a live instance.

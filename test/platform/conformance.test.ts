@@ -146,19 +146,19 @@ describe("platform model conformance", () => {
     }
   });
 
-  test("creating and deleting an app writes one platform record, beside the KMS's record of its key", async () => {
+  test("creating an app writes one platform record, deleting it two (its mark, its end), beside the KMS's", async () => {
     const made = await createApp("acme", "prod", { name: "audited-app" });
     assert.equal(made.status, 201, made.text);
     const gone = await custos.call("DELETE", "/v1/platform/apps/acme/prod/audited-app");
     assert.equal(gone.status, 200, gone.text);
-    for (const [r, action] of [
-      [made, "platform.app.create"],
-      [gone, "platform.app.delete"],
+    for (const [r, actions] of [
+      [made, ["platform.app.create"]],
+      [gone, ["platform.app.delete.begin", "platform.app.delete"]],
     ] as const) {
       const rows = auditOf(r);
       assert.deepEqual(
         rows.filter((x) => x.action.startsWith("platform.")).map((x) => [x.action, x.outcome, x.resource]),
-        [[action, "success", "org/acme/space/prod/app/audited-app"]],
+        actions.map((action) => [action, "success", "org/acme/space/prod/app/audited-app"]),
       );
       const others = rows.filter((x) => !x.action.startsWith("platform."));
       assert.ok(

@@ -173,7 +173,11 @@ describe("platform model", () => {
     assert.equal((await f.kms.getKey(admin, "app.acme.prod.busy")).state, "enabled", "the key stays with its app");
     await f.store.broker.stop("busy-1", new Date().toISOString(), "deregistered", setupEntry("broker.deregister", ""));
     // The first step of a deletion, as a deletion interrupted after it leaves the app.
-    await f.store.platform.beginDeleteApp(appId, new Date().toISOString());
+    await f.store.platform.beginDeleteApp(
+      appId,
+      new Date().toISOString(),
+      setupEntry("platform.app.delete.begin", "org/acme/space/prod/app/busy"),
+    );
     await assert.rejects(register("busy-2"), (e) => isCustosError(e, "conflict") && /being deleted/.test(e.message));
     await f.platform.deleteApp(admin, ref);
     await assert.rejects(register("busy-3"), (e) => isCustosError(e, "not_found"));

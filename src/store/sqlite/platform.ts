@@ -126,10 +126,11 @@ export function platformStore(area: Area): PlatformStore {
         insertOwners(sql, app);
         record(audit);
       }),
-    beginDeleteApp: (id, at) =>
-      area.write((sql) => {
+    beginDeleteApp: (id, at, audit) =>
+      area.write((sql, record) => {
         checkDeletable(sql, id);
         sql.run("UPDATE platform_apps SET deleting_since = coalesce(deleting_since, ?) WHERE id = ?", at, id);
+        record(audit);
       }),
     deleteApp: (id, audit) =>
       area.write((sql, record) => {
