@@ -137,21 +137,28 @@ function checkContexts(inputs: readonly { readonly context?: unknown }[]): Encry
 /**
  * The versions and contexts a batch's successful items used, each once, so that the
  * batch's one record says what a record per item would have (a single operation
- * records its version and context).
+ * records its version and context, a rewrap also the version it read from).
  */
-function usedBy<R extends { readonly version: number }>(
+function usedBy<R extends { readonly version: number; readonly fromVersion?: number }>(
   contexts: readonly EncryptionContext[],
   results: readonly BatchItemResult<R>[],
-): { versions: number[]; contexts: EncryptionContext[] } {
+): { fromVersions?: number[]; versions: number[]; contexts: EncryptionContext[] } {
+  const fromVersions = new Set<number>();
   const versions = new Set<number>();
   const used = new Map<string, EncryptionContext>();
   results.forEach((r, i) => {
     const context = contexts[i];
     if (!r.ok || context === undefined) return;
+    if (r.value.fromVersion !== undefined) fromVersions.add(r.value.fromVersion);
     versions.add(r.value.version);
     used.set(canonicalContext(context).toString("latin1"), context);
   });
-  return { versions: [...versions].sort((a, b) => a - b), contexts: [...used.values()] };
+  const sorted = (set: Set<number>) => [...set].sort((a, b) => a - b);
+  return {
+    ...(fromVersions.size > 0 ? { fromVersions: sorted(fromVersions) } : {}),
+    versions: sorted(versions),
+    contexts: [...used.values()],
+  };
 }
 
 /** Encrypts up to 1000 items under one key. */
@@ -179,18 +186,26 @@ export function decryptBatch(ctx: KmsContext, actor: Actor, name: string, items:
 }
 
 /** Moves up to 1000 ciphertexts of one key to its latest version. */
-export function rewrapBatch(ctx: KmsContext, actor: Actor, name: string, items: readonly RewrapInput[]) {
-  return runBatch<RewrapInput, RewrapResult>(
+export async function rewrapBatch(
+  ctx: KmsContext,
+  actor: Actor,
+  name: string,
+  items: readonly RewrapInput[],
+): Promise<BatchItemResult<RewrapResult>[]> {
+  const results = await runBatch<RewrapInput, RewrapResult & { fromVersion: number }>(
     ctx,
     actor,
     name,
     items,
     { action: "key.rewrap", decrypts: true },
-    async (view, input, context) => {
-      const { fromVersion: _, ...result } = await reseal(ctx, view, input.ciphertext, context);
-      return result;
-    },
+    (view, input, context) => reseal(ctx, view, input.ciphertext, context),
   );
+  // The versions read from went into the batch's record; the answer leaves them out, as a single rewrap's does.
+  return results.map((r) => {
+    if (!r.ok) return r;
+    const { fromVersion: _, ...value } = r.value;
+    return { ok: true as const, value, ...value };
+  });
 }
 
 /**
