@@ -395,7 +395,7 @@ export class Broker {
    * identity certificate, a JWT and the app's secrets. Token consumption, the
    * instance starting, the certificate, the JWT id and the audit records commit in
    * one transaction; of two exchanges racing with one token, the loser is refused
-   * as a replay.
+   * as a replay, and one racing a deregistration as a voided token.
    */
   async exchange(req: RequestInfo, input: { token: string; instance: string; csr: string }): Promise<ExchangeAnswer> {
     const requested = typeof input.instance === "string" ? input.instance : "";
@@ -454,8 +454,10 @@ export class Broker {
       try {
         await this.#store.broker.exchange(tokenId, iso(now), { ...identity.credentials, audits });
       } catch (e) {
-        if (isCustosError(e) && e.code === "conflict") return refuse("replay", tokenId, record);
-        throw e;
+        if (!isCustosError(e) || e.code !== "conflict") throw e;
+        // The token changed since it was read: another exchange used it, or a deregistration voided it.
+        const after = await this.#store.broker.getToken(tokenId);
+        return refuse(after?.state === "void" ? "void" : "replay", tokenId, record);
       }
       return { ...identity.answer, secrets };
     });

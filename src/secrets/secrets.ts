@@ -613,11 +613,15 @@ export class Secrets {
       grantedBy: actor.principal,
       createdAt: now,
     }));
-    await this.#store.secrets.putGrants(
+    const stored = await this.#store.secrets.putGrants(
       grants,
       auditEntry(actor, "secret.grant", `secret/${t}`, { target: t, apps: resolved.map(appPath) }),
     );
-    return resolved.map((app) => ({ target: t, app: appPath(app), grantedBy: actor.principal, createdAt: now }));
+    // A grant that existed keeps its first grantor and time, and is answered so.
+    return resolved.map((app, i) => {
+      const g = stored[i] as SecretGrantRecord;
+      return { target: t, app: appPath(app), grantedBy: g.grantedBy, createdAt: g.createdAt };
+    });
   }
 
   async listGrants(): Promise<GrantView[]> {

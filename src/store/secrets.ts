@@ -28,8 +28,11 @@ export interface SecretStore {
   /** Removes the secret and all its versions; `conflict` on a stale revision. */
   deleteSecret(path: string, expectedRevision: number, audit: AuditEntry): Promise<void>;
 
-  /** Grants a shared secret or a `shared/<folder>/` prefix to apps (existing grants kept). */
-  putGrants(grants: readonly SecretGrantRecord[], audit: AuditEntry): Promise<void>;
+  /**
+   * Grants a shared secret or a `shared/<folder>/` prefix to apps; an existing grant is
+   * kept as it was. Resolves with the grants as stored, in the order given.
+   */
+  putGrants(grants: readonly SecretGrantRecord[], audit: AuditEntry): Promise<SecretGrantRecord[]>;
   listGrants(): Promise<SecretGrantRecord[]>;
   /** Whether some grant to the app covers the shared path. */
   isGranted(appId: string, path: string): Promise<boolean>;

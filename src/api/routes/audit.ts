@@ -30,7 +30,8 @@ export function auditRoutes(deps: ApiDeps): FastifyPluginAsync {
               limit,
               principal: { type: "string", maxLength: 256 },
               action: { type: "string", maxLength: 128 },
-              resource: { type: "string", maxLength: 256 },
+              // Above the longest resource a record can name (secret/ and a 256-character path, say).
+              resource: { type: "string", maxLength: 1024 },
               order: { enum: ["asc", "desc"] },
             },
           },

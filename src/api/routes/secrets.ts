@@ -26,14 +26,12 @@ const versionList = {
 } as const;
 const cas = { type: "integer", minimum: 0 } as const;
 
-/** The wildcard part of the URL: the secret path (or prefix), percent-decoded. */
+/**
+ * The wildcard part of the URL: the secret path (or prefix), percent-decoded once, by
+ * the router. Decoding it again would let `%2541` name `A`.
+ */
 function wildcard(req: FastifyRequest<Wild>): string {
-  const raw = req.params["*"];
-  try {
-    return decodeURIComponent(raw);
-  } catch {
-    throw new CustosError("invalid_request", "the path is not valid percent-encoding");
-  }
+  return req.params["*"];
 }
 
 /** Secrets of apps and shared ones, their versions and metadata, and grants (docs/broker.md). */

@@ -65,7 +65,7 @@ export function secretStore(area: Area): SecretStore {
 
     putGrants: (grants, audit) =>
       area.write((sql, record) => {
-        for (const g of grants) {
+        const kept = grants.map((g) => {
           sql.run(
             `INSERT INTO secret_grants (target, app_id, granted_by, created_at) VALUES (?, ?, ?, ?)
              ON CONFLICT (target, app_id) DO NOTHING`,
@@ -74,8 +74,15 @@ export function secretStore(area: Area): SecretStore {
             g.grantedBy,
             g.createdAt,
           );
-        }
+          const row = sql.get<GrantRow>(
+            "SELECT * FROM secret_grants WHERE target = ? AND app_id = ?",
+            g.target,
+            g.appId,
+          );
+          return grantFromRow(row as GrantRow);
+        });
         record(audit);
+        return kept;
       }),
     listGrants: () =>
       area.read((sql) => sql.all<GrantRow>("SELECT * FROM secret_grants ORDER BY target, app_id").map(grantFromRow)),
