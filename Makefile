@@ -7,7 +7,7 @@ CUSTOS := node bin/custos.js
 ## Install what is missing, provision the development HSM token and store under var/, and serve HTTPS.
 run: setup
 	@echo
-	@echo "  Custos is starting on https://$${CUSTOS_LISTEN:-127.0.0.1:8443}"
+	@echo "  Custos is starting; it prints the address it serves on (CUSTOS_LISTEN or the config's listen)"
 	@echo "  admin token:    var/admin.token (mode 0600)"
 	@echo "  CA certificate: var/tls/ca.pem"
 	@echo "  try:  CUSTOS_TOKEN_FILE=var/admin.token CUSTOS_CACERT=var/tls/ca.pem npx custos key list"
