@@ -7,6 +7,7 @@ import { auditEntry, systemActor } from "../../src/audit/entry.js";
 import { AuthService, buildInitialAdmin } from "../../src/auth/index.js";
 import { isCustosError } from "../../src/errors/index.js";
 import { SqliteStore } from "../../src/store/sqlite/index.js";
+import { parseAsDocumented } from "../helpers/ciphertext.js";
 import { type CustosInstance, errorCode, type HttpAnswer, ok, startCustos } from "../helpers/custos.js";
 
 type Json = Record<string, unknown>;
@@ -20,24 +21,6 @@ type Answer = HttpAnswer & { readonly headers?: Record<string, unknown> };
  * for the same refusals. Oracles: the documented layout, node's Buffer reads, the
  * documented codes and statuses, and the audit_log table.
  */
-
-/** docs/ciphertext-format.md, read with nothing of src/: fmt | key id | version | alg | iv | ct‖tag. */
-function decode(text: string) {
-  const m = /^custos:v1:([A-Za-z0-9+/]*={0,2})$/.exec(text);
-  assert.ok(m?.[1] !== undefined, `not a documented ciphertext: ${text}`);
-  const blob = Buffer.from(m[1], "base64");
-  assert.equal(blob.toString("base64"), m[1], "canonical base64");
-  const hex = blob.subarray(1, 17).toString("hex");
-  return {
-    blob,
-    format: blob[0],
-    keyId: `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`,
-    version: blob.readUInt32BE(17),
-    algorithm: blob[21],
-    iv: blob.subarray(22, 34).toString("hex"),
-    sealedLength: blob.length - 34,
-  };
-}
 
 const b64 = (text: string) => Buffer.from(text).toString("base64");
 const itemCodes = (r: HttpAnswer) =>
@@ -86,9 +69,9 @@ describe("the secure core over HTTPS, third review", () => {
       ok(await call("POST", "/v1/keys/mixed/rotate"));
       const v2 = await encrypt("mixed", "two", { context: { doc: "2" } });
       const other = await encrypt("mixed-other", "other");
-      const tampered = decode(v2).blob;
+      const tampered = parseAsDocumented(v2).blob;
       tampered.writeUInt8(tampered.readUInt8(tampered.length - 1) ^ 1, tampered.length - 1);
-      const future = Buffer.from(decode(v2).blob);
+      const future = Buffer.from(parseAsDocumented(v2).blob);
       future.writeUInt32BE(9, 17);
       const items = [
         { ciphertext: v2, context: { doc: "2" } },
@@ -128,7 +111,7 @@ describe("the secure core over HTTPS, third review", () => {
       assert.deepEqual(itemCodes(r), ["ok", "invalid_request", "version_too_old", "invalid_request", "ok"]);
       const items = (r.body as { items: Json[] }).items;
       assert.deepEqual(
-        [items[0], items[4]].map((i) => [i?.version, decode(i?.ciphertext as string).version]),
+        [items[0], items[4]].map((i) => [i?.version, parseAsDocumented(i?.ciphertext as string).version]),
         [
           [2, 2],
           [3, 3],
@@ -204,13 +187,13 @@ describe("the secure core over HTTPS, third review", () => {
     }
     const ivs = new Set<string>();
     for (const [answer, n] of answers) {
-      const d = decode(answer.ciphertext as string);
+      const d = parseAsDocumented(answer.ciphertext as string);
       assert.deepEqual(
-        [d.format, d.keyId, d.version, d.algorithm, d.sealedLength],
-        [1, key.id, answer.version, 1, n + 16],
+        [d.format, d.keyId, d.version, d.algorithm, d.plaintextLength],
+        [1, key.id, answer.version, 1, n],
         JSON.stringify(answer),
       );
-      ivs.add(d.iv);
+      ivs.add(d.iv.toString("hex"));
     }
     assert.equal(ivs.size, answers.length, "an IV was used twice");
   });
@@ -231,7 +214,7 @@ describe("the secure core over HTTPS, third review", () => {
     const encrypted = await Promise.all(encrypts);
     for (const [i, r] of encrypted.entries()) {
       const body = ok(r);
-      assert.equal(decode(body.ciphertext as string).version, body.version);
+      assert.equal(parseAsDocumented(body.ciphertext as string).version, body.version);
       const back = ok(
         await call("POST", "/v1/keys/race/decrypt", { ciphertext: body.ciphertext, context: { i: String(i) } }),
       );
@@ -239,7 +222,7 @@ describe("the secure core over HTTPS, third review", () => {
     }
     for (const r of await Promise.all(batches)) {
       for (const item of ok(r).items as Json[]) {
-        assert.equal(decode(item.ciphertext as string).version, item.version);
+        assert.equal(parseAsDocumented(item.ciphertext as string).version, item.version);
         const back = ok(await call("POST", "/v1/keys/race/decrypt", { ciphertext: item.ciphertext }));
         assert.equal(back.plaintext, item.plaintext);
       }
