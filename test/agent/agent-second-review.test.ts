@@ -346,8 +346,11 @@ describe("custos run: second review", () => {
       ["--dir", join(work, "tools-1"), ...command],
       env("tools-1", await register("tools-1", "tools")),
     );
-    assert.equal(await unasked.exited, 1, unasked.stderr);
-    assert.match(unasked.stderr, /secret path would replace PATH, inherited by custos run: .*--env PATH=path/);
+    assert.equal(await unasked.exited, 64, unasked.stderr);
+    assert.match(
+      unasked.stderr,
+      /error: env_conflict: secret path would replace PATH, inherited by custos run: .*--env PATH=path/,
+    );
     assert.equal(unasked.stdout, "", "the app did not start");
 
     const mapped = launch(
