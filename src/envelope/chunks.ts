@@ -138,7 +138,7 @@ export class SealingChunk {
   readonly #sealer: ChunkSealer;
   readonly #index: number;
   readonly #cipher: CipherGCM;
-  readonly #sealed: Buffer[] = [];
+  readonly #sealed = new Pieces();
   #length = 0;
 
   constructor(sealer: ChunkSealer, index: number) {
@@ -154,15 +154,15 @@ export class SealingChunk {
 
   add(plain: Buffer): void {
     const sealed = this.#cipher.update(plain);
-    if (sealed.length > 0) this.#sealed.push(sealed);
+    this.#sealed.add(sealed);
     this.#length += plain.length;
   }
 
   /** Ends the chunk as not the last: its ciphertext, then its tag. */
   finish(): Buffer[] {
     this.#cipher.final();
-    this.#sealed.push(this.#cipher.getAuthTag());
-    return this.#sealed;
+    this.#sealed.add(this.#cipher.getAuthTag());
+    return this.#sealed.take();
   }
 
   /**
@@ -172,7 +172,7 @@ export class SealingChunk {
    */
   finishLast(): Buffer[] {
     const undo = this.#sealer.cipher(this.#index, false);
-    const plain = this.#sealed.map((b) => undo.update(b));
+    const plain = this.#sealed.take().map((b) => undo.update(b));
     const out: Buffer[] = [];
     this.#sealer.seal(this.#index, plain, true, out);
     for (const b of plain) b.fill(0);
@@ -194,7 +194,7 @@ export class OpeningChunk {
   readonly #index: number;
   readonly #chunkSize: number;
   readonly #decipher: DecipherGCM;
-  readonly #plain: Buffer[] = [];
+  readonly #plain = new Pieces();
   readonly #tag = Buffer.alloc(TAG_BYTES);
   #received = 0;
 
@@ -215,7 +215,7 @@ export class OpeningChunk {
     const body = Math.max(0, Math.min(sealed.length, this.#chunkSize - this.#received));
     if (body > 0) {
       const plain = this.#decipher.update(body === sealed.length ? sealed : sealed.subarray(0, body));
-      if (plain.length > 0) this.#plain.push(plain);
+      this.#plain.add(plain);
     }
     if (body < sealed.length) sealed.copy(this.#tag, this.#received + body - this.#chunkSize, body);
     this.#received += sealed.length;
@@ -230,14 +230,14 @@ export class OpeningChunk {
       this.#wipe();
       throw decryptionFailed();
     }
-    return this.#plain;
+    return this.#plain.take();
   }
 
   /** Ends the chunk as the last (see the class comment). */
   finishLast(): Buffer[] {
     const redo = this.#opener.recipher(this.#index);
     const sealed = [
-      ...this.#plain.map((b) => redo.update(b)),
+      ...this.#plain.take().map((b) => redo.update(b)),
       this.#tag.subarray(0, Math.max(0, this.#received - this.#chunkSize)),
     ];
     this.#wipe();
@@ -246,7 +246,49 @@ export class OpeningChunk {
   }
 
   #wipe(): void {
-    for (const b of this.#plain) b.fill(0);
+    for (const b of this.#plain.take()) b.fill(0);
+  }
+}
+
+/** Outputs below this size are packed into blocks (see `Pieces`). */
+const PACK_BELOW = 4096;
+const BLOCK = 16 * 1024;
+
+/**
+ * A chunk's output pieces, in order. Small ones (the output of small writes) are
+ * packed into blocks, so that a chunk written a byte at a time holds about its size
+ * in memory and leaves in a few pieces, not one Buffer per byte; larger ones are kept
+ * as they are, uncopied.
+ */
+class Pieces {
+  readonly #list: Buffer[] = [];
+  #block: Buffer | undefined;
+  #used = 0;
+
+  add(piece: Buffer): void {
+    if (piece.length === 0) return;
+    if (piece.length >= PACK_BELOW) {
+      this.#close();
+      this.#list.push(piece);
+      return;
+    }
+    if (this.#block === undefined || this.#used + piece.length > this.#block.length) {
+      this.#close();
+      this.#block = Buffer.allocUnsafe(BLOCK);
+    }
+    this.#used += piece.copy(this.#block, this.#used);
+  }
+
+  /** Everything added so far, in order (the list itself: adding after it is not expected). */
+  take(): Buffer[] {
+    this.#close();
+    return this.#list;
+  }
+
+  #close(): void {
+    if (this.#block !== undefined && this.#used > 0) this.#list.push(this.#block.subarray(0, this.#used));
+    this.#block = undefined;
+    this.#used = 0;
   }
 }
 

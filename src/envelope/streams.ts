@@ -76,8 +76,14 @@ export class EncryptStream extends Transform {
 
 export class DecryptStream extends Transform {
   readonly #begin: (header: Header) => Promise<Opening>;
-  /** Input received before the header is complete: copied, as it is held past its write (a few hundred bytes). */
-  #headerBytes: Buffer = Buffer.alloc(0);
+  /**
+   * Input received before the header is complete: copied, as it is held past its
+   * write. A header may be some 100 KB, so it is parsed again only once the bytes the
+   * last attempt said it needs have come, not on every write.
+   */
+  #headerPieces: Buffer[] = [];
+  #headerHeld = 0;
+  #headerNeeds = 0;
   #opening: Opening | undefined;
   #chunk: OpeningChunk | undefined;
   #index = 0;
@@ -111,16 +117,23 @@ export class DecryptStream extends Transform {
    * body bytes that came with it (views of `data` or of our own copy).
    */
   async #readHeader(data: Buffer): Promise<Buffer | undefined> {
-    const held = this.#headerBytes.length > 0 ? Buffer.concat([this.#headerBytes, data]) : data;
+    if (this.#headerHeld + data.length < this.#headerNeeds) {
+      this.#headerPieces.push(Buffer.from(data));
+      this.#headerHeld += data.length;
+      return undefined;
+    }
+    const held = this.#headerHeld > 0 ? Buffer.concat([...this.#headerPieces, data]) : data;
     let header: Header;
     try {
       header = parseHeader(held);
     } catch (e) {
       if (!(e instanceof IncompleteHeader)) throw e;
-      this.#headerBytes = held === data ? Buffer.from(data) : held;
+      this.#headerPieces = [held === data ? Buffer.from(data) : held];
+      this.#headerHeld = held.length;
+      this.#headerNeeds = e.needed;
       return undefined;
     }
-    this.#headerBytes = Buffer.alloc(0);
+    this.#headerPieces = [];
     this.#opening = await this.#begin(header);
     return held.subarray(header.length);
   }
