@@ -127,10 +127,11 @@ export function httpsRaw(o: {
   });
 }
 
-/** A binary answer: its status, content type and bytes (CRLs, OCSP, DER). */
+/** A binary answer: its status, content type, headers and bytes (CRLs, OCSP, DER, KRLs). */
 export interface RawAnswer {
   readonly status: number;
   readonly type: string;
+  readonly headers: IncomingHttpHeaders;
   readonly body: Buffer;
 }
 
@@ -158,6 +159,7 @@ export function fetchRaw(
           resolve({
             status: res.statusCode ?? 0,
             type: String(res.headers["content-type"]),
+            headers: res.headers,
             body: Buffer.concat(chunks),
           }),
         );

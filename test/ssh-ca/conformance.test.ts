@@ -7,11 +7,10 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { type CustosInstance, errorCode, ok, startCustos } from "../helpers/custos.js";
+import { type CustosInstance, errorCode, fetchRaw, ok, startCustos } from "../helpers/custos.js";
 import {
   describeCertificate,
   ensureLocalUser,
@@ -220,21 +219,8 @@ describe("SSH CA conformance with OpenSSH (API, ssh-keygen, sshd)", { skip: open
   };
   const certificateCount = async (): Promise<number> =>
     (ok(await custos.call("GET", "/v1/ssh/certificates?limit=1000")).certificates as Json[]).length;
-  /** GET of a public binary endpoint, with its headers. */
-  const fetchBytes = (path: string): Promise<{ status: number; body: Buffer; headers: Json }> =>
-    new Promise((resolve, reject) => {
-      const req = request({ host: "127.0.0.1", port: custos.port, path, ca: custos.ca, agent: false }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c));
-        res.on("end", () =>
-          resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks), headers: res.headers as Json }),
-        );
-      });
-      req.on("error", reject);
-      req.end();
-    });
   const fetchKrl = async (): Promise<{ bytes: Buffer; version: number }> => {
-    const krl = await fetchBytes("/v1/ssh/krl");
+    const krl = await fetchRaw(custos, "/v1/ssh/krl");
     assert.equal(krl.status, 200, krl.body.toString());
     writeFileSync(krlFile, krl.body);
     return { bytes: krl.body, version: Number(krl.headers["x-krl-version"]) };
@@ -598,7 +584,7 @@ describe("SSH CA conformance with OpenSSH (API, ssh-keygen, sshd)", { skip: open
     for (const i of revoke) assert.ok(user.serials.includes(BigInt(certs[i]?.serial ?? 0)));
     assert.ok(!krl.cas.some((c) => c.caKey.equals(blobOf(hostCa)) && c.serials.length > 0));
     // The stable URL serves the same bytes until the next revocation.
-    assert.deepEqual((await fetchBytes("/v1/ssh/krl")).body, bytes);
+    assert.deepEqual((await fetchRaw(custos, "/v1/ssh/krl")).body, bytes);
   });
 
   test("KRL: a revoked host certificate is listed under the host CA only; another CA's certificate of that serial is not revoked", async () => {

@@ -9,11 +9,10 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { type CustosInstance, errorCode, httpsRaw, ok, startCustos } from "../helpers/custos.js";
+import { type CustosInstance, errorCode, fetchRaw, httpsRaw, ok, startCustos } from "../helpers/custos.js";
 import {
   describeCertificate,
   ensureLocalUser,
@@ -34,21 +33,6 @@ const ACCOUNT = "custos-app";
 const PASSWORD = "correct horse battery staple";
 /** What the deployment's known_hosts line covers: its own domain, not bare instance ids. */
 const PATTERN = "*.cluster.test";
-
-/** GET of a public endpoint as bytes (httpsRaw decodes bodies as text, and the KRL is binary). */
-function fetchBytes(c: CustosInstance, path: string): Promise<{ status: number; body: Buffer; headers: Json }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: "127.0.0.1", port: c.port, path, ca: c.ca, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (chunk: Buffer) => chunks.push(chunk));
-      res.on("end", () =>
-        resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks), headers: res.headers as Json }),
-      );
-    });
-    req.on("error", reject);
-    req.end();
-  });
-}
 
 /** What `ssh-keygen -Q -l` prints of a KRL: its header, the revoked key hashes, and serials per CA fingerprint. */
 interface KrlListing {
@@ -116,7 +100,7 @@ describe("SSH CA, second conformance review (OpenSSH as the oracle)", { skip: op
   const get = (path: string) => httpsRaw({ port: custos.port, ca: custos.ca, method: "GET", path, headers: {} });
   /** Fetches the KRL into `krlFile`; its x-krl-version. */
   const fetchKrl = async (): Promise<{ version: string; bytes: Buffer }> => {
-    const a = await fetchBytes(custos, "/v1/ssh/krl");
+    const a = await fetchRaw(custos, "/v1/ssh/krl");
     assert.equal(a.status, 200, a.body.toString());
     writeFileSync(krlFile, a.body);
     return { version: String(a.headers["x-krl-version"]), bytes: a.body };
@@ -463,7 +447,7 @@ describe("SSH CA, second conformance review (OpenSSH as the oracle)", { skip: op
       const caLine = String(ca.user[0]?.publicKey);
       ok(await other.call("PUT", "/v1/ssh/roles/sr-user", { certType: "user", principals: ["deploy"] }));
       const k = key();
-      const krlBefore = await fetchBytes(other, "/v1/ssh/krl");
+      const krlBefore = await fetchRaw(other, "/v1/ssh/krl");
       const r = await other.call("POST", "/v1/ssh/revoke", { publicKey: caLine, reason: "mistake" });
       // The oracle for what it did: a certificate signed afterwards, against the KRL then served.
       const issued = ok(
@@ -471,7 +455,7 @@ describe("SSH CA, second conformance review (OpenSSH as the oracle)", { skip: op
       );
       const file = join(dir, `${++n}-after-ca-revoke-cert.pub`);
       writeFileSync(file, `${String(issued.certificate)}\n`);
-      const krl = await fetchBytes(other, "/v1/ssh/krl");
+      const krl = await fetchRaw(other, "/v1/ssh/krl");
       assert.equal(krl.status, 200);
       const krlCopy = join(dir, `${++n}-other.krl`);
       writeFileSync(krlCopy, krl.body);
@@ -487,7 +471,7 @@ describe("SSH CA, second conformance review (OpenSSH as the oracle)", { skip: op
       const host = await other.call("POST", "/v1/ssh/revoke", { publicKey: String(ca.host[0]?.publicKey) });
       assert.equal(host.status, 400, host.text);
       assert.equal(errorCode(host), "invalid_request", host.text);
-      const krlAfter = await fetchBytes(other, "/v1/ssh/krl");
+      const krlAfter = await fetchRaw(other, "/v1/ssh/krl");
       assert.equal(krlAfter.headers["x-krl-version"], krlBefore.headers["x-krl-version"]);
       assert.ok(krlAfter.body.equals(krlBefore.body), "a refused revocation changed the KRL");
     } finally {

@@ -13,13 +13,12 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
-import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { isCustosError } from "../../src/errors/index.js";
 import { type Requester, SshCa } from "../../src/ssh-ca/index.js";
-import { type CustosInstance, errorCode, ok, startCustos } from "../helpers/custos.js";
+import { type CustosInstance, errorCode, fetchRaw, ok, startCustos } from "../helpers/custos.js";
 import {
   describeCertificate,
   ensureLocalUser,
@@ -85,24 +84,12 @@ describe("SSH CA, third conformance review (OpenSSH as the oracle)", { skip: ope
   };
   const certificateCount = async (): Promise<number> =>
     (ok(await custos.call("GET", "/v1/ssh/certificates?limit=1000")).certificates as Json[]).length;
-  const fetchKrl = (): Promise<{ body: Buffer; version: number }> =>
-    new Promise((resolve, reject) => {
-      const req = request(
-        { host: "127.0.0.1", port: custos.port, path: "/v1/ssh/krl", ca: custos.ca, agent: false },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on("data", (c: Buffer) => chunks.push(c));
-          res.on("end", () => {
-            const body = Buffer.concat(chunks);
-            assert.equal(res.statusCode, 200, body.toString());
-            writeFileSync(krlFile, body);
-            resolve({ body, version: Number(res.headers["x-krl-version"]) });
-          });
-        },
-      );
-      req.on("error", reject);
-      req.end();
-    });
+  const fetchKrl = async (): Promise<{ body: Buffer; version: number }> => {
+    const { status, headers, body } = await fetchRaw(custos, "/v1/ssh/krl");
+    assert.equal(status, 200, body.toString());
+    writeFileSync(krlFile, body);
+    return { body, version: Number(headers["x-krl-version"]) };
+  };
   /** `ssh-keygen -Q -f krl files…`: which of the files the KRL revokes. */
   const revokedBy = (krl: string, files: readonly string[]): Map<string, boolean> => {
     const q = sshKeygen(["-Q", "-f", krl, ...files]);
