@@ -1,3 +1,4 @@
+import type { CustosError } from "../errors/index.js";
 import type { Secret } from "../secret/index.js";
 import { InFlight } from "./in-flight.js";
 
@@ -48,6 +49,19 @@ export interface GcmCiphertext {
   readonly ciphertext: Buffer;
 }
 
+/** One message for `encryptMany`. */
+export interface GcmMessage {
+  readonly plaintext: Uint8Array;
+  readonly aad: Uint8Array;
+}
+
+/** One sealed message for `decryptMany`. */
+export interface GcmSealed {
+  readonly iv: Uint8Array;
+  readonly ciphertext: Uint8Array;
+  readonly aad: Uint8Array;
+}
+
 export type HsmHealthState = "ok" | "degraded" | "unavailable";
 
 export interface HsmHealth {
@@ -84,6 +98,18 @@ export interface Keystore {
   encrypt(wrappedKey: Buffer, plaintext: Uint8Array, aad: Uint8Array): Promise<GcmCiphertext>;
   /** AES-256-GCM decrypt; any authentication failure is `decryption_failed`. */
   decrypt(wrappedKey: Buffer, iv: Uint8Array, ciphertext: Uint8Array, aad: Uint8Array): Promise<Secret>;
+  /**
+   * `encrypt` of many messages under one key, as one HSM job (a batch's items). An item
+   * `encrypt` would refuse gets its error in its place; a failure of the HSM or of the
+   * wrapped key fails the whole call.
+   */
+  encryptMany(wrappedKey: Buffer, messages: readonly GcmMessage[]): Promise<Array<GcmCiphertext | CustosError>>;
+  /**
+   * `decrypt` of many messages under one key, as one HSM job, errors placed as
+   * `encryptMany` places them; a wrapped key the root key did not make is every
+   * item's `decryption_failed`.
+   */
+  decryptMany(wrappedKey: Buffer, sealed: readonly GcmSealed[]): Promise<Array<Secret | CustosError>>;
 
   // --- signing keys (token objects that never leave the HSM) ------------------
 

@@ -21,29 +21,6 @@ import { checkBatch, checkDataKeyBytes, checkName, checkWithPlaintext } from "./
 /** Bytes drawn from the HSM's RNG per call when a batch pre-draws its data keys. */
 const RANDOM_CHUNK = 1024;
 
-/**
- * Runs `fn` over `items` with at most `limit` in flight, results in item order. The
- * keystore serialises one operation per pooled session, so a few more in flight than
- * sessions keeps every session busy without queueing a thousand promises on it.
- */
-export async function mapBounded<T, R>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<R>) {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i] as T, i);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
-}
-
-function concurrency(ctx: KmsContext): number {
-  const size = ctx.keystore.health().sessions.size;
-  return Math.min(32, Math.max(2, size * 2));
-}
-
 function failure(e: unknown): { ok: false; error: { code: ErrorCode; message: string } } {
   // Unexpected errors keep their detail internal, as at the API edge.
   if (!isCustosError(e) || e.code === "internal")
@@ -86,16 +63,19 @@ async function runBatch<I extends { readonly context?: unknown }, R extends { re
   const cleanup = prepare ? await prepare(inputs) : () => {};
   let results: BatchItemResult<R>[];
   try {
-    results = await mapBounded(inputs, concurrency(ctx), async (input, i) => {
-      try {
-        if (typeof input !== "object" || input === null) {
-          return failure(new CustosError("invalid_request", "item must be an object"));
+    // All at once: the view gathers the items' HSM calls into one job per key version.
+    results = await Promise.all(
+      inputs.map(async (input, i) => {
+        try {
+          if (typeof input !== "object" || input === null) {
+            return failure(new CustosError("invalid_request", "item must be an object"));
+          }
+          return success(await item(view, input, contexts[i] as EncryptionContext, i));
+        } catch (e) {
+          return failure(e);
         }
-        return success(await item(view, input, contexts[i] as EncryptionContext, i));
-      } catch (e) {
-        return failure(e);
-      }
-    });
+      }),
+    );
   } finally {
     cleanup();
   }
@@ -146,11 +126,16 @@ function usedBy<R extends { readonly version: number; readonly fromVersion?: num
   const fromVersions = new Set<number>();
   const versions = new Set<number>();
   const used = new Map<string, EncryptionContext>();
+  // Contexts as sent, first: the canonical encoding is built once per spelling.
+  const spellings = new Set<string>();
   results.forEach((r, i) => {
     const context = contexts[i];
     if (!r.ok || context === undefined) return;
     if (r.value.fromVersion !== undefined) fromVersions.add(r.value.fromVersion);
     versions.add(r.value.version);
+    const spelling = JSON.stringify(context);
+    if (spellings.has(spelling)) return;
+    spellings.add(spelling);
     used.set(canonicalContext(context).toString("latin1"), context);
   });
   const sorted = (set: Set<number>) => [...set].sort((a, b) => a - b);
@@ -169,7 +154,7 @@ export function encryptBatch(ctx: KmsContext, actor: Actor, name: string, items:
     name,
     items,
     { action: "key.encrypt", decrypts: false },
-    (view, input, context) => sealInput(ctx, view, input, context),
+    (view, input, context) => sealInput(view, input, context),
   );
 }
 
@@ -181,7 +166,7 @@ export function decryptBatch(ctx: KmsContext, actor: Actor, name: string, items:
     name,
     items,
     { action: "key.decrypt", decrypts: true, secretOf: (r) => r.plaintext },
-    (view, input, context) => open(ctx, view, input.ciphertext, context),
+    (view, input, context) => open(view, input.ciphertext, context),
   );
 }
 
@@ -198,7 +183,7 @@ export async function rewrapBatch(
     name,
     items,
     { action: "key.rewrap", decrypts: true },
-    (view, input, context) => reseal(ctx, view, input.ciphertext, context),
+    (view, input, context) => reseal(view, input.ciphertext, context),
   );
   // The versions read from went into the batch's record; the answer leaves them out, as a single rewrap's does.
   return results.map((r) => {
@@ -241,7 +226,7 @@ export function generateDataKeyBatch(ctx: KmsContext, actor: Actor, name: string
       const start = offsets[i] ?? 0;
       const plaintext = Secret.copy(pool.subarray(start, start + bytes));
       try {
-        const sealed = await plaintext.use((b) => seal(ctx, view, b, context, view.key.latestVersion));
+        const sealed = await plaintext.use((b) => seal(view, b, context, view.key.latestVersion));
         if (!checkWithPlaintext(input.withPlaintext)) {
           plaintext.destroy();
           return sealed;

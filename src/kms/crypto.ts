@@ -2,6 +2,7 @@ import type { EncryptionContext } from "../context/index.js";
 import { CustosError, decryptionFailed } from "../errors/index.js";
 import type { KeyRecord, KeyVersionRecord } from "../store/index.js";
 import { ALG_AES_256_GCM, additionalDataFrom, boundHeader, encodeCiphertextFrom, parseCiphertext } from "./format.js";
+import { gatheringCipher, type KeyCipher } from "./gather.js";
 import type { KmsContext } from "./internal.js";
 import type { DecryptResult, EncryptResult } from "./types.js";
 import { checkPlaintext, checkVersion } from "./validate.js";
@@ -12,9 +13,13 @@ import { checkPlaintext, checkVersion } from "./validate.js";
  */
 export interface KeyView {
   readonly key: KeyRecord;
+  /** The keystore's AES-GCM: direct for one operation, gathered into HSM jobs for a batch. */
+  readonly cipher: KeyCipher;
   version(v: number): Promise<KeyVersionRecord | undefined>;
   /** The bound header bytes for encrypting under version `v` (built once per version). */
   bound(v: number): Buffer;
+  /** The AAD for encrypting under version `v` in `context`: the bound header, then the canonical context. */
+  additionalData(v: number, context: EncryptionContext): Buffer;
 }
 
 function boundMemo(key: KeyRecord): (v: number) => Buffer {
@@ -31,13 +36,38 @@ function boundMemo(key: KeyRecord): (v: number) => Buffer {
 
 /** A view that reads versions from the store on demand. */
 export function lazyView(ctx: KmsContext, key: KeyRecord): KeyView {
-  return { key, version: (v) => ctx.store.getKeyVersion(key.id, v), bound: boundMemo(key) };
+  const bound = boundMemo(key);
+  return {
+    key,
+    cipher: ctx.keystore,
+    version: (v) => ctx.store.getKeyVersion(key.id, v),
+    bound,
+    additionalData: (v, context) => additionalDataFrom(bound(v), context),
+  };
 }
 
-/** A view over versions read once (batches: no per-item store reads). */
+/** A batch's view: versions read once (no per-item store reads), HSM calls gathered. */
 export async function preloadedView(ctx: KmsContext, key: KeyRecord): Promise<KeyView> {
   const byVersion = new Map((await ctx.store.listKeyVersions(key.id)).map((v) => [v.version, v]));
-  return { key, version: async (v) => byVersion.get(v), bound: boundMemo(key) };
+  const bound = boundMemo(key);
+  // A batch's items mostly share a few contexts: each AAD is built once, keyed by the
+  // context as it was sent (two spellings of one context just build it twice).
+  const aads = new Map<string, Buffer>();
+  return {
+    key,
+    cipher: gatheringCipher(ctx.keystore),
+    version: async (v) => byVersion.get(v),
+    bound,
+    additionalData: (v, context) => {
+      const id = `${v} ${JSON.stringify(context)}`;
+      let aad = aads.get(id);
+      if (aad === undefined) {
+        aad = additionalDataFrom(bound(v), context);
+        aads.set(id, aad);
+      }
+      return aad;
+    },
+  };
 }
 
 function tooOld(key: KeyRecord, version: number): CustosError {
@@ -58,7 +88,6 @@ export function encryptionVersion(key: KeyRecord, requested: unknown): number {
 
 /** Encrypts checked plaintext under one version of the (already state-checked) key. */
 export async function seal(
-  ctx: KmsContext,
   view: KeyView,
   plaintext: Uint8Array,
   context: EncryptionContext,
@@ -68,20 +97,18 @@ export async function seal(
   if (material === undefined || material.state !== "active" || material.wrappedKey === null) {
     throw new CustosError("internal", `key version ${version} has no material`);
   }
-  const bound = view.bound(version);
-  const sealed = await ctx.keystore.encrypt(material.wrappedKey, plaintext, additionalDataFrom(bound, context));
-  return { ciphertext: encodeCiphertextFrom(bound, sealed.iv, sealed.ciphertext), version };
+  const sealed = await view.cipher.encrypt(material.wrappedKey, plaintext, view.additionalData(version, context));
+  return { ciphertext: encodeCiphertextFrom(view.bound(version), sealed.iv, sealed.ciphertext), version };
 }
 
 /** Validates caller input and encrypts it under `context` (already validated). */
 export async function sealInput(
-  ctx: KmsContext,
   view: KeyView,
   input: { plaintext?: unknown; version?: unknown },
   context: EncryptionContext,
 ): Promise<EncryptResult> {
   const plaintext = checkPlaintext(input.plaintext);
-  return seal(ctx, view, plaintext, context, encryptionVersion(view.key, input.version));
+  return seal(view, plaintext, context, encryptionVersion(view.key, input.version));
 }
 
 /**
@@ -90,12 +117,7 @@ export async function sealInput(
  * retired by minDecryptionVersion, answered `version_too_old` (the version is in the
  * clear header, so saying so reveals nothing an attacker holding the blob lacks).
  */
-export async function open(
-  ctx: KmsContext,
-  view: KeyView,
-  ciphertext: unknown,
-  context: EncryptionContext,
-): Promise<DecryptResult> {
+export async function open(view: KeyView, ciphertext: unknown, context: EncryptionContext): Promise<DecryptResult> {
   const parsed = parseCiphertext(ciphertext);
   const { key } = view;
   if (parsed.keyId !== key.id || parsed.keyVersion > key.latestVersion) throw decryptionFailed();
@@ -104,20 +126,19 @@ export async function open(
   if (material === undefined || material.state !== "active" || material.wrappedKey === null) {
     throw decryptionFailed();
   }
-  const plaintext = await ctx.keystore.decrypt(material.wrappedKey, parsed.iv, parsed.sealed, parsed.aad(context));
+  const plaintext = await view.cipher.decrypt(material.wrappedKey, parsed.iv, parsed.sealed, parsed.aad(context));
   return { plaintext, version: parsed.keyVersion };
 }
 
 /** Decrypts under the ciphertext's version and re-encrypts under the latest; the plaintext is zeroed. */
 export async function reseal(
-  ctx: KmsContext,
   view: KeyView,
   ciphertext: unknown,
   context: EncryptionContext,
 ): Promise<EncryptResult & { fromVersion: number }> {
-  const opened = await open(ctx, view, ciphertext, context);
+  const opened = await open(view, ciphertext, context);
   try {
-    const sealed = await opened.plaintext.use((bytes) => seal(ctx, view, bytes, context, view.key.latestVersion));
+    const sealed = await opened.plaintext.use((bytes) => seal(view, bytes, context, view.key.latestVersion));
     return { ...sealed, fromVersion: opened.version };
   } finally {
     opened.plaintext.destroy();

@@ -29,7 +29,7 @@ export async function encrypt(
   const context = validateContext(input.context);
   const key = await loadKey(ctx, name);
   assertUsable(key, "encrypt");
-  const result = await seal(ctx, lazyView(ctx, key), plaintext, context, encryptionVersion(key, input.version));
+  const result = await seal(lazyView(ctx, key), plaintext, context, encryptionVersion(key, input.version));
   await recordOp(ctx, actor, "key.encrypt", name, { version: result.version, context });
   return result;
 }
@@ -45,7 +45,7 @@ export async function decrypt(
   const context = validateContext(input.context);
   const key = await loadKey(ctx, name);
   assertUsable(key, "encrypt", "decrypt");
-  const result = await open(ctx, lazyView(ctx, key), input.ciphertext, context);
+  const result = await open(lazyView(ctx, key), input.ciphertext, context);
   return withAudit(result.plaintext, result, () =>
     recordOp(ctx, actor, "key.decrypt", name, { version: result.version, context }),
   );
@@ -57,7 +57,7 @@ export async function rewrap(ctx: KmsContext, actor: Actor, name: string, input:
   const context = validateContext(input.context);
   const key = await loadKey(ctx, name);
   assertUsable(key, "encrypt", "decrypt");
-  const { fromVersion, ...result } = await reseal(ctx, lazyView(ctx, key), input.ciphertext, context);
+  const { fromVersion, ...result } = await reseal(lazyView(ctx, key), input.ciphertext, context);
   await recordOp(ctx, actor, "key.rewrap", name, { fromVersion, version: result.version, context });
   return result;
 }
@@ -77,7 +77,7 @@ export async function generateDataKey(
   assertUsable(key, "encrypt");
   const plaintext = Secret.adopt(await ctx.keystore.random(bytes));
   try {
-    const sealed = await plaintext.use((b) => seal(ctx, lazyView(ctx, key), b, context, key.latestVersion));
+    const sealed = await plaintext.use((b) => seal(lazyView(ctx, key), b, context, key.latestVersion));
     await recordOp(ctx, actor, "key.datakey", name, { version: sealed.version, context, bytes, withPlaintext });
     if (!withPlaintext) {
       plaintext.destroy();

@@ -5,6 +5,7 @@ import type { Secret } from "../secret/index.js";
 import { lazyView, open, preloadedView, seal } from "./crypto.js";
 import { type KmsContext, loadKey } from "./internal.js";
 import { assertUsable } from "./state.js";
+import type { DecryptResult } from "./types.js";
 import { checkName, checkPlaintext } from "./validate.js";
 
 /*
@@ -28,7 +29,7 @@ export async function sealFor(
   const ctxChecked = validateContext(context);
   const key = await loadKey(ctx, name);
   assertUsable(key, "encrypt");
-  return (await seal(ctx, lazyView(ctx, key), bytes, ctxChecked, key.latestVersion)).ciphertext;
+  return (await seal(lazyView(ctx, key), bytes, ctxChecked, key.latestVersion)).ciphertext;
 }
 
 /**
@@ -46,7 +47,7 @@ export async function openFor(
   checkName(name);
   const ctxChecked = validateContext(context);
   const view = lazyView(ctx, await openableKey(ctx, name));
-  return (await open(ctx, view, ciphertext, ctxChecked)).plaintext;
+  return (await open(view, ciphertext, ctxChecked)).plaintext;
 }
 
 /**
@@ -62,14 +63,12 @@ export async function openManyFor(
   checkName(name);
   const checked = items.map((item) => ({ ciphertext: item.ciphertext, context: validateContext(item.context) }));
   const view = await preloadedView(ctx, await openableKey(ctx, name));
-  const out: Secret[] = [];
-  try {
-    for (const item of checked) out.push((await open(ctx, view, item.ciphertext, item.context)).plaintext);
-    return out;
-  } catch (e) {
-    for (const secret of out) secret.destroy();
-    throw e;
-  }
+  // Together, so that the view gathers them into one HSM job.
+  const opened = await Promise.allSettled(checked.map((item) => open(view, item.ciphertext, item.context)));
+  const failure = opened.find((o) => o.status === "rejected");
+  if (failure === undefined) return opened.map((o) => (o as PromiseFulfilledResult<DecryptResult>).value.plaintext);
+  for (const o of opened) if (o.status === "fulfilled") o.value.plaintext.destroy();
+  throw failure.reason;
 }
 
 /** The key `name` if it may decrypt; a destroyed one is `key_destroyed` (see openFor). */

@@ -57,6 +57,22 @@ describe("self-healing under injected faults", () => {
     const aad = Buffer.from(`aad ${i}`);
     const ct = await ks.encrypt(wrapped, pt, aad);
     assert.deepEqual((await ks.decrypt(wrapped, ct.iv, ct.ciphertext, aad)).expose(), pt);
+    // The batch path: one job on the GCM thread each way.
+    const sealed = await ks.encryptMany(wrapped, [
+      { plaintext: pt, aad },
+      { plaintext: aad, aad: pt },
+    ]);
+    const opened = await ks.decryptMany(
+      wrapped,
+      sealed.map((c, k) => {
+        if (isCustosError(c)) throw c;
+        return { iv: c.iv, ciphertext: c.ciphertext, aad: k === 0 ? aad : pt };
+      }),
+    );
+    assert.deepEqual(
+      opened.map((o) => (isCustosError(o) ? o.code : o.expose())),
+      [pt, aad],
+    );
     assert.equal((await ks.sign(signer, "ecdsa-p256-sha256", pt)).length, 64);
     assert.equal((await ks.hmac(mac, pt)).length, 32);
   }

@@ -3,7 +3,7 @@ import { after, before, describe, test } from "node:test";
 import { CustosError } from "../../src/errors/index.js";
 import type { Keystore } from "../../src/hsm/index.js";
 import { type BatchItemResult, type DataKeyResult, KmsService } from "../../src/kms/index.js";
-import type { Secret } from "../../src/secret/index.js";
+import { Secret } from "../../src/secret/index.js";
 import { alice, type KmsFixture, openFixture, rejectsWith } from "./setup.js";
 
 let f: KmsFixture;
@@ -178,11 +178,11 @@ describe("batches", () => {
     const held: Secret[] = [];
     const watched = new Proxy(f.keystore, {
       get(target, prop) {
-        if (prop === "decrypt") {
-          return async (...args: Parameters<Keystore["decrypt"]>) => {
-            const s = await target.decrypt(...args);
-            held.push(s);
-            return s;
+        if (prop === "decryptMany") {
+          return async (...args: Parameters<Keystore["decryptMany"]>) => {
+            const results = await target.decryptMany(...args);
+            for (const r of results) if (r instanceof Secret) held.push(r);
+            return results;
           };
         }
         const value = Reflect.get(target, prop);

@@ -1,10 +1,12 @@
 import { createHash } from "node:crypto";
 import type { Mechanism, RsaPSS, Template } from "pkcs11js";
-import { CustosError, decryptionFailed } from "../../errors/index.js";
+import { CustosError, decryptionFailed, isCustosError } from "../../errors/index.js";
 import { Secret } from "../../secret/index.js";
 import { InFlight } from "../in-flight.js";
 import type {
   GcmCiphertext,
+  GcmMessage,
+  GcmSealed,
   GeneratedKeyPair,
   HsmHealth,
   HsmKeyRef,
@@ -25,6 +27,7 @@ import {
   pk,
   WRAPPED_AES256_LENGTH,
 } from "./constants.js";
+import { GcmThread } from "./gcm-thread.js";
 import { attribute, checkLabel, findAll, findOne, ownKey, refTemplate, ulongAttribute } from "./objects.js";
 import { ed25519Spki, p256Spki, rsaSpki } from "./spki.js";
 import {
@@ -136,6 +139,70 @@ function bytes(value: Uint8Array, what: string): Buffer {
   return Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.byteLength);
 }
 
+function wrappedForEncrypt(wrappedKey: Buffer): Buffer {
+  const wrapped = bytes(wrappedKey, "wrapped key");
+  if (wrapped.length !== WRAPPED_AES256_LENGTH) throw new CustosError("invalid_request", "wrapped key has a bad size");
+  return wrapped;
+}
+
+function wrappedForDecrypt(wrappedKey: Buffer): Buffer {
+  const wrapped = bytes(wrappedKey, "wrapped key");
+  if (wrapped.length !== WRAPPED_AES256_LENGTH) throw decryptionFailed();
+  return wrapped;
+}
+
+function encryptArgs(m: GcmMessage): { input: Buffer; ad: Buffer } {
+  const input = bytes(m.plaintext, "plaintext");
+  const ad = bytes(m.aad, "aad");
+  // SoftHSM answers an empty C_Encrypt with CKR_ARGUMENTS_BAD and leaves the operation active.
+  if (input.length === 0) throw new CustosError("invalid_request", "plaintext must not be empty");
+  if (input.length > MAX_GCM_INPUT || ad.length > MAX_GCM_INPUT) {
+    throw new CustosError("payload_too_large", `plaintext and aad are limited to ${MAX_GCM_INPUT} bytes`);
+  }
+  return { input, ad };
+}
+
+function decryptArgs(m: GcmSealed): { nonce: Buffer; input: Buffer; ad: Buffer } {
+  const nonce = Buffer.from(bytes(m.iv, "iv"));
+  const input = bytes(m.ciphertext, "ciphertext");
+  const ad = bytes(m.aad, "aad");
+  if (nonce.length !== GCM_IV_LENGTH) throw decryptionFailed();
+  // The empty plaintext can't be made by encrypt(), so a bare tag is a forgery or truncation.
+  if (input.length <= GCM_TAG_LENGTH) throw decryptionFailed();
+  if (input.length > MAX_GCM_INPUT + GCM_TAG_LENGTH || ad.length > MAX_GCM_INPUT) {
+    throw new CustosError("payload_too_large", `ciphertext and aad are limited to ${MAX_GCM_INPUT} bytes`);
+  }
+  return { nonce, input, ad };
+}
+
+/**
+ * Checks every item of a many-message call: refused items take their error as their
+ * result; the rest, with their checked arguments and places, go to the HSM.
+ */
+function sortOut<I, A, R>(
+  messages: readonly I[],
+  check: (m: I) => A,
+): { results: Array<R | CustosError>; items: Array<{ at: number; args: A }> } {
+  if (!Array.isArray(messages)) throw new CustosError("invalid_request", "messages must be an array");
+  const results = new Array<R | CustosError>(messages.length);
+  const items: Array<{ at: number; args: A }> = [];
+  messages.forEach((m, at) => {
+    try {
+      items.push({ at, args: check(m) });
+    } catch (e) {
+      if (!isCustosError(e)) throw e;
+      results[at] = e;
+    }
+  });
+  return { results, items };
+}
+
+/** Item `k` of a GCM job's packed output, as a view (no copy). */
+function itemOf(output: Uint8Array, ends: Uint32Array, k: number): Buffer {
+  const start = k === 0 ? 0 : (ends[k - 1] as number);
+  return Buffer.from(output.buffer, output.byteOffset + start, (ends[k] as number) - start);
+}
+
 function intOption(value: number | undefined, fallback: number, min: number, max: number, name: string): number {
   const v = value ?? fallback;
   if (!Number.isInteger(v) || v < min || v > max) {
@@ -170,10 +237,19 @@ export class Pkcs11Keystore implements Keystore {
   #ivs: Buffer = Buffer.alloc(0);
   #ivOffset = 0;
   readonly #inlineAllowed: boolean;
+  readonly #gcm: GcmThread;
   /** Moving averages of C_EncryptInit/C_DecryptInit and of C_SignInit latency, in microseconds. */
   readonly #initUs: Record<"cipher" | "sign", number> = { ...INLINE_MAX_US };
 
-  private constructor(c: Connection, pin: Secret, rootLabel: string, cacheSize: number, inline: boolean) {
+  private constructor(
+    c: Connection,
+    pin: Secret,
+    rootLabel: string,
+    cacheSize: number,
+    inline: boolean,
+    gcm: GcmThread,
+  ) {
+    this.#gcm = gcm;
     this.#inlineAllowed = inline;
     this.#c = c;
     this.#pin = pin;
@@ -213,7 +289,8 @@ export class Pkcs11Keystore implements Keystore {
         operationTimeoutMs,
         logger: o.logger,
       });
-      return new Pkcs11Keystore(c, pin, rootLabel, cacheSize, o.inlineFastCalls ?? true);
+      const gcm = new GcmThread(o.modulePath, o.logger);
+      return new Pkcs11Keystore(c, pin, rootLabel, cacheSize, o.inlineFastCalls ?? true, gcm);
     } catch (e) {
       pin.destroy();
       throw e;
@@ -295,16 +372,8 @@ export class Pkcs11Keystore implements Keystore {
   }
 
   async encrypt(wrappedKey: Buffer, plaintext: Uint8Array, aad: Uint8Array): Promise<GcmCiphertext> {
-    const wrapped = bytes(wrappedKey, "wrapped key");
-    const input = bytes(plaintext, "plaintext");
-    const ad = bytes(aad, "aad");
-    if (wrapped.length !== WRAPPED_AES256_LENGTH)
-      throw new CustosError("invalid_request", "wrapped key has a bad size");
-    // SoftHSM answers an empty C_Encrypt with CKR_ARGUMENTS_BAD and leaves the operation active.
-    if (input.length === 0) throw new CustosError("invalid_request", "plaintext must not be empty");
-    if (input.length > MAX_GCM_INPUT || ad.length > MAX_GCM_INPUT) {
-      throw new CustosError("payload_too_large", `plaintext and aad are limited to ${MAX_GCM_INPUT} bytes`);
-    }
+    const wrapped = wrappedForEncrypt(wrappedKey);
+    const { input, ad } = encryptArgs({ plaintext, aad });
     return this.#c.run("encrypt", (ctx) =>
       this.#withKey(ctx, wrapped, "encrypt", async (key) => {
         const iv = this.#nextIv(ctx);
@@ -322,20 +391,12 @@ export class Pkcs11Keystore implements Keystore {
   }
 
   async decrypt(wrappedKey: Buffer, iv: Uint8Array, ciphertext: Uint8Array, aad: Uint8Array): Promise<Secret> {
-    const wrapped = bytes(wrappedKey, "wrapped key");
-    const nonce = bytes(iv, "iv");
-    const input = bytes(ciphertext, "ciphertext");
-    const ad = bytes(aad, "aad");
-    if (wrapped.length !== WRAPPED_AES256_LENGTH || nonce.length !== GCM_IV_LENGTH) throw decryptionFailed();
-    // The empty plaintext can't be made by encrypt(), so a bare tag is a forgery or truncation.
-    if (input.length <= GCM_TAG_LENGTH) throw decryptionFailed();
-    if (input.length > MAX_GCM_INPUT + GCM_TAG_LENGTH || ad.length > MAX_GCM_INPUT) {
-      throw new CustosError("payload_too_large", `ciphertext and aad are limited to ${MAX_GCM_INPUT} bytes`);
-    }
+    const wrapped = wrappedForDecrypt(wrappedKey);
+    const { nonce, input, ad } = decryptArgs({ iv, ciphertext, aad });
     return this.#c.run("decrypt", (ctx) =>
       this.#withKey(ctx, wrapped, "decrypt", async (key) => {
         const started = performance.now();
-        ctx.p.C_DecryptInit(ctx.session, gcmMechanism(Buffer.from(nonce), ad), key);
+        ctx.p.C_DecryptInit(ctx.session, gcmMechanism(nonce, ad), key);
         ctx.active = true;
         const out = Buffer.alloc(input.length);
         try {
@@ -356,6 +417,89 @@ export class Pkcs11Keystore implements Keystore {
           throw e;
         } finally {
           out.fill(0);
+        }
+      }),
+    );
+  }
+
+  async encryptMany(wrappedKey: Buffer, messages: readonly GcmMessage[]): Promise<Array<GcmCiphertext | CustosError>> {
+    const wrapped = wrappedForEncrypt(wrappedKey);
+    const { results, items } = sortOut<GcmMessage, ReturnType<typeof encryptArgs>, GcmCiphertext>(
+      messages,
+      encryptArgs,
+    );
+    if (items.length === 0) return results;
+    if (!this.#offloading()) {
+      await Promise.all(
+        items.map(async ({ at, args }) => {
+          results[at] = await this.encrypt(wrapped, args.input, args.ad);
+        }),
+      );
+      return results;
+    }
+    return this.#c.run("encryptMany", (ctx) =>
+      this.#withKey(ctx, wrapped, "encrypt", async (key) => {
+        const ivs = items.map(() => this.#nextIv(ctx));
+        const job = items.map(({ args }, k) => ({ iv: ivs[k] as Buffer, input: args.input, aad: args.ad }));
+        ctx.active = true;
+        const done = await this.#gcm.run(true, ctx.session, key, job, []);
+        ctx.active = false;
+        items.forEach(({ at }, k) => {
+          results[at] = { iv: ivs[k] as Buffer, ciphertext: itemOf(done.output, done.outputEnds, k) };
+        });
+        return results;
+      }),
+    );
+  }
+
+  async decryptMany(wrappedKey: Buffer, sealed: readonly GcmSealed[]): Promise<Array<Secret | CustosError>> {
+    const wrapped = wrappedForDecrypt(wrappedKey);
+    const { results, items } = sortOut<GcmSealed, ReturnType<typeof decryptArgs>, Secret>(sealed, decryptArgs);
+    if (items.length === 0) return results;
+    if (!this.#offloading()) {
+      await Promise.all(
+        items.map(async ({ at, args }) => {
+          try {
+            results[at] = await this.decrypt(wrapped, args.nonce, args.input, args.ad);
+          } catch (e) {
+            if (!isCustosError(e) || e.code !== "decryption_failed") throw e;
+            results[at] = e;
+          }
+        }),
+      );
+      return results;
+    }
+    try {
+      return await this.#decryptOnThread(wrapped, items, results);
+    } catch (e) {
+      // A key the root key did not wrap: every item fails as a single decrypt would.
+      if (!isCustosError(e, "decryption_failed")) throw e;
+      for (const { at } of items) results[at] = e;
+      return results;
+    }
+  }
+
+  #decryptOnThread(
+    wrapped: Buffer,
+    items: ReadonlyArray<{ at: number; args: ReturnType<typeof decryptArgs> }>,
+    results: Array<Secret | CustosError>,
+  ): Promise<Array<Secret | CustosError>> {
+    return this.#c.run("decryptMany", (ctx) =>
+      this.#withKey(ctx, wrapped, "decrypt", async (key) => {
+        const job = items.map(({ args }) => ({ iv: args.nonce, input: args.input, aad: args.ad }));
+        ctx.active = true;
+        const done = await this.#gcm.run(false, ctx.session, key, job, [...GCM_REJECTED]);
+        ctx.active = false;
+        try {
+          // As for one decryption: failed items are the ciphertexts' fault only if the token is alive.
+          if (done.failed.some((name) => name !== null)) this.#c.assertAlive(ctx);
+          items.forEach(({ at }, k) => {
+            results[at] =
+              done.failed[k] === null ? Secret.copy(itemOf(done.output, done.outputEnds, k)) : decryptionFailed();
+          });
+          return results;
+        } finally {
+          done.output.fill(0);
         }
       }),
     );
@@ -511,6 +655,8 @@ export class Pkcs11Keystore implements Keystore {
     this.#unwrapped.clear();
     this.#objects.clear();
     await this.#c.close();
+    // After the connection's close: it waits for leased sessions, and every job holds one.
+    await this.#gcm.close();
     this.#pin.destroy();
   }
 
@@ -656,6 +802,15 @@ export class Pkcs11Keystore implements Keystore {
   #inline(kind: "cipher" | "sign", started: number, length: number): boolean {
     this.#initUs[kind] = this.#initUs[kind] * 0.9 + (performance.now() - started) * 100;
     return this.#inlineAllowed && length <= INLINE_MAX_BYTES && this.#initUs[kind] < INLINE_MAX_US[kind];
+  }
+
+  /**
+   * Whether many-message calls go to the GCM thread as one job: yes for a local token
+   * (the same test as running one call inline). A network HSM answers each call in
+   * milliseconds, so its batches run as single calls spread over the pooled sessions.
+   */
+  #offloading(): boolean {
+    return this.#inlineAllowed && this.#initUs.cipher < INLINE_MAX_US.cipher;
   }
 
   /** IVs come from the HSM's RNG in batches: one C_GenerateRandom per 256 encryptions. */

@@ -1,0 +1,201 @@
+/**
+ * encryptMany / decryptMany: a batch's AES-GCM as one job on the GCM thread, and the
+ * same contract through single calls where the keystore does not offload
+ * (`inlineFastCalls: false`, as for a network HSM). Checked against node:crypto
+ * through a known key wrapped by the root key from a second handle.
+ */
+import assert from "node:assert/strict";
+import { createCipheriv, createDecipheriv } from "node:crypto";
+import { after, before, describe, test } from "node:test";
+import pkcs11js from "pkcs11js";
+import { type CustosError, isCustosError } from "../../src/errors/index.js";
+import type { GcmCiphertext } from "../../src/hsm/index.js";
+import { Pkcs11Keystore } from "../../src/hsm/pkcs11/index.js";
+import { Secret } from "../../src/secret/index.js";
+import { createTestToken, type TestToken } from "../helpers/softhsm.js";
+import { Injector } from "./injector.js";
+
+const KNOWN = Buffer.from(Array.from({ length: 32 }, (_, i) => (i * 11 + 5) & 0xff));
+
+function sealedOf(r: GcmCiphertext | CustosError): GcmCiphertext {
+  if (isCustosError(r)) throw r;
+  return r;
+}
+
+function outcome(r: Secret | CustosError): string {
+  return isCustosError(r) ? r.code : r.exposeText();
+}
+
+function nodeOpen(c: GcmCiphertext, aad: Buffer): Buffer {
+  const d = createDecipheriv("aes-256-gcm", KNOWN, c.iv);
+  d.setAAD(aad);
+  d.setAuthTag(Buffer.from(c.ciphertext.subarray(-16)));
+  return Buffer.concat([d.update(c.ciphertext.subarray(0, -16)), d.final()]);
+}
+
+function nodeSeal(plaintext: Buffer, aad: Buffer, iv: Buffer): Buffer {
+  const c = createCipheriv("aes-256-gcm", KNOWN, iv);
+  c.setAAD(aad);
+  return Buffer.concat([c.update(plaintext), c.final(), c.getAuthTag()]);
+}
+
+describe("encryptMany and decryptMany against SoftHSM", () => {
+  let token: TestToken;
+  /** Offloads batches to the GCM thread (a local token). */
+  let threaded: Pkcs11Keystore;
+  /** Runs them as single calls over the pool. */
+  let single: Pkcs11Keystore;
+  let wrapped: Buffer;
+
+  before(async () => {
+    token = createTestToken("custos-many");
+    const open = (inlineFastCalls: boolean) =>
+      Pkcs11Keystore.open({
+        modulePath: token.modulePath,
+        tokenLabel: token.label,
+        pin: Secret.fromString(token.pin),
+        operationTimeoutMs: 5000,
+        inlineFastCalls,
+      });
+    threaded = await open(true);
+    single = await open(false);
+    await threaded.createRootKey();
+    const inj = new Injector(token);
+    wrapped = inj.withSession((s) => {
+      const p = inj.p;
+      p.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_LABEL, value: "custos-root" }]);
+      const root = p.C_FindObjects(s);
+      p.C_FindObjectsFinal(s);
+      assert.ok(root);
+      const k = p.C_CreateObject(s, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+        { type: pkcs11js.CKA_TOKEN, value: false },
+        { type: pkcs11js.CKA_EXTRACTABLE, value: true },
+        { type: pkcs11js.CKA_VALUE, value: KNOWN },
+      ]);
+      return Buffer.from(p.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD }, root, k, Buffer.alloc(64)));
+    });
+  });
+
+  after(async () => {
+    await threaded.close();
+    await single.close();
+    token.remove();
+  });
+
+  for (const which of ["threaded", "single"] as const) {
+    const ks = () => (which === "threaded" ? threaded : single);
+
+    test(`${which}: every item is standard AES-256-GCM under its own fresh IV, both ways`, async () => {
+      const lengths = [1, 15, 16, 17, 31, 32, 33, 1000, 4097];
+      const messages = lengths.map((n, i) => ({
+        plaintext: Buffer.alloc(n, i + 1),
+        aad: Buffer.alloc(i % 3 === 0 ? 0 : 5 + i, 0xa0 + i),
+      }));
+      const sealed = (await ks().encryptMany(wrapped, messages)).map(sealedOf);
+      assert.equal(sealed.length, messages.length);
+      sealed.forEach((c, i) => {
+        const m = messages[i]!;
+        assert.equal(c.iv.length, 12);
+        assert.equal(c.ciphertext.length, m.plaintext.length + 16);
+        assert.deepEqual(nodeOpen(c, m.aad), m.plaintext, `item ${i}`);
+      });
+      assert.equal(new Set(sealed.map((c) => Buffer.from(c.iv).toString("hex"))).size, sealed.length);
+
+      const ivs = messages.map((_, i) => Buffer.alloc(12, 0x30 + i));
+      const opened = await ks().decryptMany(
+        wrapped,
+        messages.map((m, i) => ({ iv: ivs[i]!, ciphertext: nodeSeal(m.plaintext, m.aad, ivs[i]!), aad: m.aad })),
+      );
+      opened.forEach((o, i) => {
+        assert.ok(o instanceof Secret, `item ${i}: ${outcome(o as CustosError)}`);
+        assert.deepEqual(o.expose(), messages[i]!.plaintext);
+      });
+    });
+
+    test(`${which}: a refused or forged item fails in its place, the rest go through`, async () => {
+      const aad = Buffer.from("ctx");
+      const results = await ks().encryptMany(wrapped, [
+        { plaintext: Buffer.from("first"), aad },
+        { plaintext: Buffer.alloc(0), aad },
+        { plaintext: Buffer.alloc(1024 * 1024 + 1), aad },
+        { plaintext: Buffer.from("last"), aad },
+      ]);
+      assert.deepEqual(
+        results.map((r) => (isCustosError(r) ? r.code : "ok")),
+        ["ok", "invalid_request", "payload_too_large", "ok"],
+      );
+      const good = sealedOf(results[0]!);
+      const flippedTag = Buffer.from(good.ciphertext);
+      flippedTag[flippedTag.length - 1]! ^= 1;
+      const flippedBody = Buffer.from(good.ciphertext);
+      flippedBody[0]! ^= 1;
+      const opened = await ks().decryptMany(wrapped, [
+        { iv: good.iv, ciphertext: good.ciphertext, aad },
+        { iv: good.iv, ciphertext: flippedTag, aad },
+        { iv: good.iv, ciphertext: flippedBody, aad },
+        { iv: good.iv, ciphertext: good.ciphertext, aad: Buffer.from("ctX") },
+        { iv: good.iv.subarray(0, 11), ciphertext: good.ciphertext, aad },
+        { iv: good.iv, ciphertext: good.ciphertext.subarray(0, 16), aad },
+        { iv: good.iv, ciphertext: good.ciphertext, aad },
+      ]);
+      assert.deepEqual(opened.map(outcome), [
+        "first",
+        "decryption_failed",
+        "decryption_failed",
+        "decryption_failed",
+        "decryption_failed",
+        "decryption_failed",
+        "first",
+      ]);
+      // The rejected items left no operation active and no doubt about the token.
+      assert.equal(ks().health().state, "ok");
+      assert.equal((await ks().decrypt(wrapped, good.iv, good.ciphertext, aad)).exposeText(), "first");
+    });
+
+    test(`${which}: a key the root key did not wrap fails the encryption, and every decryption; empty calls answer empty`, async () => {
+      const forged = Buffer.from(wrapped);
+      forged[5]! ^= 1;
+      const message = { plaintext: Buffer.from("x"), aad: Buffer.alloc(0) };
+      await assert.rejects(ks().encryptMany(forged, [message]), (e) => isCustosError(e, "invalid_request"));
+      await assert.rejects(ks().encryptMany(wrapped.subarray(0, 39), [message]), (e) =>
+        isCustosError(e, "invalid_request"),
+      );
+      const sealed = sealedOf((await ks().encryptMany(wrapped, [message]))[0]!);
+      const both = { ...sealed, aad: Buffer.alloc(0) };
+      assert.deepEqual((await ks().decryptMany(forged, [both, both])).map(outcome), [
+        "decryption_failed",
+        "decryption_failed",
+      ]);
+      assert.deepEqual(await ks().encryptMany(wrapped, []), []);
+      assert.deepEqual(await ks().decryptMany(wrapped, []), []);
+    });
+  }
+
+  test("the two paths read each other's output; concurrent 1000-item jobs stay correct", async () => {
+    const batch = (tag: number) =>
+      Array.from({ length: 1000 }, (_, i) => ({
+        plaintext: Buffer.from(`data key ${tag}/${i}`.padEnd(32, ".")),
+        aad: Buffer.from(`{"item":${i}}`),
+      }));
+    const batches = [batch(1), batch(2), batch(3), batch(4)];
+    const sealed = await Promise.all(
+      batches.map(async (b, k) => (await (k % 2 ? single : threaded).encryptMany(wrapped, b)) as GcmCiphertext[]),
+    );
+    const opened = await Promise.all(
+      batches.map((b, k) =>
+        (k % 2 ? threaded : single).decryptMany(
+          wrapped,
+          b.map((m, i) => ({ iv: sealed[k]![i]!.iv, ciphertext: sealed[k]![i]!.ciphertext, aad: m.aad })),
+        ),
+      ),
+    );
+    batches.forEach((b, k) => {
+      assert.deepEqual(
+        opened[k]!.map(outcome),
+        b.map((m) => m.plaintext.toString()),
+      );
+    });
+  });
+});
