@@ -27,7 +27,7 @@ import {
   pk,
   WRAPPED_AES256_LENGTH,
 } from "./constants.js";
-import { GcmThread } from "./gcm-thread.js";
+import { HsmThread } from "./hsm-thread.js";
 import { attribute, checkLabel, findAll, findOne, ownKey, refTemplate, ulongAttribute } from "./objects.js";
 import { ed25519Spki, p256Spki, rsaSpki } from "./spki.js";
 import {
@@ -59,11 +59,11 @@ export interface Pkcs11KeystoreOptions {
   /** Unwrapped encryption keys kept as session objects. Default 1024. */
   unwrapCacheSize?: number;
   /**
-   * Run small AES-GCM calls and EC/EdDSA signatures synchronously when the module
-   * answers their C_*Init faster than INLINE_MAX_US (a local software token): there
-   * the thread-pool hop costs more than the operation, and a signature on a pool
-   * thread contends with the main thread's next C_SignInit inside the module. A
-   * network HSM answers in milliseconds and always goes async. Default true.
+   * When the module answers C_*Init faster than INLINE_MAX_US (a local software
+   * token): run small single AES-GCM calls synchronously (the thread-pool hop costs
+   * more than the operation), and EC/EdDSA signatures and batches on the HSM thread.
+   * A network HSM answers in milliseconds and always goes async, one call at a time
+   * per session. Default true.
    */
   inlineFastCalls?: boolean;
   logger?: HsmLogger;
@@ -78,7 +78,7 @@ export interface Pkcs11KeystoreOptions {
 const CHECK_VALUE_KEY = createHash("sha256").update("custos root key check value v1").digest();
 const IV_BATCH = 256;
 /**
- * The C_*Init latency under which the data call stays on the main thread. A local
+ * The C_*Init latency under which a module counts as local (see inlineFastCalls). A local
  * token's C_SignInit decrypts the private key object first (15-40 us in SoftHSM,
  * more under load), so signing gets more room; both sit far below a network HSM's
  * round trip.
@@ -237,7 +237,7 @@ export class Pkcs11Keystore implements Keystore {
   #ivs: Buffer = Buffer.alloc(0);
   #ivOffset = 0;
   readonly #inlineAllowed: boolean;
-  readonly #gcm: GcmThread;
+  readonly #thread: HsmThread;
   /** Moving averages of C_EncryptInit/C_DecryptInit and of C_SignInit latency, in microseconds. */
   readonly #initUs: Record<"cipher" | "sign", number> = { ...INLINE_MAX_US };
 
@@ -247,9 +247,9 @@ export class Pkcs11Keystore implements Keystore {
     rootLabel: string,
     cacheSize: number,
     inline: boolean,
-    gcm: GcmThread,
+    thread: HsmThread,
   ) {
-    this.#gcm = gcm;
+    this.#thread = thread;
     this.#inlineAllowed = inline;
     this.#c = c;
     this.#pin = pin;
@@ -289,8 +289,8 @@ export class Pkcs11Keystore implements Keystore {
         operationTimeoutMs,
         logger: o.logger,
       });
-      const gcm = new GcmThread(o.modulePath, o.logger);
-      return new Pkcs11Keystore(c, pin, rootLabel, cacheSize, o.inlineFastCalls ?? true, gcm);
+      const thread = new HsmThread(o.modulePath, o.logger);
+      return new Pkcs11Keystore(c, pin, rootLabel, cacheSize, o.inlineFastCalls ?? true, thread);
     } catch (e) {
       pin.destroy();
       throw e;
@@ -429,7 +429,7 @@ export class Pkcs11Keystore implements Keystore {
       encryptArgs,
     );
     if (items.length === 0) return results;
-    if (!this.#offloading()) {
+    if (!this.#fast("cipher")) {
       await Promise.all(
         items.map(async ({ at, args }) => {
           results[at] = await this.encrypt(wrapped, args.input, args.ad);
@@ -442,7 +442,8 @@ export class Pkcs11Keystore implements Keystore {
         const ivs = items.map(() => this.#nextIv(ctx));
         const job = items.map(({ args }, k) => ({ iv: ivs[k] as Buffer, input: args.input, aad: args.ad }));
         ctx.active = true;
-        const done = await this.#gcm.run(true, ctx.session, key, job, []);
+        const done = await this.#thread.gcm(true, ctx.session, key, job, []);
+        this.#measured("cipher", done.initUs);
         ctx.active = false;
         items.forEach(({ at }, k) => {
           results[at] = { iv: ivs[k] as Buffer, ciphertext: itemOf(done.output, done.outputEnds, k) };
@@ -456,7 +457,7 @@ export class Pkcs11Keystore implements Keystore {
     const wrapped = wrappedForDecrypt(wrappedKey);
     const { results, items } = sortOut<GcmSealed, ReturnType<typeof decryptArgs>, Secret>(sealed, decryptArgs);
     if (items.length === 0) return results;
-    if (!this.#offloading()) {
+    if (!this.#fast("cipher")) {
       await Promise.all(
         items.map(async ({ at, args }) => {
           try {
@@ -488,7 +489,8 @@ export class Pkcs11Keystore implements Keystore {
       this.#withKey(ctx, wrapped, "decrypt", async (key) => {
         const job = items.map(({ args }) => ({ iv: args.nonce, input: args.input, aad: args.ad }));
         ctx.active = true;
-        const done = await this.#gcm.run(false, ctx.session, key, job, [...GCM_REJECTED]);
+        const done = await this.#thread.gcm(false, ctx.session, key, job, [...GCM_REJECTED]);
+        this.#measured("cipher", done.initUs);
         ctx.active = false;
         try {
           // As for one decryption: failed items are the ciphertexts' fault only if the token is alive.
@@ -547,6 +549,13 @@ export class Pkcs11Keystore implements Keystore {
       if (!key) throw notFound(ref);
       if (key.keyType !== plan.keyType) {
         throw new CustosError("invalid_request", `signature scheme ${scheme} does not fit this key`);
+      }
+      if (plan.keyType !== pk.CKK_RSA && this.#fast("sign")) {
+        ctx.active = true;
+        const done = await this.#thread.sign(ctx.session, key.handle, plan.mechanism, plan.input, plan.maxLength);
+        ctx.active = false;
+        this.#measured("sign", done.initUs);
+        return Buffer.from(done.output.buffer, done.output.byteOffset, done.output.length);
       }
       const started = performance.now();
       ctx.p.C_SignInit(ctx.session, plan.mechanism, key.handle);
@@ -656,7 +665,7 @@ export class Pkcs11Keystore implements Keystore {
     this.#objects.clear();
     await this.#c.close();
     // After the connection's close: it waits for leased sessions, and every job holds one.
-    await this.#gcm.close();
+    await this.#thread.close();
     this.#pin.destroy();
   }
 
@@ -800,17 +809,24 @@ export class Pkcs11Keystore implements Keystore {
 
   /** Records how long the *Init just took and says whether the data call should stay on this thread. */
   #inline(kind: "cipher" | "sign", started: number, length: number): boolean {
-    this.#initUs[kind] = this.#initUs[kind] * 0.9 + (performance.now() - started) * 100;
-    return this.#inlineAllowed && length <= INLINE_MAX_BYTES && this.#initUs[kind] < INLINE_MAX_US[kind];
+    this.#measured(kind, (performance.now() - started) * 1000);
+    return this.#fast(kind) && length <= INLINE_MAX_BYTES;
+  }
+
+  /** Folds one C_*Init latency, in microseconds, into the module's moving average. */
+  #measured(kind: "cipher" | "sign", us: number): void {
+    this.#initUs[kind] = this.#initUs[kind] * 0.9 + us * 0.1;
   }
 
   /**
-   * Whether many-message calls go to the GCM thread as one job: yes for a local token
-   * (the same test as running one call inline). A network HSM answers each call in
-   * milliseconds, so its batches run as single calls spread over the pooled sessions.
+   * Whether the module answers `kind` like a local token (see INLINE_MAX_US): then a
+   * batch goes to the HSM thread as one job and a signature runs there whole. A
+   * network HSM answers each call in milliseconds; its calls stay single and async,
+   * spread over the pooled sessions. The thread reports its own C_*Init latencies,
+   * so a module that slows down is noticed either way.
    */
-  #offloading(): boolean {
-    return this.#inlineAllowed && this.#initUs.cipher < INLINE_MAX_US.cipher;
+  #fast(kind: "cipher" | "sign"): boolean {
+    return this.#inlineAllowed && this.#initUs[kind] < INLINE_MAX_US[kind];
   }
 
   /** IVs come from the HSM's RNG in batches: one C_GenerateRandom per 256 encryptions. */

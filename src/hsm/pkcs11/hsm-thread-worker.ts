@@ -1,5 +1,5 @@
 /**
- * The body of the GCM thread (see gcm-thread.ts): runs each job's C_*Init/C_* pairs,
+ * The body of the HSM thread (see hsm-thread.ts): runs each job's C_*Init/C_* pairs,
  * one item after the other, on the session the main thread leased for the job.
  *
  * PKCS#11 state belongs to the process, so this thread loads the same library, finds
@@ -10,7 +10,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { ckrOf } from "./ckr.js";
 import { GCM_IV_LENGTH, GCM_TAG_LENGTH, pk } from "./constants.js";
-import type { GcmJob, GcmJobResult } from "./gcm-thread.js";
+import type { GcmJob, HsmJob, HsmJobResult, SignJob } from "./hsm-thread.js";
 import { gcmMechanism } from "./templates.js";
 
 const p = new pk.PKCS11();
@@ -25,42 +25,47 @@ function view(bytes: Uint8Array, start: number, end: number): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset + start, end - start);
 }
 
-function run(job: GcmJob): GcmJobResult {
+function startOf(ends: Uint32Array, i: number): number {
+  return i === 0 ? 0 : (ends[i - 1] as number);
+}
+
+function gcm(job: GcmJob): HsmJobResult {
   const { encrypt, session, key, ivs, input, inputEnds, aad, aadEnds, tolerate } = job;
   const count = inputEnds.length;
   const growth = encrypt ? GCM_TAG_LENGTH : -GCM_TAG_LENGTH;
   const outputEnds = new Uint32Array(count);
+  let longest = 0;
   for (let i = 0, end = 0; i < count; i++) {
-    end += (inputEnds[i] as number) - (i === 0 ? 0 : (inputEnds[i - 1] as number)) + growth;
+    const length = (inputEnds[i] as number) - startOf(inputEnds, i);
+    longest = Math.max(longest, length);
+    end += length + growth;
     outputEnds[i] = end;
   }
   const output = new Uint8Array(count === 0 ? 0 : (outputEnds[count - 1] as number));
-  const failed: Array<string | null> = new Array(count).fill(null);
   // SoftHSM wants room for the whole input when it decrypts GCM (it strips the tag
   // last), so each plaintext lands here first and is then copied into its place.
-  let longest = 0;
-  for (let i = 0; i < count; i++) {
-    longest = Math.max(longest, (inputEnds[i] as number) - (i === 0 ? 0 : (inputEnds[i - 1] as number)));
-  }
   const scratch = Buffer.alloc(encrypt ? 0 : longest);
+  const failed: Array<string | null> = new Array(count).fill(null);
   const sessionHandle = Buffer.from(session);
   const keyHandle = Buffer.from(key);
+  let initUs = 0;
   try {
     for (let i = 0; i < count; i++) {
-      const from = i === 0 ? 0 : (inputEnds[i - 1] as number);
-      const outFrom = i === 0 ? 0 : (outputEnds[i - 1] as number);
       const mechanism = gcmMechanism(
         view(ivs, i * GCM_IV_LENGTH, (i + 1) * GCM_IV_LENGTH),
-        view(aad, i === 0 ? 0 : (aadEnds[i - 1] as number), aadEnds[i] as number),
+        view(aad, startOf(aadEnds, i), aadEnds[i] as number),
       );
-      const data = view(input, from, inputEnds[i] as number);
-      const out = view(output, outFrom, outputEnds[i] as number);
+      const data = view(input, startOf(inputEnds, i), inputEnds[i] as number);
+      const out = view(output, startOf(outputEnds, i), outputEnds[i] as number);
+      const started = performance.now();
       try {
         if (encrypt) {
           p.C_EncryptInit(sessionHandle, mechanism, keyHandle);
+          initUs += performance.now() - started;
           p.C_Encrypt(sessionHandle, data, out);
         } else {
           p.C_DecryptInit(sessionHandle, mechanism, keyHandle);
+          initUs += performance.now() - started;
           p.C_Decrypt(sessionHandle, data, scratch).copy(out);
         }
       } catch (e) {
@@ -80,10 +85,27 @@ function run(job: GcmJob): GcmJobResult {
     if (encrypt) input.fill(0);
     scratch.fill(0);
   }
-  return { id: job.id, ok: true, output, outputEnds, failed };
+  return { id: job.id, ok: true, output, outputEnds, failed, initUs: count === 0 ? 0 : (initUs * 1000) / count };
 }
 
-parentPort?.on("message", (job: GcmJob) => {
-  const result = run(job);
+function sign(job: SignJob): HsmJobResult {
+  const session = Buffer.from(job.session);
+  const out = Buffer.alloc(job.maxLength);
+  try {
+    const started = performance.now();
+    p.C_SignInit(session, job.mechanism, Buffer.from(job.key));
+    const initUs = (performance.now() - started) * 1000;
+    // An empty message needs a real pointer, as on the main thread (see EMPTY_SIGN_INPUT there).
+    const data = job.input.length === 0 ? Buffer.alloc(1).subarray(1) : view(job.input, 0, job.input.length);
+    const signature = p.C_Sign(session, data, out);
+    const output = new Uint8Array(signature);
+    return { id: job.id, ok: true, output, outputEnds: Uint32Array.of(output.length), failed: [null], initUs };
+  } catch (e) {
+    return { id: job.id, ok: false, error: e instanceof Error ? e.message : String(e) };
+  }
+}
+
+parentPort?.on("message", (job: HsmJob) => {
+  const result = job.kind === "gcm" ? gcm(job) : sign(job);
   parentPort?.postMessage(result, result.ok ? [result.output.buffer as ArrayBuffer] : []);
 });

@@ -1,11 +1,12 @@
 /**
- * encryptMany / decryptMany: a batch's AES-GCM as one job on the GCM thread, and the
- * same contract through single calls where the keystore does not offload
- * (`inlineFastCalls: false`, as for a network HSM). Checked against node:crypto
- * through a known key wrapped by the root key from a second handle.
+ * The HSM thread. encryptMany / decryptMany: a batch's AES-GCM as one job there, and
+ * the same contract through single calls where the keystore does not offload
+ * (`inlineFastCalls: false`, as for a network HSM), checked against node:crypto
+ * through a known key wrapped by the root key from a second handle. Signatures made
+ * there, checked by node:crypto.
  */
 import assert from "node:assert/strict";
-import { createCipheriv, createDecipheriv } from "node:crypto";
+import { createCipheriv, createDecipheriv, createPublicKey, verify } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 import pkcs11js from "pkcs11js";
 import { type CustosError, isCustosError } from "../../src/errors/index.js";
@@ -46,6 +47,7 @@ describe("encryptMany and decryptMany against SoftHSM", () => {
   /** Runs them as single calls over the pool. */
   let single: Pkcs11Keystore;
   let wrapped: Buffer;
+  const started: string[] = [];
 
   before(async () => {
     token = createTestToken("custos-many");
@@ -56,6 +58,7 @@ describe("encryptMany and decryptMany against SoftHSM", () => {
         pin: Secret.fromString(token.pin),
         operationTimeoutMs: 5000,
         inlineFastCalls,
+        logger: { warn: () => {}, info: (_, m) => started.push(`${inlineFastCalls ? "threaded" : "single"}: ${m}`) },
       });
     threaded = await open(true);
     single = await open(false);
@@ -76,6 +79,8 @@ describe("encryptMany and decryptMany against SoftHSM", () => {
       ]);
       return Buffer.from(p.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD }, root, k, Buffer.alloc(64)));
     });
+    // The keystore learns how fast the module is from its first calls; until then it offloads nothing.
+    await threaded.encrypt(wrapped, Buffer.from("warm"), Buffer.alloc(0));
   });
 
   after(async () => {
@@ -197,5 +202,38 @@ describe("encryptMany and decryptMany against SoftHSM", () => {
         b.map((m) => m.plaintext.toString()),
       );
     });
+  });
+
+  test("signatures made on the thread verify with node:crypto, the empty message too", async () => {
+    const pairs = {
+      "ecdsa-p256-sha256": await threaded.generateKeyPair("ecdsa-p256", "thread-ec"),
+      ed25519: await threaded.generateKeyPair("ed25519", "thread-ed"),
+    } as const;
+    for (const [scheme, pair] of Object.entries(pairs) as Array<
+      [keyof typeof pairs, (typeof pairs)[keyof typeof pairs]]
+    >) {
+      const publicKey = createPublicKey({ key: pair.publicKey, format: "der", type: "spki" });
+      await threaded.sign(pair.ref, scheme, Buffer.from("warm"));
+      const messages = [
+        Buffer.alloc(0),
+        Buffer.from("one"),
+        Buffer.alloc(5000, 7),
+        ...Array.from({ length: 20 }, (_, i) => Buffer.from(`m${i}`)),
+      ];
+      const signatures = await Promise.all(messages.map((m) => threaded.sign(pair.ref, scheme, m)));
+      signatures.forEach((signature, i) => {
+        const m = messages[i]!;
+        const verifies = (message: Buffer) =>
+          scheme === "ed25519"
+            ? verify(null, message, publicKey, signature)
+            : verify("sha256", message, { key: publicKey, dsaEncoding: "ieee-p1363" }, signature);
+        assert.ok(verifies(m), `${scheme} message ${i}`);
+        assert.equal(verifies(Buffer.concat([m, Buffer.from("x")])), false, `${scheme} message ${i}, lengthened`);
+      });
+    }
+  });
+
+  test("the offloading keystore ran its work on its thread; the one that does not never started one", () => {
+    assert.deepEqual(started, ["threaded: hsm: HSM thread started"]);
   });
 });
