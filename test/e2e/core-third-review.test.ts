@@ -386,6 +386,26 @@ describe("the secure core over HTTPS, third review", () => {
     }
   });
 
+  test("a PATCHed rotation period is refused with the one bound it breaks; null turns rotation off", async () => {
+    await created("period");
+    const refused = async (value: unknown) => {
+      const r = await call("PATCH", "/v1/keys/period", { rotationPeriodSeconds: value });
+      assert.equal(errorCode(r), "invalid_request");
+      return (r.body as { error: { message: string } }).error.message;
+    };
+    assert.equal(await refused(10), "invalid request: body/rotationPeriodSeconds must be >= 3600");
+    assert.equal(await refused("1 day"), "invalid request: body/rotationPeriodSeconds must be integer,null");
+    assert.match(await refused(10 ** 12), /^rotationPeriodSeconds must be an integer from 3600 to \d+$/);
+    assert.equal(
+      ok(await call("PATCH", "/v1/keys/period", { rotationPeriodSeconds: 86_400 })).rotationPeriodSeconds,
+      86_400,
+    );
+    assert.equal(
+      ok(await call("PATCH", "/v1/keys/period", { rotationPeriodSeconds: null })).rotationPeriodSeconds,
+      null,
+    );
+  });
+
   test("the CLI prints one error line and exits 1 for forbidden, not_found, key_disabled, conflict, decryption_failed and unauthenticated", async () => {
     await created("cli-off");
     ok(await call("PATCH", "/v1/keys/cli-off", { enabled: false }));
