@@ -57,7 +57,7 @@ describe("self-healing under injected faults", () => {
     const aad = Buffer.from(`aad ${i}`);
     const ct = await ks.encrypt(wrapped, pt, aad);
     assert.deepEqual((await ks.decrypt(wrapped, ct.iv, ct.ciphertext, aad)).expose(), pt);
-    // The batch path: one job on the GCM thread each way.
+    // The batch path: one job on the HSM thread each way.
     const sealed = await ks.encryptMany(wrapped, [
       { plaintext: pt, aad },
       { plaintext: aad, aad: pt },

@@ -42,7 +42,7 @@ function nodeSeal(plaintext: Buffer, aad: Buffer, iv: Buffer): Buffer {
 
 describe("encryptMany and decryptMany against SoftHSM", () => {
   let token: TestToken;
-  /** Offloads batches to the GCM thread (a local token). */
+  /** Offloads batches and signatures to the HSM thread (a local token). */
   let threaded: Pkcs11Keystore;
   /** Runs them as single calls over the pool. */
   let single: Pkcs11Keystore;
