@@ -8,7 +8,6 @@
 import assert from "node:assert/strict";
 import { createCipheriv, createDecipheriv, createPublicKey, verify } from "node:crypto";
 import { after, before, describe, test } from "node:test";
-import pkcs11js from "pkcs11js";
 import { type CustosError, isCustosError } from "../../src/errors/index.js";
 import type { GcmCiphertext } from "../../src/hsm/index.js";
 import { Pkcs11Keystore } from "../../src/hsm/pkcs11/index.js";
@@ -64,21 +63,7 @@ describe("encryptMany and decryptMany against SoftHSM", () => {
     single = await open(false);
     await threaded.createRootKey();
     const inj = new Injector(token);
-    wrapped = inj.withSession((s) => {
-      const p = inj.p;
-      p.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_LABEL, value: "custos-root" }]);
-      const root = p.C_FindObjects(s);
-      p.C_FindObjectsFinal(s);
-      assert.ok(root);
-      const k = p.C_CreateObject(s, [
-        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-        { type: pkcs11js.CKA_TOKEN, value: false },
-        { type: pkcs11js.CKA_EXTRACTABLE, value: true },
-        { type: pkcs11js.CKA_VALUE, value: KNOWN },
-      ]);
-      return Buffer.from(p.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD }, root, k, Buffer.alloc(64)));
-    });
+    wrapped = inj.wrapKnownKey(KNOWN);
     // The keystore learns how fast the module is from its first calls; until then it offloads nothing.
     await threaded.encrypt(wrapped, Buffer.from("warm"), Buffer.alloc(0));
   });

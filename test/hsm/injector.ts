@@ -50,6 +50,29 @@ export class Injector {
     }
   }
 
+  /**
+   * `value` as an AES key wrapped by the root key (RFC 5649), made from this second
+   * handle: a wrapped key whose bytes the test knows, so node:crypto can check what
+   * the keystore does with it.
+   */
+  wrapKnownKey(value: Buffer, rootLabel = "custos-root"): Buffer {
+    return this.withSession((s) => {
+      const p = this.p;
+      p.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_LABEL, value: rootLabel }]);
+      const root = p.C_FindObjects(s);
+      p.C_FindObjectsFinal(s);
+      if (!root) throw new Error("no root key on the token");
+      const k = p.C_CreateObject(s, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+        { type: pkcs11js.CKA_TOKEN, value: false },
+        { type: pkcs11js.CKA_EXTRACTABLE, value: true },
+        { type: pkcs11js.CKA_VALUE, value },
+      ]);
+      return Buffer.from(p.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD }, root, k, Buffer.alloc(64)));
+    });
+  }
+
   closeAllSessions(): void {
     this.p.C_CloseAllSessions(this.slot());
   }

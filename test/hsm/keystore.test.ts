@@ -181,21 +181,7 @@ describe("Pkcs11Keystore against SoftHSM", () => {
     // through the keystore like any wrapped key.
     const known = Buffer.alloc(32);
     for (let i = 0; i < 32; i++) known[i] = i * 7 + 3;
-    const wrapped = inj.withSession((s) => {
-      const p = inj.p;
-      p.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_LABEL, value: "custos-root" }]);
-      const root = p.C_FindObjects(s);
-      p.C_FindObjectsFinal(s);
-      assert.ok(root);
-      const k = p.C_CreateObject(s, [
-        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-        { type: pkcs11js.CKA_TOKEN, value: false },
-        { type: pkcs11js.CKA_EXTRACTABLE, value: true },
-        { type: pkcs11js.CKA_VALUE, value: known },
-      ]);
-      return Buffer.from(p.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD }, root, k, Buffer.alloc(64)));
-    });
+    const wrapped = inj.wrapKnownKey(known);
     assert.equal(wrapped.length, 40);
     const aad = Buffer.from("associated");
     const pt = Buffer.from("plaintext checked by node:crypto, longer than one block");
