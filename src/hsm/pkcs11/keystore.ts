@@ -430,11 +430,9 @@ export class Pkcs11Keystore implements Keystore {
     );
     if (items.length === 0) return results;
     if (!this.#fast("cipher")) {
-      await Promise.all(
-        items.map(async ({ at, args }) => {
-          results[at] = await this.encrypt(wrapped, args.input, args.ad);
-        }),
-      );
+      await this.#eachOnPool(items, async ({ at, args }) => {
+        results[at] = await this.encrypt(wrapped, args.input, args.ad);
+      });
       return results;
     }
     return this.#c.run("encryptMany", (ctx) =>
@@ -458,16 +456,14 @@ export class Pkcs11Keystore implements Keystore {
     const { results, items } = sortOut<GcmSealed, ReturnType<typeof decryptArgs>, Secret>(sealed, decryptArgs);
     if (items.length === 0) return results;
     if (!this.#fast("cipher")) {
-      await Promise.all(
-        items.map(async ({ at, args }) => {
-          try {
-            results[at] = await this.decrypt(wrapped, args.nonce, args.input, args.ad);
-          } catch (e) {
-            if (!isCustosError(e) || e.code !== "decryption_failed") throw e;
-            results[at] = e;
-          }
-        }),
-      );
+      await this.#eachOnPool(items, async ({ at, args }) => {
+        try {
+          results[at] = await this.decrypt(wrapped, args.nonce, args.input, args.ad);
+        } catch (e) {
+          if (!isCustosError(e) || e.code !== "decryption_failed") throw e;
+          results[at] = e;
+        }
+      });
       return results;
     }
     try {
@@ -811,6 +807,20 @@ export class Pkcs11Keystore implements Keystore {
   #inline(kind: "cipher" | "sign", started: number, length: number): boolean {
     this.#measured(kind, (performance.now() - started) * 1000);
     return this.#fast(kind) && length <= INLINE_MAX_BYTES;
+  }
+
+  /**
+   * Runs `fn` over `items` as single calls, a few more at a time than the pool has
+   * sessions: each call's deadline then starts when it can run, rather than a
+   * thousand of them waiting out their deadlines in the session queue of a slow HSM.
+   */
+  async #eachOnPool<T>(items: readonly T[], fn: (item: T) => Promise<void>): Promise<void> {
+    let next = 0;
+    const lane = async (): Promise<void> => {
+      while (next < items.length) await fn(items[next++] as T);
+    };
+    const lanes = Math.min(items.length, 2 * this.#c.health().sessions.size);
+    await Promise.all(Array.from({ length: lanes }, lane));
   }
 
   /** Folds one C_*Init latency, in microseconds, into the module's moving average. */
