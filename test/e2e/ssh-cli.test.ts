@@ -19,7 +19,7 @@ import {
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { type CliResult, type CustosInstance, ok, startCustos } from "../helpers/custos.js";
+import { type CliResult, type CustosInstance, startCustos } from "../helpers/custos.js";
 import {
   describeCertificate,
   ensureLocalUser,
@@ -30,6 +30,7 @@ import {
   sshRun,
   startSshd,
 } from "../helpers/openssh.js";
+import { acmeProdApps, loggedInUser } from "../helpers/platform.js";
 
 type Json = Record<string, unknown>;
 
@@ -77,21 +78,9 @@ describe("custos ssh (CLI) against real OpenSSH", { skip: opensshUnavailable() }
     writeFileSync(caFile, custos.ca);
     krlFile = join(dir, "revoked.krl");
 
-    const user = async (name: string): Promise<string> => {
-      ok(await custos.call("POST", "/v1/users", { name, password: PASSWORD, policies: [] }), 201);
-      const l = ok(await custos.call("POST", "/v1/auth/login", { username: name, password: PASSWORD }, null));
-      return String(l.token);
-    };
-    aliceToken = await user("alice");
-    bobToken = await user("bob");
-    for (const [path, body] of [
-      ["/v1/platform/orgs", { name: "acme" }],
-      ["/v1/platform/orgs/acme/spaces", { name: "prod" }],
-      ["/v1/platform/orgs/acme/spaces/prod/apps", { name: "web", owners: { users: ["alice"] } }],
-    ] as const) {
-      const a = await custos.call("POST", path, body);
-      assert.ok(a.status === 200 || a.status === 201, a.text);
-    }
+    aliceToken = await loggedInUser(custos, "alice", PASSWORD);
+    bobToken = await loggedInUser(custos, "bob", PASSWORD);
+    await acmeProdApps(custos, [{ name: "web", owners: { users: ["alice"] } }]);
     const made = cli(["broker", "agent-token", "node-agent-1"]);
     assert.equal(made.status, 0, made.stderr);
     agentToken = made.stdout.trim();

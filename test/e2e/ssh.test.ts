@@ -23,6 +23,7 @@ import {
   sshRun,
   startSshd,
 } from "../helpers/openssh.js";
+import { acmeProdApps, loggedInUser, nodeAgentToken } from "../helpers/platform.js";
 
 type Json = Record<string, unknown>;
 
@@ -137,24 +138,13 @@ describe("SSH CA against real OpenSSH", { skip: opensshUnavailable() }, () => {
     dir = mkdtempSync(join(tmpdir(), "custos-ssh-e2e-"));
     krlFile = join(dir, "revoked.krl");
 
-    for (const name of ["alice", "bob", "carol"]) {
-      ok(await custos.call("POST", "/v1/users", { name, password: PASSWORD, policies: [] }), 201);
-      const l = ok(await custos.call("POST", "/v1/auth/login", { username: name, password: PASSWORD }, null));
-      tokens[name] = String(l.token);
-    }
+    for (const name of ["alice", "bob", "carol"]) tokens[name] = await loggedInUser(custos, name, PASSWORD);
     ok(await custos.call("POST", "/v1/groups", { name: "ops", members: ["carol"] }), 201);
-    for (const [path, body] of [
-      ["/v1/platform/orgs", { name: "acme" }],
-      ["/v1/platform/orgs/acme/spaces", { name: "prod" }],
-      ["/v1/platform/orgs/acme/spaces/prod/apps", { name: "web", owners: { users: ["alice"] } }],
-      ["/v1/platform/orgs/acme/spaces/prod/apps", { name: "api", owners: { groups: ["ops"] } }],
-    ] as const) {
-      const a = await custos.call("POST", path, body);
-      assert.ok(a.status === 200 || a.status === 201, a.text);
-    }
-    const made = custos.cli(["broker", "agent-token", "node-agent-1"]);
-    assert.equal(made.status, 0, made.stderr);
-    agentToken = made.stdout.trim();
+    await acmeProdApps(custos, [
+      { name: "web", owners: { users: ["alice"] } },
+      { name: "api", owners: { groups: ["ops"] } },
+    ]);
+    agentToken = nodeAgentToken(custos);
     for (const [app, instance] of [
       ["web", "web-1"],
       ["api", "api-1"],

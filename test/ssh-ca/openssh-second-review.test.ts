@@ -26,6 +26,7 @@ import {
   startSshd,
   type ToolResult,
 } from "../helpers/openssh.js";
+import { acmeProdApps, loggedInUser, nodeAgentToken } from "../helpers/platform.js";
 
 type Json = Record<string, unknown>;
 
@@ -193,26 +194,14 @@ describe("SSH CA, second conformance review (OpenSSH as the oracle)", { skip: op
     userCa = String(ca.user[0]?.publicKey);
     hostCa = String(ca.host[0]?.publicKey);
 
-    ok(await custos.call("POST", "/v1/users", { name: "alice", password: PASSWORD, policies: [] }), 201);
-    aliceToken = String(
-      ok(await custos.call("POST", "/v1/auth/login", { username: "alice", password: PASSWORD }, null)).token,
-    );
-    for (const [path, body] of [
-      ["/v1/platform/orgs", { name: "acme" }],
-      ["/v1/platform/orgs/acme/spaces", { name: "prod" }],
-      ["/v1/platform/orgs/acme/spaces/prod/apps", { name: "web", owners: { users: ["alice"] } }],
-    ] as const) {
-      const a = await custos.call("POST", path, body);
-      assert.ok(a.status === 200 || a.status === 201, a.text);
-    }
-    const agent = custos.cli(["broker", "agent-token", "node-agent-1"]);
-    assert.equal(agent.status, 0, agent.stderr);
+    aliceToken = await loggedInUser(custos, "alice", PASSWORD);
+    await acmeProdApps(custos, [{ name: "web", owners: { users: ["alice"] } }]);
     ok(
       await custos.call(
         "POST",
         "/v1/broker/instances",
         { org: "acme", space: "prod", app: "web", instance: "web-1" },
-        agent.stdout.trim(),
+        nodeAgentToken(custos),
       ),
       201,
     );

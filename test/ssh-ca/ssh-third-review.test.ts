@@ -31,6 +31,7 @@ import {
   sshRun,
   startSshd,
 } from "../helpers/openssh.js";
+import { acmeProdApps, loggedInUser, nodeAgentToken } from "../helpers/platform.js";
 import { admin, openPlatformFixture, type PlatformFixture } from "../platform/setup.js";
 
 type Json = Record<string, unknown>;
@@ -136,21 +137,9 @@ describe("SSH CA, third conformance review (OpenSSH as the oracle)", { skip: ope
     userCa = String(ca.user[0]?.publicKey);
     hostCa = String(ca.host[0]?.publicKey);
 
-    ok(await custos.call("POST", "/v1/users", { name: "app-owner", password: PASSWORD, policies: [] }), 201);
-    ownerToken = String(
-      ok(await custos.call("POST", "/v1/auth/login", { username: "app-owner", password: PASSWORD }, null)).token,
-    );
-    for (const [path, body] of [
-      ["/v1/platform/orgs", { name: "acme" }],
-      ["/v1/platform/orgs/acme/spaces", { name: "prod" }],
-      ["/v1/platform/orgs/acme/spaces/prod/apps", { name: "web", owners: { users: ["app-owner"] } }],
-    ] as const) {
-      const a = await custos.call("POST", path, body);
-      assert.ok(a.status === 200 || a.status === 201, a.text);
-    }
-    const agent = custos.cli(["broker", "agent-token", "node-agent-1"]);
-    assert.equal(agent.status, 0, agent.stderr);
-    agentToken = agent.stdout.trim();
+    ownerToken = await loggedInUser(custos, "app-owner", PASSWORD);
+    await acmeProdApps(custos, [{ name: "web", owners: { users: ["app-owner"] } }]);
+    agentToken = nodeAgentToken(custos);
     ok(
       await custos.call(
         "POST",
