@@ -155,11 +155,14 @@ export async function revokeToken(ctx: AuthContext, actor: Actor, principal: Pri
     (token.id === principal.tokenId ||
       token.parentId === principal.tokenId ||
       (token.userId !== null && token.userId === principal.userId));
-  if (!mine) authorize(ctx, principal, "token:revoke", `token/${String(id)}`);
-  if (!token) throw new CustosError("not_found", "no such token");
-  if (!mine && !effectivePolicies(ctx, principal).includes(ADMIN_POLICY)) {
-    throw new CustosError("forbidden", `not allowed: token:revoke on token/${token.id}`);
+  if (!mine) {
+    authorize(ctx, principal, "token:revoke", `token/${String(id)}`);
+    // Refused alike whether or not the token exists, so the answer can't be used to probe ids.
+    if (!effectivePolicies(ctx, principal).includes(ADMIN_POLICY)) {
+      throw new CustosError("forbidden", `not allowed: token:revoke on token/${String(id)}`);
+    }
   }
+  if (!token) throw new CustosError("not_found", "no such token");
   if (token.revokedAt !== null) throw new CustosError("conflict", "token already revoked");
   const at = nowIso(ctx);
   const details = { before: tokenInfo(token), after: tokenInfo({ ...token, revokedAt: at }) };

@@ -217,6 +217,26 @@ describe("tokens, headers and login over HTTPS", () => {
     ok(await revoke(bare.id as string));
   });
 
+  test("token:revoke without admin rights is refused alike for another's token and an unknown id", async () => {
+    ok(
+      await custos.call("PUT", "/v1/policies/revoker", { rules: [{ resource: "token/*", actions: ["token:revoke"] }] }),
+    );
+    const password = "revoker user password";
+    ok(await custos.call("POST", "/v1/users", { name: "revoker", password, policies: ["revoker"] }), 201);
+    const revoker = ok(await login("revoker", password)).token as string;
+    const target = ok(await custos.call("POST", "/v1/auth/tokens", { name: "target", policies: [] }), 201);
+    const answers = [];
+    for (const id of [target.id as string, "aaaaaaaaaaaaaaaa"]) {
+      const r = await custos.call("DELETE", `/v1/auth/tokens/${id}`, undefined, revoker);
+      answers.push([r.status, errorCode(r)]);
+    }
+    assert.deepEqual(answers, [
+      [403, "forbidden"],
+      [403, "forbidden"],
+    ]);
+    assert.equal((await custos.call("GET", "/v1/auth/whoami", undefined, target.token as string)).status, 200);
+  });
+
   test("custos token revoke revokes the caller's own token", async () => {
     const bare = ok(await custos.call("POST", "/v1/auth/tokens", { name: "cli-self", policies: [] }), 201);
     const r = custos.cli(["token", "revoke", bare.id as string], { token: bare.token as string });
