@@ -47,9 +47,15 @@ export class CliContext {
     return writeTo(this.io.stderr, `${text}\n`);
   }
 
-  /** Prints an answer: raw JSON with `--json`, else `human(answer)` (by default as `key: value` lines). */
+  /**
+   * Prints an answer: raw JSON with `--json`, else `human(answer)` (by default as
+   * `key: value` lines). An empty list prints nothing on stdout, so pipes see no
+   * rows, and says so on stderr, so a person sees the command worked.
+   */
   emit<T>(answer: T, human: (answer: T) => string = (a) => renderRecord(a as Record<string, unknown>)): Promise<void> {
-    return this.out(this.json ? `${JSON.stringify(answer, null, 2)}\n` : human(answer));
+    if (this.json) return this.out(`${JSON.stringify(answer, null, 2)}\n`);
+    const text = human(answer);
+    return text === "" ? this.note("no results") : this.out(text);
   }
 
   /** Releases the client's connections and token. */

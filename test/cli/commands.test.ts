@@ -207,6 +207,14 @@ describe("custos commands against a real TLS server", () => {
     );
   });
 
+  test("an empty list prints no rows on stdout and says so on stderr; --json keeps the empty array", async () => {
+    server.reply = () => ({ body: { keys: [] } });
+    const r = await cli(["key", "list"]);
+    assert.deepEqual([r.code, r.out, r.err], [0, "", "no results\n"]);
+    const json = await cli(["--json", "key", "list"]);
+    assert.deepEqual([JSON.parse(json.out), json.err], [{ keys: [] }, ""]);
+  });
+
   test("an error answer prints error: code: message and exits 1; 5xx exits 2; the token never shows", async () => {
     server.reply = () => ({ status: 404, body: { error: { code: "not_found", message: 'key "nope" not found' } } });
     const missing = await cli(["key", "show", "nope"]);
