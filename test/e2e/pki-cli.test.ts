@@ -1,6 +1,15 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable, Writable } from "node:stream";
@@ -255,6 +264,24 @@ describe("custos pki against a running Custos", () => {
     assert.match(listed, /^web +\*\.example\.com, api\.example\.com +10\.0\.0\.0\/8/m);
     assert.match(listed, /^wild +/m);
     await refused(["pki", "role", "put", "bad", "--dns", "a..example.com"], "invalid_request");
+  });
+
+  test("pki issue --out that can't write one of its files leaves the others as they were", async () => {
+    const prefix = file("half");
+    writeFileSync(`${prefix}.key`, "old key");
+    writeFileSync(`${prefix}.pem`, "old certificate");
+    mkdirSync(`${prefix}.chain.pem`);
+    const r = await refused(["pki", "issue", "web", "--cn", "a.example.com", "--out", prefix], "io_error");
+    assert.match(r.stderr, /cannot write .*half\.key, .*half\.pem, .*half\.chain\.pem: EISDIR/);
+    assert.deepEqual(
+      [readFileSync(`${prefix}.key`, "utf8"), readFileSync(`${prefix}.pem`, "utf8")],
+      ["old key", "old certificate"],
+    );
+    assert.deepEqual(
+      readdirSync(dir).filter((f) => f.startsWith(".half")),
+      [],
+      "no temporary file is left",
+    );
   });
 
   test("pki issue --out writes the leaf, a 0600 key and the chain; openssl verifies them", async () => {

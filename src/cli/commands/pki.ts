@@ -4,11 +4,9 @@
  * `issue` writes them to a 0600 file, or prints them only when `--json` asks for
  * the raw answer.
  */
-import { open, rename, rm } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
 import { type Command, Option } from "commander";
 import { errnoOrMessage } from "../../errors/index.js";
-import { syncPath, tempName } from "../../files/index.js";
+import { type FileReplacement, replaceFiles } from "../../files/index.js";
 import { KEY_TYPES, REVOCATION_REASONS } from "../../pki/index.js";
 import { arg, type CliContext, seg } from "../context.js";
 import { CliError, EXIT_CLIENT, EXIT_SERVER, usageError } from "../errors.js";
@@ -58,52 +56,17 @@ async function emitPem(ctx: CliContext, pem: string): Promise<void> {
 
 // --- files ---------------------------------------------------------------------
 
-interface PendingFile {
-  readonly to: string;
-  readonly temp: string;
-}
-
 /**
- * Writes a temporary file beside `to`, created with `mode` (O_EXCL, so the bytes
- * are never in a file someone else made or with a wider mode) and synced.
+ * Writes a certificate's files as one change (replaceFiles): each appears whole or
+ * not at all, and a failure midway puts back any already replaced, so a new key is
+ * never left beside an old certificate.
  */
-async function stage(to: string, data: string, mode: number): Promise<PendingFile> {
-  const temp = join(dirname(to), tempName(basename(to), "part"));
+async function writeFiles(files: readonly FileReplacement[]): Promise<void> {
   try {
-    const handle = await open(temp, "wx", mode);
-    try {
-      await handle.writeFile(data, "utf8");
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await replaceFiles(files);
   } catch (cause) {
-    await rm(temp, { force: true });
-    throw new CliError("io_error", `cannot write ${to}: ${errnoOrMessage(cause)}`, EXIT_CLIENT, { cause });
-  }
-  return { to, temp };
-}
-
-/**
- * Writes `files` so each appears whole or not at all: all are staged first, then
- * renamed into place, so a failure midway never leaves a new key beside an old
- * certificate. An existing destination (a symlink included) is replaced, not
- * written through.
- */
-async function writeFiles(files: readonly { to: string; data: string; mode: number }[]): Promise<void> {
-  const staged: PendingFile[] = [];
-  try {
-    for (const f of files) staged.push(await stage(f.to, f.data, f.mode));
-    for (const s of staged) {
-      try {
-        await rename(s.temp, s.to);
-      } catch (cause) {
-        throw new CliError("io_error", `cannot write ${s.to}: ${errnoOrMessage(cause)}`, EXIT_CLIENT, { cause });
-      }
-    }
-    for (const dir of new Set(staged.map((s) => dirname(s.to)))) await syncPath(dir);
-  } finally {
-    await Promise.all(staged.map((s) => rm(s.temp, { force: true })));
+    const names = files.map((f) => f.path).join(", ");
+    throw new CliError("io_error", `cannot write ${names}: ${errnoOrMessage(cause)}`, EXIT_CLIENT, { cause });
   }
 }
 
@@ -135,8 +98,8 @@ async function deliverCertificate(ctx: CliContext, issued: Issued, out: string |
   }
   const chainFile = chainFileFor(out);
   await writeFiles([
-    { to: out, data: issued.certificate, mode: 0o644 },
-    { to: chainFile, data: issued.chain, mode: 0o644 },
+    { path: out, data: issued.certificate, mode: 0o644 },
+    { path: chainFile, data: issued.chain, mode: 0o644 },
   ]);
   await ctx.emit(issued as unknown as Json, () =>
     renderRecord(issuedSummary(issued, { certificate: out, chain: chainFile })),
@@ -347,9 +310,9 @@ function registerIssueCommands(pki: Command, ctx: CliContext): void {
         throw new CliError("internal", "the answer holds no private key", EXIT_SERVER);
       const files = { certificate: `${o.out}.pem`, key: `${o.out}.key`, chain: `${o.out}.chain.pem` };
       await writeFiles([
-        { to: files.key, data: privateKey, mode: 0o600 },
-        { to: files.certificate, data: issued.certificate, mode: 0o644 },
-        { to: files.chain, data: issued.chain, mode: 0o644 },
+        { path: files.key, data: privateKey, mode: 0o600 },
+        { path: files.certificate, data: issued.certificate, mode: 0o644 },
+        { path: files.chain, data: issued.chain, mode: 0o644 },
       ]);
       await ctx.emit(withoutKey(issued), () => renderRecord(issuedSummary(issued, files)));
     });
