@@ -526,8 +526,8 @@ export class CertAgent {
     const change = await this.#replace(material.privateKey, certPem, chainPem);
     let reloaded = false;
     try {
-      signal?.throwIfAborted();
-      await this.#reload();
+      // A stop during the reload kills it: the files go back, and nothing waits out its timeout.
+      await this.#reload(signal);
       reloaded = true;
       const check = this.#options.check;
       if (check !== undefined) {
@@ -552,8 +552,8 @@ export class CertAgent {
     await writeFileAtomic(this.#stateFile(), Buffer.from(`${material.fingerprint}\n`, "utf8"), 0o644);
   }
 
-  async #reload(): Promise<void> {
-    await runReload(this.#options.reloadCommand, this.#options.reloadTimeoutMs ?? DEFAULT_RELOAD_TIMEOUT_MS);
+  async #reload(signal?: AbortSignal): Promise<void> {
+    await runReload(this.#options.reloadCommand, this.#options.reloadTimeoutMs ?? DEFAULT_RELOAD_TIMEOUT_MS, signal);
     this.#log("info", "reload command succeeded");
   }
 
@@ -850,11 +850,16 @@ export async function writeFileAtomic(path: string, data: Uint8Array, mode: numb
 
 /**
  * Runs the reload command with `/bin/sh -c` in its own process group, so a timeout
- * kills whatever it started too. Resolves when it exits 0.
+ * kills whatever it started too. Resolves when it exits 0. An abort of `signal`
+ * kills it the same way and rejects with the signal's reason.
  * @throws CertAgentError `reload_failed` with the end of its output.
  */
-export function runReload(command: string, timeoutMs: number): Promise<void> {
+export function runReload(command: string, timeoutMs: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
     let output = "";
     const keep = (chunk: Buffer): void => {
       output = (output + chunk.toString("utf8")).slice(-RELOAD_OUTPUT_LIMIT);
@@ -868,10 +873,16 @@ export function runReload(command: string, timeoutMs: number): Promise<void> {
       killGroup(child.pid);
     }, timeoutMs);
     let settled = false;
-    const finish = (error: CertAgentError | undefined): void => {
+    const onAbort = (): void => {
+      killGroup(child.pid);
+      finish(signal?.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const finish = (error: unknown): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
       // A daemon the command started may hold the pipes open; the command itself is done.
       child.stdout.destroy();
       child.stderr.destroy();

@@ -26,6 +26,7 @@ import { exitCodeOf, formatError, isCommanderError } from "../../src/cli/errors.
 import { ClientError, CustosClient } from "../../src/client/index.js";
 import { Secret } from "../../src/secret/index.js";
 import { type Recorded, startServer, type TestServer } from "../client/server.js";
+import { waitFor } from "../helpers/wait.js";
 
 interface Leaf {
   readonly cert: string;
@@ -654,6 +655,30 @@ describe("certificate agent", () => {
     const result = await runCertAgent(client, options({ intervalMs: 3_600_000 }), stopWhenReported, controller.signal);
     assert.equal(result?.fingerprint, leaf(0).fingerprint);
     assert.equal(fake.fetches.length, 1);
+  });
+
+  test("an abort during a hung reload kills it and puts the served files back", async () => {
+    await (await agentOn()).round();
+    fake.target = leaf(1);
+    const pidFile = join(dir, "reload.pid");
+    const controller = new AbortController();
+    // An hour's timeout: only the abort can end this reload.
+    const hung = options({ reloadCommand: `sleep 600 & echo $! > '${pidFile}'; wait`, reloadTimeoutMs: 3_600_000 });
+    const running = runCertAgent(client, hung, log, controller.signal);
+    await waitFor("the reload started", () => existsSync(pidFile) && readFileSync(pidFile, "utf8").endsWith("\n"));
+    controller.abort();
+    const pid = Number(readFileSync(pidFile, "utf8"));
+    await waitFor("the reload's own child is gone", () => {
+      try {
+        // Killed and orphaned, it may linger as a zombie until init reaps it: that counts as gone.
+        return /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+      } catch {
+        return true;
+      }
+    });
+    assert.equal(await running, undefined, "stopped before the round ended");
+    assert.equal(readFileSync(join(dir, "router.key"), "utf8"), leaf(0).key);
+    assert.equal(readFileSync(join(dir, "router.pem"), "utf8"), leaf(0).cert + pki.ca);
   });
 
   test("an abort in the middle of a round ends the run without an error", async () => {
