@@ -44,7 +44,13 @@ async function runBatch<I extends { readonly context?: unknown }, R extends { re
   actor: Actor,
   name: string,
   items: unknown,
-  op: { action: string; decrypts: boolean; secretOf?: (r: R) => Secret | undefined },
+  op: {
+    action: string;
+    decrypts: boolean;
+    secretOf?: (r: R) => Secret | undefined;
+    /** What the record says of the successful items beyond versions and contexts. */
+    summary?: (succeeded: readonly I[]) => Record<string, unknown>;
+  },
   /** One item's work, given its context as `checkContexts` validated it. */
   item: (
     view: Awaited<ReturnType<typeof preloadedView>>,
@@ -62,6 +68,10 @@ async function runBatch<I extends { readonly context?: unknown }, R extends { re
   const view = await preloadedView(ctx, key);
   const cleanup = prepare ? await prepare(inputs) : () => {};
   let results: BatchItemResult<R>[];
+  // What an item meets (a bad plaintext, a ciphertext that doesn't open) is its own
+  // result; Custos or its HSM failing is the whole batch's, answered as a single call
+  // would be (503 hsm_unavailable), so that clients retry it.
+  let outage: unknown;
   try {
     // All at once: the view gathers the items' HSM calls into one job per key version.
     results = await Promise.all(
@@ -72,6 +82,7 @@ async function runBatch<I extends { readonly context?: unknown }, R extends { re
           }
           return success(await item(view, input, contexts[i] as EncryptionContext, i));
         } catch (e) {
+          if (!isCustosError(e) || !e.isClientError) outage ??= e;
           return failure(e);
         }
       }),
@@ -79,17 +90,25 @@ async function runBatch<I extends { readonly context?: unknown }, R extends { re
   } finally {
     cleanup();
   }
-  const succeeded = results.filter((r) => r.ok).length;
+  const destroySecrets = () => {
+    for (const r of results) if (r.ok) op.secretOf?.(r.value)?.destroy();
+  };
+  if (outage !== undefined) {
+    destroySecrets();
+    throw outage;
+  }
+  const succeeded = inputs.filter((_, i) => results[i]?.ok);
   try {
     await recordOp(ctx, actor, op.action, name, {
       batch: true,
       items: inputs.length,
-      succeeded,
-      failed: inputs.length - succeeded,
+      succeeded: succeeded.length,
+      failed: inputs.length - succeeded.length,
       ...usedBy(contexts, results),
+      ...op.summary?.(succeeded),
     });
   } catch (e) {
-    for (const r of results) if (r.ok) op.secretOf?.(r.value)?.destroy();
+    destroySecrets();
     throw e;
   }
   return results;
@@ -138,10 +157,9 @@ function usedBy<R extends { readonly version: number; readonly fromVersion?: num
     spellings.add(spelling);
     used.set(canonicalContext(context).toString("latin1"), context);
   });
-  const sorted = (set: Set<number>) => [...set].sort((a, b) => a - b);
   return {
-    ...(fromVersions.size > 0 ? { fromVersions: sorted(fromVersions) } : {}),
-    versions: sorted(versions),
+    ...(fromVersions.size > 0 ? { fromVersions: distinct([...fromVersions]) } : {}),
+    versions: distinct([...versions]),
     contexts: [...used.values()],
   };
 }
@@ -220,7 +238,16 @@ export function generateDataKeyBatch(ctx: KmsContext, actor: Actor, name: string
     actor,
     name,
     items,
-    { action: "key.datakey", decrypts: false, secretOf: (r) => r.plaintext },
+    {
+      action: "key.datakey",
+      decrypts: false,
+      secretOf: (r) => r.plaintext,
+      // A single data key's record has its size and whether its plaintext was handed out: these are every value seen.
+      summary: (succeeded) => ({
+        bytes: distinct(succeeded.map((input) => checkDataKeyBytes(input.bytes))),
+        withPlaintext: distinct(succeeded.map((input) => checkWithPlaintext(input.withPlaintext))),
+      }),
+    },
     async (view, input, context, i) => {
       const bytes = checkDataKeyBytes(input.bytes);
       const start = offsets[i] ?? 0;
@@ -248,4 +275,9 @@ function safeBytes(input: DataKeyInput): number {
   } catch {
     return 0;
   }
+}
+
+/** The distinct values, in order (false before true). */
+function distinct<T extends number | boolean>(values: readonly T[]): T[] {
+  return [...new Set(values)].sort((a, b) => Number(a) - Number(b));
 }
