@@ -22,11 +22,15 @@ export class Secret {
 
   /** Copies `bytes`, leaving the caller's buffer untouched. */
   static copy(bytes: Uint8Array): Secret {
-    return new Secret(Buffer.from(bytes));
+    const own = unpooled(bytes.length);
+    own.set(bytes);
+    return new Secret(own);
   }
 
   static fromString(value: string): Secret {
-    return new Secret(Buffer.from(value, "utf8"));
+    const own = unpooled(Buffer.byteLength(value, "utf8"));
+    own.write(value, "utf8");
+    return new Secret(own);
   }
 
   get length(): number {
@@ -79,4 +83,13 @@ export class Secret {
   #assertAlive(): void {
     if (this.#destroyed) throw new Error("secret used after destroy");
   }
+}
+
+/**
+ * A buffer with memory of its own. Small `Buffer.from` copies are slices of a pool
+ * shared with unrelated buffers, whose `.buffer` would expose the secret to whoever
+ * holds one of them (an IV handed back to a caller, say).
+ */
+function unpooled(length: number): Buffer {
+  return Buffer.allocUnsafeSlow(length);
 }

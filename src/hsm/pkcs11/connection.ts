@@ -246,7 +246,7 @@ export class Connection {
     for (const w of this.#waiters.splice(0)) w.resolve();
     // Closing a session or finalizing the library under a call still inside it can
     // crash the process, and a call abandoned at its deadline may run on for a while:
-    // wait for every lent session to come back (each is closed as it does).
+    // wait for every lent session to come back, then close them all.
     const until = Date.now() + Math.max(this.#o.operationTimeoutMs, CLOSE_DRAIN_MS);
     while (this.#busy > 0 && Date.now() < until) await sleep(5);
     for (const s of this.#idle.splice(0)) closeQuietly(this.p, s.handle);
@@ -365,6 +365,12 @@ export class Connection {
 
   #release(session: PooledSession, discard: boolean): void {
     this.#busy--;
+    if (this.#closed && !discard && !this.#releaseWhenIdle && session.epoch === this.#epoch) {
+      // close() closes the idle sessions once every call is back: closing this one now
+      // would destroy the keys unwrapped on it that calls on other sessions still use.
+      this.#idle.push(session);
+      return;
+    }
     if (session.epoch !== this.#epoch || discard || this.#closed) {
       closeQuietly(this.p, session.handle);
       if (session.epoch === this.#epoch) {

@@ -188,6 +188,7 @@ function sortOut<I, A, R>(
   const items: Array<{ at: number; args: A }> = [];
   messages.forEach((m, at) => {
     try {
+      if (typeof m !== "object" || m === null) throw new CustosError("invalid_request", "a message must be an object");
       items.push({ at, args: check(m) });
     } catch (e) {
       if (!isCustosError(e)) throw e;
@@ -452,24 +453,24 @@ export class Pkcs11Keystore implements Keystore {
   }
 
   async decryptMany(wrappedKey: Buffer, sealed: readonly GcmSealed[]): Promise<Array<Secret | CustosError>> {
-    const wrapped = wrappedForDecrypt(wrappedKey);
     const { results, items } = sortOut<GcmSealed, ReturnType<typeof decryptArgs>, Secret>(sealed, decryptArgs);
     if (items.length === 0) return results;
-    if (!this.#fast("cipher")) {
-      await this.#eachOnPool(items, async ({ at, args }) => {
-        try {
-          results[at] = await this.decrypt(wrapped, args.nonce, args.input, args.ad);
-        } catch (e) {
-          if (!isCustosError(e) || e.code !== "decryption_failed") throw e;
-          results[at] = e;
-        }
-      });
-      return results;
-    }
     try {
+      const wrapped = wrappedForDecrypt(wrappedKey);
+      if (!this.#fast("cipher")) {
+        await this.#eachOnPool(items, async ({ at, args }) => {
+          try {
+            results[at] = await this.decrypt(wrapped, args.nonce, args.input, args.ad);
+          } catch (e) {
+            if (!isCustosError(e, "decryption_failed")) throw e;
+            results[at] = e;
+          }
+        });
+        return results;
+      }
       return await this.#decryptOnThread(wrapped, items, results);
     } catch (e) {
-      // A key the root key did not wrap: every item fails as a single decrypt would.
+      // A key the root key did not wrap (or of the wrong size): every item fails as a single decrypt would.
       if (!isCustosError(e, "decryption_failed")) throw e;
       for (const { at } of items) results[at] = e;
       return results;
