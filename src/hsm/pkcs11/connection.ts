@@ -223,6 +223,9 @@ export class Connection {
       if (!ckr) throw e;
       last = ckr;
       const cls = classify(ckr.name);
+      // A refusal from an attempt that straddled a recovery may come from handles the
+      // recovery invalidated (or a reused handle number): retried on the new epoch.
+      if (cls === "other" && ctx.epoch !== this.#epoch) continue;
       if (cls === "other") {
         throw new CustosError("hsm_error", `${op} failed: ${ckr.name}`, { cause: e, ckr: ckr.name });
       }
@@ -269,6 +272,10 @@ export class Connection {
    * "token gone" (both of which also make C_FindObjects return nothing).
    */
   assertAlive(ctx: OpContext): void {
+    // Another call found the login or sessions lost and recovered while this one ran:
+    // what this call saw may be that loss (handles gone or reused), not its input.
+    if (ctx.epoch !== this.#epoch)
+      throw new CkrError("CKR_SESSION_HANDLE_INVALID", "the connection recovered meanwhile");
     const info = ctx.p.C_GetSessionInfo(ctx.session);
     if (info.state !== CKS_RW_USER_FUNCTIONS && info.state !== CKS_RO_USER_FUNCTIONS) {
       throw new CkrError("CKR_USER_NOT_LOGGED_IN", "session is not logged in");
