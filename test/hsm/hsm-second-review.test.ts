@@ -1,8 +1,6 @@
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { createCipheriv, createDecipheriv, createPublicKey, constants as cryptoConstants, verify } from "node:crypto";
 import { after, before, describe, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { inspect } from "node:util";
 import pkcs11js from "pkcs11js";
 import { isCustosError } from "../../src/errors/index.js";
@@ -10,7 +8,7 @@ import { ensureKeyPair, type Keystore } from "../../src/hsm/index.js";
 import { Pkcs11Keystore } from "../../src/hsm/pkcs11/index.js";
 import { Secret } from "../../src/secret/index.js";
 import { createTestToken, type TestToken } from "../helpers/softhsm.js";
-import { Injector } from "./injector.js";
+import { Injector, runInChild } from "./injector.js";
 
 /**
  * A second review of the keystore, checked from outside it: a second pkcs11js handle
@@ -19,7 +17,6 @@ import { Injector } from "./injector.js";
  */
 
 const A = pkcs11js;
-const REPO = fileURLToPath(new URL("../..", import.meta.url));
 const MIB = 1024 * 1024;
 
 function rejectsWith(code: string): (e: unknown) => boolean {
@@ -458,29 +455,11 @@ describe("HSM keystore, second review", () => {
   });
 
   test("close() while a call past its deadline is still inside the module does not crash the process", () => {
-    const url = (path: string): string => new URL(path, import.meta.url).href;
-    let out = "";
-    let failure = "";
-    try {
-      out = execFileSync(
-        process.execPath,
-        [
-          "--import",
-          "tsx",
-          "--input-type=module",
-          "-e",
-          CLOSE_DURING_SLOW_CALL,
-          url("../../src/hsm/pkcs11/index.ts"),
-          url("../../src/secret/index.ts"),
-          url("../helpers/softhsm.ts"),
-        ],
-        { cwd: REPO, encoding: "utf8", stdio: "pipe" },
-      );
-    } catch (e) {
-      const err = e as { status?: number | null; signal?: string | null; stdout?: string };
-      out = err.stdout ?? "";
-      failure = `exit ${err.status} signal ${err.signal}`;
-    }
+    const { out, failure } = runInChild(CLOSE_DURING_SLOW_CALL, [
+      "../../src/hsm/pkcs11/index.ts",
+      "../../src/secret/index.ts",
+      "../helpers/softhsm.ts",
+    ]);
     assert.match(out, /generation: hsm_unavailable/);
     assert.equal(failure, "");
     assert.match(out, /closed\nalive/);

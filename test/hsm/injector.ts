@@ -2,6 +2,7 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, renameSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import pkcs11js from "pkcs11js";
 import type { TestToken } from "../helpers/softhsm.js";
 
@@ -124,5 +125,30 @@ export class Injector {
   /** softhsm2-util in a child process, for faults that must come from another process. */
   static util(args: string[]): void {
     execFileSync("softhsm2-util", args, { stdio: "pipe" });
+  }
+}
+
+/**
+ * Runs `script` (an ES module's text) in a child node with tsx, passing the URLs of
+ * `modules` (paths relative to test/hsm/) as its arguments: for faults that may crash
+ * the process running them. Answers what it printed and how it ended ("" when it exited 0).
+ */
+export function runInChild(
+  script: string,
+  modules: readonly string[],
+  timeoutMs = 240_000,
+): { out: string; failure: string } {
+  const urls = modules.map((path) => new URL(path, import.meta.url).href);
+  try {
+    const out = execFileSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script, ...urls], {
+      cwd: fileURLToPath(new URL("../..", import.meta.url)),
+      encoding: "utf8",
+      stdio: "pipe",
+      timeout: timeoutMs,
+    });
+    return { out, failure: "" };
+  } catch (e) {
+    const err = e as { status?: number | null; signal?: string | null; stdout?: string };
+    return { out: err.stdout ?? "", failure: `exit ${err.status} signal ${err.signal}` };
   }
 }
