@@ -1,5 +1,5 @@
 import { isCustosError } from "../errors/index.js";
-import type { GcmCiphertext, Keystore } from "../hsm/index.js";
+import type { GcmCiphertext, GcmMessage, GcmSealed, Keystore } from "../hsm/index.js";
 import type { Secret } from "../secret/index.js";
 
 /** The keystore calls one KMS operation makes on a key's material. */
@@ -63,12 +63,8 @@ class Gathered<M, R> {
  * item's result or error is still its own.
  */
 export function gatheringCipher(keystore: Keystore): KeyCipher {
-  const encrypts = new Gathered<{ plaintext: Uint8Array; aad: Uint8Array }, GcmCiphertext>((key, messages) =>
-    keystore.encryptMany(key, messages),
-  );
-  const decrypts = new Gathered<{ iv: Uint8Array; ciphertext: Uint8Array; aad: Uint8Array }, Secret>((key, messages) =>
-    keystore.decryptMany(key, messages),
-  );
+  const encrypts = new Gathered<GcmMessage, GcmCiphertext>((key, messages) => keystore.encryptMany(key, messages));
+  const decrypts = new Gathered<GcmSealed, Secret>((key, messages) => keystore.decryptMany(key, messages));
   return {
     encrypt: (wrappedKey, plaintext, aad) => encrypts.add(wrappedKey, { plaintext, aad }),
     decrypt: (wrappedKey, iv, ciphertext, aad) => decrypts.add(wrappedKey, { iv, ciphertext, aad }),

@@ -223,10 +223,10 @@ export class Connection {
       if (!ckr) throw e;
       last = ckr;
       const cls = classify(ckr.name);
-      // A refusal from an attempt that straddled a recovery may come from handles the
-      // recovery invalidated (or a reused handle number): retried on the new epoch.
-      if (cls === "other" && ctx.epoch !== this.#epoch) continue;
       if (cls === "other") {
+        // A refusal from an attempt that straddled a recovery may come from handles the
+        // recovery invalidated (or a reused handle number): retried on the new epoch.
+        if (ctx.epoch !== this.#epoch) continue;
         throw new CustosError("hsm_error", `${op} failed: ${ckr.name}`, { cause: e, ckr: ckr.name });
       }
       if (ckr.name === "CKR_OPERATION_ACTIVE") {
