@@ -223,12 +223,7 @@ export class Connection {
       if (!ckr) throw e;
       last = ckr;
       const cls = classify(ckr.name);
-      if (cls === "other") {
-        // A refusal from an attempt that straddled a recovery may come from handles the
-        // recovery invalidated (or a reused handle number): retried on the new epoch.
-        if (ctx.epoch !== this.#epoch) continue;
-        throw new CustosError("hsm_error", `${op} failed: ${ckr.name}`, { cause: e, ckr: ckr.name });
-      }
+      if (cls === "other") throw new CustosError("hsm_error", `${op} failed: ${ckr.name}`, { cause: e, ckr: ckr.name });
       if (ckr.name === "CKR_OPERATION_ACTIVE") {
         // Only this session is stuck; #attempt already closed it.
         continue;
@@ -292,11 +287,31 @@ export class Connection {
       const value = await fn(ctx);
       this.#release(session, ctx.active);
       return { ok: true, value };
-    } catch (error) {
+    } catch (thrown) {
+      const error = this.#lostMeanwhile(ctx, thrown) ?? thrown;
       const ckr = ckrOf(error);
       const lost = ckr !== undefined && classify(ckr.name) !== "other";
       this.#release(session, ctx.active || lost || ckr?.name === "CKR_OPERATION_ACTIVE");
       return { ok: false, error };
+    }
+  }
+
+  /**
+   * For a refusal (an "other" CKR), the session- or device-class failure behind it, if
+   * the session lost its login or the connection recovered while the call ran. A logout
+   * during a *Init strips the key's attributes under SoftHSM's feet (it answers
+   * CKR_KEY_TYPE_INCONSISTENT), and a recovery invalidates the handles the call used:
+   * neither is the caller's doing, and both are retried.
+   */
+  #lostMeanwhile(ctx: OpContext, error: unknown): unknown {
+    const ckr = ckrOf(error);
+    if (ckr === undefined || classify(ckr.name) !== "other") return undefined;
+    try {
+      this.assertAlive(ctx);
+      return undefined;
+    } catch (e) {
+      const lost = ckrOf(e);
+      return lost !== undefined && classify(lost.name) !== "other" ? e : undefined;
     }
   }
 
