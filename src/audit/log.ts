@@ -11,6 +11,7 @@ import {
   auditCheckpointMessage,
   type Store,
 } from "../store/index.js";
+import { anchorLabel, readAnchor, writeAnchor } from "./anchor.js";
 import { type AuditVerifyReport, CHECKPOINT_SCHEME, verifyAuditLog } from "./verify.js";
 
 /** HSM labels of the audit keys `provisionKeys` creates. */
@@ -71,6 +72,7 @@ export class AuditLog {
   readonly #logger: Logger | undefined;
   readonly #chain: AuditChainKey | undefined;
   #lastCheckpointSeq: number | undefined;
+  #anchorLabel: string | undefined;
   #checkpointChain: Promise<unknown> = Promise.resolve();
   #checkpointPending = false;
   #timer: NodeJS.Timeout | undefined;
@@ -230,7 +232,32 @@ export class AuditLog {
     await this.#store.addAuditCheckpoint(checkpoint);
     this.#lastCheckpointSeq = head.seq;
     this.#logger?.debug({ seq: head.seq }, "audit: checkpoint");
+    await this.#anchor(checkpoint);
     return checkpoint;
+  }
+
+  /**
+   * Makes `checkpoint` the store's anchor in the HSM (see anchor.ts). An anchor the log
+   * no longer reaches, or whose record was replaced, is left as it is, so the evidence
+   * of the cut outlives later checkpoints. A failure is logged: the checkpoint stands.
+   */
+  async #anchor(checkpoint: AuditCheckpoint): Promise<void> {
+    try {
+      this.#anchorLabel ??= await anchorLabel(this.#store);
+      if (this.#anchorLabel === undefined) return;
+      const previous = await readAnchor(this.#keystore, this.#anchorLabel);
+      if (previous !== undefined && "checkpoint" in previous) {
+        const { seq, hash } = previous.checkpoint;
+        const [record] = seq <= checkpoint.seq ? await this.#store.readAuditRange(seq, seq) : [];
+        if (record?.hash !== hash) {
+          this.#logger?.warn({ anchoredSeq: seq }, "audit: the log no longer holds the record anchored in the HSM");
+          return;
+        }
+      }
+      await writeAnchor(this.#keystore, this.#anchorLabel, checkpoint);
+    } catch (e) {
+      this.#logger?.warn({ err: e }, "audit: anchoring the checkpoint in the HSM failed");
+    }
   }
 
   #checkpointInBackground(): void {

@@ -9,6 +9,7 @@ import {
   type Store,
   type StoredAuditRecord,
 } from "../store/index.js";
+import { anchorLabel, readAnchor } from "./anchor.js";
 import { INIT_ACTION } from "./entry.js";
 
 /** What a verifier can say about one record (or one checkpoint, named by its seq). */
@@ -82,13 +83,23 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
   const { store, chain } = deps;
   const hash: Hasher = (seq, prevHash, r) => auditRecordHash(seq, prevHash, r, r.detailsJson, chain);
   const checkpoints = await store.listAuditCheckpoints();
-  const checkpointSeqs = new Set(checkpoints.map((c) => c.seq));
   const initialized = await store.isInitialized();
 
   const problems: AuditProblem[] = [];
   const report = (seq: number, kind: AuditProblemKind, message: string): void => {
     problems.push({ seq, kind, message });
   };
+  // The HSM's copy of the newest checkpoint is checked as one more checkpoint: the database can't take it away.
+  const label = await anchorLabel(store);
+  const anchor = label === undefined ? undefined : await readAnchor(deps.keystore, label);
+  if (anchor !== undefined && "unreadable" in anchor) {
+    report(0, "checkpoint_invalid", "the checkpoint anchored in the HSM is unreadable");
+  }
+  const anchored =
+    anchor !== undefined && "checkpoint" in anchor && !checkpoints.some((c) => sameCheckpoint(c, anchor.checkpoint))
+      ? [...checkpoints, anchor.checkpoint]
+      : checkpoints;
+  const checkpointSeqs = new Set(anchored.map((c) => c.seq));
 
   let records = 0;
   const suspects = new Map<number, StoredAuditRecord>();
@@ -173,7 +184,7 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
     );
   }
 
-  const signedThrough = await checkCheckpoints(deps, checkpoints, storedHashAt, lastSeq, report);
+  const signedThrough = await checkCheckpoints(deps, anchored, storedHashAt, lastSeq, report);
 
   // The store writes its initialisation record first, in the same transaction that marks it initialised:
   // an initialised store whose log starts elsewhere had its log emptied or replaced from the start.
@@ -339,6 +350,10 @@ async function checkCheckpoints(
     );
   }
   return signedThrough;
+}
+
+function sameCheckpoint(a: AuditCheckpoint, b: AuditCheckpoint): boolean {
+  return a.seq === b.seq && a.hash === b.hash && a.time === b.time && a.signature === b.signature;
 }
 
 function checkpointSignatureValid(cp: AuditCheckpoint, key: HsmKeyRef, publicKey: KeyObject): boolean {

@@ -131,6 +131,18 @@ export interface Keystore {
   /** HMAC-SHA256 of `data` under a token HMAC key. */
   hmac(ref: HsmKeyRef, data: Uint8Array): Promise<Buffer>;
 
+  // --- data objects -----------------------------------------------------------
+
+  /**
+   * The values of the private token data objects under `label`: none, one, or (when a
+   * `writeData` was cut short) the old and the new. Only a session holding the PIN can
+   * make one, which is what makes it a place to keep what the database must not be
+   * able to roll back.
+   */
+  readData(label: string): Promise<Buffer[]>;
+  /** Replaces the private token data objects under `label` by one holding `value` (at most 64 KiB). */
+  writeData(label: string, value: Uint8Array): Promise<void>;
+
   // --- misc -------------------------------------------------------------------
 
   /** `length` bytes from the HSM's RNG. */

@@ -139,6 +139,32 @@ describe("audit verify names a tampered record", () => {
     assert.match(r.stdout, /^record 7: edited: /m);
   });
 
+  test("the log cut back with every checkpoint deleted is named truncated (the HSM keeps the newest checkpoint)", async () => {
+    const path = join(custos.dir, "custos.db");
+    const r = await tampered((db) => {
+      const rows = db.prepare("SELECT * FROM audit_log WHERE seq > 10 ORDER BY seq").all() as Row[];
+      const checkpoints = db.prepare("SELECT * FROM audit_checkpoints").all() as Row[];
+      assert.ok(rows.length > 0 && checkpoints.length > 0, "records after 10 and checkpoints to cut");
+      db.exec("DELETE FROM audit_log WHERE seq > 10; DELETE FROM audit_checkpoints;");
+      return () => {
+        // The server wrote on after the cut: its records and checkpoints go, the originals come back.
+        const d = new Database(path);
+        d.exec("DELETE FROM audit_log WHERE seq > 10; DELETE FROM audit_checkpoints;");
+        const insert = (table: string, r: Row) => {
+          const columns = Object.keys(r);
+          d.prepare(
+            `INSERT INTO ${table} (${columns.join(", ")}) VALUES (${columns.map((c) => `@${c}`).join(", ")})`,
+          ).run(r);
+        };
+        for (const r of rows) insert("audit_log", r);
+        for (const c of checkpoints) insert("audit_checkpoints", c);
+        d.close();
+      };
+    });
+    assert.equal(r.status, 1, r.stdout + r.stderr);
+    assert.match(r.stdout, /truncated/);
+  });
+
   test("after undoing every change the log verifies again", () => {
     const ok = custos.cli(["audit", "verify"]);
     assert.equal(ok.status, 0, ok.stdout + ok.stderr);

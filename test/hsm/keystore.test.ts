@@ -46,6 +46,41 @@ describe("Pkcs11Keystore against SoftHSM", () => {
     await ks.close();
   });
 
+  test("data objects: absent, written, read back, replaced; private token objects, a planted public one ignored", async () => {
+    const label = "custos-test-data";
+    assert.deepEqual(await ks.readData(label), []);
+    // Someone without the PIN may create public objects: one under our label must not be read as ours.
+    inj.withSession((s) =>
+      inj.p.C_CreateObject(s, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_PRIVATE, value: false },
+        { type: pkcs11js.CKA_LABEL, value: label },
+        { type: pkcs11js.CKA_VALUE, value: Buffer.from("planted") },
+      ]),
+    );
+    assert.deepEqual(await ks.readData(label), []);
+    await ks.writeData(label, Buffer.from("first"));
+    assert.deepEqual(await ks.readData(label), [Buffer.from("first")]);
+    const big = Buffer.alloc(64 * 1024, 7);
+    await Promise.all([ks.writeData(label, Buffer.from("second")), ks.writeData(label, big)]);
+    assert.deepEqual(await ks.readData(label), [big], "the last write is kept, alone");
+    const ours = inj.withSession((s) => {
+      inj.p.C_FindObjectsInit(s, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+        { type: pkcs11js.CKA_LABEL, value: label },
+        { type: pkcs11js.CKA_PRIVATE, value: true },
+      ]);
+      const found = inj.p.C_FindObjects(s, 10);
+      inj.p.C_FindObjectsFinal(s);
+      return found.map((h) => inj.p.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_TOKEN }])[0]?.value);
+    });
+    assert.deepEqual(ours, [Buffer.from([1])], "one private token object, however many writes");
+    await assert.rejects(ks.writeData(label, Buffer.alloc(64 * 1024 + 1)), rejectsWith("invalid_request"));
+    await assert.rejects(ks.writeData("", Buffer.from("x")), rejectsWith("invalid_request"));
+    await assert.rejects(ks.readData("bad\nlabel"), rejectsWith("invalid_request"));
+  });
+
   test("health is ok with a full pool", () => {
     const h = ks.health();
     assert.equal(h.state, "ok");

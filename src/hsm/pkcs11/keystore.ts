@@ -32,6 +32,7 @@ import { attribute, checkLabel, findAll, findOne, ownKey, refTemplate, ulongAttr
 import { ed25519Spki, p256Spki, rsaSpki } from "./spki.js";
 import {
   checkValueKeyTemplate,
+  dataObjectTemplate,
   gcmMechanism,
   hmacKeyTemplate,
   KEY_WRAP_PAD,
@@ -86,6 +87,7 @@ const IV_BATCH = 256;
 const INLINE_MAX_US = { cipher: 50, sign: 200 } as const;
 const INLINE_MAX_BYTES = 4096;
 const MAX_SIGN_INPUT = 1024 * 1024;
+const MAX_DATA_OBJECT = 64 * 1024;
 /**
  * An empty message as PKCS#11 wants it: a real pointer with length 0. Node backs an
  * empty Buffer with no memory, so pkcs11js would pass pData = NULL, which SoftHSM
@@ -233,6 +235,7 @@ export class Pkcs11Keystore implements Keystore {
   readonly #unwrapped: UnwrapCache;
   readonly #objects = new Map<string, TokenObject>();
   readonly #hmacEnsures = new InFlight<HsmKeyRef>();
+  #dataWrites: Promise<unknown> = Promise.resolve();
   /** The tail of this keystore's root key creations, which run one at a time. */
   #rootCreation: Promise<unknown> = Promise.resolve();
   #ivs: Buffer = Buffer.alloc(0);
@@ -628,6 +631,35 @@ export class Pkcs11Keystore implements Keystore {
         return { label, id: id.toString("hex") };
       }),
     );
+  }
+
+  async readData(label: string): Promise<Buffer[]> {
+    checkLabel(label);
+    return this.#c.run("readData", async (ctx) => {
+      const objects = findAll(ctx, dataObjectTemplate(label));
+      if (objects.length === 0) this.#c.assertAlive(ctx);
+      return objects.map((o) => Buffer.from(attribute(ctx, o, pk.CKA_VALUE)));
+    });
+  }
+
+  async writeData(label: string, value: Uint8Array): Promise<void> {
+    checkLabel(label);
+    const data = Buffer.from(bytes(value, "value"));
+    if (data.length > MAX_DATA_OBJECT) throw new CustosError("invalid_request", "a data object holds at most 64 KiB");
+    // A data object's value can't be changed in place (SoftHSM holds CKA_VALUE read-only): the new object is made
+    // before the old ones go, so a crash in between leaves both, never neither.
+    const write = () =>
+      this.#c.run("writeData", async (ctx) => {
+        const template = dataObjectTemplate(label);
+        const old = findAll(ctx, template);
+        if (old.length === 0) this.#c.assertAlive(ctx);
+        ctx.p.C_CreateObject(ctx.session, [...template, { type: pk.CKA_VALUE, value: data }]);
+        for (const o of old) ctx.p.C_DestroyObject(ctx.session, o);
+      });
+    // Writes take turns, so the last call's value is the one kept.
+    const turn = this.#dataWrites.then(write, write);
+    this.#dataWrites = turn.catch(() => {});
+    await turn;
   }
 
   async hmac(ref: HsmKeyRef, data: Uint8Array): Promise<Buffer> {

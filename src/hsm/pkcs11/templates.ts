@@ -95,6 +95,17 @@ export function hmacKeyTemplate(label: string, id: Buffer): Template {
   ];
 }
 
+/** A private token data object of Custos's under `label` (its value added when it is made). */
+export function dataObjectTemplate(label: string): Template {
+  return [
+    { type: pk.CKA_CLASS, value: pk.CKO_DATA },
+    { type: pk.CKA_TOKEN, value: true },
+    { type: pk.CKA_PRIVATE, value: true },
+    { type: pk.CKA_APPLICATION, value: "custos" },
+    { type: pk.CKA_LABEL, value: label },
+  ];
+}
+
 /** Mechanism and templates for a signing key pair stored on the token. */
 export function keyPairTemplates(
   algorithm: SigningAlgorithm,
