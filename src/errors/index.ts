@@ -78,6 +78,8 @@ export interface CustosErrorOptions {
   cause?: unknown;
   /** PKCS#11 return value name (e.g. `CKR_SESSION_HANDLE_INVALID`) for HSM errors. */
   ckr?: string;
+  /** For a failed write: true when it certainly did not commit, so what was made for it may be undone. */
+  notCommitted?: boolean;
 }
 
 /**
@@ -87,12 +89,14 @@ export interface CustosErrorOptions {
 export class CustosError extends Error {
   readonly code: ErrorCode;
   readonly ckr: string | undefined;
+  readonly notCommitted: boolean;
 
   constructor(code: ErrorCode, message: string, options: CustosErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = "CustosError";
     this.code = code;
     this.ckr = options.ckr;
+    this.notCommitted = options.notCommitted === true;
   }
 
   /** HTTP status family of this error's code. */

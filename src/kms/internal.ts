@@ -112,12 +112,17 @@ export async function mutateKey(
 
 /**
  * Whether a failed store write certainly did not commit. Only then may HSM objects
- * made for it be destroyed: after an ambiguous failure (`store_unavailable`, a lost
- * connection) the record might exist and point at them, and an orphaned key pair
- * is harmless where a referenced-but-destroyed one breaks a key version.
+ * made for it be destroyed: after an ambiguous failure (a sync that failed after the
+ * commit, a lost connection) the record might exist and point at them, and an
+ * orphaned key pair is harmless where a referenced-but-destroyed one breaks a key version.
  */
 export function definitelyNotCommitted(e: unknown): boolean {
-  return isCustosError(e, "conflict") || isCustosError(e, "not_found") || isCustosError(e, "invalid_request");
+  return (
+    isCustosError(e, "conflict") ||
+    isCustosError(e, "not_found") ||
+    isCustosError(e, "invalid_request") ||
+    (isCustosError(e, "store_unavailable") && e.notCommitted)
+  );
 }
 
 async function abandonQuietly(p: KeyPlan): Promise<void> {

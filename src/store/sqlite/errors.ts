@@ -35,3 +35,8 @@ export function toStoreError(e: unknown): CustosError {
 export function unavailable(cause?: unknown, message = "the store is unavailable"): CustosError {
   return new CustosError("store_unavailable", message, { cause });
 }
+
+/** `unavailable` for a write that certainly did not commit: it never began, or its transaction was rolled back. */
+export function notCommitted(cause: unknown, message: string): CustosError {
+  return new CustosError("store_unavailable", message, { cause, notCommitted: true });
+}

@@ -1,7 +1,7 @@
 import { closeSync, fdatasync, openSync } from "node:fs";
 import type Database from "better-sqlite3";
 import type { Logger } from "../../log/index.js";
-import { isBusy, toStoreError, unavailable } from "./errors.js";
+import { isBusy, notCommitted, toStoreError, unavailable } from "./errors.js";
 
 /**
  * State that lives outside the database but must follow its transactions (the
@@ -102,7 +102,7 @@ export class WriteQueue<S> {
 
   /** Queues `op` (which runs synchronously inside the batch transaction); resolves with its result once durable. */
   submit<T>(op: () => T): Promise<T> {
-    if (this.#closed) return Promise.reject(unavailable(undefined, "the store is closed"));
+    if (this.#closed) return Promise.reject(notCommitted(undefined, "the store is closed"));
     return new Promise<T>((resolve, reject) => {
       const item: Pending = {
         op,
@@ -149,7 +149,7 @@ export class WriteQueue<S> {
 
   #expire(item: Pending): void {
     if (item.done) return;
-    this.#settle(item, { ok: false, error: unavailable(undefined, "the write could not be made durable in time") });
+    this.#settle(item, { ok: false, error: notCommitted(undefined, "the write could not be made durable in time") });
     this.#items = this.#items.filter((i) => i !== item);
     this.#maybeDrained();
   }
@@ -175,7 +175,10 @@ export class WriteQueue<S> {
       if (item.done) continue;
       // The event loop may have been blocked past a deadline before its timer could run.
       if (now > item.deadline) {
-        this.#settle(item, { ok: false, error: unavailable(undefined, "the write could not be made durable in time") });
+        this.#settle(item, {
+          ok: false,
+          error: notCommitted(undefined, "the write could not be made durable in time"),
+        });
       } else {
         batch.push(item);
       }
@@ -310,7 +313,7 @@ export class WriteQueue<S> {
       this.#options.logger?.error({ err: e }, "store: could not reload state after a failed batch");
     }
     this.#options.logger?.error({ err: cause, writes: batch.length }, "store: batch not committed");
-    const error = unavailable(cause, "the write could not be committed");
+    const error = notCommitted(cause, "the write could not be committed");
     for (const item of batch) this.#settle(item, { ok: false, error });
   }
 }
