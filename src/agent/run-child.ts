@@ -1,10 +1,11 @@
 /**
- * The app `custos run` starts: spawned with the terminal's stdio, told about
- * changes by a signal or restarted, sent the signals `custos run` itself receives,
- * and its end turned into an exit code (its own, or 128 + the signal that killed it).
+ * The app `custos run` starts: spawned with the terminal's stdio in a process group
+ * of its own, told about changes by a signal or restarted, sent (with everything in
+ * its group) the signals `custos run` itself receives, and its end turned into an
+ * exit code (its own, or 128 + the signal that killed it).
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { accessSync, constants as files, statSync } from "node:fs";
+import { accessSync, closeSync, existsSync, constants as files, openSync, statSync } from "node:fs";
 import { constants } from "node:os";
 import { join } from "node:path";
 
@@ -69,13 +70,16 @@ export class Child {
     const file = commandFile(name as string, this.#spec.searchPath);
     if (file === undefined) {
       this.#process = undefined;
-      this.#log(`cannot start ${name}: ENOENT (not found in custos run's PATH)`);
+      this.#log(notFound(name as string));
       this.#settle?.(127);
       return false;
     }
     let child: ChildProcess;
     try {
-      child = spawn(file, args, { env, stdio: "inherit" });
+      // Without a terminal, the app leads a process group of its own (a session: setsid), so a signal at custos
+      // run's group reaches the app once, forwarded, not twice, and a forwarded one reaches what the app started.
+      // At a terminal it stays in custos run's group: a new session would lose the terminal (/dev/tty, prompts).
+      child = spawn(file, args, { env, stdio: "inherit", detached: !HAS_TERMINAL });
     } catch (e) {
       // spawn checks its arguments synchronously, and its message quotes the one it
       // refuses, which can be a secret from `env`: only the code is said.
@@ -107,11 +111,7 @@ export class Child {
   signal(signal: NodeJS.Signals): boolean {
     const child = this.#process;
     if (child === undefined || child.exitCode !== null || child.signalCode !== null) return false;
-    try {
-      return child.kill(signal);
-    } catch {
-      return false;
-    }
+    return signalGroup(child, signal);
   }
 
   /**
@@ -157,13 +157,53 @@ function stop(child: ChildProcess, graceMs: number): Promise<void> {
       resolve();
       return;
     }
-    const timer = setTimeout(() => child.kill("SIGKILL"), graceMs);
+    const timer = setTimeout(() => signalGroup(child, "SIGKILL"), graceMs);
     child.once("exit", () => {
       clearTimeout(timer);
       resolve();
     });
-    child.kill("SIGTERM");
+    signalGroup(child, "SIGTERM");
   });
+}
+
+/** Sends `signal` to the app and, where it leads a group of its own, whatever it started that stayed in it. */
+function signalGroup(child: ChildProcess, signal: NodeJS.Signals): boolean {
+  if (child.pid === undefined) return false;
+  try {
+    if (HAS_TERMINAL) return child.kill(signal);
+    process.kill(-child.pid, signal);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether custos run has a controlling terminal (only then does opening /dev/tty succeed). */
+function controllingTerminal(): boolean {
+  try {
+    closeSync(openSync("/dev/tty", "r"));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const HAS_TERMINAL = controllingTerminal();
+
+/**
+ * Why `spec`'s program can't be started, if it can't be found: asked before the
+ * exchange too, where a typo would otherwise spend the one-time token.
+ */
+export function missingProgram(spec: Pick<ChildSpec, "command" | "shell" | "searchPath">): string | undefined {
+  const name = spec.shell ? "/bin/sh" : (spec.command[0] ?? "");
+  if (commandFile(name, spec.searchPath) !== undefined && (!name.includes("/") || existsSync(name))) return undefined;
+  return notFound(name);
+}
+
+function notFound(name: string): string {
+  return name.includes("/")
+    ? `cannot start ${name}: ENOENT`
+    : `cannot start ${name}: ENOENT (not found in custos run's PATH)`;
 }
 
 /** The executable `name` names: itself when it holds a `/`, else the first match along `searchPath`. */

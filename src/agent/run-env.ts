@@ -5,9 +5,9 @@
  * `DB_PASSWORD`, `shared/ca-bundle` → `SHARED_CA_BUNDLE`; a leading digit gets a
  * `_` in front), or under the name `--env NAME=<secret>` gives it. A default name
  * never replaces a variable `custos run` inherited (PATH, HOME, a platform's
- * settings) nor takes one the dynamic loader acts on (LD_*, DYLD_*): a secret's
- * writer, possibly another app's owner sharing it, would otherwise choose what the
- * app runs or loads. Replacing one takes an explicit `--env`.
+ * settings) nor takes one that makes a program load code (LD_*, DYLD_*, NODE_OPTIONS,
+ * PYTHONPATH, JAVA_TOOL_OPTIONS, BASH_ENV and the like): a secret's writer, possibly
+ * another app's owner sharing it, would otherwise choose what the app runs or loads. Replacing one takes an explicit `--env`.
  */
 
 /** The variables `custos run` always sets; no secret may take one of these names. */
@@ -22,8 +22,13 @@ export const RESERVED_VARIABLES = [
 
 const VARIABLE = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
-/** Variables the dynamic loader (glibc's, macOS's) reads before the app's first instruction. */
-const LOADER_VARIABLE = /^(?:LD|DYLD)_/;
+/**
+ * Variables that make a process load code its writer chooses before the app's own: the
+ * dynamic loader's (glibc's, macOS's) and those of the runtimes and shells an app is
+ * commonly written for.
+ */
+const LOADER_VARIABLE =
+  /^(?:(?:LD|DYLD)_.*|NODE_OPTIONS|NODE_PATH|PYTHONPATH|PYTHONHOME|PYTHONSTARTUP|PERL5OPT|PERL5LIB|PERLLIB|RUBYOPT|RUBYLIB|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|JDK_JAVA_OPTIONS|BASH_ENV|ENV|GCONV_PATH)$/;
 
 /** One `--env NAME=<secret>`. */
 export interface EnvMapping {
@@ -137,7 +142,7 @@ export function secretVariables(
         continue;
       }
       if (inherited.has(variable) || LOADER_VARIABLE.test(variable)) {
-        const why = inherited.has(variable) ? "inherited by custos run" : "read by the dynamic loader";
+        const why = inherited.has(variable) ? "inherited by custos run" : "which makes a program load code";
         conflicts.push(
           `secret ${secret.name} would replace ${variable}, ${why}: to do that on purpose, map it with --env ${variable}=${secret.name}`,
         );

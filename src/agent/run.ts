@@ -26,7 +26,7 @@ import {
 } from "../broker-client/index.js";
 import { errnoOrMessage } from "../errors/index.js";
 import { writeFileAtomic } from "../files/index.js";
-import { Child } from "./run-child.js";
+import { Child, type ChildSpec, missingProgram } from "./run-child.js";
 import { type EnvPolicy, findSecret, type SecretVariables, secretVariables } from "./run-env.js";
 import {
   type CredentialFiles,
@@ -138,6 +138,17 @@ export async function runApp(options: RunAppOptions): Promise<number> {
 async function supervise(options: RunAppOptions): Promise<number> {
   const log = (message: string): void => options.log(`custos run: ${message}`);
   const files = credentialFiles(options.dir);
+  const spec: ChildSpec = {
+    command: options.command,
+    shell: options.shell,
+    stopGraceMs: options.stopGraceMs ?? 10_000,
+    searchPath: options.baseEnv.PATH,
+  };
+  const missing = missingProgram(spec);
+  if (missing !== undefined) {
+    log(missing);
+    return 127;
+  }
 
   const [templates, key] = await Promise.all([
     loadTemplates(options.templates),
@@ -168,15 +179,7 @@ async function supervise(options: RunAppOptions): Promise<number> {
     await removePrivateFiles(files).catch(() => {});
     throw new RunError("io_error", `cannot write the credential files: ${errnoOrMessage(cause)}`, { cause });
   }
-  const child = new Child(
-    {
-      command: options.command,
-      shell: options.shell,
-      stopGraceMs: options.stopGraceMs ?? 10_000,
-      searchPath: options.baseEnv.PATH,
-    },
-    log,
-  );
+  const child = new Child(spec, log);
   const forward = (signal: NodeJS.Signals): void => child.forward(signal);
   for (const s of SIGNALS_FORWARDED) process.on(s, forward);
   child.start(state.environment(true), () =>

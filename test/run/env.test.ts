@@ -95,8 +95,8 @@ describe("custos run environment", () => {
     const { variables, conflicts: problems } = secretVariables(risky, { automatic: true, mappings: [] }, inherited);
     assert.deepEqual(variables, {});
     assert.equal(problems.length, 3);
-    assert.match(problems[0] ?? "", /secret dyld\/insert would replace DYLD_INSERT, read by the dynamic loader/);
-    assert.match(problems[1] ?? "", /secret ld_preload would replace LD_PRELOAD, read by the dynamic loader/);
+    assert.match(problems[0] ?? "", /secret dyld\/insert would replace DYLD_INSERT, which makes a program load code/);
+    assert.match(problems[1] ?? "", /secret ld_preload would replace LD_PRELOAD, which makes a program load code/);
     assert.match(problems[2] ?? "", /secret path would replace PATH, inherited by custos run: .*--env PATH=path/);
     for (const p of problems) assert.ok(!p.includes("evil"), p);
     const mapped = secretVariables(

@@ -47,9 +47,12 @@ CUSTOS_KEY_FILE, CUSTOS_CA_FILE, CUSTOS_JWT_FILE, CUSTOS_SPIFFE_ID and each
 secret under its name upper-cased, other characters turned into _ (db/password
 → DB_PASSWORD, shared/ca-bundle → SHARED_CA_BUNDLE; --env NAME=<secret> picks
 the name; --no-env leaves out all but those --env names). A default name that
-would replace an inherited variable (PATH, HOME, ...) or an LD_* / DYLD_* one
-stops the start: map it with --env to mean it. The command is looked up in
-custos run's own PATH. The bootstrap token is not passed on.
+would replace an inherited variable (PATH, HOME, ...) or one that makes a
+program load code (LD_*, DYLD_*, NODE_OPTIONS, PYTHONPATH, JAVA_TOOL_OPTIONS,
+BASH_ENV, ...) stops the start: map it with --env to mean it. The command is
+looked up in custos run's own PATH, before the bootstrap token is spent. The
+bootstrap token is not passed on. The command runs in a process group of its
+own; the signals custos run receives go to that whole group.
 
 Templates (--template src:dest, written 0600) know only these placeholders; any
 other, or a secret the instance doesn't receive, stops the start:
