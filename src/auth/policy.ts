@@ -45,6 +45,8 @@ export interface PolicyInput {
   readonly rules: readonly PolicyRule[];
 }
 
+const MAX_ACTION_LENGTH = 64;
+
 function invalid(message: string): CustosError {
   return new CustosError("invalid_request", message);
 }
@@ -52,6 +54,8 @@ function invalid(message: string): CustosError {
 /** Checks one entry of a rule's action list; returns it unchanged. */
 function validateActionEntry(entry: unknown): string {
   if (typeof entry !== "string" || entry.length === 0) throw invalid("policy actions must be non-empty strings");
+  // No action is this long: refused before a message could echo it.
+  if (entry.length > MAX_ACTION_LENGTH) throw invalid(`policy actions are at most ${MAX_ACTION_LENGTH} characters`);
   if (entry === "*") return entry;
   const star = entry.indexOf("*");
   if (star !== -1) {

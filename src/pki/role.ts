@@ -109,8 +109,10 @@ function invalid(message: string): CustosError {
   return new CustosError("invalid_request", message);
 }
 
+/** A refused value as a message quotes it: JSON, cut at 128 characters so a huge one isn't echoed whole. */
 function show(value: unknown): string {
-  return JSON.stringify(value) ?? String(value);
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 128 ? `${text.slice(0, 128)}…` : text;
 }
 
 /** Validates a role name: 1-64 chars of [a-z0-9-], starting with a letter or digit. invalid_request otherwise. */
