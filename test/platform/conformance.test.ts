@@ -177,18 +177,19 @@ describe("platform model conformance", () => {
     const writer = await login("acme-writer-user");
     ok(await custos.call("PATCH", "/v1/users/acme-writer-user", { policies: ["acme-writer"] }));
     ok(await custos.call("POST", "/v1/platform/orgs/acme/spaces", { name: "scoped" }, writer));
-    const cases: [string, string, unknown, string][] = [
-      ["POST", "/v1/platform/orgs", { name: "other" }, "org/other"],
-      ["DELETE", "/v1/platform/orgs/acme", undefined, "org/acme"],
+    // Refusals are audited under the action a success is audited under.
+    const cases: [string, string, unknown, string, string][] = [
+      ["POST", "/v1/platform/orgs", { name: "other" }, "org/other", "platform.org.create"],
+      ["DELETE", "/v1/platform/orgs/acme", undefined, "org/acme", "platform.org.delete"],
     ];
-    for (const [method, path, body, resource] of cases) {
+    for (const [method, path, body, resource, action] of cases) {
       const r = await custos.call(method, path, body, writer);
       assert.equal(r.status, 403, `${method} ${path}: ${r.text}`);
       assert.equal(code(r), "forbidden");
       assert.ok(message(r).includes("platform:write") && message(r).includes(resource), message(r));
       assert.deepEqual(
         auditOf(r).map((x) => [x.action, x.outcome, x.error_code, x.resource]),
-        [["platform.write", "denied", "forbidden", resource]],
+        [[action, "denied", "forbidden", resource]],
       );
     }
     assert.equal((await custos.call("GET", "/v1/platform/orgs/other/spaces")).status, 404);

@@ -51,7 +51,7 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "user:write", `user/${req.body.name}`);
+        authorize(deps, req, "user:write", `user/${req.body.name}`, "user.create");
         return userView(await auth.createUser(actorOf(req), req.body));
       },
     );
@@ -74,12 +74,12 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "user:write", `user/${req.params.name}`);
+        authorize(deps, req, "user:write", `user/${req.params.name}`, "user.update");
         return userView(await auth.updateUser(actorOf(req), req.params.name, req.body));
       },
     );
     app.delete<Name>("/v1/users/:name", { ...mutating, schema: { params: nameParam } }, async (req) => {
-      authorize(deps, req, "user:write", `user/${req.params.name}`);
+      authorize(deps, req, "user:write", `user/${req.params.name}`, "user.delete");
       await auth.deleteUser(actorOf(req), req.params.name);
       return { deleted: true };
     });
@@ -114,7 +114,7 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "group:write", `group/${req.body.name}`);
+        authorize(deps, req, "group:write", `group/${req.body.name}`, "group.create");
         return groupView(await auth.createGroup(actorOf(req), req.body));
       },
     );
@@ -144,12 +144,12 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "group:write", `group/${req.params.name}`);
+        authorize(deps, req, "group:write", `group/${req.params.name}`, "group.update");
         return groupView(await auth.updateGroup(actorOf(req), req.params.name, req.body));
       },
     );
     app.delete<Name>("/v1/groups/:name", { ...mutating, schema: { params: nameParam } }, async (req) => {
-      authorize(deps, req, "group:write", `group/${req.params.name}`);
+      authorize(deps, req, "group:write", `group/${req.params.name}`, "group.delete");
       await auth.deleteGroup(actorOf(req), req.params.name);
       return { deleted: true };
     });
@@ -193,12 +193,12 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "policy:write", `policy/${req.params.name}`);
+        authorize(deps, req, "policy:write", `policy/${req.params.name}`, "policy.put");
         return policyView(await auth.putPolicy(actorOf(req), { name: req.params.name, ...req.body }));
       },
     );
     app.delete<Name>("/v1/policies/:name", { ...mutating, schema: { params: nameParam } }, async (req) => {
-      authorize(deps, req, "policy:write", `policy/${req.params.name}`);
+      authorize(deps, req, "policy:write", `policy/${req.params.name}`, "policy.delete");
       await auth.deletePolicy(actorOf(req), req.params.name);
       return { deleted: true };
     });

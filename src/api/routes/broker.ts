@@ -89,14 +89,16 @@ export function brokerRoutes(deps: ApiDeps): FastifyPluginAsync {
    * has no rights over from an unknown one: `forbidden` either way. An unknown id is
    * checked with `*` for its org, space and app, which only a policy covering that
    * id in every org, space and app allows, and only then answers `not_found`.
+   * `auditAs`: the action the broker records a success under, where it is not `action`.
    */
   const authorizedInstance = async (
     req: FastifyRequest<Id>,
     action: "instance:read" | "instance:register" | "instance:deregister",
+    auditAs: string = action,
   ) => {
     const record = await broker.find(req.params.id);
     const names = record ?? { org: "*", space: "*", app: "*", id: req.params.id };
-    authorize(deps, req, action, instanceResource({ ...names, instance: names.id }));
+    authorize(deps, req, action, instanceResource({ ...names, instance: names.id }), auditAs);
     if (record === undefined) throw new CustosError("not_found", `no instance ${req.params.id}`);
     return broker.current(record);
   };
@@ -119,7 +121,13 @@ export function brokerRoutes(deps: ApiDeps): FastifyPluginAsync {
       },
       async (req, reply) => {
         const { org, space, app: appName, instance } = req.body;
-        authorize(deps, req, "instance:register", instanceResource({ org, space, app: appName, instance }));
+        authorize(
+          deps,
+          req,
+          "instance:register",
+          instanceResource({ org, space, app: appName, instance }),
+          "broker.register",
+        );
         const registered = await broker.register(actorOf(req), req.body);
         reply.header("cache-control", "no-store");
         return registered;
@@ -141,7 +149,7 @@ export function brokerRoutes(deps: ApiDeps): FastifyPluginAsync {
       },
       async (req) => {
         // Extending a lease keeps an instance registered: the agent's register right.
-        const record = await authorizedInstance(req, "instance:register");
+        const record = await authorizedInstance(req, "instance:register", "broker.lease.extend");
         return broker.view(await broker.extendLease(actorOf(req), record, req.body.ttlSeconds));
       },
     );
@@ -150,7 +158,7 @@ export function brokerRoutes(deps: ApiDeps): FastifyPluginAsync {
       "/v1/broker/instances/:id",
       { config: { serviceAudits: true }, schema: { params: idParam } },
       async (req) => {
-        const record = await authorizedInstance(req, "instance:deregister");
+        const record = await authorizedInstance(req, "instance:deregister", "broker.deregister");
         return broker.view(await broker.deregister(actorOf(req), record));
       },
     );

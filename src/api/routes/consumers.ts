@@ -41,10 +41,12 @@ export function consumerRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "cert:write", `cert/${req.params.name}`);
+        // The service records a change as cert.consumer.update, a creation as the issuance of its
+        // first certificate (pki.issue); a refusal or failure goes under the consumer's own action.
+        authorize(deps, req, "cert:write", `cert/${req.params.name}`, "cert.consumer.update");
         // Its certificates are issued under the role: defining it needs the right to issue there.
         authorize(deps, req, "pki:issue", `pki/role/${Consumers.roleOf(req.body)}`);
-        req.custos.action = "cert:write";
+        req.custos.action = "cert.consumer.update";
         req.custos.resource = `cert/${req.params.name}`;
         return { consumer: await consumers.put(actorOf(req), req.params.name, req.body) };
       },
@@ -61,7 +63,8 @@ export function consumerRoutes(deps: ApiDeps): FastifyPluginAsync {
       "/v1/pki/consumers/:name/rotate",
       { config: serviceAudits, schema: { params: nameParam, body: noBody } },
       async (req) => {
-        authorize(deps, req, "cert:rotate", `cert/${req.params.name}`);
+        // The service records a rotation as the issuance of its new generation: pki.issue.
+        authorize(deps, req, "cert:rotate", `cert/${req.params.name}`, "pki.issue");
         return { consumer: await consumers.rotate(actorOf(req), req.params.name) };
       },
     );
@@ -69,7 +72,7 @@ export function consumerRoutes(deps: ApiDeps): FastifyPluginAsync {
       "/v1/pki/consumers/:name/rollback",
       { config: serviceAudits, schema: { params: nameParam, body: noBody } },
       async (req) => {
-        authorize(deps, req, "cert:rotate", `cert/${req.params.name}`);
+        authorize(deps, req, "cert:rotate", `cert/${req.params.name}`, "cert.rollback");
         return { consumer: await consumers.rollback(actorOf(req), req.params.name) };
       },
     );
@@ -119,7 +122,7 @@ export function consumerRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "cert:agent", `cert/${req.params.name}`);
+        authorize(deps, req, "cert:agent", `cert/${req.params.name}`, "cert.agent.report");
         const consumer = await consumers.report(actorOf(req), req.params.name, req.params.agent, req.body.fingerprint);
         return { consumer };
       },

@@ -177,7 +177,7 @@ export function keyRoutes(deps: ApiDeps): FastifyPluginAsync {
         const { name } = req.params;
         const immediate = req.query.immediate === "true";
         // Both modes need key:destroy; a scheduling is audited, served or refused, as the service records it.
-        authorize(deps, req, "key:destroy", `key/${name}`, immediate ? "key:destroy" : "key:schedule-destruction");
+        authorize(deps, req, "key:destroy", `key/${name}`, immediate ? "key.destroy" : "key.schedule-destruction");
         const actor = actorOf(req);
         if (immediate) {
           if (req.query.waitingSeconds !== undefined) {

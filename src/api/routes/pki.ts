@@ -1,6 +1,6 @@
 import { X509Certificate } from "node:crypto";
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
-import { CustosError } from "../../errors/index.js";
+import { CustosError, isCustosError } from "../../errors/index.js";
 import { crlToPem, type IssueInput, ocspErrorResponse, REVOCATION_REASONS, type SignInput } from "../../pki/index.js";
 import { type ApiDeps, authorize } from "../app.js";
 import { actorOf } from "../context.js";
@@ -143,7 +143,13 @@ export function pkiRoutes(deps: ApiDeps): FastifyPluginAsync {
       "/v1/pki/roles/:name",
       { config: serviceAudits, schema: { params: nameParam, body: { type: "object" } } },
       async (req) => {
-        authorize(deps, req, "pki:role-write", `pki/role/${req.params.name}`);
+        // The issuer records a new role as pki.role.create and a change as pki.role.update; so is a refusal or failure.
+        const exists = await issuer.getRole(req.params.name).then(
+          () => true,
+          (e) => !isCustosError(e, "not_found"),
+        );
+        const auditAs = exists ? "pki.role.update" : "pki.role.create";
+        authorize(deps, req, "pki:role-write", `pki/role/${req.params.name}`, auditAs);
         return { role: await issuer.putRole(actorOf(req), req.params.name, req.body) };
       },
     );
@@ -156,7 +162,7 @@ export function pkiRoutes(deps: ApiDeps): FastifyPluginAsync {
       return { role: await issuer.getRole(req.params.name) };
     });
     app.delete<Name>("/v1/pki/roles/:name", { config: serviceAudits, schema: { params: nameParam } }, async (req) => {
-      authorize(deps, req, "pki:role-write", `pki/role/${req.params.name}`);
+      authorize(deps, req, "pki:role-write", `pki/role/${req.params.name}`, "pki.role.delete");
       await issuer.deleteRole(actorOf(req), req.params.name);
       return { deleted: true };
     });
@@ -289,7 +295,7 @@ export function pkiRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "pki:ca-rotate", "pki/ca");
+        authorize(deps, req, "pki:ca-rotate", "pki/ca", "pki.ca.rotate");
         return authority.rotateIntermediate(actorOf(req), req.body?.algorithm);
       },
     );

@@ -50,7 +50,7 @@ export function platformRoutes(deps: ApiDeps): FastifyPluginAsync {
       "/v1/platform/orgs",
       { config: creating, schema: { body: nameBody } },
       async (req) => {
-        authorize(deps, req, "platform:write", `org/${req.body.name}`);
+        authorize(deps, req, "platform:write", `org/${req.body.name}`, "platform.org.create");
         return { org: await platform.createOrg(actorOf(req), req.body.name) };
       },
     );
@@ -62,7 +62,7 @@ export function platformRoutes(deps: ApiDeps): FastifyPluginAsync {
       "/v1/platform/orgs/:org",
       { config: serviceAudits, schema: { params: params("org") } },
       async (req) => {
-        authorize(deps, req, "platform:write", `org/${req.params.org}`);
+        authorize(deps, req, "platform:write", `org/${req.params.org}`, "platform.org.delete");
         await platform.deleteOrg(actorOf(req), req.params.org);
         return { deleted: true };
       },
@@ -73,7 +73,7 @@ export function platformRoutes(deps: ApiDeps): FastifyPluginAsync {
       "/v1/platform/orgs/:org/spaces",
       { config: creating, schema: { params: params("org"), body: nameBody } },
       async (req) => {
-        authorize(deps, req, "platform:write", `org/${req.params.org}/space/${req.body.name}`);
+        authorize(deps, req, "platform:write", `org/${req.params.org}/space/${req.body.name}`, "platform.space.create");
         return { space: await platform.createSpace(actorOf(req), req.params.org, req.body.name) };
       },
     );
@@ -85,7 +85,13 @@ export function platformRoutes(deps: ApiDeps): FastifyPluginAsync {
       "/v1/platform/orgs/:org/spaces/:space",
       { config: serviceAudits, schema: { params: params("org", "space") } },
       async (req) => {
-        authorize(deps, req, "platform:write", `org/${req.params.org}/space/${req.params.space}`);
+        authorize(
+          deps,
+          req,
+          "platform:write",
+          `org/${req.params.org}/space/${req.params.space}`,
+          "platform.space.delete",
+        );
         await platform.deleteSpace(actorOf(req), req.params.org, req.params.space);
         return { deleted: true };
       },
@@ -108,7 +114,7 @@ export function platformRoutes(deps: ApiDeps): FastifyPluginAsync {
       },
       async (req) => {
         const ref = { org: req.params.org, space: req.params.space, app: req.body.name };
-        authorize(deps, req, "platform:write", appResource(ref));
+        authorize(deps, req, "platform:write", appResource(ref), "platform.app.create");
         return { app: await platform.createApp(actorOf(req), ref, req.body.owners ?? {}) };
       },
     );
@@ -138,7 +144,7 @@ export function platformRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "platform:write", appResource(refOf(req.params)));
+        authorize(deps, req, "platform:write", appResource(refOf(req.params)), "platform.app.update");
         return { app: await platform.setOwners(actorOf(req), refOf(req.params), req.body.owners) };
       },
     );
@@ -146,7 +152,8 @@ export function platformRoutes(deps: ApiDeps): FastifyPluginAsync {
       "/v1/platform/apps/:org/:space/:app",
       { config: serviceAudits, schema: { params: params("org", "space", "app") } },
       async (req) => {
-        authorize(deps, req, "platform:write", appResource(refOf(req.params)));
+        // Audited as the service records the finished deletion (platform.app.delete), not its first step (….begin).
+        authorize(deps, req, "platform:write", appResource(refOf(req.params)), "platform.app.delete");
         await platform.deleteApp(actorOf(req), refOf(req.params));
         return { deleted: true };
       },

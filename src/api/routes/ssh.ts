@@ -181,12 +181,12 @@ export function sshRoutes(deps: ApiDeps): FastifyPluginAsync {
       "/v1/ssh/roles/:name",
       { config: serviceAudits, schema: { params: roleName, body: { type: "object" } } },
       async (req) => {
-        authorize(deps, req, "ssh:role-write", `ssh/role/${req.params.name}`);
+        authorize(deps, req, "ssh:role-write", `ssh/role/${req.params.name}`, "ssh.role.put");
         return ssh.putRole(actorOf(req), req.params.name, req.body);
       },
     );
     app.delete<Name>("/v1/ssh/roles/:name", { config: serviceAudits, schema: { params: roleName } }, async (req) => {
-      authorize(deps, req, "ssh:role-write", `ssh/role/${req.params.name}`);
+      authorize(deps, req, "ssh:role-write", `ssh/role/${req.params.name}`, "ssh.role.delete");
       await ssh.deleteRole(actorOf(req), req.params.name);
       return { deleted: true };
     });
@@ -198,7 +198,7 @@ export function sshRoutes(deps: ApiDeps): FastifyPluginAsync {
       { config: { ...serviceAudits, created: true }, schema: { body: sudoBody } },
       async (req) => {
         const { org, space, app: name } = req.body;
-        authorize(deps, req, "ssh:sudo-grant", `ssh/sudo/${org}/${space}/${name}`);
+        authorize(deps, req, "ssh:sudo-grant", `ssh/sudo/${org}/${space}/${name}`, "ssh.sudo.grant");
         return ssh.grantSudo(actorOf(req), req.body);
       },
     );
@@ -225,7 +225,7 @@ export function sshRoutes(deps: ApiDeps): FastifyPluginAsync {
         schema: { params: { type: "object", required: ["id"], properties: { id: { type: "string", maxLength: 64 } } } },
       },
       async (req) => {
-        authorize(deps, req, "ssh:sudo-revoke", `ssh/sudo/${req.params.id}`);
+        authorize(deps, req, "ssh:sudo-revoke", `ssh/sudo/${req.params.id}`, "ssh.sudo.revoke");
         return ssh.revokeSudo(actorOf(req), req.params.id);
       },
     );
