@@ -79,7 +79,7 @@ export class Child {
       // Without a terminal, the app leads a process group of its own (a session: setsid), so a signal at custos
       // run's group reaches the app once, forwarded, not twice, and a forwarded one reaches what the app started.
       // At a terminal it stays in custos run's group: a new session would lose the terminal (/dev/tty, prompts).
-      child = spawn(file, args, { env, stdio: "inherit", detached: !HAS_TERMINAL });
+      child = spawn(file, args, { env, stdio: "inherit", detached: !hasTerminal() });
     } catch (e) {
       // spawn checks its arguments synchronously, and its message quotes the one it
       // refuses, which can be a secret from `env`: only the code is said.
@@ -170,7 +170,7 @@ function stop(child: ChildProcess, graceMs: number): Promise<void> {
 function signalGroup(child: ChildProcess, signal: NodeJS.Signals): boolean {
   if (child.pid === undefined) return false;
   try {
-    if (HAS_TERMINAL) return child.kill(signal);
+    if (hasTerminal()) return child.kill(signal);
     process.kill(-child.pid, signal);
     return true;
   } catch {
@@ -178,17 +178,20 @@ function signalGroup(child: ChildProcess, signal: NodeJS.Signals): boolean {
   }
 }
 
-/** Whether custos run has a controlling terminal (only then does opening /dev/tty succeed). */
-function controllingTerminal(): boolean {
-  try {
-    closeSync(openSync("/dev/tty", "r"));
-    return true;
-  } catch {
-    return false;
-  }
-}
+let terminal: boolean | undefined;
 
-const HAS_TERMINAL = controllingTerminal();
+/** Whether custos run has a controlling terminal (only then does opening /dev/tty succeed); asked once, at the first start. */
+function hasTerminal(): boolean {
+  if (terminal === undefined) {
+    try {
+      closeSync(openSync("/dev/tty", "r"));
+      terminal = true;
+    } catch {
+      terminal = false;
+    }
+  }
+  return terminal;
+}
 
 /**
  * Why `spec`'s program can't be started, if it can't be found: asked before the
@@ -196,8 +199,7 @@ const HAS_TERMINAL = controllingTerminal();
  */
 export function missingProgram(spec: Pick<ChildSpec, "command" | "shell" | "searchPath">): string | undefined {
   const name = spec.shell ? "/bin/sh" : (spec.command[0] ?? "");
-  if (commandFile(name, spec.searchPath) !== undefined && (!name.includes("/") || existsSync(name))) return undefined;
-  return notFound(name);
+  return commandFile(name, spec.searchPath) === undefined ? notFound(name) : undefined;
 }
 
 function notFound(name: string): string {
@@ -206,9 +208,12 @@ function notFound(name: string): string {
     : `cannot start ${name}: ENOENT (not found in custos run's PATH)`;
 }
 
-/** The executable `name` names: itself when it holds a `/`, else the first match along `searchPath`. */
+/**
+ * The executable `name` names: itself when it holds a `/` and exists (whether it may
+ * be run, spawn finds out), else the first match along `searchPath`.
+ */
 function commandFile(name: string, searchPath: string | undefined): string | undefined {
-  if (name.includes("/")) return name;
+  if (name.includes("/")) return existsSync(name) ? name : undefined;
   for (const dir of (searchPath ?? "").split(":")) {
     // An empty entry is the working directory, as execvp reads it.
     const candidate = join(dir === "" ? "." : dir, name);

@@ -7,7 +7,8 @@
  * never replaces a variable `custos run` inherited (PATH, HOME, a platform's
  * settings) nor takes one that makes a program load code (LD_*, DYLD_*, NODE_OPTIONS,
  * PYTHONPATH, JAVA_TOOL_OPTIONS, BASH_ENV and the like): a secret's writer, possibly
- * another app's owner sharing it, would otherwise choose what the app runs or loads. Replacing one takes an explicit `--env`.
+ * another app's owner sharing it, would otherwise choose what the app runs or loads.
+ * Replacing one takes an explicit `--env`.
  */
 
 /** The variables `custos run` always sets; no secret may take one of these names. */

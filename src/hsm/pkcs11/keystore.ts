@@ -235,9 +235,8 @@ export class Pkcs11Keystore implements Keystore {
   readonly #unwrapped: UnwrapCache;
   readonly #objects = new Map<string, TokenObject>();
   readonly #hmacEnsures = new InFlight<HsmKeyRef>();
-  #dataWrites: Promise<unknown> = Promise.resolve();
-  /** The tail of this keystore's root key creations, which run one at a time. */
-  #rootCreation: Promise<unknown> = Promise.resolve();
+  /** The tail of this keystore's operations that run one at a time (root key creations, data object writes). */
+  #turns: Promise<unknown> = Promise.resolve();
   #ivs: Buffer = Buffer.alloc(0);
   #ivOffset = 0;
   readonly #inlineAllowed: boolean;
@@ -309,7 +308,7 @@ export class Pkcs11Keystore implements Keystore {
 
   async createRootKey(): Promise<RootKeyInfo> {
     // One creation at a time in this keystore, so that the next one's check sees the key.
-    const created = this.#rootCreation.then(() =>
+    await this.#inTurn(() =>
       this.#c.run("createRootKey", async (ctx) => {
         if (this.#rootOnToken(ctx)) throw new CustosError("conflict", "the token already holds a root key");
         const id = this.#randomId(ctx);
@@ -329,8 +328,6 @@ export class Pkcs11Keystore implements Keystore {
         }
       }),
     );
-    this.#rootCreation = created.catch(() => {});
-    await created;
     const info = await this.findRootKey();
     if (!info) throw new CustosError("hsm_error", "root key vanished right after creation");
     return info;
@@ -648,18 +645,16 @@ export class Pkcs11Keystore implements Keystore {
     if (data.length > MAX_DATA_OBJECT) throw new CustosError("invalid_request", "a data object holds at most 64 KiB");
     // A data object's value can't be changed in place (SoftHSM holds CKA_VALUE read-only): the new object is made
     // before the old ones go, so a crash in between leaves both, never neither.
-    const write = () =>
+    // Writes take turns, so the last call's value is the one kept.
+    await this.#inTurn(() =>
       this.#c.run("writeData", async (ctx) => {
         const template = dataObjectTemplate(label);
         const old = findAll(ctx, template);
         if (old.length === 0) this.#c.assertAlive(ctx);
         ctx.p.C_CreateObject(ctx.session, [...template, { type: pk.CKA_VALUE, value: data }]);
         for (const o of old) ctx.p.C_DestroyObject(ctx.session, o);
-      });
-    // Writes take turns, so the last call's value is the one kept.
-    const turn = this.#dataWrites.then(write, write);
-    this.#dataWrites = turn.catch(() => {});
-    await turn;
+      }),
+    );
   }
 
   async hmac(ref: HsmKeyRef, data: Uint8Array): Promise<Buffer> {
@@ -854,6 +849,13 @@ export class Pkcs11Keystore implements Keystore {
     };
     const lanes = Math.min(items.length, 2 * this.#c.health().sessions.size);
     await Promise.all(Array.from({ length: lanes }, lane));
+  }
+
+  /** Runs `fn` once every earlier one-at-a-time operation of this keystore has settled. */
+  #inTurn<T>(fn: () => Promise<T>): Promise<T> {
+    const turn = this.#turns.then(fn);
+    this.#turns = turn.catch(() => {});
+    return turn;
   }
 
   /** Folds one C_*Init latency, in microseconds, into the module's moving average. */

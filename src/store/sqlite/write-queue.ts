@@ -1,5 +1,6 @@
 import { closeSync, fdatasync, openSync } from "node:fs";
 import type Database from "better-sqlite3";
+import type { CustosError } from "../../errors/index.js";
 import type { Logger } from "../../log/index.js";
 import { isBusy, notCommitted, toStoreError, unavailable } from "./errors.js";
 
@@ -149,7 +150,7 @@ export class WriteQueue<S> {
 
   #expire(item: Pending): void {
     if (item.done) return;
-    this.#settle(item, { ok: false, error: notCommitted(undefined, "the write could not be made durable in time") });
+    this.#settle(item, { ok: false, error: expired() });
     this.#items = this.#items.filter((i) => i !== item);
     this.#maybeDrained();
   }
@@ -175,10 +176,7 @@ export class WriteQueue<S> {
       if (item.done) continue;
       // The event loop may have been blocked past a deadline before its timer could run.
       if (now > item.deadline) {
-        this.#settle(item, {
-          ok: false,
-          error: notCommitted(undefined, "the write could not be made durable in time"),
-        });
+        this.#settle(item, { ok: false, error: expired() });
       } else {
         batch.push(item);
       }
@@ -316,4 +314,9 @@ export class WriteQueue<S> {
     const error = notCommitted(cause, "the write could not be committed");
     for (const item of batch) this.#settle(item, { ok: false, error });
   }
+}
+
+/** A write whose deadline passed while it waited in the queue: it never began. */
+function expired(): CustosError {
+  return notCommitted(undefined, "the write could not be made durable in time");
 }
