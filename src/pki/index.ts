@@ -25,6 +25,6 @@ export {
   SERVER_ROLE,
   type SignInput,
 } from "./issuer.js";
-export { ocspErrorResponse } from "./ocsp.js";
+export { isOcspErrorResponse, ocspErrorResponse } from "./ocsp.js";
 export { KEY_TYPES, type KeyType, type Role } from "./role.js";
 export { defaultServerNames, issueServerCertificate, type ServerTls, serverNeedsNew } from "./tls.js";

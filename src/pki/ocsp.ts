@@ -142,6 +142,14 @@ export function ocspErrorResponse(status: OcspErrorStatus): Buffer {
   return Buffer.from(AsnConvert.serialize(new OCSPResponse({ responseStatus: OCSPResponseStatus[status] })));
 }
 
+/**
+ * Whether `der`, an answer of {@link answerOcsp}, is an unsigned error answer: an
+ * OCSPResponse without responseBytes is SEQUENCE { ENUMERATED status }, 30 03 0a 01 status.
+ */
+export function isOcspErrorResponse(der: Uint8Array): boolean {
+  return der.length === 5 && der[0] === 0x30 && der[2] === 0x0a && der[4] !== OCSPResponseStatus.successful;
+}
+
 interface ParsedRequest {
   readonly requests: CertID[];
   readonly certIds: OcspCertId[];

@@ -281,6 +281,8 @@ export function parseRole(name: string, body: unknown): Role {
   if (!isPlainObject(body)) throw invalid("the role must be a JSON object");
   for (const field of Object.keys(body)) {
     if (!ROLE_FIELDS.has(field)) throw invalid(`unknown field ${show(field)}`);
+    // A member left out takes its default; null is no value of any member, not a way to ask for the default.
+    if (body[field] === null) throw invalid(`${field} must not be null (leave it out for its default)`);
   }
   if (body.name !== undefined && body.name !== roleName) {
     throw invalid(`name ${show(body.name)} does not match the role in the path (${roleName})`);

@@ -197,6 +197,8 @@ export function validateRoleSpec(input: unknown): RoleSpec {
   const body = input as Record<string, unknown>;
   for (const field of Object.keys(body)) {
     if (!ROLE_FIELDS.has(field)) throw invalid(`unknown role field "${field.slice(0, 64)}"`);
+    // A member left out takes its default; null is no value of any member, not a way to ask for the default.
+    if (body[field] === null) throw invalid(`${field} must not be null (leave it out for its default)`);
   }
   const certType = body.certType;
   if (certType !== "user" && certType !== "host") throw invalid('certType must be "user" or "host"');

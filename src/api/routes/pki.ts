@@ -1,7 +1,14 @@
 import { X509Certificate } from "node:crypto";
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
 import { CustosError, isCustosError } from "../../errors/index.js";
-import { crlToPem, type IssueInput, ocspErrorResponse, REVOCATION_REASONS, type SignInput } from "../../pki/index.js";
+import {
+  crlToPem,
+  type IssueInput,
+  isOcspErrorResponse,
+  ocspErrorResponse,
+  REVOCATION_REASONS,
+  type SignInput,
+} from "../../pki/index.js";
 import { type ApiDeps, authorize } from "../app.js";
 import { actorOf } from "../context.js";
 import { isBase64 } from "../encoding.js";
@@ -49,12 +56,6 @@ export function pkiRoutes(deps: ApiDeps): FastifyPluginAsync {
   const detail = (req: FastifyRequest, details: Record<string, unknown>) => Object.assign(req.custos.details, details);
 
   return async (app) => {
-    app.addContentTypeParser(
-      "application/ocsp-request",
-      { parseAs: "buffer", bodyLimit: MAX_OCSP_REQUEST },
-      (_r, body, done) => done(null, body),
-    );
-
     // ---- public -------------------------------------------------------------
 
     app.get("/v1/pki/ca.pem", publicRoute, async (req, reply) => {
@@ -111,13 +112,23 @@ export function pkiRoutes(deps: ApiDeps): FastifyPluginAsync {
         req.log.warn({ err }, "OCSP answer failed");
         return ocspError(reply, "tryLater");
       }
-      return reply.type(OCSP_RESPONSE).header("cache-control", "max-age=60").send(answer);
+      // Only a signed answer may be cached; malformedRequest and unauthorized are unsigned, like tryLater.
+      const cacheControl = isOcspErrorResponse(answer) ? "no-store" : "max-age=60";
+      return reply.type(OCSP_RESPONSE).header("cache-control", cacheControl).send(answer);
     };
-    app.post<{ Body: Buffer }>("/v1/pki/ocsp", publicRoute, async (req, reply) => {
-      if (!Buffer.isBuffer(req.body)) {
-        throw new CustosError("invalid_request", "an OCSP request is sent as application/ocsp-request");
-      }
-      return ocsp(req, reply, req.body);
+    // The OCSP body parser lives in a scope of its own, so that no other PKI route takes its bytes for a body.
+    await app.register(async (scope) => {
+      scope.addContentTypeParser(
+        "application/ocsp-request",
+        { parseAs: "buffer", bodyLimit: MAX_OCSP_REQUEST },
+        (_r, body, done) => done(null, body),
+      );
+      scope.post<{ Body: Buffer }>("/v1/pki/ocsp", publicRoute, async (req, reply) => {
+        if (!Buffer.isBuffer(req.body)) {
+          throw new CustosError("invalid_request", "an OCSP request is sent as application/ocsp-request");
+        }
+        return ocsp(req, reply, req.body);
+      });
     });
     const ocspGet = {
       config: {

@@ -148,6 +148,7 @@ export function secretRoutes(deps: ApiDeps): FastifyPluginAsync {
           body: {
             type: "object",
             additionalProperties: false,
+            minProperties: 1,
             properties: {
               maxVersions: { type: "integer" },
               casRequired: { type: "boolean" },
