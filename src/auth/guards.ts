@@ -52,14 +52,16 @@ async function callerRights(ctx: AuthContext, actor: Actor): Promise<CallerRight
 }
 
 /**
- * Non-admin user/token actors may only grant policies they hold, and only those
- * they hold without a sudo grant: what they grant lasts, theirs would lapse.
+ * User/token actors other than lasting admins may only grant policies they hold,
+ * and only those they hold without a sudo grant: what they grant lasts, theirs
+ * would lapse. An admin through a sudo grant holds every policy, but only while it
+ * lasts, so it too may give for good only what it holds without one.
  */
 export async function assertMayGrant(ctx: AuthContext, actor: Actor, policies: readonly string[]): Promise<void> {
   if (policies.length === 0) return;
   const rights = await callerRights(ctx, actor);
-  if (!rights || rights.isAdmin) return;
-  const missing = policies.find((p) => !rights.policies.has(p));
+  if (!rights || rights.permanent.has(ADMIN_POLICY)) return;
+  const missing = rights.isAdmin ? undefined : policies.find((p) => !rights.policies.has(p));
   if (missing !== undefined) throw new CustosError("forbidden", `cannot grant policy "${missing}": you don't hold it`);
   const lapsing = policies.find((p) => !rights.permanent.has(p));
   if (lapsing !== undefined) {

@@ -5,7 +5,7 @@
 export { ACTIONS, type Action, isAction, isPrivilegedAction, PRIVILEGED_ACTIONS } from "./actions.js";
 export { buildInitialAdmin, type InitialAdmin, type InitialAdminInput } from "./bootstrap.js";
 export { globMatch } from "./glob.js";
-export { tryNormalizeName } from "./names.js";
+export { foldedName, tryNormalizeName } from "./names.js";
 export { MIN_PASSWORD_LENGTH } from "./password.js";
 export { ADMIN_POLICY, builtinAdminPolicy, type PolicyInput, PolicySet, validatePolicy } from "./policy.js";
 export type { Principal } from "./principal.js";

@@ -25,3 +25,12 @@ export function normalizeName(kind: string, name: unknown): string {
 export function tryNormalizeName(name: string): string | undefined {
   return NAME_RE.test(name) ? name.toLowerCase() : undefined;
 }
+
+/**
+ * A name as resource strings (`user/<name>`) and audit records hold it: folded, so
+ * that a policy on `user/alice` covers `ALICE`; a name that is none is kept as
+ * given, and its use refused later.
+ */
+export function foldedName(name: string): string {
+  return tryNormalizeName(name) ?? name;
+}

@@ -48,7 +48,7 @@ export async function sudoPolicies(
 
 /**
  * Builds the principal of a live token, or undefined when the token is revoked,
- * expired or its user gone or disabled. `untilMs` is how long the result may be
+ * expired or its user (or, standalone, its makers' user) gone or disabled. `untilMs` is how long the result may be
  * cached: never past the token's expiry or the first sudo grant change.
  */
 export async function resolveToken(
@@ -83,6 +83,7 @@ export async function resolveToken(
       sudo = scopedSudo;
     }
   } else {
+    if (await makerSuspended(ctx, token)) return undefined;
     base = new Set(token.policies ?? []);
   }
   for (const p of base) sudo.delete(p);
@@ -108,6 +109,26 @@ export async function resolveToken(
   };
   ctx.resolutions.set(principal, { base, sudo, tokenScope: token.policies, tokenExpiresAtMs });
   return { principal, untilMs };
+}
+
+/**
+ * Whether a standalone token's line of makers starts at an API token whose user is
+ * gone or disabled: deleting the user revokes the tokens its tokens made, so
+ * disabling suspends them. A line made with a login session, or by none, has no
+ * such user (parentId is null).
+ */
+async function makerSuspended(ctx: AuthContext, token: TokenRecord): Promise<boolean> {
+  let parentId = token.parentId;
+  while (parentId !== null) {
+    const parent = await ctx.store.getToken(parentId);
+    if (!parent) return false;
+    if (parent.userId !== null) {
+      const user = await ctx.store.getUser(parent.userId);
+      return !user || user.disabled;
+    }
+    parentId = parent.parentId;
+  }
+  return false;
 }
 
 /** Policies in force for `principal` now: sudo-derived ones drop out when their grant ends. */

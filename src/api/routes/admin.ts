@@ -1,4 +1,5 @@
 import type { FastifyPluginAsync } from "fastify";
+import { foldedName } from "../../auth/index.js";
 import { CustosError } from "../../errors/index.js";
 import type { GroupRecord, PolicyRecord, SudoGrantRecord, UserRecord } from "../../store/index.js";
 import { type ApiDeps, authorize } from "../app.js";
@@ -51,12 +52,12 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "user:write", `user/${req.body.name}`, "user.create");
+        authorize(deps, req, "user:write", `user/${foldedName(req.body.name)}`, "user.create");
         return userView(await auth.createUser(actorOf(req), req.body));
       },
     );
     app.get<Name>("/v1/users/:name", { schema: { params: nameParam } }, async (req) => {
-      authorize(deps, req, "user:read", `user/${req.params.name}`);
+      authorize(deps, req, "user:read", `user/${foldedName(req.params.name)}`);
       return userView(await auth.getUser(req.params.name));
     });
     app.patch<Name & { Body: { password?: string; policies?: string[]; disabled?: boolean } }>(
@@ -74,12 +75,12 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "user:write", `user/${req.params.name}`, "user.update");
+        authorize(deps, req, "user:write", `user/${foldedName(req.params.name)}`, "user.update");
         return userView(await auth.updateUser(actorOf(req), req.params.name, req.body));
       },
     );
     app.delete<Name>("/v1/users/:name", { ...mutating, schema: { params: nameParam } }, async (req) => {
-      authorize(deps, req, "user:write", `user/${req.params.name}`, "user.delete");
+      authorize(deps, req, "user:write", `user/${foldedName(req.params.name)}`, "user.delete");
       await auth.deleteUser(actorOf(req), req.params.name);
       return { deleted: true };
     });
@@ -114,12 +115,12 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "group:write", `group/${req.body.name}`, "group.create");
+        authorize(deps, req, "group:write", `group/${foldedName(req.body.name)}`, "group.create");
         return groupView(await auth.createGroup(actorOf(req), req.body));
       },
     );
     app.get<Name>("/v1/groups/:name", { schema: { params: nameParam } }, async (req) => {
-      authorize(deps, req, "group:read", `group/${req.params.name}`);
+      authorize(deps, req, "group:read", `group/${foldedName(req.params.name)}`);
       return groupView(await auth.getGroup(req.params.name));
     });
     app.patch<
@@ -144,12 +145,12 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "group:write", `group/${req.params.name}`, "group.update");
+        authorize(deps, req, "group:write", `group/${foldedName(req.params.name)}`, "group.update");
         return groupView(await auth.updateGroup(actorOf(req), req.params.name, req.body));
       },
     );
     app.delete<Name>("/v1/groups/:name", { ...mutating, schema: { params: nameParam } }, async (req) => {
-      authorize(deps, req, "group:write", `group/${req.params.name}`, "group.delete");
+      authorize(deps, req, "group:write", `group/${foldedName(req.params.name)}`, "group.delete");
       await auth.deleteGroup(actorOf(req), req.params.name);
       return { deleted: true };
     });
@@ -160,7 +161,7 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
       return { policies: (await auth.listPolicies()).map(policyView) };
     });
     app.get<Name>("/v1/policies/:name", { schema: { params: nameParam } }, async (req) => {
-      authorize(deps, req, "policy:read", `policy/${req.params.name}`);
+      authorize(deps, req, "policy:read", `policy/${foldedName(req.params.name)}`);
       return policyView(await auth.getPolicy(req.params.name));
     });
     app.put<Name & { Body: { description?: string; rules: { resource: string; actions: string[] }[] } }>(
@@ -193,12 +194,12 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "policy:write", `policy/${req.params.name}`, "policy.put");
+        authorize(deps, req, "policy:write", `policy/${foldedName(req.params.name)}`, "policy.put");
         return policyView(await auth.putPolicy(actorOf(req), { name: req.params.name, ...req.body }));
       },
     );
     app.delete<Name>("/v1/policies/:name", { ...mutating, schema: { params: nameParam } }, async (req) => {
-      authorize(deps, req, "policy:write", `policy/${req.params.name}`, "policy.delete");
+      authorize(deps, req, "policy:write", `policy/${foldedName(req.params.name)}`, "policy.delete");
       await auth.deletePolicy(actorOf(req), req.params.name);
       return { deleted: true };
     });

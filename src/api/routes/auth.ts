@@ -1,4 +1,5 @@
 import type { FastifyPluginAsync } from "fastify";
+import { foldedName } from "../../auth/index.js";
 import type { TokenRecord } from "../../store/index.js";
 import { type ApiDeps, authorize } from "../app.js";
 import { actorOf, principalOf } from "../context.js";
@@ -43,7 +44,7 @@ export function authRoutes(deps: ApiDeps): FastifyPluginAsync {
       },
       async (req) => {
         req.custos.action = "auth.login";
-        req.custos.resource = `user/${req.body.username}`;
+        req.custos.resource = `user/${foldedName(req.body.username)}`;
         const session = await deps.auth.login(actorOf(req), req.body.username, req.body.password);
         try {
           return { token: session.token.exposeText(), tokenId: session.tokenId, expiresAt: session.expiresAt };
