@@ -60,11 +60,16 @@ export function authorize(
   req: FastifyRequest,
   action: Action,
   resource: string,
-  /** The audit action, served or refused, where the service records the success under another name than the permission. */
-  auditAs: string = action,
+  /**
+   * The audit action, served or refused, where the service records the success under
+   * another name than the permission; or action and resource, where it records it
+   * under another resource too.
+   */
+  auditAs: string | { readonly action: string; readonly resource: string } = action,
 ): void {
-  req.custos.action = auditAs;
-  req.custos.resource = resource;
+  const audit = typeof auditAs === "string" ? { action: auditAs, resource } : auditAs;
+  req.custos.action = audit.action;
+  req.custos.resource = audit.resource;
   deps.auth.authorize(principalOf(req), action, resource);
 }
 
@@ -444,7 +449,9 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     reply.header("x-request-id", req.id);
     // Answers carry tokens, keys and secrets: no cache keeps one unless a route says so (CA material, CRLs).
     reply.header("cache-control", "no-store");
-    req.custos = newRequestState(`${req.method} ${req.routeOptions.url ?? "unknown"}`);
+    req.custos = newRequestState(
+      req.routeOptions.config.auditAction ?? `${req.method} ${req.routeOptions.url ?? "unknown"}`,
+    );
     if (closing) {
       reply.header("connection", "close");
       throw new CustosError("shutting_down", "the server is shutting down; send the request again");

@@ -30,6 +30,8 @@ declare module "fastify" {
     wildcard?: { readonly name: string; readonly description: string };
     /** The service writes the success record itself, atomically with its change. */
     serviceAudits?: boolean;
+    /** The action a refusal before the handler (rate limit, bad body) is audited under; else `METHOD /route`. */
+    auditAction?: string;
     /** Answers 201 Created on success (and the OpenAPI document says so). */
     created?: boolean;
   }

@@ -49,6 +49,7 @@ export async function login(
     expiresAt,
     revokedAt: null,
     parentId: null,
+    makerUserId: null,
   };
   try {
     const entry = auditEntry(actor, "auth.login", `user/${user.name}`, { tokenId: id, expiresAt });

@@ -54,6 +54,7 @@ export async function buildInitialAdmin(input: InitialAdminInput): Promise<Initi
     expiresAt: null,
     revokedAt: null,
     parentId: null,
+    makerUserId: null,
   };
   return { policies: [builtinAdminPolicy(at)], admin, adminToken, token };
 }

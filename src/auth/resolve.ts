@@ -112,21 +112,22 @@ export async function resolveToken(
 }
 
 /**
- * Whether a standalone token's line of makers starts at an API token whose user is
- * gone or disabled: deleting the user revokes the tokens its tokens made, so
- * disabling suspends them. A line made with a login session, or by none, has no
- * such user (parentId is null).
+ * Whether a standalone token's line of makers starts at a user who is gone or
+ * disabled: the user whose login session made it or one of its makers
+ * (`makerUserId`), or the user of the nearest API-token maker acting for one.
+ * Deleting the user revokes those tokens, so disabling suspends them. A line made
+ * by none (the first admin's, or one made before makers were recorded) has no such user.
  */
 async function makerSuspended(ctx: AuthContext, token: TokenRecord): Promise<boolean> {
-  let parentId = token.parentId;
-  while (parentId !== null) {
-    const parent = await ctx.store.getToken(parentId);
-    if (!parent) return false;
-    if (parent.userId !== null) {
-      const user = await ctx.store.getUser(parent.userId);
+  let current: TokenRecord | undefined = token;
+  while (current) {
+    // The token itself is standalone (userId null); an ancestor may act for a user.
+    const makerId = current.makerUserId ?? current.userId;
+    if (makerId !== null) {
+      const user = await ctx.store.getUser(makerId);
       return !user || user.disabled;
     }
-    parentId = parent.parentId;
+    current = current.parentId === null ? undefined : await ctx.store.getToken(current.parentId);
   }
   return false;
 }

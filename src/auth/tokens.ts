@@ -95,6 +95,8 @@ export async function createToken(
     expiresAt: expiresMs === null ? null : new Date(expiresMs).toISOString(),
     revokedAt: null,
     parentId: principal.kind === "token" ? principal.tokenId : null,
+    // A session is no parent (the token outlives logout), so its user is recorded instead.
+    makerUserId: principal.kind === "user" && !forUser ? principal.userId : null,
   };
   try {
     await ctx.store.createToken(record, auditEntry(actor, "token.create", `token/${id}`, { after: tokenInfo(record) }));
@@ -126,24 +128,26 @@ function notHeld(held: readonly string[], wanted: readonly string[]): string | u
 
 /**
  * Tokens `principal` may see: all for admins; else its user's tokens (or,
- * standalone, itself) and the tokens its own token made.
+ * standalone, itself), the standalone tokens its user made with a login session
+ * and the tokens its own token made.
  */
 export async function listTokens(ctx: AuthContext, principal: Principal): Promise<TokenRecord[]> {
   if (effectivePolicies(ctx, principal).includes(ADMIN_POLICY)) return ctx.store.listTokens();
   const own = await (principal.userId !== null
     ? ctx.store.listTokens(principal.userId)
     : ctx.store.getToken(principal.tokenId).then((t) => (t ? [t] : [])));
+  const sessionMade = principal.userId !== null ? await ctx.store.listTokensMadeByUser(principal.userId) : [];
   const made = await ctx.store.listTokensMadeBy(principal.tokenId);
-  const seen = new Set(own.map((t) => t.id));
-  return [...own, ...made.filter((t) => !seen.has(t.id))].sort(
-    (a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id),
-  );
+  const byId = new Map<string, TokenRecord>();
+  for (const t of [...own, ...sessionMade, ...made]) byId.set(t.id, t);
+  return [...byId.values()].sort((a, b) => a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
 }
 
 /**
  * Revokes a token, and with it every token it made and theirs (as Vault revokes a
  * token's children); answers the ids of those. The caller's own token, another
- * token of its user, or a token its own token made needs no policy (as Vault's
+ * token of its user, a standalone token its user made with a login session, or a
+ * token its own token made needs no policy (as Vault's
  * default policy allows revoke-self: anyone may give up what they hold or handed
  * on); any other needs `token:revoke` on it and admin rights. The policy is
  * checked here, before saying whether a token that isn't the caller's exists.
@@ -154,7 +158,8 @@ export async function revokeToken(ctx: AuthContext, actor: Actor, principal: Pri
     token !== undefined &&
     (token.id === principal.tokenId ||
       token.parentId === principal.tokenId ||
-      (token.userId !== null && token.userId === principal.userId));
+      (token.userId !== null && token.userId === principal.userId) ||
+      (token.makerUserId !== null && token.makerUserId === principal.userId));
   if (!mine) {
     authorize(ctx, principal, "token:revoke", `token/${String(id)}`);
     // Refused alike whether or not the token exists, so the answer can't be used to probe ids.

@@ -194,6 +194,13 @@ export interface TokenRecord {
    * with one, and the first admin's.
    */
   readonly parentId: string | null;
+  /**
+   * The user whose login session made this standalone token (a session is no
+   * parent: the token outlives logout and a password change). That user lists and
+   * revokes it without a policy, disabling them suspends it and deleting them
+   * revokes it. Null for every other token.
+   */
+  readonly makerUserId: string | null;
 }
 
 export interface PolicyRule {
@@ -410,8 +417,9 @@ export interface Store {
     options?: { endSessions?: boolean },
   ): Promise<void>;
   /**
-   * Deletes the user, revokes their tokens (and the tokens those made: see
-   * `revokeToken`) and removes them from groups.
+   * Deletes the user, revokes their tokens and the standalone tokens they made with
+   * a login session (and the tokens those made: see `revokeToken`) and removes them
+   * from groups.
    */
   deleteUser(id: string, audit: AuditEntry): Promise<void>;
 
@@ -422,13 +430,15 @@ export interface Store {
   updateGroup(group: GroupRecord, expectedRevision: number, audit: AuditEntry): Promise<void>;
   deleteGroup(id: string, audit: AuditEntry): Promise<void>;
 
-  /** `unauthenticated` if the token's parent is revoked by the time it is written. */
+  /** `unauthenticated` if the token's parent is revoked, or its maker user deleted, by the time it is written. */
   createToken(token: TokenRecord, audit: AuditEntry): Promise<void>;
   getToken(id: string): Promise<TokenRecord | undefined>;
   getTokenByHash(hash: string): Promise<TokenRecord | undefined>;
   listTokens(userId?: string): Promise<TokenRecord[]>;
   /** The tokens `parentId` made itself (not theirs), oldest first. */
   listTokensMadeBy(parentId: string): Promise<TokenRecord[]>;
+  /** The standalone tokens the user `userId` made with a login session (`makerUserId`), oldest first. */
+  listTokensMadeByUser(userId: string): Promise<TokenRecord[]>;
   /**
    * Revokes the token and, in the same transaction, every live token it made and
    * theirs; answers their ids, which the audit record's `revokedWith` names too.

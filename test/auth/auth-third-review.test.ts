@@ -68,9 +68,7 @@ describe("auth over HTTPS, third review", () => {
   });
 
   describe("the tokens a user makes", () => {
-    test("a standalone token made in a login session is listed for its maker and revoked by it without a policy", {
-      todo: "bug: a token made with a login session records no parent, so its maker can neither list nor revoke it",
-    }, async () => {
+    test("a standalone token made in a login session is listed for its maker and revoked by it without a policy", async () => {
       const session = await userSession("st-maker", ["maker"]);
       const standalone = await token({ name: "svc", forUser: false, policies: ["maker"] }, session.token);
       // api.md: parentId is null for tokens made with a login session, as the answer says.
@@ -80,7 +78,8 @@ describe("auth over HTTPS, third review", () => {
       );
       const revoke = await call("DELETE", `/v1/auth/tokens/${standalone.id}`, undefined, session.token);
       const later = await whoami(standalone.token);
-      // api.md: GET lists "the tokens their token made"; DELETE of "one your token made needs no policy".
+      // api.md: GET lists "the standalone tokens their user made with a login session"; DELETE of "a
+      // standalone one your user made with a login session" needs no policy.
       assert.deepEqual(
         {
           listed: listed.includes(standalone.id),
@@ -88,6 +87,166 @@ describe("auth over HTTPS, third review", () => {
           afterwards: later.status,
         },
         { listed: true, revoke: [200, "ok"], afterwards: 401 },
+      );
+    });
+
+    test("the tokens table records the session's user as maker_user_id of a standalone token made in it, and only there", async () => {
+      const session = await userSession("st-row", ["maker"]);
+      const userId = (ok(await whoami(session.token)) as Json).id;
+      const standalone = await token({ name: "svc", forUser: false, policies: ["maker"] }, session.token);
+      const bound = await token({ name: "laptop" }, session.token);
+      const child = await token({ name: "job", policies: ["maker"] }, standalone.token);
+      const rowOf = (id: string) =>
+        custos.query<{ user_id: string | null; parent_id: string | null; maker_user_id: string | null }>(
+          "SELECT user_id, parent_id, maker_user_id FROM tokens WHERE id = ?",
+          id,
+        );
+      assert.equal(typeof userId, "string");
+      assert.deepEqual(
+        {
+          answer: [standalone.makerUserId, bound.makerUserId, child.makerUserId],
+          standalone: rowOf(standalone.id),
+          bound: rowOf(bound.id),
+          child: rowOf(child.id),
+          session: rowOf(session.tokenId),
+        },
+        {
+          answer: [userId, null, null],
+          standalone: [{ user_id: null, parent_id: null, maker_user_id: userId }],
+          bound: [{ user_id: userId, parent_id: null, maker_user_id: null }],
+          child: [{ user_id: null, parent_id: standalone.id, maker_user_id: null }],
+          session: [{ user_id: userId, parent_id: null, maker_user_id: null }],
+        },
+      );
+      const listed = (ok(await call("GET", "/v1/auth/tokens", undefined, session.token)).tokens as Json[]).find(
+        (t) => t.id === standalone.id,
+      );
+      assert.equal(listed?.makerUserId, userId);
+    });
+
+    test("disabling the maker suspends a token made in their login session, and the tokens it made; enabling them restores both", async () => {
+      const session = await userSession("st-disabled", ["maker"]);
+      const standalone = await token({ name: "svc", forUser: false, policies: ["maker"] }, session.token);
+      const child = await token({ name: "job", policies: ["maker"] }, standalone.token);
+      const statuses = async () => [(await whoami(standalone.token)).status, (await whoami(child.token)).status];
+      const before = await statuses();
+      ok(await call("PATCH", "/v1/users/st-disabled", { disabled: true }));
+      const during = await statuses();
+      // What deletion would forbid for good it can't do while its maker is suspended.
+      const made = await call("POST", "/v1/auth/tokens", { name: "more", policies: ["maker"] }, standalone.token);
+      ok(await call("PATCH", "/v1/users/st-disabled", { disabled: false }));
+      const enabled = await statuses();
+      assert.deepEqual(
+        { before, during, made: made.status, enabled },
+        { before: [200, 200], during: [401, 401], made: 401, enabled: [200, 200] },
+      );
+    });
+
+    test("deleting the maker revokes a token made in their login session and the token it made, named in the audit record", async () => {
+      const session = await userSession("st-deleted", ["maker"]);
+      const standalone = await token({ name: "svc", forUser: false, policies: ["maker"] }, session.token);
+      const child = await token({ name: "job", policies: ["maker"] }, standalone.token);
+      assert.equal((await whoami(child.token)).status, 200);
+      const deleted = await call("DELETE", "/v1/users/st-deleted");
+      ok(deleted);
+      const record = rowsOf(deleted).find((r) => r.action === "user.delete");
+      const revoked = custos.query<{ id: string; revoked_at: string | null }>(
+        "SELECT id, revoked_at FROM tokens WHERE id IN (?, ?, ?) ORDER BY created_at, id",
+        session.tokenId,
+        standalone.id,
+        child.id,
+      );
+      assert.deepEqual(
+        {
+          statuses: [(await whoami(standalone.token)).status, (await whoami(child.token)).status],
+          revoked: revoked.map((r) => [r.id, r.revoked_at !== null]),
+          revokedWith: new Set(JSON.parse(record?.details ?? "{}").revokedWith as string[]),
+        },
+        {
+          statuses: [401, 401],
+          revoked: [
+            [session.tokenId, true],
+            [standalone.id, true],
+            [child.id, true],
+          ],
+          revokedWith: new Set([standalone.id, child.id]),
+        },
+      );
+      // Revoked for good: a user made again under the same name makes none of it live again.
+      await userSession("st-deleted", ["maker"]);
+      assert.equal((await whoami(standalone.token)).status, 401);
+    });
+
+    test("the maker's logout and a new password leave a token made in their login session working", async () => {
+      const first = await userSession("st-logout", ["maker"]);
+      const fromFirst = await token({ name: "svc-1", forUser: false, policies: ["maker"] }, first.token);
+      // Logging out: the session revokes itself, and revokes nothing with it.
+      const logout = ok(await call("DELETE", `/v1/auth/tokens/${first.tokenId}`, undefined, first.token));
+      const second = ok(await login("st-logout", first.password)) as { token: string };
+      const fromSecond = await token({ name: "svc-2", forUser: false, policies: ["maker"] }, second.token);
+      ok(await call("PATCH", "/v1/users/st-logout", { password: "st-logout's new password" }));
+      const statuses = {
+        firstSession: (await whoami(first.token)).status,
+        secondSession: (await whoami(second.token)).status,
+        fromFirst: (await whoami(fromFirst.token)).status,
+        fromSecond: (await whoami(fromSecond.token)).status,
+      };
+      // Still the maker's: a new session lists and revokes them.
+      const third = ok(await login("st-logout", "st-logout's new password")) as { token: string };
+      const listed = (ok(await call("GET", "/v1/auth/tokens", undefined, third.token)).tokens as Json[]).map(
+        (t) => t.id,
+      );
+      const revoke = await call("DELETE", `/v1/auth/tokens/${fromFirst.id}`, undefined, third.token);
+      assert.deepEqual(
+        {
+          revokedWithLogout: logout.revokedWith,
+          statuses,
+          listed: [listed.includes(fromFirst.id), listed.includes(fromSecond.id)],
+          revoke: revoke.status,
+          afterwards: (await whoami(fromFirst.token)).status,
+        },
+        {
+          revokedWithLogout: [],
+          statuses: { firstSession: 401, secondSession: 401, fromFirst: 200, fromSecond: 200 },
+          listed: [true, true],
+          revoke: 200,
+          afterwards: 401,
+        },
+      );
+    });
+
+    test("another non-admin user can neither list nor revoke a token made in someone else's login session", async () => {
+      const maker = await userSession("st-owner", ["maker"]);
+      const standalone = await token({ name: "svc", forUser: false, policies: ["maker"] }, maker.token);
+      const other = await userSession("st-other", ["maker"]);
+      const otherApi = await token({ name: "other-laptop" }, other.token);
+      const tries = [];
+      for (const bearer of [other.token, otherApi.token]) {
+        const listed = (ok(await call("GET", "/v1/auth/tokens", undefined, bearer)).tokens as Json[]).map((t) => t.id);
+        const revoke = await call("DELETE", `/v1/auth/tokens/${standalone.id}`, undefined, bearer);
+        tries.push([listed.includes(standalone.id), revoke.status, errorCode(revoke)]);
+      }
+      // The maker's own API token acts for the same user: it may.
+      const makerApi = await token({ name: "owner-laptop" }, maker.token);
+      const makerListed = (ok(await call("GET", "/v1/auth/tokens", undefined, makerApi.token)).tokens as Json[]).map(
+        (t) => t.id,
+      );
+      assert.deepEqual(
+        {
+          tries,
+          stillWorks: (await whoami(standalone.token)).status,
+          revokedAt: custos.query("SELECT revoked_at FROM tokens WHERE id = ?", standalone.id),
+          makerListed: makerListed.includes(standalone.id),
+        },
+        {
+          tries: [
+            [false, 403, "forbidden"],
+            [false, 403, "forbidden"],
+          ],
+          stillWorks: 200,
+          revokedAt: [{ revoked_at: null }],
+          makerListed: true,
+        },
       );
     });
 

@@ -423,7 +423,7 @@ describe("bearer tokens", () => {
     assert.ok(!(await env.store.listTokens()).some((t) => t.name === "late"));
   });
 
-  test("deleting a user revokes the standalone tokens their tokens made", async () => {
+  test("deleting a user revokes the standalone tokens their tokens and sessions made", async () => {
     const env = await setup();
     await env.auth.putPolicy(env.actor, { name: "app-a", rules: [{ resource: "key/app-a-*", actions: ["key:*"] }] });
     const mo = await userWith(env, "mo", ["app-a"]);
@@ -434,17 +434,17 @@ describe("bearer tokens", () => {
       forUser: false,
       policies: ["app-a"],
     });
-    // Made in the login session, not by a token: it outlives the user, as a standalone token is meant to.
-    const kept = await env.auth.createToken(env.actor, mo.principal, {
-      name: "kept",
+    // Made in the login session: no parent, but its maker on record, so it goes with the user too.
+    const fromSession = await env.auth.createToken(env.actor, mo.principal, {
+      name: "from-session",
       forUser: false,
       policies: ["app-a"],
     });
     await env.auth.deleteUser(env.actor, "mo");
     await rejectsWith(env.auth.authenticate(svc.token.exposeText()), "unauthenticated", INVALID_TOKEN);
-    assert.equal((await env.auth.authenticate(kept.token.exposeText())).userId, null);
+    await rejectsWith(env.auth.authenticate(fromSession.token.exposeText()), "unauthenticated", INVALID_TOKEN);
     const [record] = await env.store.listAudit({ action: "user.delete", limit: 1, descending: true });
-    assert.deepEqual(record?.details.revokedWith, [svc.record.id]);
+    assert.deepEqual(new Set(record?.details.revokedWith as string[]), new Set([svc.record.id, fromSession.record.id]));
   });
 });
 

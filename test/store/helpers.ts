@@ -133,6 +133,7 @@ export function tokenRecord(userId: string | null, overrides: Partial<TokenRecor
     expiresAt: T1,
     revokedAt: null,
     parentId: null,
+    makerUserId: null,
     ...overrides,
   };
 }

@@ -61,6 +61,7 @@ describe("opening", () => {
       { version: 5, name: "ssh" },
       { version: 6, name: "token-parent" },
       { version: 7, name: "app-deleting" },
+      { version: 8, name: "token-maker" },
     ]);
     for (const t of [
       "settings",

@@ -25,6 +25,8 @@ import {
   type SshCertificateRecord,
   type SshSudoGrantRecord,
 } from "../../src/store/index.js";
+import { migrate } from "../../src/store/sqlite/connection.js";
+import { migrations } from "../../src/store/sqlite/migrations/index.js";
 import { type CustosInstance, errorCode, fetchRaw, httpsRaw, ok, startCustos } from "../helpers/custos.js";
 import { acmeProdApps, nodeAgentToken } from "../helpers/platform.js";
 import { createTestToken } from "../helpers/softhsm.js";
@@ -314,6 +316,9 @@ describe("every multi-write Store operation, failed at a middle write or its aud
   const grandchild = tokenRecord(alice.id, { name: "grandchild", parentId: child.id });
   const bobToken = tokenRecord(bob.id, { name: "bob" });
   const bobChild = tokenRecord(bob.id, { name: "bob-child", parentId: bobToken.id });
+  // A standalone token bob made in a login session, and one it made in turn.
+  const bobMade = tokenRecord(null, { name: "bob-svc", makerUserId: bob.id });
+  const bobMadeChild = tokenRecord(null, { name: "bob-svc-child", parentId: bobMade.id });
   const k1 = keyRecord("k1");
   const root = caRecord("root-1", "root", null);
   const int1 = caRecord("int-1", "intermediate", "root-1");
@@ -343,7 +348,7 @@ describe("every multi-write Store operation, failed at a middle write or its aud
     side = new Database(path);
     for (const u of [alice, bob, carol]) await store.createUser(u, entry("user.create"));
     await store.createGroup(ops, entry("group.create"));
-    for (const t of [session, parent, child, grandchild, bobToken, bobChild]) {
+    for (const t of [session, parent, child, grandchild, bobToken, bobChild, bobMade, bobMadeChild]) {
       await store.createToken(t, entry("token.create"));
     }
     await store.createKey(k1, aesVersion(k1.id, 1), entry("key.create"));
@@ -493,15 +498,23 @@ describe("every multi-write Store operation, failed at a middle write or its aud
     assert.notEqual((await store.getToken(session.id))?.revokedAt, null);
 
     const a2 = own("user.delete");
+    const deleteHead = await store.auditHead();
     await wholeOrNothing("deleteUser", () => store.deleteUser(bob.id, a2), a2.action, [
       { table: "tokens", event: "UPDATE", when: `NEW.id = '${bobChild.id}'` },
+      { table: "tokens", event: "UPDATE", when: `NEW.id = '${bobMade.id}'` },
+      { table: "tokens", event: "UPDATE", when: `NEW.id = '${bobMadeChild.id}'` },
       { table: "groups", event: "UPDATE" },
       // A cascade from the user's row: ABORT, as FAIL inside a foreign-key action is reported as that key failing.
       { table: "group_members", event: "DELETE", mode: "ABORT" },
       { table: "users", event: "DELETE" },
     ]);
     assert.equal(await store.getUser(bob.id), undefined);
-    assert.notEqual((await store.getToken(bobChild.id))?.revokedAt, null);
+    for (const t of [bobToken, bobChild, bobMade, bobMadeChild]) {
+      assert.equal((await store.getToken(t.id))?.revokedAt, a2.time, t.name);
+    }
+    // revokedWith names what the user's own tokens don't: bob-child acts for bob, so it is one of them.
+    const [deleted] = await store.readAuditAfter(deleteHead.seq, 1);
+    assert.deepEqual(new Set(deleted?.details.revokedWith as string[]), new Set([bobMade.id, bobMadeChild.id]));
 
     const g2 = groupRecord("g2", [alice.id, carol.id]);
     const a3 = own("group.create");
@@ -2041,6 +2054,95 @@ describe("a destruction acknowledged by a process killed before its WAL could be
       assert.equal((await store.secrets.getSecretVersion("acme/prod/web/gone", 1))?.ciphertext, null);
     } finally {
       await store.close();
+    }
+  });
+});
+
+// ---- migration 8: the user whose login session made a standalone token -------------
+
+describe("a database written before token makers were recorded (schema 7), opened by this build", () => {
+  test("keeps its tokens, gives them no maker, and records, lists and revokes by maker from then on", async () => {
+    const path = tmp.path("schema-7.db");
+    const old = new Database(path);
+    old.pragma("journal_mode = WAL");
+    migrate(
+      old,
+      migrations.filter((m) => m.version <= 7),
+    );
+    const columns = (db: Database.Database) =>
+      (db.prepare("SELECT name FROM pragma_table_info('tokens')").all() as Array<{ name: string }>).map((r) => r.name);
+    assert.ok(!columns(old).includes("maker_user_id"), "the scenario: schema 7 has no maker column");
+    old.prepare("INSERT INTO users VALUES ('u-old', 'old-user', NULL, '[]', 0, ?, ?, 1)").run(T, T);
+    // At schema 7: id, hash, kind, name, user_id, policies, created_at, expires_at, revoked_at, parent_id.
+    const insert = old.prepare("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?)");
+    insert.run("tok_session", "a1".repeat(32), "session", "session", "u-old", null, T, null);
+    insert.run("tok_svc", "b2".repeat(32), "api", "svc", null, '["ops"]', T, null);
+    insert.run("tok_job", "c3".repeat(32), "api", "job", null, '["ops"]', T, "tok_svc");
+    old.close();
+
+    const made = tokenRecord(null, { name: "made-after", policies: ["ops"], makerUserId: "u-old" });
+    const madeChild = tokenRecord(null, { name: "its-child", policies: ["ops"], parentId: made.id });
+    const store = await SqliteStore.open(path);
+    try {
+      const svc = await store.getTokenByHash("b2".repeat(32));
+      const job = await store.getToken("tok_job");
+      assert.deepEqual(
+        [svc?.id, svc?.policies, svc?.parentId, svc?.makerUserId, job?.parentId, job?.makerUserId],
+        ["tok_svc", ["ops"], null, null, "tok_svc", null],
+      );
+      assert.deepEqual(await store.listTokensMadeByUser("u-old"), []);
+
+      await store.createToken(made, entry("token.create"));
+      await store.createToken(madeChild, entry("token.create"));
+      assert.deepEqual(await store.getToken(made.id), made);
+      assert.deepEqual(
+        (await store.listTokensMadeByUser("u-old")).map((t) => t.id),
+        [made.id],
+      );
+      // A maker that is not (or no longer) a user makes no token: deletion would have revoked it.
+      await assert.rejects(
+        store.createToken(tokenRecord(null, { name: "orphan", makerUserId: "u-gone" }), entry("token.create")),
+        (e: unknown) => isCustosError(e) && e.code === "unauthenticated",
+      );
+
+      const head = await store.auditHead();
+      const deletion = entry("user.delete");
+      await store.deleteUser("u-old", deletion);
+      const [record] = await store.readAuditAfter(head.seq, 1);
+      assert.deepEqual(new Set(record?.details.revokedWith as string[]), new Set([made.id, madeChild.id]));
+      const revokedAt = async (id: string) => (await store.getToken(id))?.revokedAt;
+      assert.deepEqual(
+        [
+          await revokedAt("tok_session"),
+          await revokedAt(made.id),
+          await revokedAt(madeChild.id),
+          await revokedAt("tok_svc"),
+          await revokedAt("tok_job"),
+        ],
+        // The tokens written before the migration have no recorded maker: deleting the user leaves them.
+        [deletion.time, deletion.time, deletion.time, null, null],
+      );
+      await assertChainIntact(store);
+    } finally {
+      await store.close();
+    }
+
+    const db = new Database(path, { readonly: true });
+    try {
+      assert.ok(columns(db).includes("maker_user_id"));
+      assert.deepEqual(db.prepare("SELECT version, name FROM schema_migrations WHERE version = 8").all(), [
+        { version: 8, name: "token-maker" },
+      ]);
+      assert.deepEqual(
+        db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'tokens_maker_user'").all(),
+        [{ name: "tokens_maker_user" }],
+      );
+      assert.deepEqual(db.prepare("SELECT id, maker_user_id FROM tokens WHERE maker_user_id IS NOT NULL").all(), [
+        { id: made.id, maker_user_id: "u-old" },
+      ]);
+      assert.deepEqual(db.pragma("integrity_check"), [{ integrity_check: "ok" }]);
+    } finally {
+      db.close();
     }
   });
 });

@@ -16,6 +16,7 @@ function tokenView(t: TokenRecord) {
     expiresAt: t.expiresAt,
     revokedAt: t.revokedAt,
     parentId: t.parentId,
+    makerUserId: t.makerUserId,
   };
 }
 
@@ -28,6 +29,7 @@ export function authRoutes(deps: ApiDeps): FastifyPluginAsync {
         config: {
           public: true,
           serviceAudits: true,
+          auditAction: "auth.login",
           rateLimit: { max: deps.loginAttemptsPerMinute ?? 10, timeWindow: 60_000 },
         },
         schema: {
@@ -43,7 +45,6 @@ export function authRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        req.custos.action = "auth.login";
         req.custos.resource = `user/${foldedName(req.body.username)}`;
         const session = await deps.auth.login(actorOf(req), req.body.username, req.body.password);
         try {

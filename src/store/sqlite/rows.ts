@@ -188,6 +188,7 @@ export interface TokenRow {
   expires_at: string | null;
   revoked_at: string | null;
   parent_id: string | null;
+  maker_user_id: string | null;
 }
 
 export function tokenFromRow(r: TokenRow): TokenRecord {
@@ -202,6 +203,7 @@ export function tokenFromRow(r: TokenRow): TokenRecord {
     expiresAt: r.expires_at,
     revokedAt: r.revoked_at,
     parentId: r.parent_id,
+    makerUserId: r.maker_user_id,
   };
 }
 
@@ -217,6 +219,7 @@ export function tokenParams(t: TokenRecord): Record<string, string | null> {
     expires_at: t.expiresAt,
     revoked_at: t.revokedAt,
     parent_id: t.parentId,
+    maker_user_id: t.makerUserId,
   };
 }
 

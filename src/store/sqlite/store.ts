@@ -549,7 +549,11 @@ export class SqliteStore implements Store {
     });
   }
 
-  /** Revokes the user's live tokens (at the audit entry's time) and bumps the revision of groups they leave. */
+  /**
+   * Revokes the user's live tokens and the standalone tokens they made with a login
+   * session, and the tokens those made (at the audit entry's time; the audit record's
+   * `revokedWith` names all but the user's own), and bumps the revision of groups they leave.
+   */
   deleteUser(id: string, audit: AuditEntry): Promise<void> {
     return this.#write(() => {
       this.#revisionOf("users", "id", id);
@@ -561,6 +565,7 @@ export class SqliteStore implements Store {
       const madeByThem = this.#revokeDescendants(
         revoked.map((r) => r.id),
         audit.time,
+        id,
       );
       this.#run(
         `UPDATE groups SET revision = revision + 1, updated_at = ?
@@ -643,7 +648,10 @@ export class SqliteStore implements Store {
 
   // ---- tokens -----------------------------------------------------------------
 
-  /** `unauthenticated` if the token's parent was revoked before this write: the child would outlive it. */
+  /**
+   * `unauthenticated` if the token's parent was revoked, or its maker deleted, before
+   * this write: the token would outlive them.
+   */
   createToken(token: TokenRecord, audit: AuditEntry): Promise<void> {
     return this.#write(() => {
       if (token.parentId !== null) {
@@ -653,6 +661,13 @@ export class SqliteStore implements Store {
         );
         if (parent?.revoked_at !== null) throw new CustosError("unauthenticated", "invalid or expired token");
       }
+      if (
+        token.makerUserId !== null &&
+        this.#get("SELECT 1 FROM users WHERE id = ?", token.makerUserId) === undefined
+      ) {
+        // Its maker was deleted before this write: deletion would have revoked it.
+        throw new CustosError("unauthenticated", "invalid or expired token");
+      }
       this.#insertToken(token);
       this.#appendAuditRow(audit);
     });
@@ -660,8 +675,10 @@ export class SqliteStore implements Store {
 
   #insertToken(token: TokenRecord): void {
     this.#run(
-      `INSERT INTO tokens (id, hash, kind, name, user_id, policies, created_at, expires_at, revoked_at, parent_id)
-       VALUES (:id, :hash, :kind, :name, :user_id, :policies, :created_at, :expires_at, :revoked_at, :parent_id)`,
+      `INSERT INTO tokens (id, hash, kind, name, user_id, policies, created_at, expires_at, revoked_at, parent_id,
+         maker_user_id)
+       VALUES (:id, :hash, :kind, :name, :user_id, :policies, :created_at, :expires_at, :revoked_at, :parent_id,
+         :maker_user_id)`,
       tokenParams(token),
     );
   }
@@ -697,6 +714,14 @@ export class SqliteStore implements Store {
     );
   }
 
+  listTokensMadeByUser(userId: string): Promise<TokenRecord[]> {
+    return this.#read(() =>
+      this.#all<TokenRow>("SELECT * FROM tokens WHERE maker_user_id = ? ORDER BY created_at, id", userId).map(
+        tokenFromRow,
+      ),
+    );
+  }
+
   /** Idempotent: a token already revoked keeps its first revocation time. */
   revokeToken(id: string, at: string, audit: AuditEntry): Promise<string[]> {
     return this.#write(() => {
@@ -709,17 +734,19 @@ export class SqliteStore implements Store {
   }
 
   /**
-   * Revokes every live token made by `parents`, and by those, at `at`; returns
-   * their ids. A child is always younger than its parent, so the walk ends.
+   * Revokes every live token made by `parents` (or, given `makerUserId`, with that
+   * user's login sessions), and by those, at `at`; returns their ids, oldest first.
+   * A child is always younger than its parent, so the walk ends.
    */
-  #revokeDescendants(parents: readonly string[], at: string): string[] {
-    if (parents.length === 0) return [];
+  #revokeDescendants(parents: readonly string[], at: string, makerUserId: string | null = null): string[] {
+    if (parents.length === 0 && makerUserId === null) return [];
     const ids = this.#all<{ id: string }>(
       `WITH RECURSIVE made(id) AS (
-         SELECT id FROM tokens WHERE parent_id IN (SELECT value FROM json_each(?))
+         SELECT id FROM tokens WHERE parent_id IN (SELECT value FROM json_each(?)) OR maker_user_id = ?
          UNION SELECT tokens.id FROM tokens JOIN made ON tokens.parent_id = made.id)
        SELECT id FROM tokens WHERE id IN made AND revoked_at IS NULL ORDER BY created_at, id`,
       JSON.stringify(parents),
+      makerUserId,
     ).map((r) => r.id);
     if (ids.length > 0) {
       this.#run(

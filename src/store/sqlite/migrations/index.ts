@@ -5,6 +5,7 @@ import { brokerSchema } from "./004-broker.js";
 import { sshSchema } from "./005-ssh.js";
 import { tokenParentSchema } from "./006-token-parent.js";
 import { appDeletingSchema } from "./007-app-deleting.js";
+import { tokenMakerSchema } from "./008-token-maker.js";
 import type { Migration } from "./types.js";
 
 export type { Migration } from "./types.js";
@@ -18,4 +19,5 @@ export const migrations: readonly Migration[] = [
   sshSchema,
   tokenParentSchema,
   appDeletingSchema,
+  tokenMakerSchema,
 ];
