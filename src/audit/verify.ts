@@ -53,7 +53,10 @@ export const CHECKPOINT_SCHEME = "ecdsa-p256-sha256";
 export const MAX_PROBLEMS = 1000;
 
 const PAGE_SIZE = 1000;
-/** Records whose own hash fails, kept for classification; pairwise matching is quadratic in this. */
+/**
+ * Records whose own hash fails, kept for classification; pairwise matching is
+ * quadratic in this. Past it, a record is still checked for a shift (linear).
+ */
 const MAX_SUSPECTS = 300;
 
 export interface VerifyDeps {
@@ -103,6 +106,8 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
 
   let records = 0;
   const suspects = new Map<number, StoredAuditRecord>();
+  // Seqs past MAX_SUSPECTS that hash correctly one place up or down: a renumbering's tail.
+  const lateShifts: Shifted = { up: [], down: [] };
   const brokenLinks = new Set<number>();
   const gaps: Array<[number, number]> = [];
   const storedHashAt = new Map<number, string>();
@@ -126,7 +131,9 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
       expected = r.seq + 1;
       if (checkpointSeqs.has(r.seq)) storedHashAt.set(r.seq, r.hash);
       if (hash(r.seq, r.prevHash, r) !== r.hash) {
-        if (suspects.size < MAX_SUSPECTS) suspects.set(r.seq, r);
+        const shift = suspects.size < MAX_SUSPECTS ? undefined : shiftOf(r, hash);
+        if (shift === undefined && suspects.size < MAX_SUSPECTS) suspects.set(r.seq, r);
+        else if (shift !== undefined) lateShifts[shift].push(r.seq);
         else report(r.seq, "edited", `record ${r.seq} does not match its hash`);
       }
       const predecessorHash = r.seq === 1 ? GENESIS_HASH : prev?.seq === r.seq - 1 ? prev.hash : undefined;
@@ -143,7 +150,7 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
   const explained = new Set<number>();
 
   classifySwaps(suspects, explained, report, hash);
-  classifyShifts(suspects, explained, report, hash);
+  classifyShifts(suspects, lateShifts, explained, report, hash);
   classifyMoves(suspects, explained, report, hash);
 
   // A gap is one problem, however long: the records in it were deleted if the record after it is genuine;
@@ -213,25 +220,39 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
 
 type Report = (seq: number, kind: AuditProblemKind, message: string) => void;
 
+/** Seqs of records that hash correctly one place up (were renumbered up) or down. */
+interface Shifted {
+  readonly up: number[];
+  readonly down: number[];
+}
+
+/** Which way `r` was renumbered by one, if its contents hash correctly at the seq next to its own. */
+function shiftOf(r: StoredAuditRecord, hash: Hasher): keyof Shifted | undefined {
+  if (hash(r.seq - 1, r.prevHash, r) === r.hash) return "up";
+  if (hash(r.seq + 1, r.prevHash, r) === r.hash) return "down";
+  return undefined;
+}
+
 /**
  * Records renumbered by one (a row inserted or deleted, later rows shifted to
  * hide the gap) hash correctly at their old seq. A run shifted up means a row was
  * inserted just before it; a run shifted down means the record at the run's
- * start was deleted.
+ * start was deleted. `late` holds the shifted records found past the suspects' cap.
  */
 function classifyShifts(
   suspects: Map<number, StoredAuditRecord>,
+  late: Shifted,
   explained: Set<number>,
   report: Report,
   hash: Hasher,
 ): void {
-  const up: number[] = [];
-  const down: number[] = [];
+  const shifted: Shifted = { up: [...late.up], down: [...late.down] };
   for (const r of suspects.values()) {
     if (explained.has(r.seq)) continue;
-    if (hash(r.seq - 1, r.prevHash, r) === r.hash) up.push(r.seq);
-    else if (hash(r.seq + 1, r.prevHash, r) === r.hash) down.push(r.seq);
+    const shift = shiftOf(r, hash);
+    if (shift !== undefined) shifted[shift].push(r.seq);
   }
+  const { up, down } = shifted;
   for (const [start, end] of runs(up)) {
     report(start - 1, "inserted", `record ${start - 1} was inserted; records ${start}..${end} were renumbered up`);
     for (let s = start - 1; s <= end; s++) explained.add(s);

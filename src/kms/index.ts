@@ -17,4 +17,9 @@ export { DEFAULT_DESTRUCTION_WAIT_SECONDS, keyPairLabel } from "./keys.js";
 export { KmsService } from "./service.js";
 export { verifyWithNode } from "./signing.js";
 export type * from "./types.js";
-export { MAX_BATCH_ITEMS, MAX_RANDOM_BYTES, MIN_ROTATION_PERIOD_SECONDS } from "./validate.js";
+export {
+  checkNotServiceKeyName,
+  MAX_BATCH_ITEMS,
+  MAX_RANDOM_BYTES,
+  MIN_ROTATION_PERIOD_SECONDS,
+} from "./validate.js";

@@ -30,6 +30,22 @@ export function checkName(name: unknown): string {
   return name;
 }
 
+/**
+ * Prefixes of the names services give the keys they make themselves: the platform's
+ * `app.<org>.<space>.<app>` and the secrets store's `secrets.shared`. A key made
+ * under one of them through the API would stand in for the service's own.
+ */
+export const SERVICE_KEY_PREFIXES = ["app.", "secrets."] as const;
+
+/** Refuses a name a service keeps for its own keys (see `SERVICE_KEY_PREFIXES`). */
+export function checkNotServiceKeyName(name: string): void {
+  if (SERVICE_KEY_PREFIXES.some((prefix) => name.startsWith(prefix))) {
+    throw invalid(
+      `key names starting ${SERVICE_KEY_PREFIXES.join(" or ")} are kept for the keys Custos makes for apps and shared secrets`,
+    );
+  }
+}
+
 export function checkPurpose(purpose: unknown): KeyPurpose {
   if (purpose !== "encrypt" && purpose !== "sign") throw invalid('purpose must be "encrypt" or "sign"');
   return purpose;

@@ -598,7 +598,7 @@ export class SshCa {
     const grant = await newSudoGrant(this.#o.store, actor, input, this.#now());
     await this.#o.store.ssh.createSudoGrant(
       grant,
-      auditEntry(actor, "ssh.sudo.grant", `ssh/sudo/${grant.org}/${grant.space}/${grant.app}`, { after: grant }),
+      auditEntry(actor, "ssh.sudo.grant", sudoResource(grant), { after: grant }),
     );
     return sudoGrantView(await subjectNames(this.#o.store), grant, this.#now());
   }
@@ -608,6 +608,13 @@ export class SshCa {
     const grants = await this.#o.store.ssh.listSudoGrants(activeOnly ? now.toISOString() : undefined);
     const names = await subjectNames(this.#o.store);
     return grants.map((g) => sudoGrantView(names, g, now));
+  }
+
+  /** The resource grant `id` is audited under (its app's), or undefined when there is no such grant. */
+  async sudoGrantResource(id: string): Promise<string | undefined> {
+    if (!/^[0-9a-f-]{36}$/.test(id)) return undefined;
+    const grant = await this.#o.store.ssh.getSudoGrant(id);
+    return grant === undefined ? undefined : sudoResource(grant);
   }
 
   /** Ends the grant and revokes every unexpired certificate issued under it, with the KRL, atomically. */
@@ -620,7 +627,7 @@ export class SshCa {
       id,
       at,
       this.#krlMaker(),
-      auditEntry(actor, "ssh.sudo.revoke", `ssh/sudo/${grant.org}/${grant.space}/${grant.app}`, { grant: id }),
+      auditEntry(actor, "ssh.sudo.revoke", sudoResource(grant), { grant: id }),
     );
     return {
       grant: sudoGrantView(await subjectNames(this.#o.store), { ...grant, revokedAt: at }, this.#now()),
@@ -661,6 +668,11 @@ function roleRecord(
     updatedAt: now,
     revision,
   };
+}
+
+/** Where an SSH sudo grant, its refusals and its revocation are audited: under its app. */
+function sudoResource(grant: { readonly org: string; readonly space: string; readonly app: string }): string {
+  return `ssh/sudo/${grant.org}/${grant.space}/${grant.app}`;
 }
 
 function checkRoleName(name: string): void {

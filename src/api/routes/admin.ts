@@ -257,7 +257,9 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
         if ((user === undefined) === (group === undefined)) {
           throw new CustosError("invalid_request", "name exactly one of user or group");
         }
-        authorize(deps, req, "sudo:grant", "sudo");
+        // Authorised on `sudo`, audited where the grant's success is: under its subject.
+        const subject = user !== undefined ? `user/${foldedName(user)}` : `group/${foldedName(group ?? "")}`;
+        authorize(deps, req, "sudo:grant", "sudo", { action: "sudo.grant", resource: subject });
         return grantView(await auth.grantSudo(actorOf(req), req.body));
       },
     );
@@ -265,7 +267,7 @@ export function adminRoutes(deps: ApiDeps): FastifyPluginAsync {
       "/v1/sudo/grants/:id",
       { ...mutating, schema: { params: idParam } },
       async (req) => {
-        authorize(deps, req, "sudo:revoke", "sudo");
+        authorize(deps, req, "sudo:revoke", "sudo", { action: "sudo.revoke", resource: `sudo/${req.params.id}` });
         await auth.revokeSudo(actorOf(req), req.params.id);
         return { revoked: true };
       },

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsync, FastifyRequest } from "fastify";
-import { CustosError } from "../../errors/index.js";
+import { CustosError, isCustosError } from "../../errors/index.js";
+import { checkNotServiceKeyName } from "../../kms/index.js";
 import type { Secret } from "../../secret/index.js";
 import { type ApiDeps, authorize } from "../app.js";
 import { actorOf } from "../context.js";
@@ -67,8 +68,14 @@ export function keyRoutes(deps: ApiDeps): FastifyPluginAsync {
         },
       },
       async (req) => {
-        authorize(deps, req, "key:read", `key/${req.query.prefix ?? ""}*`);
         const { prefix, after, limit } = req.query;
+        // A policy may allow listing under a prefix, but the prefix is a query value: never audited or echoed.
+        try {
+          authorize(deps, req, "key:read", `key/${prefix ?? ""}*`, { action: "key:read", resource: "key/*" });
+        } catch (e) {
+          if (prefix === undefined || !isCustosError(e, "forbidden")) throw e;
+          throw new CustosError("forbidden", "not allowed: key:read on the keys under that prefix");
+        }
         const query = {
           ...(prefix !== undefined ? { prefix } : {}),
           ...(after !== undefined ? { after } : {}),
@@ -107,6 +114,8 @@ export function keyRoutes(deps: ApiDeps): FastifyPluginAsync {
       },
       async (req) => {
         authorize(deps, req, "key:create", `key/${req.body.name}`);
+        // The services make theirs through the KMS itself: the API must not let anyone take their names first.
+        checkNotServiceKeyName(req.body.name);
         return kms.createKey(actorOf(req), req.body);
       },
     );

@@ -226,6 +226,8 @@ export function sshRoutes(deps: ApiDeps): FastifyPluginAsync {
       },
       async (req) => {
         authorize(deps, req, "ssh:sudo-revoke", `ssh/sudo/${req.params.id}`, "ssh.sudo.revoke");
+        // A failure is audited where the revocation would be: under the grant's app, once it is known to exist.
+        req.custos.resource = (await ssh.sudoGrantResource(req.params.id)) ?? req.custos.resource;
         return ssh.revokeSudo(actorOf(req), req.params.id);
       },
     );
