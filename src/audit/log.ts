@@ -76,6 +76,7 @@ export class AuditLog {
   #checkpointChain: Promise<unknown> = Promise.resolve();
   #checkpointPending = false;
   #timer: NodeJS.Timeout | undefined;
+  #unwatch: (() => void) | undefined;
 
   /**
    * A journal over a store whose chain is not keyed by this process: `verify`
@@ -136,7 +137,12 @@ export class AuditLog {
       this.#logger?.error({ err: e, action: entry.action }, "audit: record failed");
       throw new CustosError("audit_unavailable", "the audit journal is unavailable", { cause: e });
     }
-    if (appended.seq - (this.#lastCheckpointSeq ?? 0) >= this.#every) this.#checkpointInBackground();
+    this.#headMoved(appended.seq);
+  }
+
+  /** Checkpoints in the background once the head is `checkpointEvery` records past the last checkpoint. */
+  #headMoved(headSeq: number): void {
+    if (headSeq - (this.#lastCheckpointSeq ?? 0) >= this.#every) this.#checkpointInBackground();
   }
 
   /**
@@ -177,11 +183,16 @@ export class AuditLog {
     return next;
   }
 
-  /** Starts the periodic checkpoint timer (it does not keep the process alive). Idempotent. */
+  /**
+   * Starts the periodic checkpoint timer (it does not keep the process alive), and
+   * counts towards `checkpointEvery` the records services write with their changes,
+   * not only those `record()` appends. Idempotent.
+   */
   start(): void {
     if (this.#timer !== undefined) return;
     this.#timer = setInterval(() => this.#checkpointInBackground(), this.#intervalMs);
     this.#timer.unref();
+    this.#unwatch = this.#store.watchAuditHead((headSeq) => this.#headMoved(headSeq));
   }
 
   /**
@@ -191,6 +202,8 @@ export class AuditLog {
   async stop(): Promise<void> {
     clearInterval(this.#timer);
     this.#timer = undefined;
+    this.#unwatch?.();
+    this.#unwatch = undefined;
     try {
       await this.checkpoint();
     } catch (e) {

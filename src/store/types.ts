@@ -502,6 +502,13 @@ export interface Store {
   // audit
   /** Appends one record (group-committed with other writes); resolves once durable. */
   appendAudit(entry: AuditEntry): Promise<AuditRecord>;
+  /**
+   * Calls `watcher` with the audit head's seq after every committed write, the
+   * records services append with their changes included, until the returned
+   * function is called. It runs before the write's caller hears back: it must only
+   * note the seq or schedule work.
+   */
+  watchAuditHead(watcher: (headSeq: number) => void): () => void;
   listAudit(query?: AuditQuery): Promise<AuditRecord[]>;
   /** Records with `fromSeq <= seq <= toSeq`, oldest first, exactly as stored. */
   readAuditRange(fromSeq: number, toSeq: number): Promise<StoredAuditRecord[]>;

@@ -129,6 +129,8 @@ export class SqliteStore implements Store {
   readonly ssh = sshStore(this.#area);
   #head: ChainHead = { seq: 0, hash: GENESIS_HASH };
   #headStale = true;
+  /** Told the audit head after each committed write (see `watchAuditHead`). */
+  readonly #auditWatchers = new Set<(headSeq: number) => void>();
   /** The first keyed seq as recorded in store meta (read with the head); undefined while the chain is unkeyed. */
   #keyedFrom: number | undefined;
   /** Set by `useAuditChainKey`; held in memory only. */
@@ -234,7 +236,17 @@ export class SqliteStore implements Store {
   }
 
   #write<T>(op: () => T): Promise<T> {
-    return this.#queue.submit(op);
+    const written = this.#queue.submit(op);
+    if (this.#auditWatchers.size === 0) return written;
+    return written.then((value) => {
+      for (const watcher of this.#auditWatchers) watcher(this.#head.seq);
+      return value;
+    });
+  }
+
+  watchAuditHead(watcher: (headSeq: number) => void): () => void {
+    this.#auditWatchers.add(watcher);
+    return () => this.#auditWatchers.delete(watcher);
   }
 
   #loadHead(): void {
