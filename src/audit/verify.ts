@@ -132,7 +132,7 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
       if (checkpointSeqs.has(r.seq)) storedHashAt.set(r.seq, r.hash);
       if (hash(r.seq, r.prevHash, r) !== r.hash) {
         const shift = suspects.size < MAX_SUSPECTS ? undefined : shiftOf(r, hash);
-        if (shift === undefined && suspects.size < MAX_SUSPECTS) suspects.set(r.seq, r);
+        if (suspects.size < MAX_SUSPECTS) suspects.set(r.seq, r);
         else if (shift !== undefined) lateShifts[shift].push(r.seq);
         else report(r.seq, "edited", `record ${r.seq} does not match its hash`);
       }
@@ -237,16 +237,16 @@ function shiftOf(r: StoredAuditRecord, hash: Hasher): keyof Shifted | undefined 
  * Records renumbered by one (a row inserted or deleted, later rows shifted to
  * hide the gap) hash correctly at their old seq. A run shifted up means a row was
  * inserted just before it; a run shifted down means the record at the run's
- * start was deleted. `late` holds the shifted records found past the suspects' cap.
+ * start was deleted. `shifted` comes with those found past the suspects' cap; the
+ * suspects' own are added to it.
  */
 function classifyShifts(
   suspects: Map<number, StoredAuditRecord>,
-  late: Shifted,
+  shifted: Shifted,
   explained: Set<number>,
   report: Report,
   hash: Hasher,
 ): void {
-  const shifted: Shifted = { up: [...late.up], down: [...late.down] };
   for (const r of suspects.values()) {
     if (explained.has(r.seq)) continue;
     const shift = shiftOf(r, hash);

@@ -48,8 +48,9 @@ export async function sudoPolicies(
 
 /**
  * Builds the principal of a live token, or undefined when the token is revoked,
- * expired or its user (or, standalone, its makers' user) gone or disabled. `untilMs` is how long the result may be
- * cached: never past the token's expiry or the first sudo grant change.
+ * expired or its user (or, standalone, its makers' user) gone or disabled.
+ * `untilMs` is how long the result may be cached: never past the token's expiry
+ * or the first sudo grant change.
  */
 export async function resolveToken(
   ctx: AuthContext,

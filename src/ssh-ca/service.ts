@@ -612,16 +612,19 @@ export class SshCa {
 
   /** The resource grant `id` is audited under (its app's), or undefined when there is no such grant. */
   async sudoGrantResource(id: string): Promise<string | undefined> {
-    if (!/^[0-9a-f-]{36}$/.test(id)) return undefined;
-    const grant = await this.#o.store.ssh.getSudoGrant(id);
+    const grant = await this.#sudoGrant(id);
     return grant === undefined ? undefined : sudoResource(grant);
+  }
+
+  /** Grant `id`, or undefined when there is none (an id of another shape names none). */
+  async #sudoGrant(id: string) {
+    return /^[0-9a-f-]{36}$/.test(id) ? this.#o.store.ssh.getSudoGrant(id) : undefined;
   }
 
   /** Ends the grant and revokes every unexpired certificate issued under it, with the KRL, atomically. */
   async revokeSudo(actor: Actor, id: string): Promise<{ grant: SudoGrantView } & Revoked> {
-    if (!/^[0-9a-f-]{36}$/.test(id)) throw new CustosError("not_found", `no SSH sudo grant ${id.slice(0, 64)}`);
-    const grant = await this.#o.store.ssh.getSudoGrant(id);
-    if (grant === undefined) throw new CustosError("not_found", `no SSH sudo grant ${id}`);
+    const grant = await this.#sudoGrant(id);
+    if (grant === undefined) throw new CustosError("not_found", `no SSH sudo grant ${id.slice(0, 64)}`);
     const at = this.#now().toISOString();
     const result = await this.#o.store.ssh.revokeSudoGrant(
       id,
