@@ -126,7 +126,9 @@ export function registerCryptoCommands(program: Command, ctx: CliContext): void 
 
   withFiles(
     withKey(
-      program.command("sign").description("sign a message from --in or stdin; prints the base64 signature"),
+      program
+        .command("sign")
+        .description("sign a message from --in or stdin; prints the base64 signature (--json adds the key version)"),
       false,
     ),
     "read the message from this file (default: stdin)",
@@ -144,12 +146,19 @@ export function registerCryptoCommands(program: Command, ctx: CliContext): void 
         .command("verify")
         .description('check a signature over a message from --in or stdin; prints "valid", or "invalid" and exits 1'),
       false,
-    ).requiredOption("--signature <base64>", "the signature to check"),
+    )
+      .requiredOption("--signature <base64>", "the signature to check")
+      // A signature made before a rotation checks only against the version that made it.
+      .option(
+        "--key-version <n>",
+        "the key version that made the signature (default: the newest)",
+        arg((t) => parseInteger(t, "key version")),
+      ),
     "read the message from this file (default: stdin)",
-  ).action(async (o: KeyOptions & FileOptions & { signature: string }): Promise<void> => {
+  ).action(async (o: KeyOptions & FileOptions & { signature: string; keyVersion?: number }): Promise<void> => {
     const message = await readInput(o.in, ctx.io);
     const answer = await ctx.client().request<{ valid: boolean }>("POST", op(o.key, "verify"), {
-      body: { message: message.toString("base64"), signature: o.signature.trim() },
+      body: { message: message.toString("base64"), signature: o.signature.trim(), version: o.keyVersion },
     });
     if (answer.valid !== true) ctx.exitCode = EXIT_CLIENT;
     await ctx.emit(answer, (a) => (a.valid === true ? "valid\n" : "invalid\n"));
