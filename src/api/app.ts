@@ -450,7 +450,7 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     // Answers carry tokens, keys and secrets: no cache keeps one unless a route says so (CA material, CRLs).
     reply.header("cache-control", "no-store");
     req.custos = newRequestState(
-      req.routeOptions.config.auditAction ?? `${req.method} ${req.routeOptions.url ?? "unknown"}`,
+      req.routeOptions.config.auditAction ?? `${req.method} ${req.routeOptions.url ?? pathOf(req)}`,
     );
     if (closing) {
       reply.header("connection", "close");
@@ -494,9 +494,13 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   async function recordOutcome(req: FastifyRequest, outcome: "success" | "denied" | "failure", code: string | null) {
     const state = req.custos ?? newRequestState(`${req.method} ${pathOf(req)}`);
     const details = { method: req.method, route: req.routeOptions.url ?? pathOf(req), ...state.details };
-    // Audit actions are dotted (`key.read`) like the services' own; policy actions use colons.
-    const action = state.action.replaceAll(":", ".");
-    await deps.audit.record(auditEntry(actorOf(req), action, state.resource, details, outcome, code));
+    // Audit actions are dotted (`key.read`) like the services' own; policy actions use colons. A
+    // request refused before its route authorised it (its input, its token) keeps the route's
+    // own name (`POST /v1/keys/:name/encrypt`) as its action and its path as what it was on.
+    const routeNamed = state.action.includes(" ");
+    const action = routeNamed ? state.action : state.action.replaceAll(":", ".");
+    const resource = state.resource === "" && routeNamed ? pathOf(req) : state.resource;
+    await deps.audit.record(auditEntry(actorOf(req), action, resource, details, outcome, code));
     state.audited = true;
   }
 

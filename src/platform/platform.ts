@@ -232,14 +232,22 @@ export class Platform {
       throw new CustosError("not_found", `space ${o}/${s} not found`);
     }
     const names = await this.#ownerNames();
-    return (await this.#store.platform.listApps(o, s)).map((r) => this.#view(fromRecord(r), names, {}));
+    const views: AppView[] = [];
+    for (const record of await this.#store.platform.listApps(o, s)) {
+      const app = fromRecord(record);
+      views.push(this.#view(app, names, await this.#instanceCounts(app)));
+    }
+    return views;
   }
 
   /** One app with owners by name, its key and its instance counts. */
   async describeApp(ref: AppRef): Promise<AppView> {
     const app = await this.getApp(ref);
-    const counts = this.#instanceCounter === undefined ? {} : await this.#instanceCounter(app);
-    return this.#view(app, await this.#ownerNames(), counts);
+    return this.#view(app, await this.#ownerNames(), await this.#instanceCounts(app));
+  }
+
+  async #instanceCounts(app: App): Promise<Record<string, number>> {
+    return this.#instanceCounter === undefined ? {} : this.#instanceCounter(app);
   }
 
   /**
@@ -296,28 +304,28 @@ export class Platform {
     return view;
   }
 
-  /** Replaces the owners. */
+  /**
+   * Replaces the owners. A replacement has no precondition, so concurrent ones are
+   * serialised (the last one wins) rather than refused; the store's revision check
+   * stays as the guard against a writer outside this process.
+   */
   async setOwners(actor: Actor, ref: AppRef, owners: OwnersInput): Promise<AppView> {
     const ids = await this.#resolveOwners(owners);
-    for (let attempt = 1; ; attempt++) {
+    return this.#structure.run(STRUCTURE, async () => {
       const before = await this.getApp(ref);
       const after: App = { ...before, ...ids, updatedAt: this.#now().toISOString(), revision: before.revision + 1 };
       const names = await this.#ownerNames();
-      const view = this.#view(after, names, {});
-      try {
-        await this.#store.platform.updateApp(
-          toRecord(after),
-          before.revision,
-          auditEntry(actor, "platform.app.update", appResource(before), {
-            before: { owners: this.#view(before, names, {}).owners },
-            after: { owners: view.owners },
-          }),
-        );
-        return view;
-      } catch (e) {
-        if (!isCustosError(e, "conflict") || attempt >= 3) throw e;
-      }
-    }
+      const view = this.#view(after, names, await this.#instanceCounts(after));
+      await this.#store.platform.updateApp(
+        toRecord(after),
+        before.revision,
+        auditEntry(actor, "platform.app.update", appResource(before), {
+          before: { owners: this.#view(before, names, {}).owners },
+          after: { owners: view.owners },
+        }),
+      );
+      return view;
+    });
   }
 
   /**
