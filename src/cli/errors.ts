@@ -74,10 +74,20 @@ export function isBrokenPipe(e: unknown): boolean {
   );
 }
 
+/**
+ * A failed system call the command's own code did not name (a write to stdout on a full
+ * disk): an `io_error` of this machine's, exit 1, not an internal failure.
+ */
+function isSystemError(e: unknown): e is Error {
+  const { code, syscall } = e as { code?: unknown; syscall?: unknown };
+  return e instanceof Error && typeof code === "string" && typeof syscall === "string";
+}
+
 /** The exit code for any thrown value. */
 export function exitCodeOf(e: unknown): ExitCode {
   if (e instanceof CliError) return e.exitCode;
   if (isBrokenPipe(e)) return EXIT_BROKEN_PIPE;
+  if (isSystemError(e)) return EXIT_CLIENT;
   if (e instanceof ClientError) return clientExitCode(e);
   // --help and --version are "errors" to commander's exitOverride, but succeed.
   if (isCommanderError(e)) return e.exitCode === 0 ? EXIT_OK : EXIT_USAGE;
@@ -94,7 +104,7 @@ export function formatError(e: unknown): string {
     return `error: ${e.code}: ${printable(e.message)}`;
   }
   const message = messageOf(e);
-  return `error: internal: ${printable(message)}`;
+  return `error: ${isSystemError(e) ? "io_error" : "internal"}: ${printable(message)}`;
 }
 
 /** Replaces C0/C1 control characters (other than tab) with U+FFFD. */

@@ -53,6 +53,10 @@ export async function rewrapFiles(kms: EnvelopeKms, paths: readonly (string | Bu
   const shown = paths.map((p) => p.toString());
   const outcomes: RewrapOutcome[] = [];
   const byKey = new Map<string, Candidate[]>();
+  // A file named twice (by a link and its own name, or the same path again) is rewrapped once; its
+  // second naming would find it changed by the first and fail as a conflict.
+  const firstNaming = new Map<string, number>();
+  const namedAgain = new Map<number, number>();
   for (const [index, path] of shown.entries()) {
     try {
       const candidate = await readCandidate(paths[index] as string | Buffer, index);
@@ -60,6 +64,13 @@ export async function rewrapFiles(kms: EnvelopeKms, paths: readonly (string | Bu
         outcomes[index] = { path, status: "not_envelope" };
         continue;
       }
+      const identity = `${candidate.before.dev}:${candidate.before.ino}`;
+      const first = firstNaming.get(identity);
+      if (first !== undefined) {
+        namedAgain.set(index, first);
+        continue;
+      }
+      firstNaming.set(identity, index);
       const list = byKey.get(candidate.header.keyName) ?? [];
       list.push(candidate);
       byKey.set(candidate.header.keyName, list);
@@ -107,6 +118,8 @@ export async function rewrapFiles(kms: EnvelopeKms, paths: readonly (string | Bu
       });
     }
   }
+  for (const [index, first] of namedAgain)
+    outcomes[index] = { ...(outcomes[first] as RewrapOutcome), path: shown[index] as string };
   return outcomes;
 }
 

@@ -4,7 +4,7 @@
  * Output files appear whole or not at all (written beside, then renamed).
  */
 import { rmSync } from "node:fs";
-import { type FileHandle, open, rename, rm, stat } from "node:fs/promises";
+import { type FileHandle, open, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -26,7 +26,7 @@ import {
   rewrapFiles,
   rewrapStream,
 } from "../../envelope/index.js";
-import { CustosError, errnoOrMessage } from "../../errors/index.js";
+import { CustosError, errnoOrMessage, isCustosError } from "../../errors/index.js";
 import { syncPath, tempName } from "../../files/index.js";
 import { arg, type CliContext } from "../context.js";
 import { CliError, EXIT_CLIENT, printable, usageError } from "../errors.js";
@@ -191,31 +191,34 @@ async function transfer(
     await run(...(await source()), ctx.io.stdout, { end: false });
     return;
   }
-  const bytes = (await replaceable(to)) ? await replaceFile(to, source) : await writeInto(to, source);
+  const target = await replacementOf(to);
+  const bytes = target === null ? await writeInto(to, source) : await replaceFile(target, to, source);
   if (ctx.json) await ctx.emit({ out: to, bytes });
 }
 
 /**
- * Whether `to` is a file to replace: a regular one, or none yet. A FIFO or a device
- * (`/dev/null`, `/dev/stdout`, followed through its link) is written into instead:
- * renaming a file over it would put plaintext where a device node was.
+ * The file to replace for `to`: the regular file it names (through its symbolic
+ * links, so a link keeps pointing at the new bytes), or `to` when there is none yet.
+ * Null for a FIFO or a device (`/dev/null`, `/dev/stdout`), which is written into
+ * instead: renaming a file over it would put plaintext where a device node was.
  */
-async function replaceable(to: string): Promise<boolean> {
+async function replacementOf(to: string): Promise<string | null> {
   try {
     const found = await stat(to);
     if (found.isDirectory()) throw new CliError("io_error", `cannot write ${to}: it is a directory`, EXIT_CLIENT);
-    return found.isFile();
+    return found.isFile() ? await realpath(to) : null;
   } catch (e) {
     if (e instanceof CliError) throw e;
     // A missing parent directory is reported by the open that follows.
-    if ((e as { code?: unknown }).code === "ENOENT") return true;
+    if ((e as { code?: unknown }).code === "ENOENT") return to;
     throw cannotWrite(to, e);
   }
 }
 
-async function replaceFile(to: string, source: () => Promise<Stage[]>): Promise<number> {
+/** Writes `target` (named `to` in errors) by a temporary file beside it, renamed over it. */
+async function replaceFile(target: string, to: string, source: () => Promise<Stage[]>): Promise<number> {
   const stages = await source();
-  const temp = join(dirname(to), tempName(basename(to), "part"));
+  const temp = join(dirname(target), tempName(basename(target), "part"));
   // A killed command would leave its partial output (perhaps plaintext) beside the destination.
   const stopCleanup = cleanUpOnInterrupt(() => rmSync(temp, { force: true }));
   let handle: FileHandle | undefined;
@@ -231,8 +234,8 @@ async function replaceFile(to: string, source: () => Promise<Stage[]>): Promise<
       await handle.sync();
       await handle.close();
       handle = undefined;
-      await rename(temp, to);
-      await syncPath(dirname(to));
+      await rename(temp, target);
+      await syncPath(dirname(target));
     } catch (e) {
       throw cannotWrite(to, e);
     }
@@ -306,12 +309,18 @@ async function openSource(file: string) {
   }
 }
 
-/** The header of a file (with its size), or of stdin (reading it to the end to count its size). */
+/**
+ * The header of a file (with its size), or of stdin (reading it to the end to count
+ * its size). Input with no header is `invalid_request`: inspect decrypts nothing, so
+ * the envelope's uniform `decryption_failed` would mislead.
+ */
 async function inspect(ctx: CliContext, file: string | undefined): Promise<{ header: Header; size?: number }> {
   if (file !== undefined && file !== "-") {
     const source = await openSource(file);
     try {
       return { header: await readHeader(source), size: source.size };
+    } catch (e) {
+      throw isCustosError(e, "decryption_failed") ? notAnEnvelope() : e;
     } finally {
       await source.close();
     }
@@ -327,12 +336,16 @@ async function inspect(ctx: CliContext, file: string | undefined): Promise<{ hea
     try {
       header = parseHeader(head);
     } catch (e) {
-      if (!(e instanceof IncompleteHeader)) throw e;
+      if (e instanceof IncompleteHeader) continue;
+      throw isCustosError(e, "decryption_failed") ? notAnEnvelope() : e;
     }
   }
-  if (header === undefined)
-    throw new CliError("decryption_failed", "not an envelope message (header incomplete)", EXIT_CLIENT);
+  if (header === undefined) throw notAnEnvelope();
   return { header, size };
+}
+
+function notAnEnvelope(): CliError {
+  return new CliError("invalid_request", "not an envelope message (no valid header at its start)", EXIT_CLIENT);
 }
 
 function layoutOf(header: Header, size: number): { chunks: number; plaintextBytes: number } | { damaged: true } {
