@@ -28,7 +28,7 @@ import { EXIT_CLIENT, EXIT_OK, EXIT_SERVER, EXIT_USAGE } from "../../src/cli/err
 import { buildProgram } from "../../src/cli/index.js";
 import { type CustosInstance, startCustos } from "../helpers/custos.js";
 import { freePort } from "../helpers/ports.js";
-import { runCli } from "./harness.js";
+import { foreignCa, runCli } from "./harness.js";
 
 const BIN = resolve(import.meta.dirname, "../../bin/custos.js");
 const NOBODY = 65534;
@@ -688,25 +688,7 @@ describe("custos CLI third review", () => {
     const plain = join(dir, "plain");
     writeFileSync(plain, "to encrypt");
     await ok(["key", "rotate", "files"]);
-    const wrongCa = join(scratch, "wrong-ca.pem");
-    const made = spawnSync("openssl", [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-keyout",
-      join(scratch, "wrong-ca.key"),
-      "-out",
-      wrongCa,
-      "-days",
-      "1",
-      "-subj",
-      "/CN=Not Custos",
-    ]);
-    assert.equal(made.status, 0, made.stderr.toString());
+    const wrongCa = foreignCa(scratch);
     const down = `https://127.0.0.1:${await freePort()}`;
     const before = listing(dir).map((f) => [f, sha256(readFileSync(join(dir, f)))]);
     for (const [what, env, says] of [

@@ -1,12 +1,11 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { EXIT_CLIENT, EXIT_OK, EXIT_SERVER, EXIT_USAGE } from "../../src/cli/errors.js";
 import { type CustosInstance, startCustos } from "../helpers/custos.js";
 import { freePort } from "../helpers/ports.js";
-import { runCli } from "./harness.js";
+import { foreignCa, runCli } from "./harness.js";
 
 /**
  * The `custos` command as a user meets it, against a real server: the README's
@@ -140,25 +139,7 @@ describe("custos CLI conformance against a running Custos", () => {
   });
 
   test("a CA that did not sign the server's certificate is a tls_error, exit 2, and can't be switched off", () => {
-    const wrong = join(scratch, "wrong-ca.pem");
-    const made = spawnSync("openssl", [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-keyout",
-      join(scratch, "wrong-ca.key"),
-      "-out",
-      wrong,
-      "-days",
-      "1",
-      "-subj",
-      "/CN=Not Custos",
-    ]);
-    assert.equal(made.status, 0, made.stderr.toString());
+    const wrong = foreignCa(scratch);
     for (const args of [["key", "list"], ["pki", "ca"], ["status"]]) {
       const r = custos.cli(args, { env: { CUSTOS_CACERT: wrong, NODE_TLS_REJECT_UNAUTHORIZED: "0" } });
       assert.equal(r.status, EXIT_SERVER, `custos ${args.join(" ")}: ${r.stderr}`);

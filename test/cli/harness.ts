@@ -2,6 +2,8 @@
  * Test harness for the CLI: the client tests' real HTTPS server (re-exported), and
  * an in-process `run()` with captured streams.
  */
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
 import { Readable, Writable } from "node:stream";
 import { run } from "../../src/cli/index.js";
 import type { TestServer } from "../client/server.js";
@@ -43,4 +45,31 @@ export async function runCli(
 /** The environment that points the CLI at `server` with `token`. */
 export function envFor(server: TestServer, token = "cst_test_token_value"): NodeJS.ProcessEnv {
   return { CUSTOS_ADDR: server.url, CUSTOS_CACERT: server.certFile, CUSTOS_TOKEN: token };
+}
+
+/**
+ * Writes a self-signed CA certificate (dir/wrong-ca.pem, its key beside it) that signed
+ * nothing Custos serves: the CA a client trusts by mistake. Returns its path.
+ */
+export function foreignCa(dir: string): string {
+  const cert = join(dir, "wrong-ca.pem");
+  const made = spawnSync("openssl", [
+    "req",
+    "-x509",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-keyout",
+    join(dir, "wrong-ca.key"),
+    "-out",
+    cert,
+    "-days",
+    "1",
+    "-subj",
+    "/CN=Not Custos",
+  ]);
+  if (made.status !== 0) throw new Error(`openssl req failed: ${made.stderr.toString()}`);
+  return cert;
 }
