@@ -518,6 +518,8 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
       try {
         await recordOutcome(req, outcome, error.code);
       } catch (auditError) {
+        // The answer says the record failed: the hooks it passes on its way out must not try again.
+        req.custos.audited = true;
         error = auditFailed(req, auditError, "a failed request");
       }
     }

@@ -48,7 +48,8 @@ export function buildProgram(ctx: CliContext): Command {
     .exitOverride()
     .configureOutput({
       writeOut: (s) => ctx.io.stdout.write(s),
-      writeErr: (s) => ctx.io.stderr.write(s),
+      // An unknown `--name=value` is a mistyped option whose value may be a secret (`--pin=…`): only its name is shown.
+      writeErr: (s) => ctx.io.stderr.write(s.replace(/(unknown option '[^'=]*)=[^']*'/g, "$1=…'")),
     })
     .showHelpAfterError("(add --help for usage)");
   ctx.attach(program);

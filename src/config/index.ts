@@ -127,6 +127,9 @@ function isObject(v: unknown): v is Json {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
+/** The settings that may be null (each a string when set); every other one has its default's type. */
+const NULLABLE = new Set(["tls.certFile", "tls.keyFile", "hsm.pinFile", "pki.baseUrl", "broker.jwtIssuer"]);
+
 /** Deep-merges `over` into `base`, refusing keys and types `base` doesn't have. */
 function merge(base: Json, over: Json, path: string): Json {
   const out: Json = { ...base };
@@ -134,11 +137,12 @@ function merge(base: Json, over: Json, path: string): Json {
     const where = path ? `${path}.${key}` : key;
     if (!(key in base)) throw invalid(`unknown setting "${where}"`);
     const current = base[key];
+    const type = NULLABLE.has(where) ? "string" : typeof current;
     if (isObject(current)) {
       if (!isObject(value)) throw invalid(`"${where}" must be an object`);
       out[key] = merge(current, value, where);
-    } else if (current !== null && value !== null && typeof current !== typeof value) {
-      throw invalid(`"${where}" must be a ${typeof current}`);
+    } else if (value === null ? !NULLABLE.has(where) : typeof value !== type) {
+      throw invalid(`"${where}" must be a ${type}${NULLABLE.has(where) ? " or null" : ""}`);
     } else {
       out[key] = value;
     }
