@@ -132,7 +132,19 @@ function readPin(config: CustosConfig): Secret {
   const fromEnv = process.env[pinEnv];
   if (fromEnv) return Secret.fromString(fromEnv);
   if (pinFile && existsSync(pinFile)) {
-    const pin = readFileSync(pinFile);
+    let pin: Buffer;
+    try {
+      pin = readFileSync(pinFile);
+    } catch (e) {
+      // A directory or a file we may not read is the configuration's fault, as a
+      // missing one is: name the file and the setting, not node's bare EISDIR.
+      const code = (e as { code?: unknown }).code;
+      throw new CustosError(
+        "invalid_request",
+        `cannot read the HSM PIN file ${pinFile} (hsm.pinFile, CUSTOS_HSM_PIN_FILE): ${typeof code === "string" ? code : "read failed"}; fix it or set ${pinEnv}`,
+        { cause: e },
+      );
+    }
     const end = pin.length - (pin.at(-1) === 0x0a ? 1 : 0);
     const secret = Secret.copy(pin.subarray(0, end));
     pin.fill(0);
@@ -357,7 +369,9 @@ export async function initialize(config: CustosConfig, options: { adminName: str
 async function serverTls(services: Services): Promise<ServerTls | { cert: string; key: string }> {
   const { config, store, pki } = services;
   if (config.tls.certFile && config.tls.keyFile) {
-    return { cert: readFileSync(config.tls.certFile, "utf8"), key: readFileSync(config.tls.keyFile, "utf8") };
+    const own = { cert: readFileSync(config.tls.certFile, "utf8"), key: readFileSync(config.tls.keyFile, "utf8") };
+    checkOwnPair(config.tls.certFile, config.tls.keyFile, own, services.logger);
+    return own;
   }
   const certFile = resolve(config.tls.dir, "server.pem");
   const keyFile = resolve(config.tls.dir, "server.key");
@@ -386,6 +400,36 @@ async function serverTls(services: Services): Promise<ServerTls | { cert: string
   ]);
   services.logger.info({ notAfter: issued.notAfter.toISOString() }, "issued the server certificate");
   return issued;
+}
+
+/**
+ * The admin's own pair, checked before node gets it: node refuses a key that is not
+ * the certificate's only with a bare OpenSSL error, which reads as an internal one.
+ * An expired (or not yet valid) certificate is served, with a warning: refusing it
+ * would keep the server down while the operator replaces it.
+ */
+function checkOwnPair(certFile: string, keyFile: string, own: { cert: string; key: string }, logger: Logger): void {
+  if (!keyMatches(own.cert, own.key)) {
+    throw new CustosError(
+      "invalid_request",
+      `the key in ${keyFile} (tls.keyFile, CUSTOS_TLS_KEY) is not the private key of the certificate in ${certFile} (tls.certFile, CUSTOS_TLS_CERT), or one of them is not PEM`,
+    );
+  }
+  const cert = new X509Certificate(own.cert);
+  const now = Date.now();
+  const notBefore = new Date(cert.validFrom);
+  const notAfter = new Date(cert.validTo);
+  if (notAfter.getTime() < now) {
+    logger.warn(
+      { certFile, notAfter: notAfter.toISOString() },
+      `the TLS certificate in ${certFile} expired at ${notAfter.toISOString()}: serving it anyway; replace it`,
+    );
+  } else if (notBefore.getTime() > now) {
+    logger.warn(
+      { certFile, notBefore: notBefore.toISOString() },
+      `the TLS certificate in ${certFile} is not valid before ${notBefore.toISOString()}: serving it anyway`,
+    );
+  }
 }
 
 /** Whether `keyPem` is the private key of the first certificate in `certPem`. */

@@ -15,7 +15,10 @@ import { usageError } from "../errors.js";
  */
 async function configFor(ctx: CliContext, file: string | undefined): Promise<CustosConfig> {
   const { loadConfig } = await import("../../config/index.js");
+  const { logLevelOf } = await import("../../log/index.js");
   try {
+    // The log level is configuration too: a wrong one is a usage error, found before anything starts.
+    logLevelOf(ctx.io.env);
     return loadConfig(file === undefined ? { env: ctx.io.env } : { configFile: file, env: ctx.io.env });
   } catch (e) {
     throw isCustosError(e) ? usageError(e.message, e) : e;

@@ -140,7 +140,11 @@ export class Connection {
     try {
       module = acquireModule(o.modulePath);
     } catch (e) {
-      throw new CustosError("hsm_unavailable", "PKCS#11 module could not be loaded", {
+      // The path is no secret and is what the operator must check; dlopen's reason
+      // already starts with it.
+      const ckr = ckrOf(e);
+      const why = ckr ? ckr.name : e instanceof Error ? e.message.replace(`${o.modulePath}: `, "") : describe(e);
+      throw new CustosError("hsm_unavailable", `PKCS#11 module ${o.modulePath} could not be loaded (${why})`, {
         cause: e,
         ...(ckrOf(e) ? { ckr: ckrOf(e)!.name } : {}),
       });
@@ -254,7 +258,7 @@ export class Connection {
       // Never finalize under a running call: leave that to the last one to return.
       this.#releaseWhenIdle = true;
       this.#o.logger?.warn(
-        { token: this.#o.tokenLabel, calls: this.#busy },
+        { tokenLabel: this.#o.tokenLabel, calls: this.#busy },
         "hsm: closed with calls still inside the module; releasing it when they return",
       );
       return;
@@ -315,9 +319,14 @@ export class Connection {
     }
   }
 
+  /** The token the errors name: the label is no secret, and a wrong one is a likely cause. */
+  #onToken(): string {
+    return `on token ${JSON.stringify(this.#o.tokenLabel)}`;
+  }
+
   #unavailable(op: string, last: CkrInfo | undefined): CustosError {
     const reason = last?.name ?? this.#lastError ?? "deadline passed";
-    return new CustosError("hsm_unavailable", `HSM unavailable during ${op} (${reason})`, {
+    return new CustosError("hsm_unavailable", `HSM unavailable during ${op} (${reason}) ${this.#onToken()}`, {
       ...(last ? { ckr: last.name } : {}),
     });
   }
@@ -424,7 +433,11 @@ export class Connection {
     this.#ready = false;
     if (this.#state === "ok") this.#state = "degraded";
     this.#lastError = reason;
-    this.#o.logger?.warn({ token: this.#o.tokenLabel, ckr: reason, class: cls }, "hsm: connection lost, recovering");
+    // `tokenLabel`, not `token`: the log redacts `token` keys as credentials.
+    this.#o.logger?.warn(
+      { tokenLabel: this.#o.tokenLabel, ckr: reason, class: cls },
+      "hsm: connection lost, recovering",
+    );
   }
 
   /** Waits for the next allowed rebuild attempt (within the deadline) and makes it. */
@@ -436,7 +449,7 @@ export class Connection {
         if (this.#nextAttemptAt >= deadline) {
           throw new CustosError(
             "hsm_unavailable",
-            `HSM unavailable during ${op} (${this.#lastError ?? "recovering"})`,
+            `HSM unavailable during ${op} (${this.#lastError ?? "recovering"}) ${this.#onToken()}`,
             {
               ...(this.#lastError?.startsWith("CKR_") ? { ckr: this.#lastError } : {}),
             },
@@ -465,7 +478,7 @@ export class Connection {
       this.#nextAttemptAt = Date.now() + wait;
       const reason = describe(e);
       if (this.#state !== "unavailable" || this.#lastError !== reason) {
-        this.#o.logger?.warn({ token: this.#o.tokenLabel, reason, retryInMs: wait }, "hsm: token unavailable");
+        this.#o.logger?.warn({ tokenLabel: this.#o.tokenLabel, reason, retryInMs: wait }, "hsm: token unavailable");
       }
       this.#state = "unavailable";
       this.#lastError = reason;
@@ -478,7 +491,7 @@ export class Connection {
     this.#state = "ok";
     if (this.#everReady && wasDown) {
       this.#recoveredAt = new Date().toISOString();
-      this.#o.logger?.info({ token: this.#o.tokenLabel, after: this.#lastError }, "hsm: recovered");
+      this.#o.logger?.info({ tokenLabel: this.#o.tokenLabel, after: this.#lastError }, "hsm: recovered");
     }
     this.#lastError = undefined;
     this.#everReady = true;
