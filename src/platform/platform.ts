@@ -129,9 +129,9 @@ export class Platform {
   readonly #now: () => Date;
   #instanceCounter: InstanceCounter | undefined;
   /**
-   * App creations, app deletions and space deletions, one at a time. An app's
-   * record is written before its key is made, and a deletion in between would find
-   * no key to destroy and leave the key, made after it, with no app.
+   * App creations, app deletions, space deletions and owner replacements, one at a
+   * time. An app's record is written before its key is made, and a deletion in
+   * between would find no key to destroy and leave the key, made after it, with no app.
    */
   readonly #structure = new KeyedSerial();
 
