@@ -240,7 +240,7 @@ export async function openServices(config: CustosConfig, logger: Logger = create
     });
     // The JWT signing key in the HSM and the built-in platform-agent policy.
     await broker.ensure();
-    platform.useInstanceCounts((app) => broker.instanceCounts(app.id));
+    platform.useInstanceCounts((apps) => broker.instanceCounts(apps.map((app) => app.id)));
     const opened = store;
     const ssh = new SshCa({
       keystore,

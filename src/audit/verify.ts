@@ -131,10 +131,13 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
       expected = r.seq + 1;
       if (checkpointSeqs.has(r.seq)) storedHashAt.set(r.seq, r.hash);
       if (hash(r.seq, r.prevHash, r) !== r.hash) {
-        const shift = suspects.size < MAX_SUSPECTS ? undefined : shiftOf(r, hash);
-        if (suspects.size < MAX_SUSPECTS) suspects.set(r.seq, r);
-        else if (shift !== undefined) lateShifts[shift].push(r.seq);
-        else report(r.seq, "edited", `record ${r.seq} does not match its hash`);
+        if (suspects.size < MAX_SUSPECTS) {
+          suspects.set(r.seq, r);
+        } else {
+          const shift = shiftOf(r, hash);
+          if (shift !== undefined) lateShifts[shift].push(r.seq);
+          else report(r.seq, "edited", `record ${r.seq} does not match its hash`);
+        }
       }
       const predecessorHash = r.seq === 1 ? GENESIS_HASH : prev?.seq === r.seq - 1 ? prev.hash : undefined;
       if (predecessorHash !== undefined && r.prevHash !== predecessorHash) brokenLinks.add(r.seq);

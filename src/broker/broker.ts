@@ -349,15 +349,16 @@ export class Broker {
   }
 
   /**
-   * An app's instances by state, after stopping those whose lease has lapsed (the
-   * sweep may not have come by yet): a lapsed lease means stopped, here as on
-   * every request about the instance.
+   * Each app's instances by state (in the order of `appIds`), after stopping those
+   * whose lease has lapsed (the sweep may not have come by yet): a lapsed lease
+   * means stopped, here as on every request about the instance.
    */
-  async instanceCounts(appId: string): Promise<Record<string, number>> {
+  async instanceCounts(appIds: readonly string[]): Promise<Record<string, number>[]> {
+    const apps = new Set(appIds);
     for (const record of await this.#store.broker.listLapsed(iso(this.#now()))) {
-      if (record.appId === appId) await this.#lapseIfDue(record);
+      if (apps.has(record.appId)) await this.#lapseIfDue(record);
     }
-    return this.#store.broker.instanceCounts(appId);
+    return Promise.all(appIds.map((id) => this.#store.broker.instanceCounts(id)));
   }
 
   /**

@@ -53,8 +53,8 @@ export interface AppView {
   readonly revision: number;
 }
 
-/** Counts an app's instances by state; the broker provides it (`useInstanceCounts`). */
-export type InstanceCounter = (app: App) => Promise<Record<string, number>>;
+/** Counts each app's instances by state, in the order given; the broker provides it (`useInstanceCounts`). */
+export type InstanceCounter = (apps: readonly App[]) => Promise<Record<string, number>[]>;
 
 const MAX_OWNERS = 64;
 
@@ -232,22 +232,21 @@ export class Platform {
       throw new CustosError("not_found", `space ${o}/${s} not found`);
     }
     const names = await this.#ownerNames();
-    const views: AppView[] = [];
-    for (const record of await this.#store.platform.listApps(o, s)) {
-      const app = fromRecord(record);
-      views.push(this.#view(app, names, await this.#instanceCounts(app)));
-    }
-    return views;
+    const apps = (await this.#store.platform.listApps(o, s)).map(fromRecord);
+    const counts = await this.#instanceCounts(apps);
+    return apps.map((app, i) => this.#view(app, names, counts[i] ?? {}));
   }
 
   /** One app with owners by name, its key and its instance counts. */
   async describeApp(ref: AppRef): Promise<AppView> {
     const app = await this.getApp(ref);
-    return this.#view(app, await this.#ownerNames(), await this.#instanceCounts(app));
+    const [counts] = await this.#instanceCounts([app]);
+    return this.#view(app, await this.#ownerNames(), counts ?? {});
   }
 
-  async #instanceCounts(app: App): Promise<Record<string, number>> {
-    return this.#instanceCounter === undefined ? {} : this.#instanceCounter(app);
+  /** Each app's instance counts, in the order of `apps` (none before the broker is wired in). */
+  async #instanceCounts(apps: readonly App[]): Promise<Record<string, number>[]> {
+    return this.#instanceCounter === undefined ? apps.map(() => ({})) : this.#instanceCounter(apps);
   }
 
   /**
@@ -315,7 +314,8 @@ export class Platform {
       const before = await this.getApp(ref);
       const after: App = { ...before, ...ids, updatedAt: this.#now().toISOString(), revision: before.revision + 1 };
       const names = await this.#ownerNames();
-      const view = this.#view(after, names, await this.#instanceCounts(after));
+      const [counts] = await this.#instanceCounts([after]);
+      const view = this.#view(after, names, counts ?? {});
       await this.#store.platform.updateApp(
         toRecord(after),
         before.revision,
@@ -341,7 +341,7 @@ export class Platform {
     await this.#structure.run(STRUCTURE, async () => {
       const app = await this.getApp(r);
       // Stops the instances whose lease has lapsed, which would otherwise count as live.
-      await this.#instanceCounter?.(app);
+      await this.#instanceCounts([app]);
       await this.#store.platform.beginDeleteApp(
         app.id,
         this.#now().toISOString(),
