@@ -5,4 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mapfile -t files < <(find test -name '*.test.ts' | sort)
-exec node --import tsx --test --test-concurrency=1 --test-timeout=600000 "${files[@]}" "$@"
+# TAP for the record, then a list of the tests that really failed (see the reporter).
+exec node --import tsx --test --test-concurrency=1 --test-timeout=600000 \
+  --test-reporter=tap --test-reporter-destination=stdout \
+  --test-reporter=./scripts/failures-reporter.mjs --test-reporter-destination=stdout \
+  "${files[@]}" "$@"

@@ -222,7 +222,10 @@ describe("custos run: second review", () => {
       await api("PUT", "/v1/secrets/data/shared/late-bundle", { value: "late-bundle-value" });
       await api("PUT", "/v1/secrets/grants/shared/late-bundle", { apps: ["acme/prod/web"] });
       await waitFor("the change's signal", () => lines(events).includes("usr2"));
-      assert.match(run.stderr, /secrets changed \(shared\/late-bundle\): sent SIGUSR2 to the app/);
+      // Logged after the signal has gone: the line may come after the app's note.
+      await waitFor("the change's log line", () =>
+        /secrets changed \(shared\/late-bundle\): sent SIGUSR2 to the app/.test(run.stderr),
+      );
       assert.ok(!lines(events).includes("hup"), "the app got SIGHUP");
       assert.ok(!run.stderr.includes("late-bundle-value"));
     } finally {

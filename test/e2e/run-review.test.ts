@@ -656,7 +656,10 @@ describe("custos run: review with real processes", () => {
 
       await api("PUT", "/v1/secrets/data/acme/prod/web/db/password", { value: ROTATED });
       await waitFor("the rotation's SIGHUP", () => lines(events).includes("hup"));
-      assert.match(run.stderr, /custos run: secrets changed \(db\/password\): sent SIGHUP to the app/);
+      // custos run names the change after the signal has gone, so the line may come after the app's note.
+      await waitFor("the rotation's log line", () =>
+        /custos run: secrets changed \(db\/password\): sent SIGHUP to the app/.test(run.stderr),
+      );
       // Polls that find nothing new signal nothing.
       await new Promise((r) => setTimeout(r, 2500));
       assert.deepEqual(lines(events).slice(1), ["hup"], "one change, one signal");
