@@ -99,8 +99,9 @@ describe("custos run: second review", () => {
     );
 
   before(async () => {
-    // The shortest lives Custos allows, so a renewal happens while a test watches.
-    custos = await startCustos({ broker: { identityTtlSeconds: 60, jwtTtlSeconds: 30 } });
+    // The shortest identity life Custos allows, so a renewal happens while a test watches. The JWT lives
+    // longer: the first one must still be valid when the renewal test checks it, after the renewal.
+    custos = await startCustos({ broker: { identityTtlSeconds: 60, jwtTtlSeconds: 120 } });
     work = mkdtempSync(join(tmpdir(), "custos-run-review-"));
     caFile = join(work, "custos-ca.pem");
     writeFileSync(caFile, custos.ca);

@@ -766,7 +766,10 @@ describe("custos run: review with real processes", () => {
       // A value no environment can hold: no restart, a warning naming it; the next good value restarts.
       await api("PUT", "/v1/secrets/data/acme/prod/rot/level", { value: `${NUL_LEVEL}\u0000tail` });
       await waitFor("the refusal to restart", () => /not restarting the app/.test(restart.stderr));
-      assert.match(restart.stderr, /warning: secret level can't go into LEVEL: its value holds a NUL byte/);
+      // Its own line, written after the refusal's: it may not have arrived with it.
+      await waitFor("the warning naming the value's fault", () =>
+        /warning: secret level can't go into LEVEL: its value holds a NUL byte/.test(restart.stderr),
+      );
       await api("PUT", "/v1/secrets/data/acme/prod/rot/level", { value: LEVEL_1 });
       await waitFor("the restart onto a usable value", () => lines(restartEvents).length === 7);
       assert.deepEqual(lines(restartEvents).slice(5), ["term (none)", LEVEL_1]);

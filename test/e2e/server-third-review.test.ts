@@ -30,6 +30,7 @@ import Database from "better-sqlite3";
 import { type CustosInstance, errorCode, type HttpAnswer, httpsJson, ok, startCustos } from "../helpers/custos.js";
 import { freePort } from "../helpers/ports.js";
 import { createTestToken } from "../helpers/softhsm.js";
+import { waitFor } from "../helpers/wait.js";
 
 const BIN = resolve(import.meta.dirname, "../../bin/custos.js");
 
@@ -726,6 +727,8 @@ describe("a running server: protocol versions, logs, health, shutdown by signal,
     assert.ok(id, health.text);
     assert.equal(ok(await custos.call("GET", "/v1/health", undefined, null)).status, "ok", "healthy again");
 
+    // The server's JSON log is written asynchronously: a line may reach the file after the answer.
+    await waitFor("the failed request's log line", () => readFileSync(custos.logFile, "utf8").includes(id));
     const log = readFileSync(custos.logFile, "utf8");
     const entries = log
       .split("\n")

@@ -14,7 +14,8 @@ import { Injector } from "./injector.js";
  * the library when SoftHSM needs that to see a re-inserted or re-initialised token.
  */
 
-const TIMEOUT_MS = 800;
+/** Each operation's deadline (queueing for a session included): short, so outages answer soon, with room for a busy machine. */
+const TIMEOUT_MS = 3000;
 
 interface Tally {
   ok: number;

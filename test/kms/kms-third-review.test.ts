@@ -430,7 +430,7 @@ describe("KMS third review over HTTPS", () => {
     );
     // The pair is destroyed just after the state change commits: give the sweep its moment.
     let pairLeft = hsmLabels().filter((l) => l === pairLabel).length;
-    for (let i = 0; i < 50 && pairLeft > 0; i++) {
+    for (let i = 0; i < 300 && pairLeft > 0; i++) {
       await sleep(100);
       pairLeft = hsmLabels().filter((l) => l === pairLabel).length;
     }
@@ -446,9 +446,10 @@ describe("KMS third review over HTTPS", () => {
         ["destroyed", null],
       ],
     );
-    // The erasure reaches the file and the WAL (a copy of the data directory must not hold them).
+    // The erasure reaches the file and the WAL (a copy of the data directory must not hold them). A checkpoint
+    // that a reader blocks is retried with back-off (1 s, 2 s, 4 s, ...): wait for it, generously.
     let lingering = true;
-    for (let i = 0; i < 50 && lingering; i++) {
+    for (let i = 0; i < 300 && lingering; i++) {
       lingering = files().some((bytes) => wrapped.some((w) => bytes.includes(w)));
       if (lingering) await sleep(100);
     }
