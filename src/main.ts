@@ -499,6 +499,7 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
       secrets: services.secrets,
       broker: services.broker,
       ssh: services.ssh,
+      store: services.store,
       hsmHealth: () => keystore.health(),
       logger,
       version: VERSION,

@@ -23,6 +23,7 @@ import type { Authority, Consumers, Issuer } from "../pki/index.js";
 import type { Platform } from "../platform/index.js";
 import type { Secrets } from "../secrets/index.js";
 import type { SshCa } from "../ssh-ca/index.js";
+import type { Store } from "../store/index.js";
 import { actorOf, newRequestState, principalOf } from "./context.js";
 import { adminRoutes } from "./routes/admin.js";
 import { auditRoutes } from "./routes/audit.js";
@@ -34,6 +35,7 @@ import { pkiRoutes } from "./routes/pki.js";
 import { platformRoutes } from "./routes/platform.js";
 import { secretRoutes } from "./routes/secrets.js";
 import { sshRoutes } from "./routes/ssh.js";
+import { storeRoutes } from "./routes/store.js";
 import { noBody, noQuery } from "./schemas.js";
 
 export interface ApiDeps {
@@ -45,6 +47,8 @@ export interface ApiDeps {
   readonly secrets: Secrets;
   readonly broker: Broker;
   readonly ssh: SshCa;
+  /** The store itself, for the one thing done to it whole: a backup copy. */
+  readonly store: Pick<Store, "snapshot">;
   readonly hsmHealth: () => HsmHealth;
   readonly logger: Logger;
   readonly version: string;
@@ -552,5 +556,6 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(secretRoutes(deps));
   await app.register(brokerRoutes(deps));
   await app.register(sshRoutes(deps));
+  await app.register(storeRoutes(deps));
   return app;
 }

@@ -74,6 +74,8 @@ export const ACTIONS = [
   "audit:verify",
   // the audit HMAC of a value: an oracle for guesses at secret values, so not part of audit:read
   "audit:hash",
+  // the whole store copied out (a backup): resource `store`
+  "store:backup",
 ] as const;
 
 /** An operation that can be authorised. */
@@ -98,6 +100,7 @@ export const PRIVILEGED_ACTIONS: readonly Action[] = [
   "audit:read",
   "audit:verify",
   "audit:hash",
+  "store:backup",
 ];
 
 const actionSet: ReadonlySet<string> = new Set(ACTIONS);

@@ -4,6 +4,7 @@ import { registerPolicyCommands, registerSudoCommands } from "./commands/admin.j
 import { registerAgentCommands } from "./commands/agent.js";
 import { registerAuditCommands } from "./commands/audit.js";
 import { registerAuthCommands } from "./commands/auth.js";
+import { registerBackupCommands } from "./commands/backup.js";
 import { registerBrokerCommands } from "./commands/broker.js";
 import { registerCertCommands } from "./commands/cert.js";
 import { registerCryptoCommands } from "./commands/crypto.js";
@@ -73,5 +74,6 @@ export function buildProgram(ctx: CliContext): Command {
   registerPolicyCommands(program, ctx);
   registerSudoCommands(program, ctx);
   registerAuditCommands(program, ctx);
+  registerBackupCommands(program, ctx);
   return program;
 }

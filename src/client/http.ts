@@ -3,8 +3,9 @@
  * always on, a capped answer size, buffers zeroed after use, retries where the server
  * is known not to have acted, and every failure turned into a `ClientError`.
  */
-import type { IncomingMessage } from "node:http";
-import { Agent, request as httpsRequest } from "node:https";
+import type { IncomingHttpHeaders, IncomingMessage } from "node:http";
+import { Agent, type RequestOptions as HttpsRequestOptions, request as httpsRequest } from "node:https";
+import { pipeline } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { parseHttpsAddress } from "../net/address.js";
 import type { Secret } from "../secret/index.js";
@@ -109,16 +110,7 @@ export class CustosClient {
    * @throws ClientError for error answers (after any retries) and for failures to get one.
    */
   async send<T = unknown>(method: string, path: string, options: RequestOptions = {}): Promise<Answer<T>> {
-    const headers: Record<string, string> = { accept: "application/json" };
-    if (options.auth ?? true) {
-      if (this.#token === undefined) {
-        throw new ClientError(
-          "unauthenticated",
-          "no token: set CUSTOS_TOKEN or CUSTOS_TOKEN_FILE (custos login --token-file FILE writes one)",
-        );
-      }
-      headers.authorization = `Bearer ${this.#token.exposeText()}`;
-    }
+    const headers = this.#headers(options.auth ?? true);
     const hasBody = method === "POST" || method === "PUT" || method === "PATCH";
     const payload = hasBody ? Buffer.from(JSON.stringify(options.body ?? {}), "utf8") : undefined;
     if (payload !== undefined) {
@@ -157,6 +149,54 @@ export class CustosClient {
     }
   }
 
+  /**
+   * GETs `path` with the token and pipes a successful answer's body into `into`,
+   * which it ends; answers the response's headers. An error answer is thrown as
+   * `send` throws it. Never retried: `into` may hold part of a body by then. A
+   * failure of `into` itself (a full disk) is thrown as it is.
+   */
+  download(path: string, into: NodeJS.WritableStream): Promise<IncomingHttpHeaders> {
+    const headers = this.#headers(true);
+    const url = this.#url(path, undefined);
+    return new Promise((resolve, reject) => {
+      let intoFailed: unknown;
+      into.once("error", (e) => {
+        intoFailed = e;
+      });
+      const req = httpsRequest(this.#requestOptions("GET", url, headers), (response) => {
+        const status = response.statusCode ?? 0;
+        if (status >= 200 && status < 300) {
+          // An answer cut short fails `into` too, with the same error: which side failed first decides.
+          let answerFailed = false;
+          response.once("error", () => {
+            answerFailed = true;
+          });
+          pipeline(response, into).then(
+            () => resolve(response.headers),
+            (e: unknown) => reject(answerFailed ? this.#transportFailure(e, url) : (intoFailed ?? e)),
+          );
+          return;
+        }
+        const chunks: Buffer[] = [];
+        response.on("data", (chunk: Buffer) => chunks.length < 64 && chunks.push(chunk));
+        response.on("error", (e) => reject(this.#transportFailure(e, url)));
+        response.on("end", () => {
+          try {
+            this.#interpret(response, Buffer.concat(chunks), []);
+            reject(apiError(status, "http_error", `HTTP ${status}`, undefined));
+          } catch (e) {
+            reject(e);
+          }
+        });
+      });
+      req.on("timeout", () => {
+        req.destroy(transportError("unavailable", `no answer from ${url.origin} within ${this.#timeoutMs} ms`));
+      });
+      req.on("error", (e) => reject(this.#transportFailure(e, url)));
+      req.end();
+    });
+  }
+
   /** Closes pooled connections, stops further retries and zeroes the token. */
   close(): void {
     this.#closed = true;
@@ -173,46 +213,59 @@ export class CustosClient {
     return url;
   }
 
+  /** The request's headers: JSON accepted, and the bearer token when `auth`. */
+  #headers(auth: boolean): Record<string, string> {
+    const headers: Record<string, string> = { accept: "application/json" };
+    if (!auth) return headers;
+    if (this.#token === undefined) {
+      throw new ClientError(
+        "unauthenticated",
+        "no token: set CUSTOS_TOKEN or CUSTOS_TOKEN_FILE (custos login --token-file FILE writes one)",
+      );
+    }
+    headers.authorization = `Bearer ${this.#token.exposeText()}`;
+    return headers;
+  }
+
+  #requestOptions(method: string, url: URL, headers: Record<string, string>): HttpsRequestOptions {
+    return {
+      protocol: url.protocol,
+      hostname: url.hostname.replace(/^\[(.*)\]$/, "$1"),
+      port: url.port === "" ? 443 : Number(url.port),
+      path: `${url.pathname}${url.search}`,
+      method,
+      headers,
+      agent: this.#agent,
+      rejectUnauthorized: true,
+      timeout: this.#timeoutMs,
+    };
+  }
+
   #exchange(method: string, url: URL, headers: Record<string, string>, payload: Buffer | undefined): Promise<Exchange> {
     return new Promise((resolve, reject) => {
       let answered = false;
-      const req = httpsRequest(
-        {
-          protocol: url.protocol,
-          hostname: url.hostname.replace(/^\[(.*)\]$/, "$1"),
-          port: url.port === "" ? 443 : Number(url.port),
-          path: `${url.pathname}${url.search}`,
-          method,
-          headers,
-          agent: this.#agent,
-          rejectUnauthorized: true,
-          timeout: this.#timeoutMs,
-        },
-        (response) => {
-          answered = true;
-          const chunks: Buffer[] = [];
-          let size = 0;
-          response.on("data", (chunk: Buffer) => {
-            size += chunk.length;
-            if (size > MAX_ANSWER_BYTES) {
-              response.destroy(
-                transportError("internal", `answer from ${url.origin} exceeds ${MAX_ANSWER_BYTES} bytes`),
-              );
-              return;
-            }
-            chunks.push(chunk);
-          });
-          response.on("end", () => {
-            const raw = Buffer.concat(chunks);
-            for (const c of chunks) c.fill(0);
-            resolve({ response, raw });
-          });
-          response.on("error", (e) => {
-            for (const c of chunks) c.fill(0);
-            reject(this.#transportFailure(e, url));
-          });
-        },
-      );
+      const req = httpsRequest(this.#requestOptions(method, url, headers), (response) => {
+        answered = true;
+        const chunks: Buffer[] = [];
+        let size = 0;
+        response.on("data", (chunk: Buffer) => {
+          size += chunk.length;
+          if (size > MAX_ANSWER_BYTES) {
+            response.destroy(transportError("internal", `answer from ${url.origin} exceeds ${MAX_ANSWER_BYTES} bytes`));
+            return;
+          }
+          chunks.push(chunk);
+        });
+        response.on("end", () => {
+          const raw = Buffer.concat(chunks);
+          for (const c of chunks) c.fill(0);
+          resolve({ response, raw });
+        });
+        response.on("error", (e) => {
+          for (const c of chunks) c.fill(0);
+          reject(this.#transportFailure(e, url));
+        });
+      });
       req.on("timeout", () => {
         req.destroy(transportError("unavailable", `no answer from ${url.origin} within ${this.#timeoutMs} ms`));
       });

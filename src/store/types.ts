@@ -531,6 +531,13 @@ export interface Store {
   addAuditCheckpoint(checkpoint: AuditCheckpoint): Promise<void>;
   listAuditCheckpoints(): Promise<AuditCheckpoint[]>;
 
+  /**
+   * Writes a consistent copy of the whole store, as of one moment, to the new file
+   * `path` (mode 0600) while the store goes on serving: a backup, which a restore
+   * puts back. Answers the newest audit record the copy holds.
+   */
+  snapshot(path: string): Promise<{ auditSeq: number }>;
+
   /** Flushes pending writes and closes. */
   close(): Promise<void>;
 }

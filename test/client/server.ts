@@ -25,8 +25,10 @@ export interface Reply {
   destroy?: boolean;
   /** JSON-serialised unless `raw` is given. */
   body?: unknown;
-  raw?: string;
+  raw?: string | Buffer;
   headers?: Record<string, string>;
+  /** Send the headers and only this many bytes of the body, then destroy the connection (an answer cut short). */
+  cutAfter?: number;
 }
 
 export interface TestServer {
@@ -115,7 +117,8 @@ export async function startServer(): Promise<TestServer> {
         "x-request-id": `req-${requests.length}`,
         ...reply.headers,
       });
-      res.end(text);
+      if (reply.cutAfter === undefined) res.end(text);
+      else res.write(Buffer.from(text).subarray(0, reply.cutAfter), () => req.socket.destroy());
     });
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));

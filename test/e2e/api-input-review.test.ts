@@ -345,6 +345,7 @@ const ROUTES: readonly Route[] = [
     extra: { "value=32 KiB+1 bytes": { value: `${MARK}${"é".repeat(16_384)}` } },
   }),
   r("POST /v1/audit/verify", { body: NONE }),
+  r("GET /v1/store/backup"),
   // ---- PKI (public routes first)
   r("GET /v1/pki/ca.pem", { who: "public" }),
   r("GET /v1/pki/ca", { who: "public" }),

@@ -1,6 +1,6 @@
 /**
- * The two commands that run Custos itself rather than talk to it: `server` and
- * `init`. They load the HSM and store stack only when invoked (dynamic imports),
+ * The commands that run Custos itself rather than talk to it: `server`, `init` and
+ * `restore`. They load the HSM and store stack only when invoked (dynamic imports),
  * so every other command starts without it.
  */
 import type { Command } from "commander";
@@ -38,7 +38,7 @@ function shutdownSignal(): Promise<NodeJS.Signals> {
   });
 }
 
-/** Registers `server` and `init`. */
+/** Registers `server`, `init` and `restore`. */
 export function registerLocalCommands(program: Command, ctx: CliContext): void {
   program
     .command("server")
@@ -73,6 +73,32 @@ export function registerLocalCommands(program: Command, ctx: CliContext): void {
           "to use it:",
           `  export CUSTOS_CACERT=${r.caCertFile} CUSTOS_TOKEN_FILE=${r.adminTokenFile}`,
           "  npx custos whoami",
+          "",
+        ].join("\n"),
+      );
+    });
+
+  program
+    .command("restore")
+    .description(
+      "put a copy made by custos backup in place of the store, with the server stopped; the replaced " +
+        "database is kept beside it",
+    )
+    .argument("<file>", "the copy")
+    .option("--config <file>", "JSON configuration file (default: $CUSTOS_CONFIG or var/custos.json)")
+    .action(async (file: string, o: { config?: string }): Promise<void> => {
+      const config = await configFor(ctx, o.config);
+      const { restoreDatabase } = await import("../../store/index.js");
+      const restored = restoreDatabase(config.store.path, file);
+      await ctx.emit(restored, (r) =>
+        [
+          `restored: ${r.database} from ${file} (audit log to record ${r.auditSeq}, schema version ${r.schemaVersion})`,
+          `replaced: ${r.replaced ?? "nothing (there was no database)"}${r.replaced ? " (kept: it holds what came after the backup)" : ""}`,
+          "lost with the restore, unless done again: every change after the backup. Key versions made since",
+          "are gone (what they encrypted can't be decrypted), and certificates and SSH certificates revoked",
+          "since are good again until revoked again. Where the HSM holds a checkpoint newer than the backup,",
+          "custos audit verify reports the records after the backup as lost, from now on.",
+          "start the server on it: custos server",
           "",
         ].join("\n"),
       );

@@ -66,6 +66,7 @@ import {
 } from "./rows.js";
 import { secretStore } from "./secrets.js";
 import { lockForServer, type ServerLock } from "./server-lock.js";
+import { copyDatabase } from "./snapshot.js";
 import { sshStore } from "./ssh.js";
 import { WriteQueue } from "./write-queue.js";
 
@@ -1092,6 +1093,11 @@ export class SqliteStore implements Store {
   }
 
   // ---- lifecycle ----------------------------------------------------------------
+
+  async snapshot(path: string): Promise<{ auditSeq: number }> {
+    if (this.#closed) throw unavailable(undefined, "the store is closed");
+    return copyDatabase(this.#db, path);
+  }
 
   /** Lets queued writes settle, then closes the database. Idempotent. */
   close(): Promise<void> {
