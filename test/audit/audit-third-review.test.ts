@@ -15,26 +15,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
+import type { AuditRow as Row } from "../../src/store/sqlite/rows.js";
 import { type CustosInstance, httpsRaw, startCustos } from "../helpers/custos.js";
 import { freePort } from "../helpers/ports.js";
 import { waitFor } from "../helpers/wait.js";
 
 type Json = Record<string, unknown>;
-/** A row of `audit_log` as stored. */
-interface Row {
-  seq: number;
-  time: string;
-  request_id: string;
-  principal: string;
-  source: string;
-  action: string;
-  resource: string;
-  outcome: string;
-  error_code: string | null;
-  details: string;
-  prev_hash: string;
-  hash: string;
-}
 /** A record as `GET /v1/audit` answers it. */
 interface ApiRecord {
   seq: number;

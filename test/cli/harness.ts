@@ -2,11 +2,11 @@
  * Test harness for the CLI: the client tests' real HTTPS server (re-exported), and
  * an in-process `run()` with captured streams.
  */
-import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { Readable, Writable } from "node:stream";
 import { run } from "../../src/cli/index.js";
 import type { TestServer } from "../client/server.js";
+import { selfSignedCert } from "../helpers/x509.js";
 
 export { type Recorded, type Reply, startServer, type TestServer } from "../client/server.js";
 
@@ -52,24 +52,5 @@ export function envFor(server: TestServer, token = "cst_test_token_value"): Node
  * nothing Custos serves: the CA a client trusts by mistake. Returns its path.
  */
 export function foreignCa(dir: string): string {
-  const cert = join(dir, "wrong-ca.pem");
-  const made = spawnSync("openssl", [
-    "req",
-    "-x509",
-    "-newkey",
-    "ec",
-    "-pkeyopt",
-    "ec_paramgen_curve:P-256",
-    "-nodes",
-    "-keyout",
-    join(dir, "wrong-ca.key"),
-    "-out",
-    cert,
-    "-days",
-    "1",
-    "-subj",
-    "/CN=Not Custos",
-  ]);
-  if (made.status !== 0) throw new Error(`openssl req failed: ${made.stderr.toString()}`);
-  return cert;
+  return selfSignedCert(join(dir, "wrong-ca"), "/CN=Not Custos").certFile;
 }

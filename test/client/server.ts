@@ -3,12 +3,12 @@
  * throwaway self-signed certificate made by `openssl req`. It records every request
  * (with the index of the TLS connection it came on) and answers as each test tells it.
  */
-import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { selfSignedCert } from "../helpers/x509.js";
 
 export interface Recorded {
   readonly method: string;
@@ -48,31 +48,7 @@ export interface TestServer {
 /** Starts an HTTPS server with a fresh self-signed certificate. */
 export async function startServer(): Promise<TestServer> {
   const dir = mkdtempSync(join(tmpdir(), "custos-client-test-"));
-  const keyFile = join(dir, "key.pem");
-  const certFile = join(dir, "cert.pem");
-  execFileSync(
-    "openssl",
-    [
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-keyout",
-      keyFile,
-      "-out",
-      certFile,
-      "-days",
-      "1",
-      "-subj",
-      "/CN=custos-client-test",
-      "-addext",
-      "subjectAltName=IP:127.0.0.1",
-    ],
-    { stdio: "ignore" },
-  );
+  const { certFile, keyFile } = selfSignedCert(join(dir, "server"), "/CN=custos-client-test", "127.0.0.1");
   const requests: Recorded[] = [];
   let connections = 0;
   const ca = readFileSync(certFile);

@@ -9,6 +9,7 @@ import { after, before, describe, test } from "node:test";
 import { gzipSync } from "node:zlib";
 import Database from "better-sqlite3";
 import { type CustosInstance, fetchRaw, type HttpAnswer, httpsRaw, ok, startCustos } from "../helpers/custos.js";
+import { selfSignedCert } from "../helpers/x509.js";
 
 /**
  * Bad input on every HTTP route of Custos, against a real server. Each route is one
@@ -1566,23 +1567,7 @@ describe("bad input on every HTTP API route", () => {
         const r = spawnSync("openssl", args, { cwd: custos.dir });
         assert.equal(r.status, 0, r.stderr.toString());
       };
-      openssl([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        `${dir}.key`,
-        "-out",
-        `${dir}.pem`,
-        "-subj",
-        "/CN=foreign",
-        "-days",
-        "1",
-      ]);
+      selfSignedCert(dir, "/CN=foreign");
       openssl(["ocsp", "-issuer", `${dir}.pem`, "-serial", "0x01", "-no_nonce", "-reqout", `${dir}.req`]);
       const foreign = await fetchRaw(custos, "/v1/pki/ocsp", {
         type: "application/ocsp-request",

@@ -57,3 +57,20 @@ export function createTestToken(prefix = "custos-test"): TestToken {
     },
   };
 }
+
+/**
+ * Labels of the objects on `token` (only those of `type` when given), as pkcs11-tool
+ * lists them after a login with the user PIN: an oracle outside our code.
+ */
+export function tokenObjectLabels(token: TestToken, type?: "privkey" | "pubkey" | "secrkey" | "data"): string[] {
+  const out = execFileSync(
+    "pkcs11-tool",
+    [
+      ...["--module", token.modulePath, "--token-label", token.label, "--login", "--pin", token.pin],
+      "--list-objects",
+      ...(type === undefined ? [] : ["--type", type]),
+    ],
+    { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] },
+  );
+  return [...out.matchAll(/label:\s+(\S+)/g)].map((m) => m[1] ?? "");
+}

@@ -412,25 +412,22 @@ describe("HSM keystore, second review", () => {
     }
 
     before(async () => {
+      const open = (deadline: { operationTimeoutMs?: number }) =>
+        Pkcs11Keystore.open({
+          modulePath: slowToken.modulePath,
+          tokenLabel: slowToken.label,
+          pin: Secret.fromString(slowToken.pin),
+          poolSize: 1,
+          ...deadline,
+        });
       // The root key is made under the default deadline (a token object written to disk can take tens of ms).
-      const setup = await Pkcs11Keystore.open({
-        modulePath: slowToken.modulePath,
-        tokenLabel: slowToken.label,
-        pin: Secret.fromString(slowToken.pin),
-        poolSize: 1,
-      });
+      const setup = await open({});
       try {
         await setup.createRootKey();
       } finally {
         await setup.close();
       }
-      slow = await Pkcs11Keystore.open({
-        modulePath: slowToken.modulePath,
-        tokenLabel: slowToken.label,
-        pin: Secret.fromString(slowToken.pin),
-        poolSize: 1,
-        operationTimeoutMs: 50,
-      });
+      slow = await open({ operationTimeoutMs: 50 });
       slowInj = new Injector(slowToken);
     });
 

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { createDecipheriv, createPublicKey, verify as nodeVerify, webcrypto } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { parseAsDocumented } from "../helpers/ciphertext.js";
 import { type CustosInstance, errorCode, type HttpAnswer, ok, startCustos } from "../helpers/custos.js";
+import { tokenObjectLabels } from "../helpers/softhsm.js";
 
 type Json = Record<string, unknown>;
 
@@ -378,24 +378,7 @@ describe("KMS third review over HTTPS", () => {
     );
 
     // The token's objects as pkcs11-tool lists them after a login with the user PIN.
-    const hsmLabels = () => {
-      const r = spawnSync(
-        "pkcs11-tool",
-        [
-          "--module",
-          custos.token.modulePath,
-          "--token-label",
-          custos.token.label,
-          "--login",
-          "--pin",
-          custos.token.pin,
-          "--list-objects",
-        ],
-        { encoding: "utf8" },
-      );
-      assert.equal(r.status, 0, r.stderr);
-      return [...r.stdout.matchAll(/label:\s*(\S+)/g)].map((m) => m[1]);
-    };
+    const hsmLabels = () => tokenObjectLabels(custos.token);
     const pairLabel = `custos/key/${sig.id}/v1`;
     assert.equal(hsmLabels().filter((l) => l === pairLabel).length, 2, "the sign key's pair is on the token before");
 

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { systemActor } from "../../src/audit/index.js";
 import { keyPairLabel } from "../../src/kms/index.js";
 import type { AuditRecord } from "../../src/store/index.js";
+import { tokenObjectLabels } from "../helpers/softhsm.js";
 import { alice, type KmsFixture, openFixture, rejectsWith } from "./setup.js";
 
 let f: KmsFixture;
@@ -27,23 +27,7 @@ function side(rec: AuditRecord | undefined, which: "before" | "after"): Record<s
 
 /** Labels of the KMS private keys on the token, listed by pkcs11-tool (an oracle outside our code). */
 function kmsPrivateKeys(): string[] {
-  const out = execFileSync(
-    "pkcs11-tool",
-    [
-      "--module",
-      f.token.modulePath,
-      "--token-label",
-      f.token.label,
-      "--login",
-      "--pin",
-      f.token.pin,
-      "--list-objects",
-      "--type",
-      "privkey",
-    ],
-    { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] },
-  );
-  return [...out.matchAll(/label:\s+(custos\/key\/\S+)/g)].map((m) => m[1] ?? "");
+  return tokenObjectLabels(f.token, "privkey").filter((l) => l.startsWith("custos/key/"));
 }
 const at = (iso: string) => new Date(iso);
 

@@ -11,6 +11,7 @@ import { OCSPRequest } from "@peculiar/asn1-ocsp";
 import { AsnConvert, OctetString } from "@peculiar/asn1-schema";
 import { Authority, defaultServerNames, Issuer, issueServerCertificate, serverNeedsNew } from "../../src/pki/index.js";
 import { type CustosInstance, fetchRaw, ok, startCustos } from "../helpers/custos.js";
+import { selfSignedCert } from "../helpers/x509.js";
 import { alice, type KmsFixture, openFixture } from "../kms/setup.js";
 
 // Third review of the PKI, as an operator and a TLS client meet it: a running
@@ -177,26 +178,7 @@ describe("a running Custos: revocation bursts, restarts, OCSP edges and its own 
   });
 
   test("OCSP about a CA Custos does not run is unauthorized, over POST (openssl) and GET alike (RFC 6960 2.3)", async () => {
-    const key = join(dir, "foreign.key");
-    const cert = join(dir, "foreign.pem");
-    const made = openssl(
-      "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:P-256",
-      "-nodes",
-      "-keyout",
-      key,
-      "-subj",
-      "/CN=Foreign CA",
-      "-days",
-      "1",
-      "-out",
-      cert,
-    );
-    assert.equal(made.status, 0, made.out);
+    const cert = selfSignedCert(join(dir, "foreign"), "/CN=Foreign CA").certFile;
     const asked = openssl("ocsp", "-issuer", cert, "-serial", "0x1234", "-url", `${custos.url}/v1/pki/ocsp`);
     assert.match(asked.out, /Responder Error: unauthorized \(6\)/);
     const reqPath = join(dir, "foreign-req.der");

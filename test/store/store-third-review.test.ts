@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -29,7 +29,7 @@ import { migrate } from "../../src/store/sqlite/connection.js";
 import { migrations } from "../../src/store/sqlite/migrations/index.js";
 import { type CustosInstance, errorCode, fetchRaw, httpsRaw, ok, startCustos } from "../helpers/custos.js";
 import { acmeProdApps, nodeAgentToken } from "../helpers/platform.js";
-import { createTestToken } from "../helpers/softhsm.js";
+import { createTestToken, tokenObjectLabels } from "../helpers/softhsm.js";
 import {
   aesVersion,
   assertChainIntact,
@@ -1653,25 +1653,10 @@ describe("through the API: a request whose store write fails changes nothing, sa
 
   test("an intermediate rotation whose CA row is refused changes no issuer; the next one makes generation 2 with the same HSM key", async () => {
     const issuers = async () => ok(await custos.call("GET", "/v1/pki/issuers", undefined, null));
-    const caKeys = (): string[] => {
-      const out = execFileSync(
-        "pkcs11-tool",
-        [
-          "--module",
-          custos.token.modulePath,
-          "--token-label",
-          custos.token.label,
-          "--login",
-          "--pin",
-          custos.token.pin,
-          "--list-objects",
-          "--type",
-          "privkey",
-        ],
-        { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] },
-      );
-      return [...out.matchAll(/label:\s+(custos-pki-\S+)/g)].map((m) => m[1] ?? "").sort();
-    };
+    const caKeys = (): string[] =>
+      tokenObjectLabels(custos.token, "privkey")
+        .filter((l) => l.startsWith("custos-pki-"))
+        .sort();
     const before = state();
     const issuersBefore = await issuers();
     const remove = inject(side, { table: "pki_cas", event: "INSERT" });
@@ -1757,25 +1742,10 @@ describe("a write refused with store_unavailable before anything was committed",
   const actor = { principal: "user:alice", requestId: "req-store-review", source: "127.0.0.1" };
 
   /** Labels of the KMS key pairs' private keys on the token, as pkcs11-tool lists them. */
-  const kmsPrivateKeys = (): string[] => {
-    const out = execFileSync(
-      "pkcs11-tool",
-      [
-        "--module",
-        token.modulePath,
-        "--token-label",
-        token.label,
-        "--login",
-        "--pin",
-        token.pin,
-        "--list-objects",
-        "--type",
-        "privkey",
-      ],
-      { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] },
-    );
-    return [...out.matchAll(/label:\s+(custos\/key\/\S+)/g)].map((m) => m[1] ?? "").sort();
-  };
+  const kmsPrivateKeys = (): string[] =>
+    tokenObjectLabels(token, "privkey")
+      .filter((l) => l.startsWith("custos/key/"))
+      .sort();
 
   before(async () => {
     keystore = await Pkcs11Keystore.open({

@@ -4,7 +4,7 @@ import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from "n
 import { basename, dirname, join } from "node:path";
 import { Writable } from "node:stream";
 import type { Command } from "commander";
-import { tempName } from "../../files/index.js";
+import { syncPath, tempName } from "../../files/index.js";
 import type { CliContext } from "../context.js";
 import { CliError, EXIT_SERVER } from "../errors.js";
 import { cannotWrite, cleanUpOnInterrupt } from "../io.js";
@@ -80,12 +80,7 @@ async function backUp(ctx: CliContext, file: string): Promise<BackupResult> {
     } catch (cause) {
       throw cannotWrite(file, cause);
     }
-    const dir = openSync(dirname(file), "r");
-    try {
-      fsyncSync(dir);
-    } finally {
-      closeSync(dir);
-    }
+    await syncPath(dirname(file));
     return { file, bytes, sha256: digest, auditSeq: Number(headers["x-custos-backup-audit-seq"]) };
   } catch (e) {
     rmSync(temp, { force: true });

@@ -81,7 +81,7 @@ export function restoreDatabase(databasePath: string, backupFile: string, now = 
     const { auditSeq, schemaVersion } = checkCopy(incoming, backupFile);
     const replaced = existsSync(databasePath) ? keepAside(databasePath, now) : null;
     renameSync(incoming, databasePath);
-    syncDirectory(dirname(databasePath));
+    syncPath(dirname(databasePath));
     return { database: databasePath, replaced, auditSeq, schemaVersion };
   } catch (e) {
     rmSync(incoming, { force: true });
@@ -111,12 +111,7 @@ function copyFileDurably(from: string, to: string): void {
   } finally {
     source.close();
   }
-  const fd = openSync(to, "r");
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
+  syncPath(to);
 }
 
 /** Checks the private copy of a backup; refusals name the file the operator gave. */
@@ -171,7 +166,7 @@ function keepAside(databasePath: string, now: Date): string {
   if (existsSync(wal as string)) renameSync(wal as string, asideWal as string);
   if (existsSync(shm as string)) renameSync(shm as string, asideShm as string);
   linkSync(databasePath, aside);
-  syncDirectory(dirname(databasePath));
+  syncPath(dirname(databasePath));
   return aside;
 }
 
@@ -179,8 +174,9 @@ function newestAuditSeq(db: Database.Database): number {
   return (db.prepare("SELECT coalesce(max(seq), 0) AS seq FROM audit_log").get() as { seq: number }).seq;
 }
 
-function syncDirectory(dir: string): void {
-  const fd = openSync(dir, "r");
+/** fsyncs a file, or a directory (which makes renames and new entries in it durable). */
+function syncPath(path: string): void {
+  const fd = openSync(path, "r");
   try {
     fsyncSync(fd);
   } finally {
