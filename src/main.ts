@@ -32,7 +32,7 @@ import { Secret } from "./secret/index.js";
 import { Secrets } from "./secrets/index.js";
 import { SshCa } from "./ssh-ca/index.js";
 import type { Store } from "./store/index.js";
-import { SqliteStore } from "./store/sqlite/index.js";
+import { type RestoreResult, restoreDatabase, SqliteStore } from "./store/sqlite/index.js";
 import { VERSION } from "./version.js";
 
 /**
@@ -356,6 +356,43 @@ export async function initialize(config: CustosConfig, options: { adminName: str
     return { created: true, adminTokenFile, caCertFile };
   } finally {
     await store.close();
+    await keystore.close();
+  }
+}
+
+/**
+ * `custos restore`: installs a copy made by `custos backup` (see `restoreDatabase`),
+ * with the server stopped. Before the copy replaces anything it is checked against
+ * this token's root key, and the restore is recorded at the end of its audit log with
+ * a checkpoint signed at that record (see audit/restore.ts), so the log says which
+ * records the HSM vouched for were lost rather than reading as cut short.
+ */
+export async function restore(config: CustosConfig, backupFile: string): Promise<RestoreResult> {
+  const logger = createLogger();
+  const keystore = await openKeystore(config, logger);
+  try {
+    return await restoreDatabase(config.store.path, backupFile, {
+      record: async (copy, facts) => {
+        const store = await SqliteStore.open(copy);
+        try {
+          await checkRootKey(keystore, store);
+          const audit = await AuditLog.open({
+            store,
+            keystore,
+            hmacKey: await settingRef(store, S.auditHmacLabel, S.auditHmacId),
+            checkpointKey: await settingRef(store, S.auditCheckpointLabel, S.auditCheckpointId),
+            logger,
+          });
+          await audit.recordRestore(systemActor("restore"), {
+            backup: { sha256: facts.backupSha256, newestSeq: facts.backupSeq },
+            replaced: facts.replaced,
+          });
+        } finally {
+          await store.close();
+        }
+      },
+    });
+  } finally {
     await keystore.close();
   }
 }

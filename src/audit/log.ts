@@ -12,7 +12,15 @@ import {
   type Store,
 } from "../store/index.js";
 import { anchorLabel, readAnchor, writeAnchor } from "./anchor.js";
-import { type AuditVerifyReport, CHECKPOINT_SCHEME, verifyAuditLog } from "./verify.js";
+import { type Actor, auditEntry } from "./entry.js";
+import { RESTORE_ACTION, type RestoreDetails } from "./restore.js";
+import {
+  type AuditVerifyReport,
+  CHECKPOINT_SCHEME,
+  restoreSuperseding,
+  type VerifyDeps,
+  verifyAuditLog,
+} from "./verify.js";
 
 /** HSM labels of the audit keys `provisionKeys` creates. */
 export const AUDIT_HMAC_KEY_LABEL = "custos-audit-hmac";
@@ -213,15 +221,46 @@ export class AuditLog {
 
   /** Walks the whole journal and its checkpoints; see `verifyAuditLog`. */
   verify(): Promise<AuditVerifyReport> {
-    return verifyAuditLog({
-      store: this.#store,
-      keystore: this.#keystore,
-      checkpointKey: this.#checkpointKey,
-      chain: this.#chain,
-    });
+    return verifyAuditLog(this.#verifyDeps());
+  }
+
+  /**
+   * Records that this store is a restored backup (see restore.ts), naming the anchor
+   * the HSM holds now as superseded, and signs a checkpoint at that record. The anchor
+   * itself is left alone: this runs on the copy before it is installed, and an anchor
+   * moved to a copy that a crash then never installs would accuse the database still
+   * in place. The server moves it at its first checkpoint on the restored store.
+   */
+  async recordRestore(
+    actor: Actor,
+    facts: Omit<RestoreDetails, "supersededAnchor">,
+  ): Promise<{ seq: number; details: RestoreDetails }> {
+    const label = await anchorLabel(this.#store);
+    const anchor = label === undefined ? undefined : await readAnchor(this.#keystore, label);
+    const anchored = anchor !== undefined && "checkpoint" in anchor ? anchor.checkpoint : undefined;
+    const details: RestoreDetails = {
+      ...facts,
+      supersededAnchor: anchored === undefined ? null : { seq: anchored.seq, hash: anchored.hash, time: anchored.time },
+    };
+    // Appended directly, not through record(): that may start a background checkpoint, which anchors.
+    await this.#store.appendAudit(auditEntry(actor, RESTORE_ACTION, "store", { ...details }));
+    const checkpoint = await this.#signHead();
+    if (checkpoint === undefined) throw new CustosError("internal", "the restore record was not the head of the log");
+    return { seq: checkpoint.seq, details };
+  }
+
+  #verifyDeps(): VerifyDeps {
+    return { store: this.#store, keystore: this.#keystore, checkpointKey: this.#checkpointKey, chain: this.#chain };
   }
 
   async #checkpointNow(): Promise<AuditCheckpoint | undefined> {
+    const checkpoint = await this.#signHead();
+    if (checkpoint !== undefined) await this.#anchor(checkpoint);
+    return checkpoint;
+  }
+
+  /** Signs the head and stores the checkpoint; undefined when the head is checkpointed already. */
+  async #signHead(): Promise<AuditCheckpoint | undefined> {
     if (this.#lastCheckpointSeq === undefined) {
       this.#lastCheckpointSeq = (await this.#store.listAuditCheckpoints()).at(-1)?.seq ?? 0;
     }
@@ -245,14 +284,14 @@ export class AuditLog {
     await this.#store.addAuditCheckpoint(checkpoint);
     this.#lastCheckpointSeq = head.seq;
     this.#logger?.debug({ seq: head.seq }, "audit: checkpoint");
-    await this.#anchor(checkpoint);
     return checkpoint;
   }
 
   /**
    * Makes `checkpoint` the store's anchor in the HSM (see anchor.ts). An anchor the log
    * no longer reaches, or whose record was replaced, is left as it is, so the evidence
-   * of the cut outlives later checkpoints. A failure is logged: the checkpoint stands.
+   * of the cut outlives later checkpoints, unless a genuine restore record supersedes
+   * it (see restore.ts). A failure is logged: the checkpoint stands.
    */
   async #anchor(checkpoint: AuditCheckpoint): Promise<void> {
     try {
@@ -263,8 +302,12 @@ export class AuditLog {
         const { seq, hash } = previous.checkpoint;
         const [record] = seq <= checkpoint.seq ? await this.#store.readAuditRange(seq, seq) : [];
         if (record?.hash !== hash) {
-          this.#logger?.warn({ anchoredSeq: seq }, "audit: the log no longer holds the record anchored in the HSM");
-          return;
+          const restoreSeq = await restoreSuperseding(this.#verifyDeps(), previous.checkpoint);
+          if (restoreSeq === undefined) {
+            this.#logger?.warn({ anchoredSeq: seq }, "audit: the log no longer holds the record anchored in the HSM");
+            return;
+          }
+          this.#logger?.info({ anchoredSeq: seq, restoreSeq }, "audit: anchor moved past the restore the log records");
         }
       }
       await writeAnchor(this.#keystore, this.#anchorLabel, checkpoint);

@@ -11,6 +11,7 @@ import {
 } from "../store/index.js";
 import { anchorLabel, readAnchor } from "./anchor.js";
 import { INIT_ACTION } from "./entry.js";
+import { parseRestoreDetails, RESTORE_ACTION, type RestoreSummary, restoreSummary } from "./restore.js";
 
 /** What a verifier can say about one record (or one checkpoint, named by its seq). */
 export type AuditProblemKind =
@@ -44,6 +45,12 @@ export interface AuditVerifyReport {
   readonly unsignedTail: number;
   /** Sorted by seq; at most `MAX_PROBLEMS`. */
   readonly problems: AuditProblem[];
+  /**
+   * Restores of a backup the log records (`custos restore`), oldest first: records
+   * that hash correctly. Records lost with a restore are not a problem when a genuine
+   * restore record names the checkpoint that vouched for them (see restore.ts).
+   */
+  readonly restores: RestoreSummary[];
 }
 
 /** The scheme checkpoints are signed with. */
@@ -70,6 +77,13 @@ export interface VerifyDeps {
 /** A record's hash were it at `seq` after `prevHash`. */
 type Hasher = (seq: number, prevHash: string, r: StoredAuditRecord) => string;
 
+function hasherFor(chain: AuditChainKey | undefined): Hasher {
+  return (seq, prevHash, r) => auditRecordHash(seq, prevHash, r, r.detailsJson, chain);
+}
+
+/** Restore records looked at when searching for the one that supersedes the anchor; a real log holds a handful. */
+const RESTORE_SEARCH_LIMIT = 1000;
+
 /**
  * Walks the whole journal and its checkpoints and names what is wrong. One
  * tampering is reported once, at the record it concerns: an edited field is
@@ -83,8 +97,8 @@ type Hasher = (seq: number, prevHash: string, r: StoredAuditRecord) => string;
  * forged head through the KMS.
  */
 export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyReport> {
-  const { store, chain } = deps;
-  const hash: Hasher = (seq, prevHash, r) => auditRecordHash(seq, prevHash, r, r.detailsJson, chain);
+  const { store } = deps;
+  const hash = hasherFor(deps.chain);
   const checkpoints = await store.listAuditCheckpoints();
   const initialized = await store.isInitialized();
 
@@ -98,11 +112,12 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
   if (anchor !== undefined && "unreadable" in anchor) {
     report(0, "checkpoint_invalid", "the checkpoint anchored in the HSM is unreadable");
   }
-  const anchored =
+  const anchorOnly =
     anchor !== undefined && "checkpoint" in anchor && !checkpoints.some((c) => sameCheckpoint(c, anchor.checkpoint))
-      ? [...checkpoints, anchor.checkpoint]
-      : checkpoints;
-  const checkpointSeqs = new Set(anchored.map((c) => c.seq));
+      ? anchor.checkpoint
+      : undefined;
+  const checkpointSeqs = new Set([...checkpoints, ...(anchorOnly === undefined ? [] : [anchorOnly])].map((c) => c.seq));
+  const restoreRecords: StoredAuditRecord[] = [];
 
   let records = 0;
   const suspects = new Map<number, StoredAuditRecord>();
@@ -127,6 +142,7 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
         continue;
       }
       if (r.seq === 1) first = r;
+      if (r.action === RESTORE_ACTION) restoreRecords.push(r);
       if (r.seq > expected) gaps.push([expected, r.seq - 1]);
       expected = r.seq + 1;
       if (checkpointSeqs.has(r.seq)) storedHashAt.set(r.seq, r.hash);
@@ -194,7 +210,16 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
     );
   }
 
-  const signedThrough = await checkCheckpoints(deps, anchored, storedHashAt, lastSeq, report);
+  const publicKey = await checkpointPublicKey(deps);
+  const superseded =
+    anchorOnly !== undefined &&
+    restoreRecords.some((r) => supersedes(r, anchorOnly, hash, checkpoints, deps.checkpointKey, publicKey));
+  const anchored = anchorOnly === undefined || superseded ? checkpoints : [...checkpoints, anchorOnly];
+  const signedThrough = checkCheckpoints(deps.checkpointKey, publicKey, anchored, storedHashAt, lastSeq, report);
+  const restores = restoreRecords.flatMap((r) => {
+    const details = hash(r.seq, r.prevHash, r) === r.hash ? parseRestoreDetails(r.detailsJson) : undefined;
+    return details === undefined ? [] : [restoreSummary(r.seq, r.time, details)];
+  });
 
   // The store writes its initialisation record first, in the same transaction that marks it initialised:
   // an initialised store whose log starts elsewhere had its log emptied or replaced from the start.
@@ -218,7 +243,54 @@ export async function verifyAuditLog(deps: VerifyDeps): Promise<AuditVerifyRepor
     checkpoints: checkpoints.length,
     unsignedTail: Math.max(0, lastSeq - signedThrough),
     problems: capped,
+    restores,
   };
+}
+
+/**
+ * The seq of the genuine restore record that supersedes `anchor` (the HSM's copy of
+ * the newest checkpoint), if the log holds one: see `supersedes`. The server asks
+ * before it moves an anchor its log no longer reaches.
+ */
+export async function restoreSuperseding(deps: VerifyDeps, anchor: AuditCheckpoint): Promise<number | undefined> {
+  const found = await deps.store.listAudit({ action: RESTORE_ACTION, descending: true, limit: RESTORE_SEARCH_LIMIT });
+  if (found.length === 0) return undefined;
+  const checkpoints = await deps.store.listAuditCheckpoints();
+  const publicKey = await checkpointPublicKey(deps);
+  const hash = hasherFor(deps.chain);
+  for (const { seq } of found) {
+    const [r] = await deps.store.readAuditRange(seq, seq);
+    if (r !== undefined && supersedes(r, anchor, hash, checkpoints, deps.checkpointKey, publicKey)) return seq;
+  }
+  return undefined;
+}
+
+/**
+ * Whether `r` is a genuine restore record naming `anchor`: its contents hash to its
+ * stored hash under the chain key, and a checkpoint signed by the audit checkpoint key
+ * is at its seq with that hash, so neither the record nor the anchor it names can have
+ * been written without the HSM.
+ */
+function supersedes(
+  r: StoredAuditRecord,
+  anchor: AuditCheckpoint,
+  hash: Hasher,
+  checkpoints: readonly AuditCheckpoint[],
+  key: HsmKeyRef,
+  publicKey: KeyObject,
+): boolean {
+  if (r.action !== RESTORE_ACTION || hash(r.seq, r.prevHash, r) !== r.hash) return false;
+  const named = parseRestoreDetails(r.detailsJson)?.supersededAnchor;
+  if (named == null || named.seq !== anchor.seq || named.hash !== anchor.hash || named.time !== anchor.time) {
+    return false;
+  }
+  return checkpoints.some(
+    (cp) => cp.seq === r.seq && cp.hash === r.hash && checkpointSignatureValid(cp, key, publicKey),
+  );
+}
+
+async function checkpointPublicKey(deps: VerifyDeps): Promise<KeyObject> {
+  return createPublicKey({ key: await deps.keystore.publicKey(deps.checkpointKey), format: "der", type: "spki" });
 }
 
 type Report = (seq: number, kind: AuditProblemKind, message: string) => void;
@@ -327,23 +399,18 @@ function runs(seqs: number[]): Array<[number, number]> {
   return out;
 }
 
-async function checkCheckpoints(
-  deps: VerifyDeps,
+function checkCheckpoints(
+  key: HsmKeyRef,
+  publicKey: KeyObject,
   checkpoints: readonly AuditCheckpoint[],
   storedHashAt: ReadonlyMap<number, string>,
   lastSeq: number,
   report: Report,
-): Promise<number> {
+): number {
   let signedThrough = 0;
-  if (checkpoints.length === 0) return signedThrough;
-  const publicKey = createPublicKey({
-    key: await deps.keystore.publicKey(deps.checkpointKey),
-    format: "der",
-    type: "spki",
-  });
   let truncatedTo: number | undefined;
   for (const cp of checkpoints) {
-    if (!checkpointSignatureValid(cp, deps.checkpointKey, publicKey)) {
+    if (!checkpointSignatureValid(cp, key, publicKey)) {
       report(
         cp.seq,
         "checkpoint_invalid",

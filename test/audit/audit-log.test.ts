@@ -197,7 +197,14 @@ describe("AuditLog", () => {
     for (let i = 6; i <= 8; i++) await keyed.record(entry(i));
     const sixth = (await f.store.readAuditRange(6, 6))[0]!;
     assert.notEqual(sixth.hash, auditRecordHash(6, sixth.prevHash, sixth, sixth.detailsJson), "record 6 is keyed");
-    assert.deepEqual(await keyed.verify(), { ok: true, records: 8, checkpoints: 0, unsignedTail: 8, problems: [] });
+    assert.deepEqual(await keyed.verify(), {
+      ok: true,
+      records: 8,
+      checkpoints: 0,
+      unsignedTail: 8,
+      problems: [],
+      restores: [],
+    });
     await f.store.close();
 
     const store = await SqliteStore.open(f.path);
@@ -242,7 +249,7 @@ describe("AuditLog.verify", () => {
     for (let i = 31; i <= 40; i++) await f.audit.record(entry(i));
     await f.audit.checkpoint();
     const report = await f.audit.verify();
-    assert.deepEqual(report, { ok: true, records: 40, checkpoints: 2, unsignedTail: 0, problems: [] });
+    assert.deepEqual(report, { ok: true, records: 40, checkpoints: 2, unsignedTail: 0, problems: [], restores: [] });
     await f.close();
   });
 

@@ -118,7 +118,14 @@ async function initialise(store: SqliteStore): Promise<void> {
 describe("audit verify against direct edits of the SQLite file", () => {
   test("an empty and a one-record log verify; that one record edited is named", async () => {
     const j = await journal(0);
-    assert.deepEqual(await j.audit.verify(), { ok: true, records: 0, checkpoints: 0, unsignedTail: 0, problems: [] });
+    assert.deepEqual(await j.audit.verify(), {
+      ok: true,
+      records: 0,
+      checkpoints: 0,
+      unsignedTail: 0,
+      problems: [],
+      restores: [],
+    });
     await j.audit.record(entry(1));
     assert.equal((await j.audit.verify()).ok, true);
     j.sql.prepare("UPDATE audit_log SET action = 'test.other' WHERE seq = 1").run();

@@ -18,7 +18,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, w
 import type { IncomingHttpHeaders } from "node:http";
 import { request } from "node:https";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { type Reply, startServer } from "../client/server.js";
@@ -91,6 +91,16 @@ after(() => {
 });
 
 /** What a SQLite file holds, read through a read-only connection of its own. */
+/** The audit_log columns the restore test reads from a dumped row. */
+interface AuditRow {
+  readonly seq: number;
+  readonly action: string;
+  readonly resource: string;
+  readonly outcome: string;
+  readonly details: string;
+  readonly hash: string;
+}
+
 interface CopyContents {
   readonly journalMode: string;
   readonly integrity: string[];
@@ -599,6 +609,24 @@ describe("custos restore, and a server started again on the restored store", () 
       assert.equal(fileSha256(db), dbBefore);
     });
 
+    test("a backup of another installation (another HSM root key): root_key_mismatch, and nothing changed", async () => {
+      const other = await startCustos();
+      const foreign = join(scratch("foreign"), "other.db");
+      try {
+        const b = other.cli(["backup", foreign]);
+        assert.equal(b.status, 0, b.stdout + b.stderr);
+      } finally {
+        await other.dispose();
+      }
+      const dbBefore = fileSha256(db);
+      const siblings = databaseSiblings(custos.dir);
+      const r = custos.cli(["restore", foreign]);
+      assert.match(r.stderr, /^error: root_key_mismatch: /, r.stdout + r.stderr);
+      assert.notEqual(r.status, 0);
+      assert.equal(fileSha256(db), dbBefore, "the database is untouched");
+      assert.deepEqual(databaseSiblings(custos.dir), siblings, "nothing was moved aside or left behind");
+    });
+
     test("restore moves the database aside to <db>.replaced-<UTC time>, installs the copy (0600), and says what it replaced", () => {
       const dbBefore = fileSha256(db);
       const started = Math.floor(Date.now() / 1000) * 1000;
@@ -623,8 +651,43 @@ describe("custos restore, and a server started again on the restored store", () 
 
       assert.equal(statSync(db).mode & 0o777, 0o600, "the installed database is 0600");
       assert.deepEqual(readCopy(db).integrity, ["ok"]);
-      assert.deepEqual(dump(db), dump(backupFile), "the installed database holds exactly the backup");
       assert.notEqual(fileSha256(db), dbBefore);
+
+      // The installed database is the backup and, past its end, the restore's own record and the checkpoint signed at it.
+      const installed = dump(db);
+      const backup = dump(backupFile);
+      const { audit_log: log, audit_checkpoints: checkpoints, ...rest } = installed;
+      const { audit_log: backupLog, audit_checkpoints: backupCheckpoints, ...backupRest } = backup;
+      assert.deepEqual(rest, backupRest, "every other table holds exactly the backup");
+      const added = log!.filter((row) => !backupLog!.includes(row)).map((row) => JSON.parse(row) as AuditRow);
+      assert.equal(log!.length, backupLog!.length + 1, "one audit record added");
+      assert.equal(added.length, 1);
+      const record = added[0]!;
+      assert.deepEqual(
+        [record.seq, record.action, record.resource, record.outcome],
+        [backupSeq + 1, "store.restore", "store", "success"],
+      );
+      const details = JSON.parse(record.details) as {
+        backup: { sha256: string; newestSeq: number };
+        replaced: { file: string; newestSeq: number };
+        supersededAnchor: { seq: number } | null;
+      };
+      assert.deepEqual(details.backup, { sha256: fileSha256(backupFile), newestSeq: backupSeq });
+      assert.equal(details.replaced.file, basename(kept));
+      assert.equal(details.replaced.newestSeq, readCopy(kept).auditSeq, "the replaced database's newest record");
+      assert.ok(
+        details.supersededAnchor !== null && details.supersededAnchor.seq > backupSeq,
+        `it names the HSM's checkpoint, past the backup: ${record.details}`,
+      );
+      const newCheckpoints = checkpoints!.filter((row) => !backupCheckpoints!.includes(row));
+      assert.deepEqual(
+        newCheckpoints.map((row) => (JSON.parse(row) as { seq: number; hash: string }).seq),
+        [record.seq],
+        "one checkpoint added, at the restore record",
+      );
+      assert.equal((JSON.parse(newCheckpoints[0]!) as { hash: string }).hash, record.hash);
+      assert.equal(checkpoints!.length, backupCheckpoints!.length + 1, "the backup's checkpoints are all kept");
+      assert.match(output, new RegExp(`audit record ${record.seq} \\(store\\.restore\\)`));
     });
 
     test("the kept database is a whole store: it opens, and holds what came after the backup and the checkpoint that signed it", () => {
@@ -664,16 +727,41 @@ describe("custos restore, and a server started again on the restored store", () 
         assert.equal(errorCode(v2), "not_found");
       });
 
-      test("audit verify does not call the log intact: the HSM's anchored checkpoint reaches past it, and it reports truncated", async () => {
+      test("audit verify calls the log intact and lists the restore: which records it lost, and where they are kept", async () => {
+        const api = ok(await custos.call("POST", "/v1/audit/verify"));
+        assert.deepEqual(api.problems, [], JSON.stringify(api));
+        assert.equal(api.ok, true);
+        const restores = api.restores as Array<Record<string, unknown>>;
+        assert.equal(restores.length, 1, JSON.stringify(restores));
+        const r = restores[0]!;
+        assert.equal(r.seq, backupSeq + 1);
+        assert.equal(r.backupSeq, backupSeq);
+        assert.equal(r.replacedFile, basename(kept));
+        assert.equal(r.replacedNewestSeq, readCopy(kept).auditSeq);
+        assert.ok((r.supersededSeq as number) > backupSeq, JSON.stringify(r));
+
+        const cli = custos.cli(["audit", "verify"]);
+        assert.equal(cli.status, 0, cli.stdout + cli.stderr);
+        assert.match(cli.stdout, /^ok: /m);
+        const lost = `records ${backupSeq + 1}..${r.replacedNewestSeq} of the log before it were lost (kept in ${basename(kept)})`;
+        assert.ok(cli.stdout.includes(lost), `${lost}\n${cli.stdout}`);
+      });
+
+      test("once the restored server has checkpointed, the HSM vouches for the new log: the backup copied in by hand reads as truncated", async () => {
+        ok(await custos.call("POST", "/v1/keys", { name: "after-restore", purpose: "encrypt" }), 201);
+        await custos.stop(); // its final checkpoint moves the HSM's anchor past the restore record
+        const restoredSeq = readCopy(db).auditSeq;
+        for (const f of [`${db}-wal`, `${db}-shm`]) rmSync(f, { force: true });
+        writeFileSync(db, readFileSync(backupFile), { mode: 0o600 });
+        await custos.start();
         const api = ok(await custos.call("POST", "/v1/audit/verify"));
         assert.equal(api.ok, false, JSON.stringify(api));
         const kinds = (api.problems as Array<{ kind: string }>).map((p) => p.kind);
-        assert.ok(kinds.includes("truncated"), `problems: ${JSON.stringify(api.problems)}`);
-
-        const cli = custos.cli(["audit", "verify"]);
-        assert.equal(cli.status, 1, cli.stdout + cli.stderr);
-        assert.match(cli.stdout, /truncated/);
-        assert.doesNotMatch(cli.stdout, /^ok: /m);
+        assert.ok(
+          kinds.includes("truncated") || kinds.includes("checkpoint_mismatch"),
+          `the copy without its restore record, behind the anchor at ${restoredSeq}: ${JSON.stringify(api.problems)}`,
+        );
+        assert.deepEqual(api.restores, [], "a copy with no restore record lists none");
       });
     });
   });

@@ -17,6 +17,14 @@ interface VerifyAnswer {
   checkpoints: number;
   unsignedTail?: number;
   problems: { seq: number; kind: string; message: string }[];
+  restores?: {
+    seq: number;
+    time: string;
+    backupSeq: number;
+    supersededSeq: number | null;
+    replacedFile: string | null;
+    replacedNewestSeq: number | null;
+  }[];
 }
 
 /** The human report of an audit verification: one line per problem, then a summary. */
@@ -29,7 +37,18 @@ export function renderVerification(a: VerifyAnswer): string {
   if (a.unsignedTail) {
     lines.push(`note: the newest ${count(a.unsignedTail, "record")} not yet covered by a signed checkpoint`);
   }
+  for (const r of a.restores ?? []) lines.push(`note: ${restoreLine(r)}`);
   return `${lines.join("\n")}\n`;
+}
+
+/** What one restore lost, as far as the log can tell: records past the backup that a checkpoint or the replaced database held. */
+function restoreLine(r: NonNullable<VerifyAnswer["restores"]>[number]): string {
+  const newest = Math.max(r.supersededSeq ?? 0, r.replacedNewestSeq ?? 0);
+  const lost =
+    newest > r.backupSeq
+      ? `records ${r.backupSeq + 1}..${newest} of the log before it were lost${r.replacedFile ? ` (kept in ${printable(r.replacedFile)})` : ""}`
+      : "no record of the log before it was lost";
+  return `record ${r.seq}: a backup holding records 1..${r.backupSeq} was restored at ${printable(r.time)}; ${lost}`;
 }
 
 function count(n: number, noun: string): string {

@@ -88,16 +88,17 @@ export function registerLocalCommands(program: Command, ctx: CliContext): void {
     .option("--config <file>", "JSON configuration file (default: $CUSTOS_CONFIG or var/custos.json)")
     .action(async (file: string, o: { config?: string }): Promise<void> => {
       const config = await configFor(ctx, o.config);
-      const { restoreDatabase } = await import("../../store/index.js");
-      const restored = restoreDatabase(config.store.path, file);
+      const { restore } = await import("../../main.js");
+      const restored = await restore(config, file);
       await ctx.emit(restored, (r) =>
         [
-          `restored: ${r.database} from ${file} (audit log to record ${r.auditSeq}, schema version ${r.schemaVersion})`,
+          `restored: ${r.database} from ${file} (schema version ${r.schemaVersion}, SHA-256 ${r.backupSha256})`,
           `replaced: ${r.replaced ?? "nothing (there was no database)"}${r.replaced ? " (kept: it holds what came after the backup)" : ""}`,
+          `recorded: audit record ${r.auditSeq} (store.restore), with a checkpoint signed at it; custos audit verify`,
+          "lists the restore and the records lost with it.",
           "lost with the restore, unless done again: every change after the backup. Key versions made since",
           "are gone (what they encrypted can't be decrypted), and certificates and SSH certificates revoked",
-          "since are good again until revoked again. Where the HSM holds a checkpoint newer than the backup,",
-          "custos audit verify reports the records after the backup as lost, from now on.",
+          "since are good again until revoked again.",
           "start the server on it: custos server",
           "",
         ].join("\n"),

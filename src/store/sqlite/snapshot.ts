@@ -1,15 +1,17 @@
+import { createHash } from "node:crypto";
 import {
   closeSync,
   existsSync,
   fsyncSync,
   linkSync,
   openSync,
+  readSync,
   renameSync,
   rmSync,
   type Stats,
   statSync,
 } from "node:fs";
-import { dirname } from "node:path";
+import { basename, dirname } from "node:path";
 import Database from "better-sqlite3";
 import { CustosError } from "../../errors/index.js";
 import { databaseFiles } from "./connection.js";
@@ -56,9 +58,29 @@ export async function copyDatabase(db: Database.Database, path: string): Promise
 /** What a restore did: the database it installed, and where the one it replaced was kept. */
 export interface RestoreResult extends SnapshotInfo {
   readonly database: string;
-  /** The replaced database, kept under a new name with its -wal and -shm; null when there was none. */
   readonly replaced: string | null;
   readonly schemaVersion: number;
+  /** SHA-256 (hex) of the backup file as read. */
+  readonly backupSha256: string;
+}
+
+/** What `restoreDatabase` knows when it hands the checked copy to its `record` step. */
+export interface RestoreFacts {
+  readonly backupSha256: string;
+  /** The newest audit record in the copy. */
+  readonly backupSeq: number;
+  /** The name the current database will be kept under, and its newest audit record (null if unreadable). */
+  readonly replaced: { readonly file: string; readonly newestSeq: number | null } | null;
+}
+
+export interface RestoreOptions {
+  readonly now?: Date;
+  /**
+   * Runs on the checked private copy, with the server lock held, before anything
+   * changes at the database's name: the restore's own audit record goes in here. A
+   * failure abandons the restore. Its newest audit seq is what the result reports.
+   */
+  readonly record?: (copy: string, facts: RestoreFacts) => Promise<void>;
 }
 
 /**
@@ -70,21 +92,40 @@ export interface RestoreResult extends SnapshotInfo {
  * over the old name, so a crash at any moment leaves the old database or the new one
  * at that name, and the old one reachable either way.
  */
-export function restoreDatabase(databasePath: string, backupFile: string, now = new Date()): RestoreResult {
+export async function restoreDatabase(
+  databasePath: string,
+  backupFile: string,
+  options: RestoreOptions = {},
+): Promise<RestoreResult> {
+  const now = options.now ?? new Date();
   const lock = lockForServer(databasePath);
   const incoming = `${databasePath}.restoring`;
   try {
     const stat = statOf(backupFile);
     if (!stat.isFile()) throw invalid(`${backupFile} is not a regular file`);
-    rmSync(incoming, { force: true });
+    const backupSha256 = sha256Of(backupFile);
+    removeDatabase(incoming);
     copyFileDurably(backupFile, incoming);
-    const { auditSeq, schemaVersion } = checkCopy(incoming, backupFile);
-    const replaced = existsSync(databasePath) ? keepAside(databasePath, now) : null;
+    const checked = checkCopy(incoming, backupFile);
+    const aside = existsSync(databasePath) ? asideName(databasePath, now) : null;
+    if (options.record !== undefined) {
+      const replaced = aside === null ? null : { file: basename(aside), newestSeq: readableAuditSeq(databasePath) };
+      await options.record(incoming, { backupSha256, backupSeq: checked.auditSeq, replaced });
+      settle(incoming);
+    }
+    const auditSeq = options.record === undefined ? checked.auditSeq : readableAuditSeq(incoming);
+    if (aside !== null) keepAside(databasePath, aside);
     renameSync(incoming, databasePath);
     syncPath(dirname(databasePath));
-    return { database: databasePath, replaced, auditSeq, schemaVersion };
+    return {
+      database: databasePath,
+      replaced: aside,
+      auditSeq: auditSeq ?? 0,
+      schemaVersion: checked.schemaVersion,
+      backupSha256,
+    };
   } catch (e) {
-    rmSync(incoming, { force: true });
+    removeDatabase(incoming);
     if (e instanceof CustosError) throw e;
     throw unavailable(e, `cannot restore ${databasePath}: ${(e as Error).message}`);
   } finally {
@@ -144,13 +185,7 @@ function checkCopy(path: string, named: string): { auditSeq: number; schemaVersi
  * Keeps the current database under a new name: its WAL folded into the file first
  * where it can be (a damaged database stays as it is, -wal and -shm moved with it).
  */
-function keepAside(databasePath: string, now: Date): string {
-  const stamp = now
-    .toISOString()
-    .replace(/[-:]/g, "")
-    .replace(/\.\d+Z$/, "Z");
-  let aside = `${databasePath}.replaced-${stamp}`;
-  for (let n = 2; databaseFiles(aside).some(existsSync); n++) aside = `${databasePath}.replaced-${stamp}-${n}`;
+function keepAside(databasePath: string, aside: string): void {
   try {
     const db = new Database(databasePath, { fileMustExist: true });
     try {
@@ -167,7 +202,63 @@ function keepAside(databasePath: string, now: Date): string {
   if (existsSync(shm as string)) renameSync(shm as string, asideShm as string);
   linkSync(databasePath, aside);
   syncPath(dirname(databasePath));
+}
+
+/** `<database>.replaced-<UTC time>`, with a counter where that name is taken. */
+function asideName(databasePath: string, now: Date): string {
+  const stamp = now
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d+Z$/, "Z");
+  let aside = `${databasePath}.replaced-${stamp}`;
+  for (let n = 2; databaseFiles(aside).some(existsSync); n++) aside = `${databasePath}.replaced-${stamp}-${n}`;
   return aside;
+}
+
+/**
+ * The newest audit record of the database at `path`, or null if it can't be read.
+ * Opened for writing, though only read: a read-only connection to a WAL database
+ * leaves -wal and -shm files behind, where the last writer's close removes them.
+ */
+function readableAuditSeq(path: string): number | null {
+  try {
+    const db = new Database(path, { fileMustExist: true });
+    try {
+      return newestAuditSeq(db);
+    } finally {
+      db.close();
+    }
+  } catch {
+    return null;
+  }
+}
+
+/** Takes a copy the `record` step wrote to out of WAL mode, so it is one file again, and makes it durable. */
+function settle(path: string): void {
+  const db = new Database(path, { fileMustExist: true });
+  try {
+    db.pragma("journal_mode = DELETE");
+  } finally {
+    db.close();
+  }
+  syncPath(path);
+}
+
+function sha256Of(file: string): string {
+  const hash = createHash("sha256");
+  const fd = openSync(file, "r");
+  try {
+    const buffer = Buffer.allocUnsafe(1 << 20);
+    for (let n = readSync(fd, buffer); n > 0; n = readSync(fd, buffer)) hash.update(buffer.subarray(0, n));
+  } finally {
+    closeSync(fd);
+  }
+  return hash.digest("hex");
+}
+
+/** Removes a database file with its -wal, -shm and -journal, where they exist. */
+function removeDatabase(path: string): void {
+  for (const f of [...databaseFiles(path), `${path}-journal`]) rmSync(f, { force: true });
 }
 
 function newestAuditSeq(db: Database.Database): number {
