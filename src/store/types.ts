@@ -532,11 +532,12 @@ export interface Store {
   listAuditCheckpoints(): Promise<AuditCheckpoint[]>;
 
   /**
-   * Writes a consistent copy of the whole store, as of one moment, to the new file
-   * `path` (mode 0600) while the store goes on serving: a backup, which a restore
-   * puts back. Answers the newest audit record the copy holds.
+   * Writes a consistent copy of the whole store, as of one moment, to a new file
+   * (mode 0600) while the store goes on serving: a backup, which a restore puts back.
+   * The file is the caller's to remove; it lies beside the store's own data, where its
+   * space was planned. Answers its path and the newest audit record it holds.
    */
-  snapshot(path: string): Promise<{ auditSeq: number }>;
+  snapshot(): Promise<{ path: string; auditSeq: number }>;
 
   /** Flushes pending writes and closes. */
   close(): Promise<void>;

@@ -23,6 +23,7 @@ import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { type Reply, startServer } from "../client/server.js";
 import { type CustosInstance, errorCode, ok, startCustos } from "../helpers/custos.js";
+import { waitFor } from "../helpers/wait.js";
 
 const BIN = resolve(import.meta.dirname, "../../bin/custos.js");
 
@@ -484,6 +485,42 @@ describe("GET /v1/store/backup and custos backup, on a server that keeps serving
         await fake.close();
       }
     }
+  });
+
+  test("the server's copy lies beside the database only while it is sent: none after a backup or a client hanging up mid-way, and one a crash left is removed at start", async () => {
+    const copies = () => databaseSiblings(custos.dir).filter((n) => n.startsWith("custos.db.backup-"));
+    assert.equal((await getBackup(custos, custos.adminToken)).status, 200);
+    assert.deepEqual(copies(), [], "no copy after a whole download");
+
+    // A client that reads the first bytes and hangs up.
+    await new Promise<void>((done, fail) => {
+      const req = request(
+        {
+          host: "127.0.0.1",
+          port: custos.port,
+          path: "/v1/store/backup",
+          ca: custos.ca,
+          agent: false,
+          headers: { authorization: `Bearer ${custos.adminToken}` },
+        },
+        (res) => {
+          assert.equal(res.statusCode, 200);
+          res.once("data", () => {
+            req.destroy();
+            done();
+          });
+        },
+      );
+      req.on("error", (e) => (req.destroyed ? undefined : fail(e)));
+      req.end();
+    });
+    await waitFor("the copy removed once the client has gone", () => copies().length === 0);
+
+    await custos.stop();
+    const stale = join(custos.dir, `custos.db.backup-${randomBytes(8).toString("hex")}`);
+    writeFileSync(stale, randomBytes(4096), { mode: 0o600 });
+    await custos.start();
+    assert.deepEqual(copies(), [], "the copy a crash left is removed when the server starts");
   });
 
   // This test ends the server (kill -9): it comes last in this group.

@@ -1,7 +1,5 @@
 import { createHash } from "node:crypto";
-import { type FileHandle, mkdtemp, open, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { type FileHandle, open, rm } from "node:fs/promises";
 import type { FastifyPluginAsync } from "fastify";
 import { type ApiDeps, authorize } from "../app.js";
 
@@ -15,12 +13,10 @@ export function storeRoutes(deps: ApiDeps): FastifyPluginAsync {
   return async (app) => {
     app.get("/v1/store/backup", async (req, reply) => {
       authorize(deps, req, "store:backup", "store");
-      const dir = await mkdtemp(join(tmpdir(), "custos-backup-"));
+      const { path, auditSeq } = await deps.store.snapshot();
       let handle: FileHandle | undefined;
       try {
-        const file = join(dir, "custos.db");
-        const { auditSeq } = await deps.store.snapshot(file);
-        handle = await open(file, "r");
+        handle = await open(path, "r");
         const { size } = await handle.stat();
         const sha256 = createHash("sha256");
         for await (const chunk of handle.createReadStream({ autoClose: false, start: 0 })) sha256.update(chunk);
@@ -39,7 +35,7 @@ export function storeRoutes(deps: ApiDeps): FastifyPluginAsync {
         return reply.send(body);
       } finally {
         await handle?.close();
-        await rm(dir, { recursive: true, force: true });
+        await rm(path, { force: true });
       }
     });
   };

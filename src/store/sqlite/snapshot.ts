@@ -1,17 +1,19 @@
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import {
   closeSync,
   existsSync,
   fsyncSync,
   linkSync,
   openSync,
+  readdirSync,
   readSync,
   renameSync,
   rmSync,
   type Stats,
   statSync,
 } from "node:fs";
-import { basename, dirname } from "node:path";
+import { tmpdir } from "node:os";
+import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import { CustosError } from "../../errors/index.js";
 import { databaseFiles } from "./connection.js";
@@ -32,20 +34,26 @@ export interface SnapshotInfo {
 
 const PRIVATE_MODE = 0o600;
 
+/** The name part that marks a backup's copy beside its database. */
+const COPY_INFIX = ".backup-";
+
 /**
- * Copies `db` as of one moment into the new file `path` (created 0600; it must not
- * exist) while the server goes on. The backup runs in steps with the event loop
+ * Copies `db` as of one moment into a new file (created 0600) beside it, while the
+ * server goes on: where the database's space was planned, not the system's temp
+ * directory (often a small tmpfs). The backup runs in steps with the event loop
  * turning between them, and a write committed on this same connection meanwhile is
  * carried into the copy by SQLite, so the copy is of the moment it finishes.
  */
-export async function copyDatabase(db: Database.Database, path: string): Promise<SnapshotInfo> {
+export async function copyDatabase(db: Database.Database): Promise<SnapshotInfo & { path: string }> {
+  const beside = db.memory ? join(tmpdir(), "custos.db") : db.name;
+  const path = `${beside}${COPY_INFIX}${randomBytes(8).toString("hex")}`;
   try {
     closeSync(openSync(path, "wx", PRIVATE_MODE));
     await db.backup(path);
     const copy = new Database(path);
     try {
       copy.pragma("journal_mode = DELETE");
-      return { auditSeq: newestAuditSeq(copy) };
+      return { path, auditSeq: newestAuditSeq(copy) };
     } finally {
       copy.close();
     }
@@ -55,9 +63,18 @@ export async function copyDatabase(db: Database.Database, path: string): Promise
   }
 }
 
+/** Removes the backup copies beside `databasePath` that a crash left behind. */
+export function removeStaleCopies(databasePath: string): void {
+  const prefix = `${basename(databasePath)}${COPY_INFIX}`;
+  for (const name of readdirSync(dirname(databasePath))) {
+    if (name.startsWith(prefix)) rmSync(join(dirname(databasePath), name), { force: true });
+  }
+}
+
 /** What a restore did: the database it installed, and where the one it replaced was kept. */
 export interface RestoreResult extends SnapshotInfo {
   readonly database: string;
+  /** The replaced database, kept under a new name with its -wal and -shm; null when there was none. */
   readonly replaced: string | null;
   readonly schemaVersion: number;
   /** SHA-256 (hex) of the backup file as read. */
@@ -78,7 +95,7 @@ export interface RestoreOptions {
   /**
    * Runs on the checked private copy, with the server lock held, before anything
    * changes at the database's name: the restore's own audit record goes in here. A
-   * failure abandons the restore. Its newest audit seq is what the result reports.
+   * failure abandons the restore. The result's auditSeq is then the copy's newest record after it.
    */
   readonly record?: (copy: string, facts: RestoreFacts) => Promise<void>;
 }

@@ -66,7 +66,7 @@ import {
 } from "./rows.js";
 import { secretStore } from "./secrets.js";
 import { lockForServer, type ServerLock } from "./server-lock.js";
-import { copyDatabase } from "./snapshot.js";
+import { copyDatabase, removeStaleCopies } from "./snapshot.js";
 import { sshStore } from "./ssh.js";
 import { WriteQueue } from "./write-queue.js";
 
@@ -184,6 +184,8 @@ export class SqliteStore implements Store {
       throw new CustosError("invalid_request", "writeTimeoutMs must be a positive number");
     }
     const lock = options.exclusive && path !== ":memory:" ? lockForServer(path) : undefined;
+    // A copy left by a backup that a crash cut short; only the server that holds the lock makes them.
+    if (lock !== undefined) removeStaleCopies(path);
     let db: Database.Database;
     try {
       db = openDatabase(path, Math.min(MAX_BUSY_TIMEOUT_MS, timeout));
@@ -1094,9 +1096,9 @@ export class SqliteStore implements Store {
 
   // ---- lifecycle ----------------------------------------------------------------
 
-  async snapshot(path: string): Promise<{ auditSeq: number }> {
+  async snapshot(): Promise<{ path: string; auditSeq: number }> {
     if (this.#closed) throw unavailable(undefined, "the store is closed");
-    return copyDatabase(this.#db, path);
+    return copyDatabase(this.#db);
   }
 
   /** Lets queued writes settle, then closes the database. Idempotent. */
