@@ -1,4 +1,4 @@
-import { type ChildProcess, execFileSync, spawnSync } from "node:child_process";
+import { type ChildProcess, execFile, execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -33,7 +33,36 @@ export function wrkPost(
   concurrency: number,
   seconds: number,
 ): LoadResult {
+  return withWrkScript(body, headers, (script) =>
+    wrkResult(concurrency, execFileSync("wrk", wrkArgs(url, script, concurrency, seconds), { encoding: "utf8" })),
+  );
+}
+
+/** `wrkPost` leaving this process's event loop free, for load beside work the bench itself drives. */
+export function wrkPostAsync(
+  url: string,
+  body: string,
+  headers: Record<string, string>,
+  concurrency: number,
+  seconds: number,
+): Promise<LoadResult> {
+  return withWrkScript(
+    body,
+    headers,
+    (script) =>
+      new Promise<LoadResult>((ok, fail) => {
+        execFile("wrk", wrkArgs(url, script, concurrency, seconds), { encoding: "utf8" }, (e, out) => {
+          if (e) fail(e);
+          else ok(wrkResult(concurrency, out));
+        });
+      }),
+  );
+}
+
+function withWrkScript<T>(body: string, headers: Record<string, string>, run: (script: string) => T): T {
   const dir = mkdtempSync(join(tmpdir(), "custos-wrk-"));
+  const cleanup = () => rmSync(dir, { recursive: true, force: true });
+  let result: T;
   try {
     const script = join(dir, "post.lua");
     const headerLines = Object.entries({ "content-type": "application/json", ...headers })
@@ -46,23 +75,32 @@ export function wrkPost(
         `  io.write(string.format("RESULT %d %d %.3f %.3f %d\\n", summary.requests, summary.duration, ` +
         `latency:percentile(50)/1000, latency:percentile(99)/1000, summary.errors.status))\nend\n`,
     );
-    const out = execFileSync("wrk", ["-t1", `-c${concurrency}`, `-d${seconds}s`, "--latency", "-s", script, url], {
-      encoding: "utf8",
-    });
-    const m = /RESULT (\d+) (\d+) ([\d.]+) ([\d.]+) (\d+)/.exec(out);
-    if (!m) throw new Error(`unexpected wrk output:\n${out}`);
-    const requests = Number(m[1]);
-    const durationUs = Number(m[2]);
-    return {
-      concurrency,
-      requestsPerSec: requests / (durationUs / 1e6),
-      p50Ms: Number(m[3]),
-      p99Ms: Number(m[4]),
-      non2xx: Number(m[5]),
-    };
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
+    result = run(script);
+  } catch (e) {
+    cleanup();
+    throw e;
   }
+  if (result instanceof Promise) return result.finally(cleanup) as T;
+  cleanup();
+  return result;
+}
+
+function wrkArgs(url: string, script: string, concurrency: number, seconds: number): string[] {
+  return ["-t1", `-c${concurrency}`, `-d${seconds}s`, "--latency", "-s", script, url];
+}
+
+function wrkResult(concurrency: number, out: string): LoadResult {
+  const m = /RESULT (\d+) (\d+) ([\d.]+) ([\d.]+) (\d+)/.exec(out);
+  if (!m) throw new Error(`unexpected wrk output:\n${out}`);
+  const requests = Number(m[1]);
+  const durationUs = Number(m[2]);
+  return {
+    concurrency,
+    requestsPerSec: requests / (durationUs / 1e6),
+    p50Ms: Number(m[3]),
+    p99Ms: Number(m[4]),
+    non2xx: Number(m[5]),
+  };
 }
 
 /** One load run's figures; only 2xx answers count as certificates. */
