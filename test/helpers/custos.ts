@@ -62,6 +62,11 @@ export interface CustosInstance {
   dispose(): Promise<void>;
 }
 
+/** Whether the server process has ended: exitCode stays null for one ended by a signal. */
+function gone(child: ChildProcess): boolean {
+  return child.exitCode !== null || child.signalCode !== null;
+}
+
 /** One HTTPS request to a local Custos; `client` presents a certificate (mutual TLS). */
 export function httpsJson(o: {
   port: number;
@@ -255,13 +260,13 @@ export async function startCustos(config: Record<string, unknown> = {}): Promise
       throw new Error(`custos server did not become healthy:\n${readFileSync(logFile, "utf8")}`);
     },
     async stop() {
-      if (!child || child.exitCode !== null) return;
+      if (!child || gone(child)) return;
       const exited = new Promise((r) => child?.once("exit", r));
       child.kill("SIGTERM");
       await exited;
     },
     async kill9() {
-      if (!child || child.exitCode !== null) return;
+      if (!child || gone(child)) return;
       const exited = new Promise((r) => child?.once("exit", r));
       child.kill("SIGKILL");
       await exited;
