@@ -180,6 +180,14 @@ async function settingRef(store: Store, label: string, id: string): Promise<HsmK
   return { label: await requireSetting(store, label), id: await requireSetting(store, id) };
 }
 
+/** The audit HMAC and checkpoint keys this store was initialised with. */
+async function auditKeys(store: Store): Promise<{ hmacKey: HsmKeyRef; checkpointKey: HsmKeyRef }> {
+  return {
+    hmacKey: await settingRef(store, S.auditHmacLabel, S.auditHmacId),
+    checkpointKey: await settingRef(store, S.auditCheckpointLabel, S.auditCheckpointId),
+  };
+}
+
 /** Refuses to run against an HSM whose root key is not the one this store was initialised with. */
 async function checkRootKey(keystore: Keystore, store: Store): Promise<void> {
   const expected = await requireSetting(store, S.rootKcv);
@@ -209,8 +217,7 @@ export async function openServices(config: CustosConfig, logger: Logger = create
     const audit = await AuditLog.open({
       store,
       keystore,
-      hmacKey: await settingRef(store, S.auditHmacLabel, S.auditHmacId),
-      checkpointKey: await settingRef(store, S.auditCheckpointLabel, S.auditCheckpointId),
+      ...(await auditKeys(store)),
       checkpointEvery: config.audit.checkpointEvery,
       checkpointIntervalMs: config.audit.checkpointIntervalMs,
       logger,
@@ -318,8 +325,7 @@ export async function initialize(config: CustosConfig, options: { adminName: str
       await AuditLog.open({
         store,
         keystore,
-        hmacKey: await settingRef(store, S.auditHmacLabel, S.auditHmacId),
-        checkpointKey: await settingRef(store, S.auditCheckpointLabel, S.auditCheckpointId),
+        ...(await auditKeys(store)),
       });
       await writeCa();
       return { created: false, adminTokenFile, caCertFile };
@@ -379,8 +385,7 @@ export async function restore(config: CustosConfig, backupFile: string): Promise
           const audit = await AuditLog.open({
             store,
             keystore,
-            hmacKey: await settingRef(store, S.auditHmacLabel, S.auditHmacId),
-            checkpointKey: await settingRef(store, S.auditCheckpointLabel, S.auditCheckpointId),
+            ...(await auditKeys(store)),
             logger,
           });
           await audit.recordRestore(systemActor("restore"), {
