@@ -377,25 +377,19 @@ export async function restore(config: CustosConfig, backupFile: string): Promise
   const logger = createLogger();
   const keystore = await openKeystore(config, logger);
   try {
-    return await restoreDatabase(config.store.path, backupFile, {
-      record: async (copy, facts) => {
-        const store = await SqliteStore.open(copy);
-        try {
-          await checkRootKey(keystore, store);
-          const audit = await AuditLog.open({
-            store,
-            keystore,
-            ...(await auditKeys(store)),
-            logger,
-          });
-          await audit.recordRestore(systemActor("restore"), {
-            backup: { sha256: facts.backupSha256, newestSeq: facts.backupSeq },
-            replaced: facts.replaced,
-          });
-        } finally {
-          await store.close();
-        }
-      },
+    return await restoreDatabase(config.store.path, backupFile, async (copy, facts) => {
+      const store = await SqliteStore.open(copy);
+      try {
+        await checkRootKey(keystore, store);
+        const audit = await AuditLog.open({ store, keystore, ...(await auditKeys(store)), logger });
+        const { seq } = await audit.recordRestore(systemActor("restore"), {
+          backup: { sha256: facts.backupSha256, newestSeq: facts.backupSeq },
+          replaced: facts.replaced,
+        });
+        return seq;
+      } finally {
+        await store.close();
+      }
     });
   } finally {
     await keystore.close();

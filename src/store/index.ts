@@ -11,8 +11,6 @@ export type * from "./secrets.js";
 export {
   AUDIT_DEFAULT_LIMIT,
   AUDIT_MAX_LIMIT,
-  type RestoreResult,
-  restoreDatabase,
   SqliteStore,
   type SqliteStoreOptions,
 } from "./sqlite/index.js";

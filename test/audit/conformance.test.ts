@@ -12,7 +12,8 @@ import type { HsmKeyRef } from "../../src/hsm/index.js";
 import { Pkcs11Keystore } from "../../src/hsm/pkcs11/index.js";
 import type { Logger } from "../../src/log/index.js";
 import { Secret } from "../../src/secret/index.js";
-import { type AuditEntry, auditRecordHash, canonicalJson, SqliteStore, type Store } from "../../src/store/index.js";
+import { type AuditEntry, auditRecordHash, SqliteStore, type Store } from "../../src/store/index.js";
+import { AUDIT_COLUMNS, forgeAfter } from "../helpers/audit.js";
 import { type CustosInstance, httpsRaw, startCustos } from "../helpers/custos.js";
 
 /**
@@ -52,9 +53,6 @@ function entry(i: number): AuditEntry {
   return auditEntry(systemActor(`req-${i}`), "test.action", `item/${i}`, { i });
 }
 
-const COLUMNS =
-  "seq, time, request_id, principal, source, action, resource, outcome, error_code, details, prev_hash, hash";
-
 interface Journal {
   store: SqliteStore;
   audit: AuditLog;
@@ -80,27 +78,6 @@ async function journal(records: number, checkpoint = false): Promise<Journal> {
       await store.close();
     },
   };
-}
-
-/** Appends a row whose hash is computed by the public rule, as anyone who reads the source can. */
-function forgeAfter(sql: Database.Database, last: { seq: number; hash: string }, e: AuditEntry): void {
-  const seq = last.seq + 1;
-  sql
-    .prepare(`INSERT INTO audit_log (${COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
-    .run(
-      seq,
-      e.time,
-      e.requestId,
-      e.principal,
-      e.source,
-      e.action,
-      e.resource,
-      e.outcome,
-      e.errorCode,
-      canonicalJson(e.details),
-      last.hash,
-      auditRecordHash(seq, last.hash, e, canonicalJson(e.details)),
-    );
 }
 
 const named = (r: { problems: Array<{ seq: number; kind: string }> }) => r.problems.map((p) => [p.seq, p.kind]);
@@ -275,7 +252,7 @@ describe("audit verify against direct edits of the SQLite file", () => {
     const j = await journal(10);
     j.sql
       .prepare(
-        `INSERT INTO audit_log (${COLUMNS}) VALUES (?, 't', 'r', 'p', 's', 'a', 'x', 'success', NULL, '{}', ?, ?)`,
+        `INSERT INTO audit_log (${AUDIT_COLUMNS}) VALUES (?, 't', 'r', 'p', 's', 'a', 'x', 'success', NULL, '{}', ?, ?)`,
       )
       .run(2 ** 40, "0".repeat(64), "0".repeat(64));
     let reads = 0;

@@ -12,13 +12,8 @@ import type { HsmKeyRef } from "../../src/hsm/index.js";
 import { Pkcs11Keystore } from "../../src/hsm/pkcs11/index.js";
 import type { Logger } from "../../src/log/index.js";
 import { Secret } from "../../src/secret/index.js";
-import {
-  type AuditCheckpoint,
-  type AuditEntry,
-  auditRecordHash,
-  canonicalJson,
-  SqliteStore,
-} from "../../src/store/index.js";
+import { type AuditCheckpoint, type AuditEntry, canonicalJson, SqliteStore } from "../../src/store/index.js";
+import { forgeAfter } from "../helpers/audit.js";
 import { createTestToken, type TestToken } from "../helpers/softhsm.js";
 
 /**
@@ -257,26 +252,7 @@ describe("a restore recorded in the audit log", () => {
       ...FACTS,
       supersededAnchor: { seq: anchor.seq, hash: anchor.hash, time: anchor.time },
     });
-    const forgedHash = auditRecordHash(7, head.hash, forged, canonicalJson(forged.details));
-    sql
-      .prepare(
-        `INSERT INTO audit_log (seq, time, request_id, principal, source, action, resource, outcome,
-          error_code, details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      )
-      .run(
-        7,
-        forged.time,
-        forged.requestId,
-        forged.principal,
-        forged.source,
-        forged.action,
-        forged.resource,
-        forged.outcome,
-        forged.errorCode,
-        canonicalJson(forged.details),
-        head.hash,
-        forgedHash,
-      );
+    const forgedHash = forgeAfter(sql, head, forged);
     sql.close();
 
     // The server starts on the file and signs its head, the forged record: so only the keyed hash can give it away.

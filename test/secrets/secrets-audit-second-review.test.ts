@@ -12,7 +12,8 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { HMAC_PREFIX } from "../../src/audit/index.js";
-import { auditRecordHash, canonicalJson } from "../../src/store/index.js";
+import { auditRecordHash } from "../../src/store/index.js";
+import { forgeAfter } from "../helpers/audit.js";
 import { type CustosInstance, errorCode, httpsJson, ok, startCustos } from "../helpers/custos.js";
 import { waitFor } from "../helpers/wait.js";
 
@@ -391,25 +392,7 @@ describe("secrets and their audit records, second review", () => {
         errorCode: null,
         details: { path: "acme/prod/web/innocent", versions: [1] },
       };
-      const details = canonicalJson(forged.details);
-      const seq = head.seq + 1;
-      db.prepare(
-        `INSERT INTO audit_log (seq, time, request_id, principal, source, action, resource, outcome, error_code,
-           details, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      ).run(
-        seq,
-        forged.time,
-        forged.requestId,
-        forged.principal,
-        forged.source,
-        forged.action,
-        forged.resource,
-        forged.outcome,
-        forged.errorCode,
-        details,
-        head.hash,
-        auditRecordHash(seq, head.hash, forged, details, { key, keyedFrom: 1 }),
-      );
+      forgeAfter(db, head, forged, { key, keyedFrom: 1 });
     } finally {
       db.close();
     }

@@ -146,7 +146,7 @@ export class Connection {
       const why = ckr ? ckr.name : e instanceof Error ? e.message.replace(`${o.modulePath}: `, "") : describe(e);
       throw new CustosError("hsm_unavailable", `PKCS#11 module ${o.modulePath} could not be loaded (${why})`, {
         cause: e,
-        ...(ckrOf(e) ? { ckr: ckrOf(e)!.name } : {}),
+        ...(ckr ? { ckr: ckr.name } : {}),
       });
     }
     const c = new Connection(o, module);

@@ -71,7 +71,7 @@ export function removeStaleCopies(databasePath: string): void {
   }
 }
 
-/** What a restore did: the database it installed, and where the one it replaced was kept. */
+/** What a restore did: the database it installed (its newest record the restore's own), and where the one it replaced was kept. */
 export interface RestoreResult extends SnapshotInfo {
   readonly database: string;
   /** The replaced database, kept under a new name with its -wal and -shm; null when there was none. */
@@ -90,15 +90,12 @@ export interface RestoreFacts {
   readonly replaced: { readonly file: string; readonly newestSeq: number | null } | null;
 }
 
-export interface RestoreOptions {
-  readonly now?: Date;
-  /**
-   * Runs on the checked private copy, with the server lock held, before anything
-   * changes at the database's name: the restore's own audit record goes in here. A
-   * failure abandons the restore. The result's auditSeq is then the copy's newest record after it.
-   */
-  readonly record?: (copy: string, facts: RestoreFacts) => Promise<void>;
-}
+/**
+ * Writes the restore's own audit record into the checked private copy (`copy`), with
+ * the server lock held, before anything changes at the database's name; answers the
+ * record's seq. A failure abandons the restore.
+ */
+export type RecordRestore = (copy: string, facts: RestoreFacts) => Promise<number>;
 
 /**
  * Installs the copy at `backupFile` as the database at `databasePath`, with no server
@@ -112,9 +109,9 @@ export interface RestoreOptions {
 export async function restoreDatabase(
   databasePath: string,
   backupFile: string,
-  options: RestoreOptions = {},
+  record: RecordRestore,
+  now = new Date(),
 ): Promise<RestoreResult> {
-  const now = options.now ?? new Date();
   const lock = lockForServer(databasePath);
   const incoming = `${databasePath}.restoring`;
   try {
@@ -125,19 +122,16 @@ export async function restoreDatabase(
     copyFileDurably(backupFile, incoming);
     const checked = checkCopy(incoming, backupFile);
     const aside = existsSync(databasePath) ? asideName(databasePath, now) : null;
-    if (options.record !== undefined) {
-      const replaced = aside === null ? null : { file: basename(aside), newestSeq: readableAuditSeq(databasePath) };
-      await options.record(incoming, { backupSha256, backupSeq: checked.auditSeq, replaced });
-      settle(incoming);
-    }
-    const auditSeq = options.record === undefined ? checked.auditSeq : readableAuditSeq(incoming);
+    const replaced = aside === null ? null : { file: basename(aside), newestSeq: readableAuditSeq(databasePath) };
+    const auditSeq = await record(incoming, { backupSha256, backupSeq: checked.auditSeq, replaced });
+    settle(incoming);
     if (aside !== null) keepAside(databasePath, aside);
     renameSync(incoming, databasePath);
     syncPath(dirname(databasePath));
     return {
       database: databasePath,
       replaced: aside,
-      auditSeq: auditSeq ?? 0,
+      auditSeq,
       schemaVersion: checked.schemaVersion,
       backupSha256,
     };
@@ -250,7 +244,7 @@ function readableAuditSeq(path: string): number | null {
   }
 }
 
-/** Takes a copy the `record` step wrote to out of WAL mode, so it is one file again, and makes it durable. */
+/** Takes a copy the record step wrote to out of WAL mode, so it is one file again, and makes it durable. */
 function settle(path: string): void {
   const db = new Database(path, { fileMustExist: true });
   try {
