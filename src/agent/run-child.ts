@@ -60,6 +60,11 @@ export class Child {
     return this.#process?.exitCode === null ? this.#process.pid : undefined;
   }
 
+  /** Whether `pid` is an app process whose end libuv has not yet reported (it alone may collect it). */
+  owns(pid: number): boolean {
+    return this.#process?.pid === pid;
+  }
+
   /**
    * Starts the app with `env`, calling `started` once it runs; false if spawn
    * refused at once. A failure to start ends the run (`exited` settles with 127 or

@@ -26,6 +26,7 @@ import {
 } from "../broker-client/index.js";
 import { errnoOrMessage } from "../errors/index.js";
 import { writeFileAtomic } from "../files/index.js";
+import { startReaper } from "./reaper.js";
 import { Child, type ChildSpec, missingProgram } from "./run-child.js";
 import { type EnvPolicy, findSecret, type SecretVariables, secretVariables } from "./run-env.js";
 import {
@@ -180,6 +181,7 @@ async function supervise(options: RunAppOptions): Promise<number> {
     throw new RunError("io_error", `cannot write the credential files: ${errnoOrMessage(cause)}`, { cause });
   }
   const child = new Child(spec, log);
+  const reaper = await startReaper((pid) => child.owns(pid), log);
   const forward = (signal: NodeJS.Signals): void => child.forward(signal);
   for (const s of SIGNALS_FORWARDED) process.on(s, forward);
   child.start(state.environment(true), () =>
@@ -201,6 +203,7 @@ async function supervise(options: RunAppOptions): Promise<number> {
     return await child.exited;
   } finally {
     for (const s of SIGNALS_FORWARDED) process.off(s, forward);
+    reaper?.stop();
     // Closing first aborts calls in flight, so a hung connection can't hold up the exit.
     session.close();
     await background.stop();
