@@ -10,6 +10,7 @@ import type { AuditEntry, InstanceRecord, Store } from "../store/index.js";
 import { bootstrapTokenId, bootstrapTokenMatches, newBootstrapToken } from "./bootstrap-token.js";
 import { IDENTITY_KEY_TYPE_NAMES, identityKeyTypeAllowed, identityRequest, renewAtOf } from "./identity.js";
 import { type InstanceClaims, JwtKeys } from "./jwt.js";
+import { checkListQuery, type InstanceListInput } from "./list.js";
 import { checkLabel, type InstanceNames, instanceResource, spiffeIdOf } from "./names.js";
 
 export interface BrokerOptions {
@@ -54,7 +55,8 @@ export interface Registered {
   readonly leaseExpiresAt: string;
 }
 
-export interface InstanceView {
+/** An instance as a listing shows it: names, state and lease. */
+export interface InstanceSummary {
   readonly instance: string;
   readonly org: string;
   readonly space: string;
@@ -67,6 +69,10 @@ export interface InstanceView {
   readonly updatedAt: string;
   readonly stoppedAt: string | null;
   readonly stopReason: string | null;
+}
+
+/** An instance as the agent API shows it on its own: also what was issued to it. */
+export interface InstanceView extends InstanceSummary {
   readonly bootstrapToken: { readonly state: string; readonly expiresAt: string } | null;
   readonly certificates: readonly { serial: string; notAfter: string; status: string }[];
   readonly jwts: readonly { jti: string; expiresAt: string; denied: boolean }[];
@@ -250,6 +256,19 @@ export class Broker {
       this.#tokenOf(record.id),
     ]);
     return {
+      ...this.#summary(record),
+      bootstrapToken: token === undefined ? null : { state: token.state, expiresAt: token.expiresAt },
+      certificates: certificates.map((c) => ({
+        serial: c.serial,
+        notAfter: c.notAfter,
+        status: c.status === "valid" && c.notAfter <= now ? "expired" : c.status,
+      })),
+      jwts: jwts.map((j) => ({ jti: j.jti, expiresAt: j.expiresAt, denied: j.deniedAt !== null })),
+    };
+  }
+
+  #summary(record: InstanceRecord): InstanceSummary {
+    return {
       instance: record.id,
       org: record.org,
       space: record.space,
@@ -262,14 +281,24 @@ export class Broker {
       updatedAt: record.updatedAt,
       stoppedAt: record.stoppedAt,
       stopReason: record.stopReason,
-      bootstrapToken: token === undefined ? null : { state: token.state, expiresAt: token.expiresAt },
-      certificates: certificates.map((c) => ({
-        serial: c.serial,
-        notAfter: c.notAfter,
-        status: c.status === "valid" && c.notAfter <= now ? "expired" : c.status,
-      })),
-      jwts: jwts.map((j) => ({ jti: j.jti, expiresAt: j.expiresAt, denied: j.deniedAt !== null })),
     };
+  }
+
+  /**
+   * Instances by the names they were registered under, in id order, `limit` (1..1000,
+   * default 100) at a time; `after` the last id of the page before. Those in scope whose
+   * lease has lapsed are stopped first, so a listing never shows them live.
+   */
+  async list(input: InstanceListInput): Promise<InstanceSummary[]> {
+    const query = checkListQuery(input);
+    const inScope = (r: InstanceRecord): boolean =>
+      (query.org === undefined || r.org === query.org) &&
+      (query.space === undefined || r.space === query.space) &&
+      (query.app === undefined || r.app === query.app);
+    for (const record of await this.#store.broker.listLapsed(iso(this.#now()))) {
+      if (inScope(record)) await this.#lapseIfDue(record);
+    }
+    return (await this.#store.broker.listInstances(query)).map((r) => this.#summary(r));
   }
 
   #tokenOf(instanceId: string) {

@@ -6,6 +6,7 @@ export {
   type ExchangeAnswer,
   type IdentityAnswer,
   type InstanceCredential,
+  type InstanceSummary,
   type InstanceView,
   MAX_LEASE_SECONDS,
   PLATFORM_AGENT_POLICY,
@@ -15,4 +16,5 @@ export {
 } from "./broker.js";
 export { IDENTITY_ROLE } from "./identity.js";
 export { type InstanceClaims, JWT_KEY_LABEL, JWT_KEY_SETTING } from "./jwt.js";
+export { checkListQuery, type InstanceListInput, instanceScopeResource } from "./list.js";
 export { instanceResource, isDnsLabel, spiffeIdOf } from "./names.js";

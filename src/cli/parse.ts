@@ -108,6 +108,16 @@ export function parseAppRef(text: string): { org: string; space: string; app: st
   return { org, space, app };
 }
 
+/** `<org>[/<space>[/<app>]]`, each a DNS label: the names narrowing a listing. */
+export function parseScope(text: string): { org: string; space?: string; app?: string } {
+  const parts = text.split("/");
+  if (parts.length > 3 || !parts.every((p) => LABEL_RE.test(p))) {
+    throw usageError(`"${text}" is not a scope: write <org>, <org>/<space> or <org>/<space>/<app>, each a DNS label`);
+  }
+  const [org, space, app] = parts as [string, string?, string?];
+  return { org, ...(space === undefined ? {} : { space }), ...(app === undefined ? {} : { app }) };
+}
+
 /** An instance id: a DNS label. */
 export function checkInstance(id: string): string {
   if (!LABEL_RE.test(id)) throw usageError(`"${id}" is not an instance id: a DNS label (a-z, 0-9, '-', 1-63)`);

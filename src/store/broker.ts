@@ -24,6 +24,20 @@ export interface InstanceRecord {
   readonly revision: number;
 }
 
+/** Which instances to list: by the names they were registered under, in id order. */
+export interface InstanceListQuery {
+  readonly org?: string;
+  /** Only with `org`. */
+  readonly space?: string;
+  /** Only with `space`. */
+  readonly app?: string;
+  /** `live`: registered or running. */
+  readonly state?: InstanceState | "live";
+  /** Only ids after this one. */
+  readonly after?: string;
+  readonly limit: number;
+}
+
 export type BootstrapTokenState = "unused" | "used" | "void";
 
 /** A one-time bootstrap token: only the SHA-256 of the token string is kept. */
@@ -97,6 +111,7 @@ export interface BrokerStore {
    * revoke). `conflict` if already stopped.
    */
   stop(id: string, at: string, reason: string, audit: AuditEntry): Promise<string[]>;
+  listInstances(query: InstanceListQuery): Promise<InstanceRecord[]>;
   /** Live instances whose lease ended at `now`. */
   listLapsed(now: string): Promise<InstanceRecord[]>;
   /** How many of an app's instances are in each state. */

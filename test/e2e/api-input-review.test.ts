@@ -593,6 +593,16 @@ const ROUTES: readonly Route[] = [
       "instance=i_new": { instance: "i_new" },
     },
   }),
+  r("GET /v1/broker/instances", {
+    query: {
+      org: ["O1", "-o", "o".repeat(64), "o/s", "", MARK],
+      space: ["S1", "s_1", ""],
+      app: ["A1", "a.1", ""],
+      state: ["all", "Running", "", MARK],
+      after: ["I-1", "i_1", ""],
+      limit: [...LIMIT, "0", "1001"],
+    },
+  }),
   r("GET /v1/broker/instances/:id", { at: { id: "$instance" } }),
   r("POST /v1/broker/instances/:id/lease", {
     at: { id: "$instance" },

@@ -62,6 +62,7 @@ describe("opening", () => {
       { version: 6, name: "token-parent" },
       { version: 7, name: "app-deleting" },
       { version: 8, name: "token-maker" },
+      { version: 9, name: "instance-names" },
     ]);
     for (const t of [
       "settings",

@@ -3,8 +3,10 @@ import type { FastifyPluginAsync, FastifyRequest } from "fastify";
 import { wasAudited } from "../../audit/index.js";
 import {
   type AuthenticatedInstance,
+  checkListQuery,
   type InstanceCredential,
   instanceResource,
+  instanceScopeResource,
   MAX_LEASE_SECONDS,
   type RegisterInput,
   type RequestInfo,
@@ -131,6 +133,33 @@ export function brokerRoutes(deps: ApiDeps): FastifyPluginAsync {
         const registered = await broker.register(actorOf(req), req.body);
         reply.header("cache-control", "no-store");
         return registered;
+      },
+    );
+
+    app.get<{ Querystring: Record<"org" | "space" | "app" | "state" | "after" | "limit", string | undefined> }>(
+      "/v1/broker/instances",
+      {
+        schema: {
+          querystring: {
+            type: "object",
+            additionalProperties: false,
+            properties: {
+              org: label,
+              space: label,
+              app: label,
+              state: { enum: ["registered", "running", "stopped", "live"] },
+              after: label,
+              limit: { type: "string", pattern: "^[0-9]{1,4}$" },
+            },
+          },
+        },
+      },
+      async (req) => {
+        const { limit, ...rest } = req.query;
+        // Checked before authorising: the resource is built from the names.
+        const query = checkListQuery({ ...rest, ...(limit === undefined ? {} : { limit: Number(limit) }) });
+        authorize(deps, req, "instance:read", instanceScopeResource(query));
+        return { instances: await broker.list(query) };
       },
     );
 

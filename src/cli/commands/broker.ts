@@ -1,11 +1,13 @@
 /** `custos broker …`: what a platform agent does — its token, and registering, inspecting and stopping instances. */
 import type { Command } from "commander";
 import { arg, type CliContext, seg } from "../context.js";
-import { renderRecord } from "../output.js";
-import { checkInstance, parseAppRef, parseDuration } from "../parse.js";
+import { renderRecord, renderTable } from "../output.js";
+import { checkInstance, parseAppRef, parseDuration, parseInteger, parseScope } from "../parse.js";
 import { issuing, keepToken, reserveTokenFile, revokeToken } from "./auth.js";
 
 type Json = Record<string, unknown>;
+
+const INSTANCE_COLUMNS = ["instance", "org", "space", "app", "state", "leaseExpiresAt", "stopReason"];
 
 /** The instance as an operator reads it; credentials as tables. */
 function renderInstance(view: Json): string {
@@ -69,6 +71,23 @@ export function registerBrokerCommands(program: Command, ctx: CliContext): void 
           `bootstrap token (single use, until ${String(answer.tokenExpiresAt)}):`,
       );
       await ctx.out(`${token}\n`);
+    });
+
+  broker
+    .command("instances [scope]")
+    .description("list instances, in id order: all, or those of <org>[/<space>[/<app>]]")
+    .option("--state <state>", "registered, running, stopped or live (registered or running)")
+    .option("--after <instance>", "only ids after this one (paging)")
+    .option(
+      "--limit <n>",
+      "at most this many (1-1000; default 100)",
+      arg((t) => parseInteger(t, "limit")),
+    )
+    .action(async (scope: string | undefined, o: { state?: string; after?: string; limit?: number }) => {
+      const answer = await ctx.client().request<{ instances: Json[] }>("GET", "/v1/broker/instances", {
+        query: { ...(scope === undefined ? {} : parseScope(scope)), state: o.state, after: o.after, limit: o.limit },
+      });
+      await ctx.emit(answer, (a) => renderTable(a.instances, { columns: INSTANCE_COLUMNS }));
     });
 
   broker

@@ -267,6 +267,26 @@ export function brokerStore(area: Area): BrokerStore {
           .map((r) => r.serial);
       }),
 
+    listInstances: (q) =>
+      area.read((sql) => {
+        const where: string[] = [];
+        const params: unknown[] = [];
+        const match = (clause: string, value: unknown): void => {
+          where.push(clause);
+          params.push(value);
+        };
+        if (q.org !== undefined) match("org = ?", q.org);
+        if (q.space !== undefined) match("space = ?", q.space);
+        if (q.app !== undefined) match("app = ?", q.app);
+        if (q.state === "live") where.push("state != 'stopped'");
+        else if (q.state !== undefined) match("state = ?", q.state);
+        if (q.after !== undefined) match("id > ?", q.after);
+        const filter = where.length > 0 ? `WHERE ${where.join(" AND ")}` : "";
+        return sql
+          .all<InstanceRow>(`SELECT * FROM broker_instances ${filter} ORDER BY id LIMIT ?`, ...params, q.limit)
+          .map(instanceFromRow);
+      }),
+
     listLapsed: (now) =>
       area.read((sql) =>
         sql

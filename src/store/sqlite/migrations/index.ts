@@ -6,6 +6,7 @@ import { sshSchema } from "./005-ssh.js";
 import { tokenParentSchema } from "./006-token-parent.js";
 import { appDeletingSchema } from "./007-app-deleting.js";
 import { tokenMakerSchema } from "./008-token-maker.js";
+import { instanceNamesSchema } from "./009-instance-names.js";
 import type { Migration } from "./types.js";
 
 export type { Migration } from "./types.js";
@@ -20,4 +21,5 @@ export const migrations: readonly Migration[] = [
   tokenParentSchema,
   appDeletingSchema,
   tokenMakerSchema,
+  instanceNamesSchema,
 ];
