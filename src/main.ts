@@ -228,7 +228,11 @@ export async function openServices(config: CustosConfig, logger: Logger = create
       audit,
       minDestructionWaitSeconds: config.kms.minDestructionWaitSeconds,
     });
-    const auth = new AuthService({ store, sessionTtlSeconds: config.auth.sessionTtlSeconds });
+    const auth = new AuthService({
+      store,
+      sessionTtlSeconds: config.auth.sessionTtlSeconds,
+      sessionMaxTtlSeconds: config.auth.sessionMaxTtlSeconds,
+    });
     const pki = openPki(config, keystore, store);
     // Creates the CA hierarchy on installs made before the PKI existed; loads it otherwise.
     await pki.authority.ensure(systemActor("pki-init"));

@@ -64,6 +64,7 @@ export const ACTIONS = [
   "token:create",
   "token:read",
   "token:revoke",
+  "token:renew",
   "policy:read",
   "policy:write",
   "sudo:grant",

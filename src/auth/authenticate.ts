@@ -50,6 +50,10 @@ export async function login(
     revokedAt: null,
     parentId: null,
     makerUserId: null,
+    renewal: {
+      ttlSeconds: ctx.sessionTtlSeconds,
+      maxExpiresAt: new Date(now.getTime() + ctx.sessionMaxTtlSeconds * 1000).toISOString(),
+    },
   };
   try {
     const entry = auditEntry(actor, "auth.login", `user/${user.name}`, { tokenId: id, expiresAt });

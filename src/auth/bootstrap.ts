@@ -53,6 +53,7 @@ export async function buildInitialAdmin(input: InitialAdminInput): Promise<Initi
     createdAt: at,
     expiresAt: null,
     revokedAt: null,
+    renewal: null,
     parentId: null,
     makerUserId: null,
   };

@@ -20,6 +20,7 @@ export type {
   LoginResult,
   PasswordInput,
   PutPolicyInput,
+  RenewTokenInput,
   UpdateGroupInput,
   UpdateUserInput,
 } from "./types.js";

@@ -7,6 +7,9 @@ import type { AuthServiceOptions } from "./types.js";
 /** Longest lifetime of any token, login sessions included (10 years). */
 export const MAX_TOKEN_TTL_SECONDS = 10 * 365 * 86_400;
 
+/** How long after login renewals may keep a session, unless configured (12 hours). */
+const DEFAULT_SESSION_MAX_TTL_SECONDS = 12 * 3600;
+
 /** The policy records `authorize` evaluates, reused until `untilMs` (epoch ms). */
 export interface PolicySnapshot {
   set: PolicySet;
@@ -20,6 +23,7 @@ export interface AuthContext {
   readonly store: Store;
   readonly clock: () => Date;
   readonly sessionTtlSeconds: number;
+  readonly sessionMaxTtlSeconds: number;
   readonly cacheMs: number;
   readonly principals: PrincipalCache;
   readonly resolutions: WeakMap<Principal, Resolution>;
@@ -37,6 +41,11 @@ export function createContext(options: AuthServiceOptions): AuthContext {
   if (!isPositiveInteger(sessionTtlSeconds, 1, MAX_TOKEN_TTL_SECONDS)) {
     throw new CustosError("invalid_request", "sessionTtlSeconds must be a positive integer");
   }
+  const sessionMaxTtlSeconds =
+    options.sessionMaxTtlSeconds ?? Math.max(DEFAULT_SESSION_MAX_TTL_SECONDS, sessionTtlSeconds);
+  if (!isPositiveInteger(sessionMaxTtlSeconds, sessionTtlSeconds, MAX_TOKEN_TTL_SECONDS)) {
+    throw new CustosError("invalid_request", "sessionMaxTtlSeconds must be an integer no less than sessionTtlSeconds");
+  }
   if (!Number.isFinite(cacheMs) || cacheMs < 0) {
     throw new CustosError("invalid_request", "principalCacheMs must be a non-negative number");
   }
@@ -44,6 +53,7 @@ export function createContext(options: AuthServiceOptions): AuthContext {
     store: options.store,
     clock: options.clock ?? (() => new Date()),
     sessionTtlSeconds,
+    sessionMaxTtlSeconds,
     cacheMs,
     principals: new PrincipalCache(),
     resolutions: new WeakMap(),

@@ -19,6 +19,7 @@ import type {
   LoginResult,
   PasswordInput,
   PutPolicyInput,
+  RenewTokenInput,
   UpdateGroupInput,
   UpdateUserInput,
 } from "./types.js";
@@ -156,6 +157,11 @@ export class AuthService {
    */
   revokeToken(actor: Actor, principal: Principal, id: string): Promise<string[]> {
     return tokens.revokeToken(this.#ctx, actor, principal, id);
+  }
+
+  /** Renews a renewable token, by the same rule as `revokeToken` (checked here too). */
+  renewToken(actor: Actor, principal: Principal, id: string, input: RenewTokenInput = {}): Promise<TokenRecord> {
+    return tokens.renewToken(this.#ctx, actor, principal, id, input);
   }
 
   // ---- policies -------------------------------------------------------------------

@@ -9,7 +9,7 @@ import { ADMIN_POLICY } from "./policy.js";
 import type { Principal } from "./principal.js";
 import { effectivePolicies, permanentPolicies } from "./resolve.js";
 import { generateToken } from "./token.js";
-import type { CreateTokenInput } from "./types.js";
+import type { CreateTokenInput, RenewTokenInput } from "./types.js";
 import { tokenInfo } from "./views.js";
 
 /** API token records: issuing, listing and revoking (the token string format is token.ts). */
@@ -46,14 +46,13 @@ export async function createToken(
   if (forUser && principal.userId === null) {
     throw new CustosError("invalid_request", "a standalone token cannot create a token for a user");
   }
-  if (
-    input.ttlSeconds !== undefined &&
-    !isPositiveInteger(input.ttlSeconds, MIN_TOKEN_TTL_SECONDS, MAX_TOKEN_TTL_SECONDS)
-  ) {
-    throw new CustosError(
-      "invalid_request",
-      `ttlSeconds must be an integer from ${MIN_TOKEN_TTL_SECONDS} to ${MAX_TOKEN_TTL_SECONDS}`,
-    );
+  checkTtl("ttlSeconds", input.ttlSeconds);
+  checkTtl("maxTtlSeconds", input.maxTtlSeconds);
+  if (input.maxTtlSeconds !== undefined) {
+    if (input.ttlSeconds === undefined) throw new CustosError("invalid_request", "maxTtlSeconds needs ttlSeconds");
+    if (input.maxTtlSeconds < input.ttlSeconds) {
+      throw new CustosError("invalid_request", "maxTtlSeconds must be at least ttlSeconds");
+    }
   }
   let policies: string[] | null;
   if (input.policies !== undefined) {
@@ -81,8 +80,12 @@ export async function createToken(
 
   const now = ctx.clock();
   let expiresMs = input.ttlSeconds === undefined ? null : now.getTime() + input.ttlSeconds * 1000;
+  let maxMs = input.maxTtlSeconds === undefined ? null : now.getTime() + input.maxTtlSeconds * 1000;
   const creatorMs = await creatorExpiry(ctx, principal);
-  if (creatorMs !== null) expiresMs = Math.min(expiresMs ?? creatorMs, creatorMs);
+  if (creatorMs !== null) {
+    expiresMs = Math.min(expiresMs ?? creatorMs, creatorMs);
+    if (maxMs !== null) maxMs = Math.min(maxMs, creatorMs);
+  }
   const { id, token, hash } = generateToken();
   const record: TokenRecord = {
     id,
@@ -97,6 +100,10 @@ export async function createToken(
     parentId: principal.kind === "token" ? principal.tokenId : null,
     // A session is no parent (the token outlives logout), so its user is recorded instead.
     makerUserId: principal.kind === "user" && !forUser ? principal.userId : null,
+    renewal:
+      maxMs === null || input.ttlSeconds === undefined
+        ? null
+        : { ttlSeconds: input.ttlSeconds, maxExpiresAt: new Date(maxMs).toISOString() },
   };
   try {
     await ctx.store.createToken(record, auditEntry(actor, "token.create", `token/${id}`, { after: tokenInfo(record) }));
@@ -105,6 +112,15 @@ export async function createToken(
     throw e;
   }
   return { token, record };
+}
+
+function checkTtl(what: string, value: number | undefined): void {
+  if (value !== undefined && !isPositiveInteger(value, MIN_TOKEN_TTL_SECONDS, MAX_TOKEN_TTL_SECONDS)) {
+    throw new CustosError(
+      "invalid_request",
+      `${what} must be an integer from ${MIN_TOKEN_TTL_SECONDS} to ${MAX_TOKEN_TTL_SECONDS}`,
+    );
+  }
 }
 
 /**
@@ -153,21 +169,7 @@ export async function listTokens(ctx: AuthContext, principal: Principal): Promis
  * checked here, before saying whether a token that isn't the caller's exists.
  */
 export async function revokeToken(ctx: AuthContext, actor: Actor, principal: Principal, id: string): Promise<string[]> {
-  const token = typeof id === "string" ? await ctx.store.getToken(id) : undefined;
-  const mine =
-    token !== undefined &&
-    (token.id === principal.tokenId ||
-      token.parentId === principal.tokenId ||
-      (token.userId !== null && token.userId === principal.userId) ||
-      (token.makerUserId !== null && token.makerUserId === principal.userId));
-  if (!mine) {
-    authorize(ctx, principal, "token:revoke", `token/${String(id)}`);
-    // Refused alike whether or not the token exists, so the answer can't be used to probe ids.
-    if (!effectivePolicies(ctx, principal).includes(ADMIN_POLICY)) {
-      throw new CustosError("forbidden", `not allowed: token:revoke on token/${String(id)}`);
-    }
-  }
-  if (!token) throw new CustosError("not_found", "no such token");
+  const token = await heldToken(ctx, principal, id, "token:revoke");
   if (token.revokedAt !== null) throw new CustosError("conflict", "token already revoked");
   const at = nowIso(ctx);
   const details = { before: tokenInfo(token), after: tokenInfo({ ...token, revokedAt: at }) };
@@ -178,4 +180,79 @@ export async function revokeToken(ctx: AuthContext, actor: Actor, principal: Pri
   );
   invalidateCache(ctx);
   return revokedWith;
+}
+
+/**
+ * The token `id` if `principal` holds it or handed it on (its own token, another token
+ * of its user, a standalone token its user made with a login session, a token its own
+ * token made) or has `action` on it and admin rights. Refused alike whether or not the
+ * token exists otherwise, so the answer can't be used to probe ids.
+ */
+async function heldToken(
+  ctx: AuthContext,
+  principal: Principal,
+  id: string,
+  action: "token:revoke" | "token:renew",
+): Promise<TokenRecord> {
+  const token = typeof id === "string" ? await ctx.store.getToken(id) : undefined;
+  const mine =
+    token !== undefined &&
+    (token.id === principal.tokenId ||
+      token.parentId === principal.tokenId ||
+      (token.userId !== null && token.userId === principal.userId) ||
+      (token.makerUserId !== null && token.makerUserId === principal.userId));
+  if (!mine) {
+    authorize(ctx, principal, action, `token/${String(id)}`);
+    if (!effectivePolicies(ctx, principal).includes(ADMIN_POLICY)) {
+      throw new CustosError("forbidden", `not allowed: ${action} on token/${String(id)}`);
+    }
+  }
+  if (!token) throw new CustosError("not_found", "no such token");
+  return token;
+}
+
+/**
+ * Renews a token made renewable (a login session, or an API token made with
+ * `maxTtlSeconds`), by the same rule as revoking: its new expiry is `ttlSeconds` (or
+ * the token's own lifetime) from now, but no later than its maximum nor, for a token
+ * an expiring API token made, than that token's expiry now. A renewal never shortens:
+ * one that would not move the expiry later is `conflict`, as are a revoked, an expired
+ * and an unrenewable token.
+ */
+export async function renewToken(
+  ctx: AuthContext,
+  actor: Actor,
+  principal: Principal,
+  id: string,
+  input: RenewTokenInput,
+): Promise<TokenRecord> {
+  checkTtl("ttlSeconds", input.ttlSeconds);
+  const token = await heldToken(ctx, principal, id, "token:renew");
+  if (token.revokedAt !== null) throw new CustosError("conflict", "token is revoked");
+  if (token.renewal === null || token.expiresAt === null) {
+    throw new CustosError("conflict", "token is not renewable (made without maxTtlSeconds, or it never expires)");
+  }
+  const now = ctx.clock().getTime();
+  const currentMs = Date.parse(token.expiresAt);
+  if (currentMs <= now) throw new CustosError("conflict", "token has expired");
+  const ttlSeconds = input.ttlSeconds ?? token.renewal.ttlSeconds;
+  let expiresMs = Math.min(now + ttlSeconds * 1000, Date.parse(token.renewal.maxExpiresAt));
+  const parent = token.parentId === null ? undefined : await ctx.store.getToken(token.parentId);
+  if (parent?.expiresAt) expiresMs = Math.min(expiresMs, Date.parse(parent.expiresAt));
+  if (expiresMs <= currentMs) {
+    throw new CustosError(
+      "conflict",
+      `token can't be renewed past ${token.expiresAt}: its maximum, its maker's expiry or the ttlSeconds asked`,
+    );
+  }
+  const expiresAt = new Date(expiresMs).toISOString();
+  const renewed: TokenRecord = { ...token, expiresAt };
+  await ctx.store.renewToken(
+    token.id,
+    token.expiresAt,
+    expiresAt,
+    auditEntry(actor, "token.renew", `token/${token.id}`, { before: tokenInfo(token), after: tokenInfo(renewed) }),
+  );
+  invalidateCache(ctx);
+  return renewed;
 }

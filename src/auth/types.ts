@@ -10,8 +10,10 @@ export interface AuthServiceOptions {
   readonly audit?: unknown;
   /** Source of "now" (tests move it to expire tokens and grants). */
   readonly clock?: () => Date;
-  /** Lifetime of login sessions; default 3600. */
+  /** Lifetime of login sessions, and what renewing one gives; default 3600. */
   readonly sessionTtlSeconds?: number;
+  /** How long after login renewals may keep a session; default 43,200 (at least the lifetime). */
+  readonly sessionMaxTtlSeconds?: number;
   /** How long a resolved principal and the policy records are reused; default 1000. */
   readonly principalCacheMs?: number;
 }
@@ -61,8 +63,18 @@ export interface CreateTokenInput {
    * expires no later than its creator (omitted: with it); see `createToken`.
    */
   readonly ttlSeconds?: number;
+  /**
+   * Makes the token renewable, each renewal giving `ttlSeconds` again, until this long
+   * after its creation (at least `ttlSeconds`; capped by the creator's expiry).
+   */
+  readonly maxTtlSeconds?: number;
   /** Act for the creator's user (default when the creator is a user) or stand alone. */
   readonly forUser?: boolean;
+}
+
+export interface RenewTokenInput {
+  /** The new lifetime, from now (60 s to 10 years); omitted: the token's own. */
+  readonly ttlSeconds?: number;
 }
 
 export interface GrantSudoInput {

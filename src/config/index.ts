@@ -35,7 +35,12 @@ export interface CustosConfig {
   };
   readonly store: { readonly path: string };
   readonly audit: { readonly checkpointEvery: number; readonly checkpointIntervalMs: number };
-  readonly auth: { readonly sessionTtlSeconds: number; readonly loginAttemptsPerMinute: number };
+  readonly auth: {
+    readonly sessionTtlSeconds: number;
+    /** How long after login renewals may keep a session (at least `sessionTtlSeconds`). */
+    readonly sessionMaxTtlSeconds: number;
+    readonly loginAttemptsPerMinute: number;
+  };
   readonly api: { readonly bodyLimitBytes: number };
   readonly kms: { readonly minDestructionWaitSeconds: number; readonly schedulerIntervalMs: number };
   readonly pki: {
@@ -95,7 +100,7 @@ function defaults(dataDir: string): CustosConfig {
     },
     store: { path: resolve(dataDir, "custos.db") },
     audit: { checkpointEvery: 1000, checkpointIntervalMs: 60_000 },
-    auth: { sessionTtlSeconds: 3600, loginAttemptsPerMinute: 10 },
+    auth: { sessionTtlSeconds: 3600, sessionMaxTtlSeconds: 43_200, loginAttemptsPerMinute: 10 },
     api: { bodyLimitBytes: 1024 * 1024 },
     kms: { minDestructionWaitSeconds: 86_400, schedulerIntervalMs: 30_000 },
     pki: {
@@ -211,6 +216,8 @@ export function loadConfig(options: LoadConfigOptions = {}): CustosConfig {
   positiveInt("audit.checkpointEvery", c.audit.checkpointEvery);
   positiveInt("audit.checkpointIntervalMs", c.audit.checkpointIntervalMs, Number.MAX_SAFE_INTEGER, 100);
   positiveInt("auth.sessionTtlSeconds", c.auth.sessionTtlSeconds, 30 * 86_400, 60);
+  // A session lasting longer than 12 hours needs a maximum of its own: at least its lifetime.
+  positiveInt("auth.sessionMaxTtlSeconds", c.auth.sessionMaxTtlSeconds, 30 * 86_400, c.auth.sessionTtlSeconds);
   positiveInt("auth.loginAttemptsPerMinute", c.auth.loginAttemptsPerMinute, 10_000);
   positiveInt("api.bodyLimitBytes", c.api.bodyLimitBytes, 64 * 1024 * 1024, 1024);
   positiveInt("kms.minDestructionWaitSeconds", c.kms.minDestructionWaitSeconds, 365 * 86_400, 0);

@@ -201,6 +201,15 @@ export interface TokenRecord {
    * revokes it. Null for every other token.
    */
   readonly makerUserId: string | null;
+  /** How the token may be renewed; null when it can't be. */
+  readonly renewal: TokenRenewal | null;
+}
+
+export interface TokenRenewal {
+  /** The lifetime a renewal gives when it names none. */
+  readonly ttlSeconds: number;
+  /** The latest expiry renewals may reach. */
+  readonly maxExpiresAt: string;
 }
 
 export interface PolicyRule {
@@ -444,6 +453,11 @@ export interface Store {
    * theirs; answers their ids, which the audit record's `revokedWith` names too.
    */
   revokeToken(id: string, at: string, audit: AuditEntry): Promise<string[]>;
+  /**
+   * Moves a live token's expiry from `expectedExpiresAt` to `expiresAt`; `conflict` if it
+   * was revoked or its expiry moved meanwhile.
+   */
+  renewToken(id: string, expectedExpiresAt: string, expiresAt: string, audit: AuditEntry): Promise<void>;
 
   putPolicy(policy: PolicyRecord, expectedRevision: number | null, audit: AuditEntry): Promise<void>;
   getPolicy(name: string): Promise<PolicyRecord | undefined>;

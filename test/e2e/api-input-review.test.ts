@@ -141,11 +141,23 @@ const ROUTES: readonly Route[] = [
     extra: {
       "ttlSeconds=59": { ttlSeconds: 59 },
       "ttlSeconds=10y+1": { ttlSeconds: 315_360_001 },
+      "maxTtlSeconds=59": { maxTtlSeconds: 59 },
+      "maxTtlSeconds below ttlSeconds": { maxTtlSeconds: 3599 },
+      "maxTtlSeconds=1.5": { maxTtlSeconds: 1.5 },
       "policies=[x101]": { policies: Array(101).fill("p1") },
     },
     allow: ["name:=100KB"],
   }),
   r("GET /v1/auth/tokens"),
+  r("POST /v1/auth/tokens/:id/renew", {
+    at: { id: "$token" },
+    body: { ttlSeconds: 3600 },
+    allow: ["body=empty"],
+    extra: {
+      "ttlSeconds=59": { ttlSeconds: 59 },
+      "ttlSeconds=10y+1": { ttlSeconds: 315_360_001 },
+    },
+  }),
   r("DELETE /v1/auth/tokens/:id", { body: NONE, at: { id: "$token" } }),
   // ---- users, groups, policies, sudo
   r("GET /v1/users"),

@@ -134,6 +134,7 @@ export function tokenRecord(userId: string | null, overrides: Partial<TokenRecor
     revokedAt: null,
     parentId: null,
     makerUserId: null,
+    renewal: null,
     ...overrides,
   };
 }

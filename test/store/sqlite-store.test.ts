@@ -63,6 +63,7 @@ describe("opening", () => {
       { version: 7, name: "app-deleting" },
       { version: 8, name: "token-maker" },
       { version: 9, name: "instance-names" },
+      { version: 10, name: "token-renewal" },
     ]);
     for (const t of [
       "settings",

@@ -17,6 +17,8 @@ function tokenView(t: TokenRecord) {
     revokedAt: t.revokedAt,
     parentId: t.parentId,
     makerUserId: t.makerUserId,
+    renewTtlSeconds: t.renewal?.ttlSeconds ?? null,
+    maxExpiresAt: t.renewal?.maxExpiresAt ?? null,
   };
 }
 
@@ -61,7 +63,9 @@ export function authRoutes(deps: ApiDeps): FastifyPluginAsync {
       return { kind: p.kind, id: p.id, name: p.name, policies: p.policies, isAdmin: p.isAdmin, sudoUntil: p.sudoUntil };
     });
 
-    app.post<{ Body: { name: string; policies?: string[]; ttlSeconds?: number; forUser?: boolean } }>(
+    app.post<{
+      Body: { name: string; policies?: string[]; ttlSeconds?: number; maxTtlSeconds?: number; forUser?: boolean };
+    }>(
       "/v1/auth/tokens",
       {
         config: { serviceAudits: true, created: true },
@@ -75,6 +79,7 @@ export function authRoutes(deps: ApiDeps): FastifyPluginAsync {
               policies: stringList,
               // Its range is the service's (60 s to 10 years), checked there with a message naming it.
               ttlSeconds: { type: "integer" },
+              maxTtlSeconds: { type: "integer" },
               // false: a standalone token (a platform agent's), which outlives its creator's account.
               forUser: { type: "boolean" },
             },
@@ -97,6 +102,30 @@ export function authRoutes(deps: ApiDeps): FastifyPluginAsync {
       const tokens = await deps.auth.listTokens(principalOf(req));
       return { tokens: tokens.map(tokenView) };
     });
+
+    app.post<{ Params: { id: string }; Body: { ttlSeconds?: number } | null }>(
+      "/v1/auth/tokens/:id/renew",
+      {
+        config: { serviceAudits: true },
+        schema: {
+          params: idParam,
+          body: {
+            type: ["object", "null"],
+            additionalProperties: false,
+            // Its range is the service's (60 s to 10 years).
+            properties: { ttlSeconds: { type: "integer" } },
+          },
+        },
+      },
+      async (req) => {
+        // The service authorises, as for revoking: renewing one's own token needs no policy.
+        const id = req.params.id === "self" ? principalOf(req).tokenId : req.params.id;
+        req.custos.action = "token:renew";
+        req.custos.resource = `token/${id}`;
+        const input = req.body?.ttlSeconds === undefined ? {} : { ttlSeconds: req.body.ttlSeconds };
+        return tokenView(await deps.auth.renewToken(actorOf(req), principalOf(req), id, input));
+      },
+    );
 
     app.delete<{ Params: { id: string } }>(
       "/v1/auth/tokens/:id",

@@ -148,12 +148,18 @@ export function registerAuthCommands(program: Command, ctx: CliContext): void {
     .requiredOption("--name <name>", "what the token is for")
     .option("--policy <policy>", "a policy for the token (repeatable; default: your own)", collect)
     .option("--ttl <duration>", "lifetime (e.g. 1h, 30d)", arg(parseDuration))
+    .option(
+      "--max-ttl <duration>",
+      "make it renewable (by --ttl each time) until this long after now",
+      arg(parseDuration),
+    )
     .option("--token-file <file>", "write the token here (mode 0600)")
-    .action(async (o: { name: string; policy?: string[]; ttl?: number; tokenFile?: string }): Promise<void> => {
+    .action(async (o: { name: string; policy?: string[]; ttl?: number; maxTtl?: number; tokenFile?: string }) => {
       const destination = tokenDestination(ctx, o.tokenFile, false);
       const body: Json = { name: o.name };
       if (o.policy !== undefined) body.policies = o.policy;
       if (o.ttl !== undefined) body.ttlSeconds = o.ttl;
+      if (o.maxTtl !== undefined) body.maxTtlSeconds = o.maxTtl;
       const reserved = reserveTokenFile(destination);
       const answer = await issuing(reserved, ctx.client().request<Json>("POST", "/v1/auth/tokens", { body }));
       if (reserved !== null) await keepToken(reserved, String(answer.token), revokeToken(ctx, answer));
@@ -166,6 +172,15 @@ export function registerAuthCommands(program: Command, ctx: CliContext): void {
     .action(async (): Promise<void> => {
       const answer = await ctx.client().request<{ tokens: Json[] }>("GET", "/v1/auth/tokens");
       await ctx.emit(answer, (a) => renderTable(a.tokens));
+    });
+
+  token
+    .command("renew [id]")
+    .description("move a renewable token's expiry later (default: the token in use)")
+    .option("--ttl <duration>", "the new lifetime, from now (default: the token's own)", arg(parseDuration))
+    .action(async (id: string | undefined, o: { ttl?: number }): Promise<void> => {
+      const body = o.ttl === undefined ? {} : { ttlSeconds: o.ttl };
+      await ctx.emit(await ctx.client().request("POST", `/v1/auth/tokens/${seg(id ?? "self")}/renew`, { body }));
     });
 
   token

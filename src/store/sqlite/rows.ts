@@ -189,6 +189,8 @@ export interface TokenRow {
   revoked_at: string | null;
   parent_id: string | null;
   maker_user_id: string | null;
+  renew_ttl_seconds: number | null;
+  max_expires_at: string | null;
 }
 
 export function tokenFromRow(r: TokenRow): TokenRecord {
@@ -204,10 +206,14 @@ export function tokenFromRow(r: TokenRow): TokenRecord {
     revokedAt: r.revoked_at,
     parentId: r.parent_id,
     makerUserId: r.maker_user_id,
+    renewal:
+      r.renew_ttl_seconds === null || r.max_expires_at === null
+        ? null
+        : { ttlSeconds: r.renew_ttl_seconds, maxExpiresAt: r.max_expires_at },
   };
 }
 
-export function tokenParams(t: TokenRecord): Record<string, string | null> {
+export function tokenParams(t: TokenRecord): Record<string, string | number | null> {
   return {
     id: t.id,
     hash: t.hash,
@@ -220,6 +226,8 @@ export function tokenParams(t: TokenRecord): Record<string, string | null> {
     revoked_at: t.revokedAt,
     parent_id: t.parentId,
     maker_user_id: t.makerUserId,
+    renew_ttl_seconds: t.renewal?.ttlSeconds ?? null,
+    max_expires_at: t.renewal?.maxExpiresAt ?? null,
   };
 }
 

@@ -691,9 +691,9 @@ export class SqliteStore implements Store {
   #insertToken(token: TokenRecord): void {
     this.#run(
       `INSERT INTO tokens (id, hash, kind, name, user_id, policies, created_at, expires_at, revoked_at, parent_id,
-         maker_user_id)
+         maker_user_id, renew_ttl_seconds, max_expires_at)
        VALUES (:id, :hash, :kind, :name, :user_id, :policies, :created_at, :expires_at, :revoked_at, :parent_id,
-         :maker_user_id)`,
+         :maker_user_id, :renew_ttl_seconds, :max_expires_at)`,
       tokenParams(token),
     );
   }
@@ -745,6 +745,19 @@ export class SqliteStore implements Store {
       const revokedWith = this.#revokeDescendants([id], at);
       this.#appendAuditRow(withRevokedTokens(audit, revokedWith));
       return revokedWith;
+    });
+  }
+
+  renewToken(id: string, expectedExpiresAt: string, expiresAt: string, audit: AuditEntry): Promise<void> {
+    return this.#write(() => {
+      const result = this.#run(
+        "UPDATE tokens SET expires_at = ? WHERE id = ? AND revoked_at IS NULL AND expires_at = ?",
+        expiresAt,
+        id,
+        expectedExpiresAt,
+      );
+      if (result.changes === 0) throw new CustosError("conflict", "the token was revoked or renewed meanwhile");
+      this.#appendAuditRow(audit);
     });
   }
 

@@ -7,6 +7,7 @@ import { tokenParentSchema } from "./006-token-parent.js";
 import { appDeletingSchema } from "./007-app-deleting.js";
 import { tokenMakerSchema } from "./008-token-maker.js";
 import { instanceNamesSchema } from "./009-instance-names.js";
+import { tokenRenewalSchema } from "./010-token-renewal.js";
 import type { Migration } from "./types.js";
 
 export type { Migration } from "./types.js";
@@ -22,4 +23,5 @@ export const migrations: readonly Migration[] = [
   appDeletingSchema,
   tokenMakerSchema,
   instanceNamesSchema,
+  tokenRenewalSchema,
 ];
