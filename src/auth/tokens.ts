@@ -236,9 +236,9 @@ export async function renewToken(
   const currentMs = Date.parse(token.expiresAt);
   if (currentMs <= now) throw new CustosError("conflict", "token has expired");
   const ttlSeconds = input.ttlSeconds ?? token.renewal.ttlSeconds;
-  let expiresMs = Math.min(now + ttlSeconds * 1000, Date.parse(token.renewal.maxExpiresAt));
-  const parent = token.parentId === null ? undefined : await ctx.store.getToken(token.parentId);
-  if (parent?.expiresAt) expiresMs = Math.min(expiresMs, Date.parse(parent.expiresAt));
+  // The maximum was capped by the maker's expiry when the token was made, and a renewal
+  // never moves an expiry earlier: so the maker's expiry now is never sooner.
+  const expiresMs = Math.min(now + ttlSeconds * 1000, Date.parse(token.renewal.maxExpiresAt));
   if (expiresMs <= currentMs) {
     throw new CustosError(
       "conflict",
