@@ -12,7 +12,7 @@ import { generateToken } from "./token.js";
 import type { CreateTokenInput, RenewTokenInput } from "./types.js";
 import { tokenInfo } from "./views.js";
 
-/** API token records: issuing, listing and revoking (the token string format is token.ts). */
+/** API token records: issuing, listing, revoking and renewing (the token string format is token.ts). */
 
 const TOKEN_NAME_RE = /^[\x20-\x7e]{1,128}$/;
 const MIN_TOKEN_TTL_SECONDS = 60;

@@ -295,9 +295,7 @@ export class Broker {
       (query.org === undefined || r.org === query.org) &&
       (query.space === undefined || r.space === query.space) &&
       (query.app === undefined || r.app === query.app);
-    for (const record of await this.#store.broker.listLapsed(iso(this.#now()))) {
-      if (inScope(record)) await this.#lapseIfDue(record);
-    }
+    await this.#lapseWhere(inScope);
     return (await this.#store.broker.listInstances(query)).map((r) => this.#summary(r));
   }
 
@@ -365,6 +363,13 @@ export class Broker {
     await this.#o.issuer.revokeAll(actor, serials, "cessationOfOperation");
   }
 
+  /** Stops the live instances `inScope` picks whose lease has ended, ahead of the sweep. */
+  async #lapseWhere(inScope: (record: InstanceRecord) => boolean): Promise<void> {
+    for (const record of await this.#store.broker.listLapsed(iso(this.#now()))) {
+      if (inScope(record)) await this.#lapseIfDue(record);
+    }
+  }
+
   /** Stops the instance if its lease has ended; returns it as it now is. */
   async #lapseIfDue(record: InstanceRecord): Promise<InstanceRecord> {
     if (record.state === "stopped" || record.leaseExpiresAt > iso(this.#now())) return record;
@@ -384,9 +389,7 @@ export class Broker {
    */
   async instanceCounts(appIds: readonly string[]): Promise<Record<string, number>[]> {
     const apps = new Set(appIds);
-    for (const record of await this.#store.broker.listLapsed(iso(this.#now()))) {
-      if (apps.has(record.appId)) await this.#lapseIfDue(record);
-    }
+    await this.#lapseWhere((r) => apps.has(r.appId));
     return Promise.all(appIds.map((id) => this.#store.broker.instanceCounts(id)));
   }
 
