@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(softhsm2 opensc openssl ca-certificates nginx openssh-client openssh-server)
+# nginx, openssh-server and python3-prometheus-client (the Prometheus project's own parser
+# of what GET /v1/metrics answers) are real peers the tests check Custos against.
+packages=(softhsm2 opensc openssl ca-certificates nginx openssh-client openssh-server python3-prometheus-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -18,6 +18,7 @@ import type { HsmKeyRef, Keystore } from "./hsm/index.js";
 import { Pkcs11Keystore } from "./hsm/pkcs11/index.js";
 import { KmsService } from "./kms/index.js";
 import { createLogger, type Logger } from "./log/index.js";
+import { Metrics } from "./metrics/index.js";
 import {
   Authority,
   Consumers,
@@ -530,6 +531,15 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
       .catch((err: unknown) => logger.warn({ err }, "CRL refresh at start failed; will retry"));
     const tls = config.tls.insecureHttp ? undefined : await serverTls(services);
     if (!tls) logger.warn("serving plain HTTP (tls.insecureHttp): only behind a proxy that terminates TLS");
+    const metrics = new Metrics(VERSION);
+    /** The certificate the listener serves, as renewal replaces it; none on plain HTTP. */
+    let serving = tls?.cert;
+    metrics.gauge(
+      "custos_tls_not_after_timestamp_seconds",
+      "When the certificate the HTTPS listener serves now expires (Unix seconds).",
+      [],
+      () => (serving === undefined ? [] : [[{}, Date.parse(new X509Certificate(serving).validTo) / 1000]]),
+    );
     const app = await buildApp({
       kms,
       auth: services.auth,
@@ -541,6 +551,7 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
       ssh: services.ssh,
       store: services.store,
       hsmHealth: () => keystore.health(),
+      metrics,
       logger,
       version: VERSION,
       bodyLimitBytes: config.api.bodyLimitBytes,
@@ -550,20 +561,16 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
     const address = await listen(app, config.listen);
     audit.start();
 
-    const runDue = (): void => {
-      kms.runDue().catch((err: unknown) => logger.warn({ err }, "scheduled key work failed; will retry"));
-      services.pki.authority
-        .refreshCrls()
-        .catch((err: unknown) => logger.warn({ err }, "CRL refresh failed; will retry"));
+    /** A background job every `ms`: its runs are counted, a failure logged and tried again next time. */
+    const every = (ms: number, job: string, what: string, run: () => Promise<unknown>): void => {
+      const tick = metrics.job(job, run, (err) => logger.warn({ err }, `${what} failed; will retry`));
+      timers.push(setInterval(() => void tick(), ms));
     };
-    timers.push(setInterval(runDue, config.kms.schedulerIntervalMs));
-    const sweepBroker = (): void => {
-      services.broker.sweep().catch((err: unknown) => logger.warn({ err }, "broker lease sweep failed; will retry"));
-    };
-    timers.push(setInterval(sweepBroker, config.broker.sweepSeconds * 1000));
+    every(config.kms.schedulerIntervalMs, "kms-schedule", "scheduled key work", () => kms.runDue());
+    every(config.kms.schedulerIntervalMs, "crl-refresh", "CRL refresh", () => services.pki.authority.refreshCrls());
+    every(config.broker.sweepSeconds * 1000, "broker-sweep", "broker lease sweep", () => services.broker.sweep());
     if (tls && !config.tls.certFile) {
       // Renew the listener's certificate in place: new connections get it, no restart.
-      let serving = tls.cert;
       const renew = async (): Promise<void> => {
         const fresh = await serverTls(services);
         if (fresh.cert === serving) return;
@@ -576,11 +583,7 @@ export async function serve(config: CustosConfig): Promise<RunningServer> {
         });
         serving = fresh.cert;
       };
-      timers.push(
-        setInterval(() => {
-          renew().catch((err: unknown) => logger.warn({ err }, "server certificate renewal failed; will retry"));
-        }, config.tls.renewCheckSeconds * 1000),
-      );
+      every(config.tls.renewCheckSeconds * 1000, "tls-renewal", "server certificate renewal", renew);
     }
     for (const t of timers) t.unref();
     logger.info({ address, tls: Boolean(tls) }, "custos is serving");

@@ -19,6 +19,7 @@ import { CustosError, type ErrorCode, isCustosError } from "../errors/index.js";
 import type { HsmHealth } from "../hsm/index.js";
 import type { KmsService } from "../kms/index.js";
 import type { Logger } from "../log/index.js";
+import { type Metrics, UNMATCHED_ROUTE } from "../metrics/index.js";
 import type { Authority, Consumers, Issuer } from "../pki/index.js";
 import type { Platform } from "../platform/index.js";
 import type { Secrets } from "../secrets/index.js";
@@ -31,6 +32,7 @@ import { authRoutes } from "./routes/auth.js";
 import { brokerRoutes } from "./routes/broker.js";
 import { consumerRoutes } from "./routes/consumers.js";
 import { keyRoutes } from "./routes/keys.js";
+import { metricsRoutes } from "./routes/metrics.js";
 import { pkiRoutes } from "./routes/pki.js";
 import { platformRoutes } from "./routes/platform.js";
 import { secretRoutes } from "./routes/secrets.js";
@@ -50,6 +52,8 @@ export interface ApiDeps {
   /** The store itself, for the one thing done to it whole: a backup copy. */
   readonly store: Pick<Store, "snapshot">;
   readonly hsmHealth: () => HsmHealth;
+  /** Where answered requests are counted, and what `GET /v1/metrics` renders. */
+  readonly metrics: Metrics;
   readonly logger: Logger;
   readonly version: string;
   readonly bodyLimitBytes?: number;
@@ -470,6 +474,17 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
     req.custos.principal = await deps.auth.authenticate(match[1]);
   });
 
+  // A callback hook, not an async one: it runs for every request, and has nothing to wait for.
+  app.addHook("onResponse", (req, reply, done) => {
+    deps.metrics.observeRequest(
+      req.method,
+      req.routeOptions.url ?? UNMATCHED_ROUTE,
+      reply.statusCode,
+      reply.elapsedTime / 1000,
+    );
+    done();
+  });
+
   app.addHook("preSerialization", async (req, reply, payload) => {
     if (req.custos.audited || req.routeOptions.config.serviceAudits) return payload;
     await recordOutcome(req, reply.statusCode < 400 ? "success" : "failure", null);
@@ -557,5 +572,6 @@ export async function buildApp(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(brokerRoutes(deps));
   await app.register(sshRoutes(deps));
   await app.register(storeRoutes(deps));
+  await app.register(metricsRoutes(deps));
   return app;
 }

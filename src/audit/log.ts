@@ -219,6 +219,24 @@ export class AuditLog {
     }
   }
 
+  /**
+   * The newest record's seq and the newest signed checkpoint's: a gap that keeps
+   * growing means checkpoints are failing (the HSM signs them).
+   */
+  async progress(): Promise<{ readonly headSeq: number; readonly checkpointSeq: number }> {
+    const [head, checkpointSeq] = await Promise.all([this.#store.auditHead(), this.#checkpointedSeq()]);
+    return { headSeq: head.seq, checkpointSeq };
+  }
+
+  /** The seq the newest checkpoint covers, read from the store once, then kept as checkpoints are signed. */
+  async #checkpointedSeq(): Promise<number> {
+    if (this.#lastCheckpointSeq !== undefined) return this.#lastCheckpointSeq;
+    const stored = (await this.#store.listAuditCheckpoints()).at(-1)?.seq ?? 0;
+    // A checkpoint signed while the list was read set a newer one: keep it.
+    this.#lastCheckpointSeq ??= stored;
+    return this.#lastCheckpointSeq;
+  }
+
   /** Walks the whole journal and its checkpoints; see `verifyAuditLog`. */
   verify(): Promise<AuditVerifyReport> {
     return verifyAuditLog(this.#verifyDeps());
@@ -261,11 +279,9 @@ export class AuditLog {
 
   /** Signs the head and stores the checkpoint; undefined when the head is checkpointed already. */
   async #signHead(): Promise<AuditCheckpoint | undefined> {
-    if (this.#lastCheckpointSeq === undefined) {
-      this.#lastCheckpointSeq = (await this.#store.listAuditCheckpoints()).at(-1)?.seq ?? 0;
-    }
+    const checkpointed = await this.#checkpointedSeq();
     const head = await this.#store.auditHead();
-    if (head.seq === 0 || head.seq <= this.#lastCheckpointSeq) return undefined;
+    if (head.seq === 0 || head.seq <= checkpointed) return undefined;
     const time = new Date().toISOString();
     const signature = await this.#keystore.sign(
       this.#checkpointKey,

@@ -77,6 +77,8 @@ export const ACTIONS = [
   "audit:hash",
   // the whole store copied out (a backup): resource `store`
   "store:backup",
+  // the Prometheus exposition: resource `metrics`
+  "metrics:read",
 ] as const;
 
 /** An operation that can be authorised. */

@@ -359,6 +359,7 @@ const ROUTES: readonly Route[] = [
   }),
   r("POST /v1/audit/verify", { body: NONE }),
   r("GET /v1/store/backup"),
+  r("GET /v1/metrics"),
   // ---- PKI (public routes first)
   r("GET /v1/pki/ca.pem", { who: "public" }),
   r("GET /v1/pki/ca", { who: "public" }),
