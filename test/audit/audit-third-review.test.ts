@@ -9,15 +9,15 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import type { IncomingHttpHeaders } from "node:http";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import type { AuditRow as Row } from "../../src/store/sqlite/rows.js";
 import { type CustosInstance, httpsRaw, startCustos } from "../helpers/custos.js";
 import { freePort } from "../helpers/ports.js";
+import { unplugToken } from "../helpers/softhsm.js";
 import { waitFor } from "../helpers/wait.js";
 
 type Json = Record<string, unknown>;
@@ -63,20 +63,6 @@ const ROW_COLUMNS = [
 
 /** Checkpoints are taken after this many records (README: `audit.checkpointEvery`). */
 const CHECKPOINT_EVERY = 25;
-
-/** Moves the token's directory away, as if the HSM were unplugged; returns the function that plugs it back. */
-function unplug(label: string): () => void {
-  const conf = readFileSync(process.env.SOFTHSM2_CONF ?? "", "utf8");
-  const dir = /^\s*directories\.tokendir\s*=\s*(.+)$/m.exec(conf)?.[1]?.trim() ?? "";
-  const mine = readdirSync(dir).find((d) => readFileSync(join(dir, d, "token.object")).includes(Buffer.from(label)));
-  if (!mine) throw new Error("token directory not found");
-  const away = mkdtempSync(join(tmpdir(), "custos-audit-unplugged-"));
-  renameSync(join(dir, mine), join(away, mine));
-  return () => {
-    renameSync(join(away, mine), join(dir, mine));
-    rmSync(away, { recursive: true, force: true });
-  };
-}
 
 describe("the audit log as an admin uses it, third review", () => {
   let custos: CustosInstance;
@@ -298,7 +284,7 @@ describe("the audit log as an admin uses it, third review", () => {
   });
 
   test("a 5xx answer (HSM unplugged) is one failure record under the request id its message names", async () => {
-    const plugBack = unplug(custos.token.label);
+    const plugBack = unplugToken(custos.token.label);
     let signed: Answer;
     let health: Answer;
     try {

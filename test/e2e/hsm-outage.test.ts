@@ -1,21 +1,8 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, readdirSync, readFileSync, renameSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type CustosInstance, startCustos } from "../helpers/custos.js";
-
-/** Moves the token's directory away, as if the HSM were unplugged; returns the function that plugs it back. */
-function unplug(label: string): () => void {
-  const conf = readFileSync(process.env.SOFTHSM2_CONF ?? "", "utf8");
-  const dir = /^\s*directories\.tokendir\s*=\s*(.+)$/m.exec(conf)?.[1]?.trim() ?? "";
-  const mine = readdirSync(dir).find((d) => readFileSync(join(dir, d, "token.object")).includes(Buffer.from(label)));
-  if (!mine) throw new Error("token directory not found");
-  const away = mkdtempSync(join(tmpdir(), "custos-unplugged-"));
-  renameSync(join(dir, mine), join(away, mine));
-  return () => renameSync(join(away, mine), join(dir, mine));
-}
+import { unplugToken } from "../helpers/softhsm.js";
 
 /** The HSM going away under a running server: clear 503s during, no failures after. */
 describe("HSM outage seen through the API", () => {
@@ -36,7 +23,7 @@ describe("HSM outage seen through the API", () => {
   test("requests fail with hsm_unavailable while the token is gone, and none fail after it returns", async () => {
     for (const r of await datakeys(10)) assert.equal(r.status, 200, r.text);
 
-    const plugBack = unplug(custos.token.label);
+    const plugBack = unplugToken(custos.token.label);
     let during: Awaited<ReturnType<typeof datakeys>>;
     try {
       // SoftHSM keeps serving what it holds in memory, so the outage shows once the

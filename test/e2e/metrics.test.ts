@@ -1,13 +1,11 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readdirSync, readFileSync, renameSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect } from "node:tls";
 import { type CustosInstance, errorCode, fetchRaw, httpsRaw, ok, startCustos } from "../helpers/custos.js";
+import { unplugToken } from "../helpers/softhsm.js";
 
 type Json = Record<string, unknown>;
 type Labels = Record<string, string>;
@@ -440,17 +438,6 @@ describe("GET /v1/metrics audit gauges on a quiet server", () => {
   });
 });
 
-/** Moves the token's directory away, as if the HSM were unplugged; returns the function that plugs it back. */
-function unplug(label: string): () => void {
-  const conf = readFileSync(process.env.SOFTHSM2_CONF ?? "", "utf8");
-  const dir = /^\s*directories\.tokendir\s*=\s*(.+)$/m.exec(conf)?.[1]?.trim() ?? "";
-  const mine = readdirSync(dir).find((d) => readFileSync(join(dir, d, "token.object")).includes(Buffer.from(label)));
-  if (!mine) throw new Error("token directory not found");
-  const away = mkdtempSync(join(tmpdir(), "custos-unplugged-"));
-  renameSync(join(dir, mine), join(away, mine));
-  return () => renameSync(join(away, mine), join(dir, mine));
-}
-
 describe("GET /v1/metrics while the HSM is gone", () => {
   let custos: CustosInstance;
   let reader: string;
@@ -468,7 +455,7 @@ describe("GET /v1/metrics while the HSM is gone", () => {
   test("a scrape answers during the outage with the HSM down, and shows it up again after", async () => {
     assert.equal(sampleValue(await scrape(custos, reader), "custos_hsm_up"), 1);
 
-    const plugBack = unplug(custos.token.label);
+    const plugBack = unplugToken(custos.token.label);
     let during: Scrape;
     let states: string[];
     try {

@@ -1,6 +1,8 @@
 import { execFileSync } from "node:child_process";
 import { randomBytes, randomUUID } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 /** Where Debian's softhsm2 package puts the PKCS#11 module. */
 export const SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so";
@@ -55,6 +57,22 @@ export function createTestToken(prefix = "custos-test"): TestToken {
       execFileSync("softhsm2-util", ["--delete-token", "--token", label], { stdio: "pipe" });
       init();
     },
+  };
+}
+
+/**
+ * Moves the token's directory out of SoftHSM's token directory, as if the HSM were
+ * unplugged while a server uses it; returns the function that plugs it back.
+ */
+export function unplugToken(label: string): () => void {
+  const dir = softhsmConfTokenDir();
+  const mine = readdirSync(dir).find((d) => readFileSync(join(dir, d, "token.object")).includes(Buffer.from(label)));
+  if (!mine) throw new Error(`no token directory holds ${label}`);
+  const away = mkdtempSync(join(tmpdir(), "custos-unplugged-"));
+  renameSync(join(dir, mine), join(away, mine));
+  return () => {
+    renameSync(join(away, mine), join(dir, mine));
+    rmSync(away, { recursive: true, force: true });
   };
 }
 
