@@ -20,8 +20,6 @@ export type GaugeSample = readonly [labels: Readonly<Record<string, string>>, va
 export class Metrics {
   readonly registry = new Registry();
   readonly #requests: Histogram<"method" | "route" | "code">;
-  /** One histogram child per method, route and status, so a request costs no label lookup. */
-  readonly #observers = new Map<string, { observe(seconds: number): void }>();
   readonly #jobRuns: Counter<"job" | "outcome">;
   readonly #jobLastSuccess: Gauge<"job">;
 
@@ -56,13 +54,9 @@ export class Metrics {
 
   /** Counts an answered request and how long it took. */
   observeRequest(method: string, route: string, code: number, seconds: number): void {
-    const key = `${method} ${route} ${code}`;
-    let observer = this.#observers.get(key);
-    if (observer === undefined) {
-      observer = this.#requests.labels({ method, route, code: String(code) });
-      this.#observers.set(key, observer);
-    }
-    observer.observe(seconds);
+    // No cache of label children: prom-client hashes a child's labels at each observation
+    // too, and the bench measured a request at 0.78 µs with such a cache, 0.60 µs without.
+    this.#requests.observe({ method, route, code: String(code) }, seconds);
   }
 
   /**
