@@ -6,11 +6,10 @@ import type { Keystore } from "../hsm/index.js";
 import { type Authority, type Issuer, parseCsr } from "../pki/index.js";
 import type { App, Platform } from "../platform/index.js";
 import type { DeliveredSecret, Secrets } from "../secrets/index.js";
-import type { AuditEntry, InstanceRecord, Store } from "../store/index.js";
+import type { AuditEntry, InstanceListQuery, InstanceRecord, Store } from "../store/index.js";
 import { bootstrapTokenId, bootstrapTokenMatches, newBootstrapToken } from "./bootstrap-token.js";
 import { IDENTITY_KEY_TYPE_NAMES, identityKeyTypeAllowed, identityRequest, renewAtOf } from "./identity.js";
 import { type InstanceClaims, JwtKeys } from "./jwt.js";
-import { checkListQuery, type InstanceListInput } from "./list.js";
 import { checkLabel, type InstanceNames, instanceResource, spiffeIdOf } from "./names.js";
 
 export interface BrokerOptions {
@@ -285,12 +284,12 @@ export class Broker {
   }
 
   /**
-   * Instances by the names they were registered under, in id order, `limit` (1..1000,
-   * default 100) at a time; `after` the last id of the page before. Those in scope whose
-   * lease has lapsed are stopped first, so a listing never shows them live.
+   * Instances by the names they were registered under, in id order, `limit` at a time;
+   * `after` the last id of the page before. The query is one `checkListQuery` passed
+   * (the caller needs it checked first, to authorise on its scope). Those in scope
+   * whose lease has lapsed are stopped first, so a listing never shows them live.
    */
-  async list(input: InstanceListInput): Promise<InstanceSummary[]> {
-    const query = checkListQuery(input);
+  async list(query: InstanceListQuery): Promise<InstanceSummary[]> {
     const inScope = (r: InstanceRecord): boolean =>
       (query.org === undefined || r.org === query.org) &&
       (query.space === undefined || r.space === query.space) &&

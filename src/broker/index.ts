@@ -16,5 +16,5 @@ export {
 } from "./broker.js";
 export { IDENTITY_ROLE } from "./identity.js";
 export { type InstanceClaims, JWT_KEY_LABEL, JWT_KEY_SETTING } from "./jwt.js";
-export { checkListQuery, type InstanceListInput, instanceScopeResource } from "./list.js";
+export { checkListQuery, instanceScopeResource } from "./list.js";
 export { instanceResource, isDnsLabel, spiffeIdOf } from "./names.js";
