@@ -36,6 +36,7 @@ import {
   gcmMechanism,
   hmacKeyTemplate,
   KEY_WRAP_PAD,
+  type KeyBirthplace,
   keyPairTemplates,
   rootKeyTemplate,
   transientAesTemplate,
@@ -312,18 +313,19 @@ export class Pkcs11Keystore implements Keystore {
       this.#c.run("createRootKey", async (ctx) => {
         if (this.#rootOnToken(ctx)) throw new CustosError("conflict", "the token already holds a root key");
         const id = this.#randomId(ctx);
-        const root = await ctx.p.C_GenerateKeyAsync(
-          ctx.session,
-          { mechanism: pk.CKM_AES_KEY_GEN },
-          rootKeyTemplate(this.#rootLabel, id),
-        );
-        this.#keepCreated(ctx, [root]);
+        const [root] = await this.#generateOnToken(ctx, async (where) => [
+          await ctx.p.C_GenerateKeyAsync(
+            ctx.session,
+            { mechanism: pk.CKM_AES_KEY_GEN },
+            rootKeyTemplate(this.#rootLabel, id, where),
+          ),
+        ]);
         // PKCS#11 has no create-if-absent, so another keystore or process may have made
         // one meanwhile. A key is kept only by a creator that finds it alone; every later
         // creator sees it and backs out, so two root keys never both survive. (In a dead
         // heat all back out: no key, every caller told conflict, and creating again works.)
         if (findAll(ctx, [...this.#rootTemplate, ON_TOKEN], 2).length > 1) {
-          ctx.p.C_DestroyObject(ctx.session, root);
+          ctx.p.C_DestroyObject(ctx.session, root as Buffer);
           throw new CustosError("conflict", "another root key was created on the token at the same time");
         }
       }),
@@ -513,9 +515,11 @@ export class Pkcs11Keystore implements Keystore {
     }
     const id = await this.#c.run("generateKeyPair", async (ctx) => {
       const newId = this.#randomId(ctx);
-      const t = keyPairTemplates(algorithm, label, newId);
-      const pair = await ctx.p.C_GenerateKeyPairAsync(ctx.session, t.mechanism, t.publicKey, t.privateKey);
-      this.#keepCreated(ctx, [pair.publicKey, pair.privateKey]);
+      await this.#generateOnToken(ctx, async (where) => {
+        const t = keyPairTemplates(algorithm, label, newId, where);
+        const pair = await ctx.p.C_GenerateKeyPairAsync(ctx.session, t.mechanism, t.publicKey, t.privateKey);
+        return [pair.publicKey, pair.privateKey];
+      });
       return newId.toString("hex");
     });
     const ref: HsmKeyRef = { label, id };
@@ -619,12 +623,13 @@ export class Pkcs11Keystore implements Keystore {
         if (existing) return { label, id: attribute(ctx, existing, pk.CKA_ID).toString("hex") };
         this.#c.assertAlive(ctx);
         const id = this.#randomId(ctx);
-        const key = await ctx.p.C_GenerateKeyAsync(
-          ctx.session,
-          { mechanism: pk.CKM_GENERIC_SECRET_KEY_GEN },
-          hmacKeyTemplate(label, id),
-        );
-        this.#keepCreated(ctx, [key]);
+        await this.#generateOnToken(ctx, async (where) => [
+          await ctx.p.C_GenerateKeyAsync(
+            ctx.session,
+            { mechanism: pk.CKM_GENERIC_SECRET_KEY_GEN },
+            hmacKeyTemplate(label, id, where),
+          ),
+        ]);
         return { label, id: id.toString("hex") };
       }),
     );
@@ -888,6 +893,34 @@ export class Pkcs11Keystore implements Keystore {
 
   #randomId(ctx: OpContext): Buffer {
     return ctx.p.C_GenerateRandom(ctx.session, Buffer.alloc(ID_LENGTH));
+  }
+
+  /**
+   * Makes the objects `generate` makes (a key or a pair) on the token, and lets them
+   * stand as #keepCreated says. SoftHSM re-reads a token's directory without holding
+   * the token's lock, and a re-read on one thread that overlaps an object's creation on
+   * another drops the new object from the process's view for good (its file stays; the
+   * next process sees it): two keystores racing to make the root key were both told
+   * they had made it, 4 times in 1,000 races on a busy machine. Every search runs on
+   * this thread, so the slow part (generation) runs off it as session objects, and
+   * only their copies onto the token are made here, where no search can overlap them.
+   * An HSM that can't copy objects generates straight onto its token instead.
+   */
+  async #generateOnToken(ctx: OpContext, generate: (where: KeyBirthplace) => Promise<Buffer[]>): Promise<Buffer[]> {
+    const inSession = await generate("session");
+    const onToken: Buffer[] = [];
+    try {
+      for (const handle of inSession) onToken.push(ctx.p.C_CopyObject(ctx.session, handle, [ON_TOKEN]));
+    } catch (e) {
+      for (const handle of onToken) this.#destroyQuietly(ctx, handle);
+      const ckr = ckrOf(e);
+      if (!ckr || classify(ckr.name) !== "other") throw e;
+      onToken.splice(0, onToken.length, ...(await generate("token")));
+    } finally {
+      for (const handle of inSession) this.#destroyQuietly(ctx, handle);
+    }
+    this.#keepCreated(ctx, onToken);
+    return onToken;
   }
 
   /**

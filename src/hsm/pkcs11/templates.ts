@@ -21,13 +21,19 @@ function uses(allowed: number[]): Template {
   return NO_USES.map((a) => ({ type: a.type, value: allowed.includes(a.type) }));
 }
 
+/**
+ * Where a token key is generated: on the token, or in the session first and copied
+ * onto the token after (see the keystore's #generateOnToken).
+ */
+export type KeyBirthplace = "token" | "session";
+
 /** The root key: a token AES-256 key that can only wrap and unwrap, never leave. */
-export function rootKeyTemplate(label: string, id: Buffer): Template {
+export function rootKeyTemplate(label: string, id: Buffer, where: KeyBirthplace): Template {
   return [
     { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
     { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
     { type: pk.CKA_VALUE_LEN, value: 32 },
-    { type: pk.CKA_TOKEN, value: true },
+    { type: pk.CKA_TOKEN, value: where === "token" },
     { type: pk.CKA_PRIVATE, value: true },
     { type: pk.CKA_SENSITIVE, value: true },
     { type: pk.CKA_EXTRACTABLE, value: false },
@@ -80,12 +86,12 @@ export function checkValueKeyTemplate(value: Buffer): Template {
 }
 
 /** The audit HMAC key: 32 random bytes that can only sign and verify. */
-export function hmacKeyTemplate(label: string, id: Buffer): Template {
+export function hmacKeyTemplate(label: string, id: Buffer, where: KeyBirthplace): Template {
   return [
     { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
     { type: pk.CKA_KEY_TYPE, value: pk.CKK_GENERIC_SECRET },
     { type: pk.CKA_VALUE_LEN, value: 32 },
-    { type: pk.CKA_TOKEN, value: true },
+    { type: pk.CKA_TOKEN, value: where === "token" },
     { type: pk.CKA_PRIVATE, value: true },
     { type: pk.CKA_SENSITIVE, value: true },
     { type: pk.CKA_EXTRACTABLE, value: false },
@@ -111,9 +117,10 @@ export function keyPairTemplates(
   algorithm: SigningAlgorithm,
   label: string,
   id: Buffer,
+  where: KeyBirthplace,
 ): { mechanism: Mechanism; publicKey: Template; privateKey: Template } {
   const common: Template = [
-    { type: pk.CKA_TOKEN, value: true },
+    { type: pk.CKA_TOKEN, value: where === "token" },
     { type: pk.CKA_LABEL, value: label },
     { type: pk.CKA_ID, value: id },
   ];
