@@ -33,7 +33,7 @@ import { Secret } from "./secret/index.js";
 import { Secrets } from "./secrets/index.js";
 import { SshCa } from "./ssh-ca/index.js";
 import type { Store } from "./store/index.js";
-import { type RestoreResult, restoreDatabase, SqliteStore } from "./store/sqlite/index.js";
+import { lockForInit, type RestoreResult, restoreDatabase, SqliteStore } from "./store/sqlite/index.js";
 import { VERSION } from "./version.js";
 
 /**
@@ -309,12 +309,28 @@ export interface InitResult {
  * `custos init`: root key in the HSM, audit keys, the first admin and their token —
  * recorded in one atomic store write — then the PKI's root and intermediate CAs.
  * Idempotent: on an initialised store it checks the root key, completes the PKI if
- * an earlier run (or an older version) left none, and re-writes the CA file.
+ * an earlier run (or an older version) left none, and re-writes the CA file. Inits on
+ * one store take turns (`lockForInit`): the second finds the first's work done.
  */
 export async function initialize(config: CustosConfig, options: { adminName: string }): Promise<InitResult> {
   mkdirSync(config.dataDir, { recursive: true, mode: 0o700 });
   const adminTokenFile = resolve(config.dataDir, "admin.token");
   const caCertFile = resolve(config.tls.dir, "ca.pem");
+  // Taken before the keystore opens, so that a second init's HSM view starts after the first's keys.
+  const initLock = lockForInit(config.store.path);
+  try {
+    return await initializeLocked(config, options.adminName, adminTokenFile, caCertFile);
+  } finally {
+    initLock.release();
+  }
+}
+
+async function initializeLocked(
+  config: CustosConfig,
+  adminName: string,
+  adminTokenFile: string,
+  caCertFile: string,
+): Promise<InitResult> {
   const logger = createLogger();
   const keystore = await openKeystore(config, logger);
   const store = await SqliteStore.open(config.store.path);
@@ -338,7 +354,7 @@ export async function initialize(config: CustosConfig, options: { adminName: str
     // HSM keys left by an init that died before its store write are reused, not duplicated.
     const root = (await keystore.findRootKey()) ?? (await keystore.createRootKey());
     const { hmacKey, checkpointKey } = await AuditLog.provisionKeys(keystore);
-    const { policies, admin, adminToken, token } = await buildInitialAdmin({ name: options.adminName });
+    const { policies, admin, adminToken, token } = await buildInitialAdmin({ name: adminName });
     try {
       // The token file is written first: if the store write then fails, a rerun replaces it.
       await writeOwnFile(adminTokenFile, `${token.exposeText()}\n`, 0o600);

@@ -140,6 +140,7 @@ describe("HSM keystore, second review", () => {
   let token: TestToken;
   let raceToken: TestToken;
   let keystoresRaceToken: TestToken;
+  let twoRootsToken: TestToken;
   let slowToken: TestToken;
   let ks: Pkcs11Keystore;
   let inj: Injector;
@@ -149,6 +150,7 @@ describe("HSM keystore, second review", () => {
     token = createTestToken("custos-review");
     raceToken = createTestToken("custos-review-race");
     keystoresRaceToken = createTestToken("custos-review-race2");
+    twoRootsToken = createTestToken("custos-review-two-roots");
     slowToken = createTestToken("custos-review-slow");
     ks = await Pkcs11Keystore.open({
       modulePath: token.modulePath,
@@ -366,6 +368,44 @@ describe("HSM keystore, second review", () => {
       for (const racer of racers) assert.deepEqual(await racer.findRootKey(), created[0]);
     } finally {
       for (const racer of racers) await racer.close();
+    }
+  });
+
+  test("a token left with two root keys (two processes made them at once) is refused by findRootKey, naming both", async () => {
+    const twice = await Pkcs11Keystore.open({
+      modulePath: twoRootsToken.modulePath,
+      tokenLabel: twoRootsToken.label,
+      pin: Secret.fromString(twoRootsToken.pin),
+      poolSize: 1,
+    });
+    try {
+      const first = await twice.createRootKey();
+      // The other process's key: generated on the token under the same label, as createRootKey makes one.
+      const secondId = Buffer.from("0123456789abcdef0123456789abcdef", "hex");
+      const other = new Injector(twoRootsToken);
+      other.withSession((s) =>
+        other.p.C_GenerateKey(s, { mechanism: A.CKM_AES_KEY_GEN }, [
+          { type: A.CKA_CLASS, value: A.CKO_SECRET_KEY },
+          { type: A.CKA_KEY_TYPE, value: A.CKK_AES },
+          { type: A.CKA_VALUE_LEN, value: 32 },
+          { type: A.CKA_TOKEN, value: true },
+          { type: A.CKA_PRIVATE, value: true },
+          { type: A.CKA_SENSITIVE, value: true },
+          { type: A.CKA_EXTRACTABLE, value: false },
+          { type: A.CKA_WRAP, value: true },
+          { type: A.CKA_UNWRAP, value: true },
+          { type: A.CKA_LABEL, value: "custos-root" },
+          { type: A.CKA_ID, value: secondId },
+        ]),
+      );
+      await assert.rejects(twice.findRootKey(), (e) => {
+        rejectsWith("root_key_mismatch")(e);
+        const message = (e as Error).message;
+        assert.ok(message.includes(first.id) && message.includes(secondId.toString("hex")), message);
+        return true;
+      });
+    } finally {
+      await twice.close();
     }
   });
 

@@ -320,10 +320,14 @@ export class Pkcs11Keystore implements Keystore {
             rootKeyTemplate(this.#rootLabel, id, where),
           ),
         ]);
-        // PKCS#11 has no create-if-absent, so another keystore or process may have made
-        // one meanwhile. A key is kept only by a creator that finds it alone; every later
-        // creator sees it and backs out, so two root keys never both survive. (In a dead
-        // heat all back out: no key, every caller told conflict, and creating again works.)
+        // PKCS#11 has no create-if-absent, so another keystore in this process may have
+        // made one meanwhile. A key is kept only by a creator that finds it alone; every
+        // later creator sees it and backs out, so two root keys never both survive. (In a
+        // dead heat all back out: no key, every caller told conflict, and creating again
+        // works.) Another process's key may go unseen here (SoftHSM's process that has
+        // just made an object misses objects others made meanwhile): processes take turns
+        // outside the HSM (`custos init` holds a lock), and findRootKey refuses a token
+        // left with two.
         if (findAll(ctx, [...this.#rootTemplate, ON_TOKEN], 2).length > 1) {
           ctx.p.C_DestroyObject(ctx.session, root as Buffer);
           throw new CustosError("conflict", "another root key was created on the token at the same time");
@@ -339,8 +343,20 @@ export class Pkcs11Keystore implements Keystore {
     return this.#c.run("findRootKey", async (ctx) => {
       // Asked of the token itself, never of a session copy: this is how start-up and
       // health checks learn that the root key is gone.
-      const root = this.#rootOnToken(ctx);
-      if (!root) return undefined;
+      const roots = findAll(ctx, [...this.#rootTemplate, ON_TOKEN], 2);
+      if (roots.length > 1) {
+        const ids = roots.map((h) => attribute(ctx, h, pk.CKA_ID).toString("hex")).join(" and ");
+        throw new CustosError(
+          "root_key_mismatch",
+          `the token holds more than one root key labelled ${JSON.stringify(this.#rootLabel)} (ids ${ids}); ` +
+            "which one wraps Custos's keys can't be told apart: remove the one this Custos was not initialised with",
+        );
+      }
+      const root = roots[0];
+      if (!root) {
+        this.#c.assertAlive(ctx);
+        return undefined;
+      }
       const id = attribute(ctx, root, pk.CKA_ID).toString("hex");
       const known = ctx.p.C_CreateObject(ctx.session, checkValueKeyTemplate(CHECK_VALUE_KEY));
       let wrapped: Buffer;
