@@ -136,6 +136,19 @@ await new Promise((resolve) => setTimeout(resolve, 3000));
 console.log("alive");
 `;
 
+/** A keystore on `token`, logged in with its PIN. */
+function openOn(
+  token: TestToken,
+  options: { poolSize: number; unwrapCacheSize?: number; operationTimeoutMs?: number },
+): Promise<Pkcs11Keystore> {
+  return Pkcs11Keystore.open({
+    modulePath: token.modulePath,
+    tokenLabel: token.label,
+    pin: Secret.fromString(token.pin),
+    ...options,
+  });
+}
+
 describe("HSM keystore, second review", () => {
   let token: TestToken;
   let raceToken: TestToken;
@@ -152,12 +165,7 @@ describe("HSM keystore, second review", () => {
     keystoresRaceToken = createTestToken("custos-review-race2");
     twoRootsToken = createTestToken("custos-review-two-roots");
     slowToken = createTestToken("custos-review-slow");
-    ks = await Pkcs11Keystore.open({
-      modulePath: token.modulePath,
-      tokenLabel: token.label,
-      pin: Secret.fromString(token.pin),
-      poolSize: 2,
-    });
+    ks = await openOn(token, { poolSize: 2 });
     inj = new Injector(token);
     await ks.createRootKey();
   });
@@ -223,13 +231,7 @@ describe("HSM keystore, second review", () => {
   });
 
   test("with no unwrap cache, no unwrapped key outlives its call, failed decryptions and foreign blobs included", async () => {
-    const nocache = await Pkcs11Keystore.open({
-      modulePath: token.modulePath,
-      tokenLabel: token.label,
-      pin: Secret.fromString(token.pin),
-      poolSize: 3,
-      unwrapCacheSize: 0,
-    });
+    const nocache = await openOn(token, { poolSize: 3, unwrapCacheSize: 0 });
     try {
       const baseline = unwrappedKeys(inj);
       const keys = await Promise.all(Array.from({ length: 6 }, () => nocache.generateWrappedAesKey()));
@@ -255,12 +257,7 @@ describe("HSM keystore, second review", () => {
   test("IVs never repeat across IV batches, concurrent calls and two keystores; node:crypto opens every ciphertext and refuses a changed AAD", async () => {
     const known = Buffer.alloc(32, 0x5a);
     const wrapped = wrapKnownKey(inj, known);
-    const second = await Pkcs11Keystore.open({
-      modulePath: token.modulePath,
-      tokenLabel: token.label,
-      pin: Secret.fromString(token.pin),
-      poolSize: 2,
-    });
+    const second = await openOn(token, { poolSize: 2 });
     try {
       const aad = Buffer.from("bound context");
       const results = await Promise.all(
@@ -317,12 +314,7 @@ describe("HSM keystore, second review", () => {
   });
 
   test("concurrent createRootKey calls make one root key: the others are conflicts", async () => {
-    const racer = await Pkcs11Keystore.open({
-      modulePath: raceToken.modulePath,
-      tokenLabel: raceToken.label,
-      pin: Secret.fromString(raceToken.pin),
-      poolSize: 4,
-    });
+    const racer = await openOn(raceToken, { poolSize: 4 });
     try {
       const outcomes = await Promise.allSettled(Array.from({ length: 4 }, () => racer.createRootKey()));
       const roots = countObjects(new Injector(raceToken), [
@@ -344,16 +336,7 @@ describe("HSM keystore, second review", () => {
     // Before token keys were copied onto the token on the main thread, this failed about
     // 4 times in 1,000 on a busy machine: two callers told the one root key was theirs,
     // because SoftHSM had dropped the second creator's key from the process's view.
-    const racers = await Promise.all(
-      Array.from({ length: 4 }, () =>
-        Pkcs11Keystore.open({
-          modulePath: keystoresRaceToken.modulePath,
-          tokenLabel: keystoresRaceToken.label,
-          pin: Secret.fromString(keystoresRaceToken.pin),
-          poolSize: 1,
-        }),
-      ),
-    );
+    const racers = await Promise.all(Array.from({ length: 4 }, () => openOn(keystoresRaceToken, { poolSize: 1 })));
     try {
       const outcomes = await Promise.allSettled(Array.from({ length: 8 }, (_, i) => racers[i % 4]!.createRootKey()));
       const roots = countObjects(new Injector(keystoresRaceToken), [
@@ -372,12 +355,7 @@ describe("HSM keystore, second review", () => {
   });
 
   test("a token left with two root keys (two processes made them at once) is refused by findRootKey, naming both", async () => {
-    const twice = await Pkcs11Keystore.open({
-      modulePath: twoRootsToken.modulePath,
-      tokenLabel: twoRootsToken.label,
-      pin: Secret.fromString(twoRootsToken.pin),
-      poolSize: 1,
-    });
+    const twice = await openOn(twoRootsToken, { poolSize: 1 });
     try {
       const first = await twice.createRootKey();
       // The other process's key: generated on the token under the same label, as createRootKey makes one.
@@ -414,12 +392,7 @@ describe("HSM keystore, second review", () => {
     // straight onto the token on the thread pool, a search on the main thread overlapping
     // a creation failed it (CKR_TEMPLATE_INCONSISTENT, in every run of this test) or
     // dropped the new key from the process's view.
-    const searcher = await Pkcs11Keystore.open({
-      modulePath: token.modulePath,
-      tokenLabel: token.label,
-      pin: Secret.fromString(token.pin),
-      poolSize: 1,
-    });
+    const searcher = await openOn(token, { poolSize: 1 });
     let searching = true;
     let searches = 0;
     const searchLoop = (async () => {
@@ -492,14 +465,7 @@ describe("HSM keystore, second review", () => {
     }
 
     before(async () => {
-      const open = (deadline: { operationTimeoutMs?: number }) =>
-        Pkcs11Keystore.open({
-          modulePath: slowToken.modulePath,
-          tokenLabel: slowToken.label,
-          pin: Secret.fromString(slowToken.pin),
-          poolSize: 1,
-          ...deadline,
-        });
+      const open = (deadline: { operationTimeoutMs?: number }) => openOn(slowToken, { poolSize: 1, ...deadline });
       // The root key is made under the default deadline (a token object written to disk can take tens of ms).
       const setup = await open({});
       try {
@@ -563,12 +529,7 @@ describe("HSM keystore, second review", () => {
   test("a signing key destroyed by another keystore on the token is not_found here, without tearing down this keystore's sessions", async () => {
     const pair = await ks.generateKeyPair("ecdsa-p256", "review-shared");
     await Promise.all([1, 2, 3, 4].map(() => ks.sign(pair.ref, "ecdsa-p256-sha256", Buffer.from("x"))));
-    const other = await Pkcs11Keystore.open({
-      modulePath: token.modulePath,
-      tokenLabel: token.label,
-      pin: Secret.fromString(token.pin),
-      poolSize: 1,
-    });
+    const other = await openOn(token, { poolSize: 1 });
     try {
       await other.destroyKeyPair(pair.ref);
     } finally {
@@ -598,12 +559,7 @@ describe("HSM keystore, second review", () => {
 
   test("after close(), every call is a clear hsm_unavailable, health is not ok, closing again is harmless, and the PIN shows nowhere", async () => {
     const pin = token.pin;
-    const doomed = await Pkcs11Keystore.open({
-      modulePath: token.modulePath,
-      tokenLabel: token.label,
-      pin: Secret.fromString(pin),
-      poolSize: 1,
-    });
+    const doomed = await openOn(token, { poolSize: 1 });
     const wrapped = await doomed.generateWrappedAesKey();
     const pair = await doomed.generateKeyPair("ecdsa-p256", "review-closed");
     const dump = (x: unknown): string => `${inspect(x, { depth: null, showHidden: true })}\n${JSON.stringify(x)}`;
