@@ -219,17 +219,17 @@ export class AuditLog {
     }
   }
 
-  /**
-   * The newest record's seq and the newest signed checkpoint's: a gap that keeps
-   * growing means checkpoints are failing (the HSM signs them).
-   */
-  async progress(): Promise<{ readonly headSeq: number; readonly checkpointSeq: number }> {
-    const [head, checkpointSeq] = await Promise.all([this.#store.auditHead(), this.#checkpointedSeq()]);
-    return { headSeq: head.seq, checkpointSeq };
+  /** The newest record's seq (0 for an empty log). */
+  async headSeq(): Promise<number> {
+    return (await this.#store.auditHead()).seq;
   }
 
-  /** The seq the newest checkpoint covers, read from the store once, then kept as checkpoints are signed. */
-  async #checkpointedSeq(): Promise<number> {
+  /**
+   * The seq the newest signed checkpoint covers: a gap to the head that keeps growing
+   * means checkpoints are failing (the HSM signs them). Read from the store once, then
+   * kept as checkpoints are signed.
+   */
+  async checkpointedSeq(): Promise<number> {
     if (this.#lastCheckpointSeq !== undefined) return this.#lastCheckpointSeq;
     const stored = (await this.#store.listAuditCheckpoints()).at(-1)?.seq ?? 0;
     // A checkpoint signed while the list was read set a newer one: keep it.
@@ -279,7 +279,7 @@ export class AuditLog {
 
   /** Signs the head and stores the checkpoint; undefined when the head is checkpointed already. */
   async #signHead(): Promise<AuditCheckpoint | undefined> {
-    const checkpointed = await this.#checkpointedSeq();
+    const checkpointed = await this.checkpointedSeq();
     const head = await this.#store.auditHead();
     if (head.seq === 0 || head.seq <= checkpointed) return undefined;
     const time = new Date().toISOString();

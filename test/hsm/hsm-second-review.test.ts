@@ -6,6 +6,7 @@ import pkcs11js from "pkcs11js";
 import { isCustosError } from "../../src/errors/index.js";
 import { ensureKeyPair, type Keystore } from "../../src/hsm/index.js";
 import { Pkcs11Keystore } from "../../src/hsm/pkcs11/index.js";
+import { rootKeyTemplate } from "../../src/hsm/pkcs11/templates.js";
 import { Secret } from "../../src/secret/index.js";
 import { createTestToken, type TestToken } from "../helpers/softhsm.js";
 import { Injector, runInChild } from "./injector.js";
@@ -362,19 +363,7 @@ describe("HSM keystore, second review", () => {
       const secondId = Buffer.from("0123456789abcdef0123456789abcdef", "hex");
       const other = new Injector(twoRootsToken);
       other.withSession((s) =>
-        other.p.C_GenerateKey(s, { mechanism: A.CKM_AES_KEY_GEN }, [
-          { type: A.CKA_CLASS, value: A.CKO_SECRET_KEY },
-          { type: A.CKA_KEY_TYPE, value: A.CKK_AES },
-          { type: A.CKA_VALUE_LEN, value: 32 },
-          { type: A.CKA_TOKEN, value: true },
-          { type: A.CKA_PRIVATE, value: true },
-          { type: A.CKA_SENSITIVE, value: true },
-          { type: A.CKA_EXTRACTABLE, value: false },
-          { type: A.CKA_WRAP, value: true },
-          { type: A.CKA_UNWRAP, value: true },
-          { type: A.CKA_LABEL, value: "custos-root" },
-          { type: A.CKA_ID, value: secondId },
-        ]),
+        other.p.C_GenerateKey(s, { mechanism: A.CKM_AES_KEY_GEN }, rootKeyTemplate("custos-root", secondId, "token")),
       );
       await assert.rejects(twice.findRootKey(), (e) => {
         rejectsWith("root_key_mismatch")(e);

@@ -39,13 +39,13 @@ export function metricsRoutes(deps: ApiDeps): FastifyPluginAsync {
         ),
   );
   metrics.gauge("custos_audit_head_seq", "The newest audit record's sequence number.", [], async () => [
-    [{}, (await deps.audit.progress()).headSeq],
+    [{}, await deps.audit.headSeq()],
   ]);
   metrics.gauge(
     "custos_audit_checkpoint_seq",
     "The sequence number the newest signed audit checkpoint covers; a growing gap to the head means checkpoints fail.",
     [],
-    async () => [[{}, (await deps.audit.progress()).checkpointSeq]],
+    async () => [[{}, await deps.audit.checkpointedSeq()]],
   );
 
   return async (app) => {

@@ -311,7 +311,7 @@ export class Pkcs11Keystore implements Keystore {
     // One creation at a time in this keystore, so that the next one's check sees the key.
     await this.#inTurn(() =>
       this.#c.run("createRootKey", async (ctx) => {
-        if (this.#rootOnToken(ctx)) throw new CustosError("conflict", "the token already holds a root key");
+        if (this.#rootsOnToken(ctx).length > 0) throw new CustosError("conflict", "the token already holds a root key");
         const id = this.#randomId(ctx);
         const [root] = await this.#generateOnToken(ctx, async (where) => [
           await ctx.p.C_GenerateKeyAsync(
@@ -328,7 +328,7 @@ export class Pkcs11Keystore implements Keystore {
         // just made an object misses objects others made meanwhile): processes take turns
         // outside the HSM (`custos init` holds a lock), and findRootKey refuses a token
         // left with two.
-        if (findAll(ctx, [...this.#rootTemplate, ON_TOKEN], 2).length > 1) {
+        if (this.#rootsOnToken(ctx).length > 1) {
           ctx.p.C_DestroyObject(ctx.session, root as Buffer);
           throw new CustosError("conflict", "another root key was created on the token at the same time");
         }
@@ -343,7 +343,7 @@ export class Pkcs11Keystore implements Keystore {
     return this.#c.run("findRootKey", async (ctx) => {
       // Asked of the token itself, never of a session copy: this is how start-up and
       // health checks learn that the root key is gone.
-      const roots = findAll(ctx, [...this.#rootTemplate, ON_TOKEN], 2);
+      const roots = this.#rootsOnToken(ctx);
       if (roots.length > 1) {
         const ids = roots.map((h) => attribute(ctx, h, pk.CKA_ID).toString("hex")).join(" and ");
         throw new CustosError(
@@ -353,10 +353,7 @@ export class Pkcs11Keystore implements Keystore {
         );
       }
       const root = roots[0];
-      if (!root) {
-        this.#c.assertAlive(ctx);
-        return undefined;
-      }
+      if (!root) return undefined;
       const id = attribute(ctx, root, pk.CKA_ID).toString("hex");
       const known = ctx.p.C_CreateObject(ctx.session, checkValueKeyTemplate(CHECK_VALUE_KEY));
       let wrapped: Buffer;
@@ -758,10 +755,11 @@ export class Pkcs11Keystore implements Keystore {
     }
   }
 
-  #rootOnToken(ctx: OpContext): Buffer | undefined {
-    const handle = findOne(ctx, [...this.#rootTemplate, ON_TOKEN]);
-    if (!handle) this.#c.assertAlive(ctx);
-    return handle;
+  /** Up to two root keys on the token (two is one too many); an empty search is trusted only on a live session. */
+  #rootsOnToken(ctx: OpContext): Buffer[] {
+    const roots = findAll(ctx, [...this.#rootTemplate, ON_TOKEN], 2);
+    if (roots.length === 0) this.#c.assertAlive(ctx);
+    return roots;
   }
 
   #requireRoot(ctx: OpContext): Buffer {
@@ -924,14 +922,14 @@ export class Pkcs11Keystore implements Keystore {
    */
   async #generateOnToken(ctx: OpContext, generate: (where: KeyBirthplace) => Promise<Buffer[]>): Promise<Buffer[]> {
     const inSession = await generate("session");
-    const onToken: Buffer[] = [];
+    let onToken: Buffer[] = [];
     try {
       for (const handle of inSession) onToken.push(ctx.p.C_CopyObject(ctx.session, handle, [ON_TOKEN]));
     } catch (e) {
       for (const handle of onToken) this.#destroyQuietly(ctx, handle);
       const ckr = ckrOf(e);
       if (!ckr || classify(ckr.name) !== "other") throw e;
-      onToken.splice(0, onToken.length, ...(await generate("token")));
+      onToken = await generate("token");
     } finally {
       for (const handle of inSession) this.#destroyQuietly(ctx, handle);
     }
