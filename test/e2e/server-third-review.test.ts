@@ -749,7 +749,8 @@ describe("a running server: protocol versions, logs, health, shutdown by signal,
     unaudited = id;
     for (const [what, secret] of [
       ["the admin token", custos.adminToken],
-      ["the admin token's secret part", custos.adminToken.split("_").at(-1) ?? ""],
+      // cst_<16-character id>_<43 base64url characters>, which may themselves hold a "_".
+      ["the admin token's secret part", custos.adminToken.slice("cst_".length + 16 + 1)],
       ["a refused token", forged],
       ["the HSM PIN", custos.token.pin],
       ["a plaintext", marker],
