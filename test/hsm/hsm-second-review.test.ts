@@ -382,6 +382,10 @@ describe("HSM keystore, second review", () => {
     // a creation failed it (CKR_TEMPLATE_INCONSISTENT, in every run of this test) or
     // dropped the new key from the process's view.
     const searcher = await openOn(token, { poolSize: 1 });
+    // 200 generations queue for two sessions, each behind searches of a growing token:
+    // the last wait seconds, past the default deadline on a slow machine. This test is
+    // about what is made, not how fast, so its maker waits as long as it takes.
+    const maker = await openOn(token, { poolSize: 2, operationTimeoutMs: 120_000 });
     let searching = true;
     let searches = 0;
     const searchLoop = (async () => {
@@ -393,7 +397,7 @@ describe("HSM keystore, second review", () => {
     })();
     try {
       const labels = Array.from({ length: 200 }, (_, i) => `review-searched-${i}`);
-      const made = await Promise.all(labels.map((label) => ks.generateKeyPair("ecdsa-p256", label)));
+      const made = await Promise.all(labels.map((label) => maker.generateKeyPair("ecdsa-p256", label)));
       searching = false;
       await searchLoop;
       assert.ok(searches > 10, `the searcher ran alongside (${searches} searches)`);
@@ -405,6 +409,7 @@ describe("HSM keystore, second review", () => {
       searching = false;
       await searchLoop;
       await searcher.close();
+      await maker.close();
     }
   });
 
