@@ -5,8 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mapfile -t files < <(find test -name '*.test.ts' | sort)
-# TAP for the record, then a list of the tests that really failed (see the reporter).
+# The full TAP goes to a file for the record; standard output gets a line per file,
+# the counts, and the tests that really failed (see the reporter).
+tap=var/test-results.tap
+mkdir -p var
+echo "full TAP of this run: $tap"
 exec node --import tsx --test --test-concurrency=1 --test-timeout=600000 \
-  --test-reporter=tap --test-reporter-destination=stdout \
+  --test-reporter=tap --test-reporter-destination="$tap" \
   --test-reporter=./scripts/failures-reporter.mjs --test-reporter-destination=stdout \
   "${files[@]}" "$@"
