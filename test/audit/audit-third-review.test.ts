@@ -288,7 +288,7 @@ describe("the audit log as an admin uses it, third review", () => {
     let signed: Answer;
     let health: Answer;
     try {
-      // A key's session copy is checked against the token at least once a second: the outage shows by then.
+      // A key's cached handle is checked against the token at least once a second: the outage shows by then.
       signed = await send("POST", "/v1/keys/signer/sign", { body: { message: "aGVsbG8=" } });
       for (let i = 0; i < 150 && signed.status === 200; i++) {
         await new Promise((r) => setTimeout(r, 200));

@@ -456,9 +456,7 @@ describe("HSM conformance: what the keystore leaves on the token", () => {
     assert.equal(sessionKeys(), baseline);
   });
 
-  test("the root key cannot be given CKA_DECRYPT, by C_SetAttributeValue or in a C_CopyObject template", {
-    todo: "bug: the root key is CKA_MODIFIABLE and CKA_COPYABLE with free templates; a decrypting copy inverts RFC 5649 and yields every data key",
-  }, () => {
+  test("the root key cannot be given CKA_DECRYPT, by C_SetAttributeValue or in a C_CopyObject template", () => {
     inj.withSession((s) => {
       const p = inj.p;
       const root = tokenObject(s, A.CKO_SECRET_KEY, ROOT_LABEL);
@@ -482,9 +480,7 @@ describe("HSM conformance: what the keystore leaves on the token", () => {
     });
   });
 
-  test("signing and HMAC keys cannot gain uses they were not made for (CKA_DECRYPT, CKA_DERIVE)", {
-    todo: "bug: key templates leave CKA_MODIFIABLE (and free-template copies) at the module default: usages can be widened",
-  }, () => {
+  test("signing and HMAC keys cannot gain uses they were not made for (CKA_DECRYPT, CKA_DERIVE)", () => {
     inj.withSession((s) => {
       const p = inj.p;
       const targets: Array<[string, Buffer, number]> = [
@@ -514,9 +510,7 @@ describe("HSM conformance: what the keystore leaves on the token", () => {
     });
   });
 
-  test("a key version cannot be unwrapped by the root key into an extractable, readable object", {
-    todo: "bug: the root key has no CKA_UNWRAP_TEMPLATE, so any session can unwrap key versions in the clear",
-  }, () => {
+  test("a key version cannot be unwrapped by the root key into an extractable, readable object", () => {
     inj.withSession((s) => {
       const p = inj.p;
       const root = tokenObject(s, A.CKO_SECRET_KEY, ROOT_LABEL);

@@ -6,6 +6,7 @@ import pkcs11js from "pkcs11js";
 import { isCustosError } from "../../src/errors/index.js";
 import { ensureKeyPair, type Keystore } from "../../src/hsm/index.js";
 import { Pkcs11Keystore } from "../../src/hsm/pkcs11/index.js";
+import { generateKeyNested } from "../../src/hsm/pkcs11/nested-template.js";
 import { rootKeyTemplate } from "../../src/hsm/pkcs11/templates.js";
 import { Secret } from "../../src/secret/index.js";
 import { createTestToken, type TestToken } from "../helpers/softhsm.js";
@@ -363,7 +364,12 @@ describe("HSM keystore, second review", () => {
       const secondId = Buffer.from("0123456789abcdef0123456789abcdef", "hex");
       const other = new Injector(twoRootsToken);
       other.withSession((s) =>
-        other.p.C_GenerateKey(s, { mechanism: A.CKM_AES_KEY_GEN }, rootKeyTemplate("custos-root", secondId, "token")),
+        generateKeyNested(
+          twoRootsToken.modulePath,
+          s,
+          { mechanism: A.CKM_AES_KEY_GEN },
+          rootKeyTemplate("custos-root", secondId, "token"),
+        ),
       );
       await assert.rejects(twice.findRootKey(), (e) => {
         rejectsWith("root_key_mismatch")(e);
@@ -531,7 +537,7 @@ describe("HSM keystore, second review", () => {
     }
     const before = liveSessions(inj).map((s) => s.handle);
     assert.equal(ks.health().recoveredAt, undefined);
-    // Session copies are re-checked against the token every second; until then they may still sign.
+    // Cached handles (a session copy for a key made modifiable) are re-checked every second; until then they may still sign.
     const until = Date.now() + 10_000;
     for (;;) {
       const outcome = await ks.sign(pair.ref, "ecdsa-p256-sha256", Buffer.from("x")).then(

@@ -8,9 +8,10 @@ import {
   verify,
 } from "node:crypto";
 import { after, before, describe, test } from "node:test";
-import pkcs11js from "pkcs11js";
+import pkcs11js, { type Template } from "pkcs11js";
 import { isCustosError } from "../../src/errors/index.js";
 import { Pkcs11Keystore } from "../../src/hsm/pkcs11/index.js";
+import { keyPairTemplates } from "../../src/hsm/pkcs11/templates.js";
 import { Secret } from "../../src/secret/index.js";
 import { createTestToken, type TestToken } from "../helpers/softhsm.js";
 import { Injector } from "./injector.js";
@@ -290,7 +291,7 @@ describe("Pkcs11Keystore against SoftHSM", () => {
     assert.equal(ks.health().state, "ok");
   });
 
-  /** [CKA_TOKEN, CKA_SENSITIVE, CKA_EXTRACTABLE] of every private key under `label`, token objects first. */
+  /** [CKA_TOKEN, CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_MODIFIABLE] of every private key under `label`, token objects first. */
   function privateKeysLabelled(label: string): number[][] {
     return inj.withSession((s) => {
       const p = inj.p;
@@ -307,6 +308,7 @@ describe("Pkcs11Keystore against SoftHSM", () => {
               { type: pkcs11js.CKA_TOKEN },
               { type: pkcs11js.CKA_SENSITIVE },
               { type: pkcs11js.CKA_EXTRACTABLE },
+              { type: pkcs11js.CKA_MODIFIABLE },
             ])
             .map((a) => a.value[0] ?? -1),
         )
@@ -314,19 +316,47 @@ describe("Pkcs11Keystore against SoftHSM", () => {
     });
   }
 
-  test("signing private keys are non-extractable and sensitive token objects; their session copies too", () => {
-    // Signing above made session copies (one per pool session that signed), which
-    // must keep every protection of the token object.
-    const objects = privateKeysLabelled("sig-ec");
-    assert.deepEqual(objects[0], [1, 1, 0]);
-    assert.ok(objects.length >= 2, "signing made a session copy");
-    for (const copy of objects.slice(1)) assert.deepEqual(copy, [0, 1, 0]);
+  test("signing private keys are non-extractable, sensitive and unmodifiable token objects, used without session copies", () => {
+    // Signing above used them; an unmodifiable key can't be copied into a session.
+    assert.deepEqual(privateKeysLabelled("sig-ec"), [[1, 1, 0, 0]]);
   });
 
-  test("destroyKeyPair removes both halves, and every session copy, and is idempotent", async () => {
+  test("a modifiable signing key (made before keys were made unmodifiable) is used through session copies that keep its protections", async () => {
+    // Made as an older Custos made it: straight onto the token, modifiable.
+    const id = Buffer.from("0123456789abcdef", "hex");
+    const templates = keyPairTemplates("ecdsa-p256", "legacy-ec", id, "session");
+    const onToken = (t: Template): Template =>
+      t.map((a) => (a.type === pkcs11js.CKA_TOKEN ? { type: a.type, value: true } : a));
+    inj.withSession((s) =>
+      inj.p.C_GenerateKeyPair(s, templates.mechanism, onToken(templates.publicKey), onToken(templates.privateKey)),
+    );
+    const pair = await ks.findKeyPair("legacy-ec");
+    assert.ok(pair, "the older key is found");
+    const signatures = await Promise.all(
+      Array.from({ length: 8 }, () => ks.sign(pair.ref, "ecdsa-p256-sha256", Buffer.from("x"))),
+    );
+    for (const signature of signatures) {
+      assert.ok(
+        verify(
+          "sha256",
+          Buffer.from("x"),
+          { key: createPublicKey({ key: pair.publicKey, format: "der", type: "spki" }), dsaEncoding: "ieee-p1363" },
+          signature,
+        ),
+      );
+    }
+    const [original, ...copies] = privateKeysLabelled("legacy-ec");
+    assert.deepEqual(original, [1, 1, 0, 1]);
+    assert.ok(copies.length >= 1, "signing made a session copy");
+    for (const copy of copies) assert.deepEqual(copy, [0, 1, 0, 1]);
+    await ks.destroyKeyPair(pair.ref);
+    assert.deepEqual(privateKeysLabelled("legacy-ec"), [], "the copies went with the key");
+  });
+
+  test("destroyKeyPair removes both halves and is idempotent", async () => {
     const pair = await ks.generateKeyPair("ecdsa-p256", "doomed");
     await Promise.all(Array.from({ length: 8 }, () => ks.sign(pair.ref, "ecdsa-p256-sha256", Buffer.from("x"))));
-    assert.ok(privateKeysLabelled("doomed").length >= 2);
+    assert.equal(privateKeysLabelled("doomed").length, 1);
     await ks.destroyKeyPair(pair.ref);
     assert.deepEqual(privateKeysLabelled("doomed"), []);
     await ks.destroyKeyPair(pair.ref);

@@ -19,6 +19,11 @@ for (const [key, value] of Object.entries(pk)) {
   if (key.startsWith("CKR_") && typeof value === "number" && !names.has(value)) names.set(value, key);
 }
 
+/** The name of a PKCS#11 return value, as pkcs11js exports it. */
+export function ckrName(code: number): string {
+  return names.get(code) ?? `CKR_VENDOR_DEFINED_0x${code.toString(16)}`;
+}
+
 /** Raised by our own checks to feed a condition into the same recovery path as a real CKR. */
 export class CkrError extends Error {
   readonly ckr: string;

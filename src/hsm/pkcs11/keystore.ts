@@ -28,6 +28,7 @@ import {
   WRAPPED_AES256_LENGTH,
 } from "./constants.js";
 import { HsmThread } from "./hsm-thread.js";
+import { generateKeyNested } from "./nested-template.js";
 import { attribute, checkLabel, findAll, findOne, ownKey, refTemplate, ulongAttribute } from "./objects.js";
 import { ed25519Spki, p256Spki, rsaSpki } from "./spki.js";
 import {
@@ -39,6 +40,7 @@ import {
   type KeyBirthplace,
   keyPairTemplates,
   rootKeyTemplate,
+  TOKEN_COPY,
   transientAesTemplate,
   unwrappedAesTemplate,
 } from "./templates.js";
@@ -134,6 +136,8 @@ const SESSION_COPY = [{ type: pk.CKA_TOKEN, value: false }];
  * outlive its files; a real HSM's die with the token).
  */
 const COPY_RECHECK_MS = 1000;
+/** What a call on a destroyed object's handle answers. */
+const HANDLE_INVALID = new Set(["CKR_KEY_HANDLE_INVALID", "CKR_OBJECT_HANDLE_INVALID"]);
 /** Searches for the keys themselves, never our session copies of them. */
 const ON_TOKEN = { type: pk.CKA_TOKEN, value: true };
 
@@ -242,6 +246,8 @@ export class Pkcs11Keystore implements Keystore {
   #ivOffset = 0;
   readonly #inlineAllowed: boolean;
   readonly #thread: HsmThread;
+  /** The PKCS#11 module, for the one call pkcs11js cannot make (see nested-template.ts). */
+  readonly #modulePath: string;
   /** Moving averages of C_EncryptInit/C_DecryptInit and of C_SignInit latency, in microseconds. */
   readonly #initUs: Record<"cipher" | "sign", number> = { ...INLINE_MAX_US };
 
@@ -252,8 +258,10 @@ export class Pkcs11Keystore implements Keystore {
     cacheSize: number,
     inline: boolean,
     thread: HsmThread,
+    modulePath: string,
   ) {
     this.#thread = thread;
+    this.#modulePath = modulePath;
     this.#inlineAllowed = inline;
     this.#c = c;
     this.#pin = pin;
@@ -294,7 +302,7 @@ export class Pkcs11Keystore implements Keystore {
         logger: o.logger,
       });
       const thread = new HsmThread(o.modulePath, o.logger);
-      return new Pkcs11Keystore(c, pin, rootLabel, cacheSize, o.inlineFastCalls ?? true, thread);
+      return new Pkcs11Keystore(c, pin, rootLabel, cacheSize, o.inlineFastCalls ?? true, thread, o.modulePath);
     } catch (e) {
       pin.destroy();
       throw e;
@@ -313,8 +321,11 @@ export class Pkcs11Keystore implements Keystore {
       this.#c.run("createRootKey", async (ctx) => {
         if (this.#rootsOnToken(ctx).length > 0) throw new CustosError("conflict", "the token already holds a root key");
         const id = this.#randomId(ctx);
+        // Its CKA_UNWRAP_TEMPLATE needs a template inside a template, which pkcs11js
+        // can't pass. An AES key is made in microseconds: on this thread.
         const [root] = await this.#generateOnToken(ctx, async (where) => [
-          await ctx.p.C_GenerateKeyAsync(
+          generateKeyNested(
+            this.#modulePath,
             ctx.session,
             { mechanism: pk.CKM_AES_KEY_GEN },
             rootKeyTemplate(this.#rootLabel, id, where),
@@ -559,29 +570,31 @@ export class Pkcs11Keystore implements Keystore {
     const plan = signPlan(scheme, input.length === 0 ? EMPTY_SIGN_INPUT : input);
     const template = refTemplate(pk.CKO_PRIVATE_KEY, ref);
     return this.#c.run("sign", async (ctx) => {
-      const key = this.#tokenObject(ctx, privateName(ref), template);
-      if (!key) throw notFound(ref);
-      if (key.keyType !== plan.keyType) {
-        throw new CustosError("invalid_request", `signature scheme ${scheme} does not fit this key`);
-      }
-      if (plan.keyType !== pk.CKK_RSA && this.#fast("sign")) {
+      const signature = await this.#withTokenObject(ctx, privateName(ref), template, async (key) => {
+        if (key.keyType !== plan.keyType) {
+          throw new CustosError("invalid_request", `signature scheme ${scheme} does not fit this key`);
+        }
+        if (plan.keyType !== pk.CKK_RSA && this.#fast("sign")) {
+          ctx.active = true;
+          const done = await this.#thread.sign(ctx.session, key.handle, plan.mechanism, plan.input, plan.maxLength);
+          ctx.active = false;
+          this.#measured("sign", done.initUs);
+          return Buffer.from(done.output.buffer, done.output.byteOffset, done.output.length);
+        }
+        const started = performance.now();
+        ctx.p.C_SignInit(ctx.session, plan.mechanism, key.handle);
         ctx.active = true;
-        const done = await this.#thread.sign(ctx.session, key.handle, plan.mechanism, plan.input, plan.maxLength);
+        const out = Buffer.alloc(plan.maxLength);
+        // An RSA-3072 signature takes milliseconds even in a software token: never on this thread.
+        const signed =
+          plan.keyType !== pk.CKK_RSA && this.#inline("sign", started, plan.input.length)
+            ? ctx.p.C_Sign(ctx.session, plan.input, out)
+            : await ctx.p.C_SignAsync(ctx.session, plan.input, out);
         ctx.active = false;
-        this.#measured("sign", done.initUs);
-        return Buffer.from(done.output.buffer, done.output.byteOffset, done.output.length);
-      }
-      const started = performance.now();
-      ctx.p.C_SignInit(ctx.session, plan.mechanism, key.handle);
-      ctx.active = true;
-      const out = Buffer.alloc(plan.maxLength);
-      // An RSA-3072 signature takes milliseconds even in a software token: never on this thread.
-      const signature =
-        plan.keyType !== pk.CKK_RSA && this.#inline("sign", started, plan.input.length)
-          ? ctx.p.C_Sign(ctx.session, plan.input, out)
-          : await ctx.p.C_SignAsync(ctx.session, plan.input, out);
-      ctx.active = false;
-      return Buffer.from(signature);
+        return Buffer.from(signed);
+      });
+      if (!signature) throw notFound(ref);
+      return signature;
     });
   }
 
@@ -682,14 +695,16 @@ export class Pkcs11Keystore implements Keystore {
     }
     const template = refTemplate(pk.CKO_SECRET_KEY, ref);
     return this.#c.run("hmac", async (ctx) => {
-      const key = this.#tokenObject(ctx, `hmac:${ref.label}:${ref.id}`, template);
-      if (!key) throw notFound(ref);
-      if (key.keyType !== pk.CKK_GENERIC_SECRET) throw new CustosError("invalid_request", "not an HMAC key");
-      ctx.p.C_SignInit(ctx.session, { mechanism: pk.CKM_SHA256_HMAC }, key.handle);
-      ctx.active = true;
-      const mac = await ctx.p.C_SignAsync(ctx.session, input, Buffer.alloc(32));
-      ctx.active = false;
-      return Buffer.from(mac);
+      const mac = await this.#withTokenObject(ctx, `hmac:${ref.label}:${ref.id}`, template, async (key) => {
+        if (key.keyType !== pk.CKK_GENERIC_SECRET) throw new CustosError("invalid_request", "not an HMAC key");
+        ctx.p.C_SignInit(ctx.session, { mechanism: pk.CKM_SHA256_HMAC }, key.handle);
+        ctx.active = true;
+        const signed = await ctx.p.C_SignAsync(ctx.session, input, Buffer.alloc(32));
+        ctx.active = false;
+        return Buffer.from(signed);
+      });
+      if (!mac) throw notFound(ref);
+      return mac;
     });
   }
 
@@ -746,7 +761,7 @@ export class Pkcs11Keystore implements Keystore {
       return await use(entry.handle);
     } catch (e) {
       const name = ckrOf(e)?.name;
-      if (name === "CKR_KEY_HANDLE_INVALID" || name === "CKR_OBJECT_HANDLE_INVALID") {
+      if (HANDLE_INVALID.has(name ?? "")) {
         this.#unwrapped.evict(cacheKey, entry);
       }
       throw e;
@@ -787,8 +802,7 @@ export class Pkcs11Keystore implements Keystore {
       // The key was destroyed on the token (by another keystore or process, say): only
       // this entry is stale, the session is fine. Search again; an empty search means
       // not_found.
-      this.#objects.delete(key);
-      if (cached.copy) this.#destroyQuietly(ctx, cached.handle);
+      this.#forget(ctx, key, cached);
     }
     const handle = findOne(ctx, [...template, ON_TOKEN]);
     if (!handle) {
@@ -812,6 +826,37 @@ export class Pkcs11Keystore implements Keystore {
   }
 
   /**
+   * Runs `use` with this session's handle for a token key; undefined when there is no
+   * such key. A key used straight from the token (no session copy: see #sessionCopy)
+   * that another keystore or process destroyed answers CKR_KEY_HANDLE_INVALID. That is
+   * the key gone, not the session: its entry is dropped and the search made again,
+   * rather than every session rebuilt as for a session-class failure.
+   */
+  async #withTokenObject<T>(
+    ctx: OpContext,
+    name: string,
+    template: Template,
+    use: (key: TokenObject) => Promise<T>,
+  ): Promise<T | undefined> {
+    const key = this.#tokenObject(ctx, name, template);
+    if (!key) return undefined;
+    try {
+      return await use(key);
+    } catch (e) {
+      if (!HANDLE_INVALID.has(ckrOf(e)?.name ?? "") || this.#sourceAlive(ctx, key)) throw e;
+      this.#forget(ctx, `${name}@${ctx.serial}`, key);
+      const again = this.#tokenObject(ctx, name, template);
+      return again && use(again);
+    }
+  }
+
+  /** Drops a cached token key whose object is gone, and its session copy. */
+  #forget(ctx: OpContext, cacheKey: string, object: TokenObject): void {
+    this.#objects.delete(cacheKey);
+    if (object.copy) this.#destroyQuietly(ctx, object.handle);
+  }
+
+  /**
    * Whether a cached key's token object still exists. A dead session or a lost login
    * answers with a session- or device-class CKR and is thrown as such; only the
    * object's own handle being invalid means the key itself is gone.
@@ -828,8 +873,10 @@ export class Pkcs11Keystore implements Keystore {
 
   /**
    * A session copy of `handle`, or undefined when the HSM won't make one: CKA_COPYABLE
-   * false, no C_CopyObject, or no room for more session objects (an HSM's memory is
-   * small; running out of it here is no reason to rebuild the connection).
+   * false, CKA_MODIFIABLE false (every key made since keys became unmodifiable: only
+   * keys made before get copies), no C_CopyObject, or no room for more session objects
+   * (an HSM's memory is small; running out of it here is no reason to rebuild the
+   * connection).
    */
   #sessionCopy(ctx: OpContext, handle: Buffer): Buffer | undefined {
     try {
@@ -843,11 +890,7 @@ export class Pkcs11Keystore implements Keystore {
 
   /** Destroys every session's copy of a key that is going away. */
   #forgetCopies(ctx: OpContext, name: string): void {
-    for (const [key, object] of this.#objects) {
-      if (!key.startsWith(`${name}@`)) continue;
-      this.#objects.delete(key);
-      if (object.copy) this.#destroyQuietly(ctx, object.handle);
-    }
+    for (const [key, object] of this.#objects) if (key.startsWith(`${name}@`)) this.#forget(ctx, key, object);
   }
 
   /** Records how long the *Init just took and says whether the data call should stay on this thread. */
@@ -924,7 +967,7 @@ export class Pkcs11Keystore implements Keystore {
     const inSession = await generate("session");
     let onToken: Buffer[] = [];
     try {
-      for (const handle of inSession) onToken.push(ctx.p.C_CopyObject(ctx.session, handle, [ON_TOKEN]));
+      for (const handle of inSession) onToken.push(ctx.p.C_CopyObject(ctx.session, handle, TOKEN_COPY));
     } catch (e) {
       for (const handle of onToken) this.#destroyQuietly(ctx, handle);
       const ckr = ckrOf(e);

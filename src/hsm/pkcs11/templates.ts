@@ -1,13 +1,17 @@
 import type { AesGCM, Mechanism, Template } from "pkcs11js";
 import type { SigningAlgorithm } from "../keystore.js";
 import { CKK_EC_EDWARDS, CKM_EC_EDWARDS_KEY_PAIR_GEN, OID_ED25519, OID_P256, pk } from "./constants.js";
+import type { NestedAttribute } from "./nested-template.js";
 
 /**
  * Key templates. Every capability is spelled out (true or false) instead of left to
  * module defaults, which differ between HSMs.
  */
 
-const NO_USES: Template = [
+/** A template attribute with its value given (what both pkcs11js and a nested template take). */
+type Attribute = { type: number; value: boolean | number };
+
+const NO_USES: Attribute[] = [
   { type: pk.CKA_ENCRYPT, value: false },
   { type: pk.CKA_DECRYPT, value: false },
   { type: pk.CKA_WRAP, value: false },
@@ -17,7 +21,7 @@ const NO_USES: Template = [
   { type: pk.CKA_DERIVE, value: false },
 ];
 
-function uses(allowed: number[]): Template {
+function uses(allowed: number[]): Attribute[] {
   return NO_USES.map((a) => ({ type: a.type, value: allowed.includes(a.type) }));
 }
 
@@ -27,19 +31,44 @@ function uses(allowed: number[]): Template {
  */
 export type KeyBirthplace = "token" | "session";
 
-/** The root key: a token AES-256 key that can only wrap and unwrap, never leave. */
-export function rootKeyTemplate(label: string, id: Buffer, where: KeyBirthplace): Template {
+/**
+ * Where a token key lands, it is unmodifiable: with the PIN, a modifiable root key
+ * could be given CKA_DECRYPT (or copied with it), and decrypting a wrapped key
+ * version block by block inverts RFC 5649 and yields the key in the clear; a signing
+ * or HMAC key could gain CKA_DERIVE or CKA_DECRYPT. An unmodifiable object also
+ * refuses every copy that changes an attribute. A key born in a session stays
+ * modifiable only until its copy onto the token, which is made with `TOKEN_COPY`.
+ */
+function modifiable(where: KeyBirthplace): Attribute[] {
+  return [{ type: pk.CKA_MODIFIABLE, value: where === "session" }];
+}
+
+/** What C_CopyObject changes when it puts a session-born key on the token. */
+export const TOKEN_COPY: Template = [
+  { type: pk.CKA_TOKEN, value: true },
+  { type: pk.CKA_MODIFIABLE, value: false },
+];
+
+/**
+ * The root key: a token AES-256 key that can only wrap and unwrap, never leave. What
+ * it unwraps must be a key version as the keystore holds one (CKA_UNWRAP_TEMPLATE):
+ * whoever has the PIN can't unwrap a key version into an extractable object and read
+ * it. Its nested template goes through nested-template.ts, not pkcs11js.
+ */
+export function rootKeyTemplate(label: string, id: Buffer, where: KeyBirthplace): NestedAttribute[] {
   return [
     { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
     { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
     { type: pk.CKA_VALUE_LEN, value: 32 },
     { type: pk.CKA_TOKEN, value: where === "token" },
+    ...modifiable(where),
     { type: pk.CKA_PRIVATE, value: true },
     { type: pk.CKA_SENSITIVE, value: true },
     { type: pk.CKA_EXTRACTABLE, value: false },
     { type: pk.CKA_LABEL, value: label },
     { type: pk.CKA_ID, value: id },
     ...uses([pk.CKA_WRAP, pk.CKA_UNWRAP]),
+    { type: pk.CKA_UNWRAP_TEMPLATE, value: unwrappedAesTemplate() },
   ];
 }
 
@@ -61,7 +90,7 @@ export function transientAesTemplate(): Template {
 }
 
 /** An unwrapped encryption key: a session object that can encrypt and decrypt and never be exported again. */
-export function unwrappedAesTemplate(): Template {
+export function unwrappedAesTemplate(): Attribute[] {
   return [
     { type: pk.CKA_CLASS, value: pk.CKO_SECRET_KEY },
     { type: pk.CKA_KEY_TYPE, value: pk.CKK_AES },
@@ -92,6 +121,7 @@ export function hmacKeyTemplate(label: string, id: Buffer, where: KeyBirthplace)
     { type: pk.CKA_KEY_TYPE, value: pk.CKK_GENERIC_SECRET },
     { type: pk.CKA_VALUE_LEN, value: 32 },
     { type: pk.CKA_TOKEN, value: where === "token" },
+    ...modifiable(where),
     { type: pk.CKA_PRIVATE, value: true },
     { type: pk.CKA_SENSITIVE, value: true },
     { type: pk.CKA_EXTRACTABLE, value: false },
@@ -121,6 +151,7 @@ export function keyPairTemplates(
 ): { mechanism: Mechanism; publicKey: Template; privateKey: Template } {
   const common: Template = [
     { type: pk.CKA_TOKEN, value: where === "token" },
+    ...modifiable(where),
     { type: pk.CKA_LABEL, value: label },
     { type: pk.CKA_ID, value: id },
   ];
