@@ -136,6 +136,10 @@ const SESSION_COPY = [{ type: pk.CKA_TOKEN, value: false }];
  * outlive its files; a real HSM's die with the token).
  */
 const COPY_RECHECK_MS = 1000;
+/** Where a session's handle for the token key `name` is cached in #objects. */
+function objectKey(name: string, serial: number): string {
+  return `${name}@${serial}`;
+}
 /** What a call on a destroyed object's handle answers. */
 const HANDLE_INVALID = new Set(["CKR_KEY_HANDLE_INVALID", "CKR_OBJECT_HANDLE_INVALID"]);
 /** Searches for the keys themselves, never our session copies of them. */
@@ -790,7 +794,7 @@ export class Pkcs11Keystore implements Keystore {
    * after checking that the session is logged in and the token present.
    */
   #tokenObject(ctx: OpContext, name: string, template: Template): TokenObject | undefined {
-    const key = `${name}@${ctx.serial}`;
+    const key = objectKey(name, ctx.serial);
     const cached = this.#objects.get(key);
     if (cached && cached.epoch === ctx.epoch) {
       const now = performance.now();
@@ -844,7 +848,7 @@ export class Pkcs11Keystore implements Keystore {
       return await use(key);
     } catch (e) {
       if (!HANDLE_INVALID.has(ckrOf(e)?.name ?? "") || this.#sourceAlive(ctx, key)) throw e;
-      this.#forget(ctx, `${name}@${ctx.serial}`, key);
+      this.#forget(ctx, objectKey(name, ctx.serial), key);
       const again = this.#tokenObject(ctx, name, template);
       return again && use(again);
     }

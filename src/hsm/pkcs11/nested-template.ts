@@ -75,22 +75,24 @@ function encodedSize(template: NestedAttribute[]): number {
   return size;
 }
 
-/** Lays `template` out at the start of `view`, whose first byte is at address `base`. */
-function encode(template: NestedAttribute[], view: Buffer, base: bigint): void {
+/** Lays `template` out at the start of `view`, whose first byte is at address `base`; returns the bytes used. */
+function encode(template: NestedAttribute[], view: Buffer, base: bigint): number {
   let next = template.length * ATTRIBUTE_SIZE;
   template.forEach(({ type, value }, i) => {
+    const at = next;
     let length: number;
     if (Array.isArray(value)) {
-      encode(value, view.subarray(next), base + BigInt(next));
+      next += align(encode(value, view.subarray(at), base + BigInt(at)));
       length = value.length * ATTRIBUTE_SIZE;
     } else {
-      length = bytesOf(value).copy(view, next);
+      length = bytesOf(value).copy(view, at);
+      next += align(length);
     }
     view.writeBigUInt64LE(BigInt(type), i * ATTRIBUTE_SIZE);
-    view.writeBigUInt64LE(base + BigInt(next), i * ATTRIBUTE_SIZE + WORD);
+    view.writeBigUInt64LE(base + BigInt(at), i * ATTRIBUTE_SIZE + WORD);
     view.writeBigUInt64LE(BigInt(length), i * ATTRIBUTE_SIZE + 2 * WORD);
-    next += align(Array.isArray(value) ? encodedSize(value) : length);
   });
+  return next;
 }
 
 function bytesOf(value: number | boolean | string | Buffer): Buffer {
