@@ -16,7 +16,10 @@ import { ensureWrk, type LoadResult, profiledRotate, wrkPost } from "./http-load
 function row(name: string, r: LoadResult, ceiling?: LoadResult): string {
   const ratio = ceiling ? `${((100 * r.requestsPerSec) / ceiling.requestsPerSec).toFixed(0)}% of plain` : "";
   const errors = r.non2xx ? `  (${r.non2xx} non-2xx!)` : "";
-  return `${name.padEnd(22)} c=${String(r.concurrency).padEnd(3)} ${r.requestsPerSec.toFixed(0).padStart(7)} ops/s  p50 ${r.p50Ms.toFixed(2).padStart(6)} ms  p99 ${r.p99Ms.toFixed(2).padStart(6)} ms  ${ratio}${errors}`;
+  const cpu = r.serverUsPerOp
+    ? `CPU/op ${r.serverUsPerOp.all.toFixed(0).padStart(4)} µs (event loop ${r.serverUsPerOp.main.toFixed(0).padStart(4)})  `
+    : "";
+  return `${name.padEnd(22)} c=${String(r.concurrency).padEnd(3)} ${r.requestsPerSec.toFixed(0).padStart(7)} ops/s  p50 ${r.p50Ms.toFixed(2).padStart(6)} ms  p99 ${r.p99Ms.toFixed(2).padStart(6)} ms  ${cpu}${ratio}${errors}`;
 }
 
 export default async function main(args: string[]): Promise<void> {
@@ -52,7 +55,7 @@ export default async function main(args: string[]): Promise<void> {
     for (const s of scenarios) {
       results.set(
         s.name,
-        levels.map((c) => wrkPost(base + s.path, JSON.stringify(s.body), auth, c, seconds)),
+        levels.map((c) => wrkPost(base + s.path, JSON.stringify(s.body), auth, c, seconds, server.child.pid)),
       );
     }
 
@@ -86,7 +89,9 @@ export default async function main(args: string[]): Promise<void> {
 
     const plain = await startPlainServer(port, dir);
     children.push(plain);
-    const plainResults = levels.map((c) => wrkPost(`${base}/plain`, JSON.stringify({ context }), auth, c, seconds));
+    const plainResults = levels.map((c) =>
+      wrkPost(`${base}/plain`, JSON.stringify({ context }), auth, c, seconds, plain.pid),
+    );
     plain.kill("SIGTERM");
 
     const raw = await rawHsmRates({ modulePath: token.modulePath, tokenLabel: token.label, pin: token.pin });

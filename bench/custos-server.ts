@@ -103,11 +103,14 @@ export function stop(child: ChildProcess): Promise<void> {
   return exited;
 }
 
-/** CPU seconds (user + system, all threads) the process has used so far. */
-export function cpuSeconds(pid: number | undefined): number {
+/**
+ * CPU seconds (user + system) the process has used so far: all its threads, or with
+ * `mainThread` only the thread running its event loop (Linux gives it the process's id).
+ */
+export function cpuSeconds(pid: number | undefined, mainThread = false): number {
   if (pid === undefined) return 0;
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const stat = readFileSync(mainThread ? `/proc/${pid}/task/${pid}/stat` : `/proc/${pid}/stat`, "utf8");
     // Fields after the command name (which may hold spaces) start at the last ')'.
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;

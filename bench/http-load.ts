@@ -12,6 +12,8 @@ export interface LoadResult {
   readonly p50Ms: number;
   readonly p99Ms: number;
   readonly non2xx: number;
+  /** The server's CPU time per request, in µs: all its threads, and its event loop's thread alone. */
+  readonly serverUsPerOp?: { readonly all: number; readonly main: number };
 }
 
 /** Installs wrk (Debian package) if missing: an efficient, independent HTTP load generator in C. */
@@ -24,7 +26,9 @@ export function ensureWrk(): void {
 
 /**
  * POSTs `body` to `url` with keep-alive at `concurrency` for `seconds`, using wrk
- * (one thread: the other core belongs to the server under test).
+ * (one thread: the other core belongs to the server under test). Given the server's
+ * pid, also measures the CPU time it spent per request: steadier than the rate on a
+ * machine whose speed swings, and it shows whether the event loop's thread is the limit.
  */
 export function wrkPost(
   url: string,
@@ -32,10 +36,25 @@ export function wrkPost(
   headers: Record<string, string>,
   concurrency: number,
   seconds: number,
+  serverPid?: number,
 ): LoadResult {
-  return withWrkScript(body, headers, (script) =>
-    wrkResult(concurrency, execFileSync("wrk", wrkArgs(url, script, concurrency, seconds), { encoding: "utf8" })),
-  );
+  return withWrkScript(body, headers, (script) => {
+    const before = { all: cpuSeconds(serverPid), main: cpuSeconds(serverPid, true) };
+    const result = wrkResult(
+      concurrency,
+      execFileSync("wrk", wrkArgs(url, script, concurrency, seconds), { encoding: "utf8" }),
+    );
+    if (serverPid === undefined) return result;
+    const requests = result.requestsPerSec * seconds;
+    const perOp = (now: number, then: number) => ((now - then) * 1e6) / requests;
+    return {
+      ...result,
+      serverUsPerOp: {
+        all: perOp(cpuSeconds(serverPid), before.all),
+        main: perOp(cpuSeconds(serverPid, true), before.main),
+      },
+    };
+  });
 }
 
 /** `wrkPost` leaving this process's event loop free, for load beside work the bench itself drives. */

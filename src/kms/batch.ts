@@ -73,7 +73,7 @@ async function runBatch<I extends { readonly context?: unknown }, R extends { re
   // would be (503 hsm_unavailable), so that clients retry it.
   let outage: unknown;
   try {
-    // All at once: the view gathers the items' HSM calls into one job per key version.
+    // All at once: the KMS cipher gathers the items' HSM calls into one job per key version.
     results = await Promise.all(
       inputs.map(async (input, i) => {
         try {

@@ -2,7 +2,7 @@ import type { EncryptionContext } from "../context/index.js";
 import { CustosError, decryptionFailed } from "../errors/index.js";
 import type { KeyRecord, KeyVersionRecord } from "../store/index.js";
 import { ALG_AES_256_GCM, additionalDataFrom, boundHeader, encodeCiphertextFrom, parseCiphertext } from "./format.js";
-import { gatheringCipher, type KeyCipher } from "./gather.js";
+import type { KeyCipher } from "./gather.js";
 import type { KmsContext } from "./internal.js";
 import type { DecryptResult, EncryptResult } from "./types.js";
 import { checkPlaintext, checkVersion } from "./validate.js";
@@ -13,7 +13,7 @@ import { checkPlaintext, checkVersion } from "./validate.js";
  */
 export interface KeyView {
   readonly key: KeyRecord;
-  /** The keystore's AES-GCM: direct for one operation, gathered into HSM jobs for a batch. */
+  /** The keystore's AES-GCM, calls made together gathered into HSM jobs (see gather.ts). */
   readonly cipher: KeyCipher;
   version(v: number): Promise<KeyVersionRecord | undefined>;
   /** The bound header bytes for encrypting under version `v` (built once per version). */
@@ -39,14 +39,14 @@ export function lazyView(ctx: KmsContext, key: KeyRecord): KeyView {
   const bound = boundMemo(key);
   return {
     key,
-    cipher: ctx.keystore,
+    cipher: ctx.cipher,
     version: (v) => ctx.store.getKeyVersion(key.id, v),
     bound,
     additionalData: (v, context) => additionalDataFrom(bound(v), context),
   };
 }
 
-/** A batch's view: versions read once (no per-item store reads), HSM calls gathered. */
+/** A batch's view: versions read once (no per-item store reads). */
 export async function preloadedView(ctx: KmsContext, key: KeyRecord): Promise<KeyView> {
   const byVersion = new Map((await ctx.store.listKeyVersions(key.id)).map((v) => [v.version, v]));
   const bound = boundMemo(key);
@@ -55,7 +55,7 @@ export async function preloadedView(ctx: KmsContext, key: KeyRecord): Promise<Ke
   const aads = new Map<string, Buffer>();
   return {
     key,
-    cipher: gatheringCipher(ctx.keystore),
+    cipher: ctx.cipher,
     version: async (v) => byVersion.get(v),
     bound,
     additionalData: (v, context) => {

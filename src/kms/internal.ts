@@ -2,12 +2,15 @@ import { type Actor, auditEntry } from "../audit/index.js";
 import { CustosError, isCustosError } from "../errors/index.js";
 import type { Keystore } from "../hsm/index.js";
 import type { KeyRecord, KeyVersionRecord, Store } from "../store/index.js";
+import type { KeyCipher } from "./gather.js";
 import type { AuditSink } from "./types.js";
 import { auditState } from "./view.js";
 
 /** What every KMS operation works with. */
 export interface KmsContext {
   readonly keystore: Keystore;
+  /** The keystore's AES-GCM, with the calls of concurrent operations gathered into HSM jobs. */
+  readonly cipher: KeyCipher;
   readonly store: Store;
   readonly audit: AuditSink;
   readonly now: () => Date;

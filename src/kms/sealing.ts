@@ -63,7 +63,7 @@ export async function openManyFor(
   checkName(name);
   const checked = items.map((item) => ({ ciphertext: item.ciphertext, context: validateContext(item.context) }));
   const view = await preloadedView(ctx, await openableKey(ctx, name));
-  // Together, so that the view gathers them into one HSM job.
+  // Together, so that the KMS cipher gathers them into one HSM job.
   const opened = await Promise.allSettled(checked.map((item) => open(view, item.ciphertext, item.context)));
   const failure = opened.find((o) => o.status === "rejected");
   if (failure === undefined) return opened.map((o) => (o as PromiseFulfilledResult<DecryptResult>).value.plaintext);

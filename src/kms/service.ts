@@ -2,6 +2,7 @@ import type { Actor } from "../audit/index.js";
 import type { EncryptionContext } from "../context/index.js";
 import type { Secret } from "../secret/index.js";
 import * as batch from "./batch.js";
+import { gatheringCipher } from "./gather.js";
 import type { KmsContext } from "./internal.js";
 import * as keys from "./keys.js";
 import * as ops from "./operations.js";
@@ -46,6 +47,7 @@ export class KmsService {
     const clock = deps.clock ?? (() => new Date());
     this.#ctx = {
       keystore: deps.keystore,
+      cipher: gatheringCipher(deps.keystore),
       store: deps.store,
       audit: deps.audit,
       now: clock,

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, before, describe, test } from "node:test";
-import { CIPHERTEXT_PREFIX, parseCiphertext } from "../../src/kms/index.js";
+import type { Keystore } from "../../src/hsm/index.js";
+import { CIPHERTEXT_PREFIX, KmsService, parseCiphertext } from "../../src/kms/index.js";
 import { alice, type KmsFixture, openFixture, rejectsWith } from "./setup.js";
 
 let f: KmsFixture;
@@ -241,5 +242,69 @@ describe("encrypt / decrypt", () => {
       f.audit.failing = false;
     }
     assert.equal((await f.records()).length, before);
+  });
+
+  test("concurrent operations share HSM jobs, and each caller still gets its own answer or error", async () => {
+    // The real keystore, with its batch calls counted: operations started in one turn of
+    // the event loop go to the HSM as one job per key version, not one call each.
+    const jobs = { encryptMany: 0, decryptMany: 0 };
+    const counted = new Proxy<Keystore>(f.keystore, {
+      get(target, name: keyof Keystore) {
+        const method = (target[name] as (...args: unknown[]) => unknown).bind(target);
+        if (name !== "encryptMany" && name !== "decryptMany") return method;
+        return (...args: unknown[]) => {
+          jobs[name]++;
+          return method(...args);
+        };
+      },
+    });
+    const kms = new KmsService({ keystore: counted, store: f.store, audit: f.audit, clock: () => f.now });
+    const made = await Promise.all(
+      Array.from({ length: 10 }, async (_, i) => {
+        const plaintext = randomBytes(20);
+        const context = { item: String(i) };
+        return { plaintext, context, ...(await kms.encrypt(alice, "app-b", { plaintext, context })) };
+      }),
+    );
+    assert.equal(jobs.encryptMany, 1, "ten encrypts started together are one HSM job");
+
+    const names = ["app-a", "app-b"];
+    const [encrypted, opened] = await Promise.all([
+      Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          kms.encrypt(alice, names[i % 2] as string, { plaintext: Buffer.from(`p${i}`), context: { n: String(i) } }),
+        ),
+      ),
+      Promise.allSettled(
+        made.map((m, i) =>
+          kms.decrypt(alice, "app-b", {
+            ciphertext: m.ciphertext,
+            context: i % 3 === 0 ? { item: "other" } : m.context,
+          }),
+        ),
+      ),
+    ]);
+    assert.equal(jobs.encryptMany, 3, "one more job for each of the two keys");
+    assert.equal(jobs.decryptMany, 1);
+    for (const [i, r] of opened.entries()) {
+      const m = made[i];
+      if (i % 3 === 0) {
+        assert.equal(r.status, "rejected");
+        await rejectsWith(Promise.reject((r as PromiseRejectedResult).reason), "decryption_failed");
+      } else {
+        assert.equal(r.status, "fulfilled");
+        const { plaintext } = (r as PromiseFulfilledResult<Awaited<ReturnType<KmsService["decrypt"]>>>).value;
+        assert.deepEqual(plaintext.expose(), m?.plaintext);
+        plaintext.destroy();
+      }
+    }
+    for (const [i, e] of encrypted.entries()) {
+      const out = await f.kms.decrypt(alice, names[i % 2] as string, {
+        ciphertext: e.ciphertext,
+        context: { n: String(i) },
+      });
+      assert.equal(out.plaintext.expose().toString(), `p${i}`);
+      out.plaintext.destroy();
+    }
   });
 });
