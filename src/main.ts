@@ -189,8 +189,11 @@ async function auditKeys(store: Store): Promise<{ hmacKey: HsmKeyRef; checkpoint
   };
 }
 
-/** Refuses to run against an HSM whose root key is not the one this store was initialised with. */
-async function checkRootKey(keystore: Keystore, store: Store): Promise<void> {
+/**
+ * Refuses to run against an HSM whose root key is not the one this store was
+ * initialised with, and warns when that key predates hardened root keys.
+ */
+async function checkRootKey(keystore: Keystore, store: Store, logger: Logger): Promise<void> {
   const expected = await requireSetting(store, S.rootKcv);
   const root = await keystore.findRootKey();
   if (!root) {
@@ -200,6 +203,13 @@ async function checkRootKey(keystore: Keystore, store: Store): Promise<void> {
     throw new CustosError(
       "root_key_mismatch",
       `the HSM root key (check value ${root.checkValue}) is not the one this store was initialised with (${expected})`,
+    );
+  }
+  if (!root.hardened) {
+    logger.warn(
+      { rootKey: { label: root.label, id: root.id } },
+      "hsm: the root key was made before root keys were hardened: it can be modified, and a session logged in " +
+        "with the HSM PIN can unwrap key versions with it into keys it can read (see the README's Known limits)",
     );
   }
 }
@@ -213,7 +223,7 @@ export async function openServices(config: CustosConfig, logger: Logger = create
     if (!(await store.isInitialized())) {
       throw new CustosError("not_initialized", "Custos is not initialised: run `custos init` first");
     }
-    await checkRootKey(keystore, store);
+    await checkRootKey(keystore, store, logger);
     // Keys the audit chain before the first audited write below.
     const audit = await AuditLog.open({
       store,
@@ -341,7 +351,7 @@ async function initializeLocked(
       await writeOwnFile(caCertFile, pki.authority.root().certPem, 0o644);
     };
     if (await store.isInitialized()) {
-      await checkRootKey(keystore, store);
+      await checkRootKey(keystore, store, logger);
       // writeCa may audit (a PKI made on this run): the chain is keyed first.
       await AuditLog.open({
         store,
@@ -401,7 +411,7 @@ export async function restore(config: CustosConfig, backupFile: string): Promise
     return await restoreDatabase(config.store.path, backupFile, async (copy, facts) => {
       const store = await SqliteStore.open(copy);
       try {
-        await checkRootKey(keystore, store);
+        await checkRootKey(keystore, store, logger);
         const audit = await AuditLog.open({ store, keystore, ...(await auditKeys(store)), logger });
         const { seq } = await audit.recordRestore(systemActor("restore"), {
           backup: { sha256: facts.backupSha256, newestSeq: facts.backupSeq },

@@ -34,6 +34,12 @@ export interface HsmKeyRef {
 export interface RootKeyInfo extends HsmKeyRef {
   /** Deterministic key check value (hex) that identifies this exact key. */
   readonly checkValue: string;
+  /**
+   * Whether the key is unmodifiable and unwraps only into keys that can't leave the
+   * HSM. False for a root key made before Custos made them so: with it, a session
+   * logged in with the PIN can unwrap key versions into keys it can read.
+   */
+  readonly hardened: boolean;
 }
 
 export interface GeneratedKeyPair {

@@ -125,6 +125,47 @@ describe("Pkcs11Keystore against SoftHSM", () => {
     });
   });
 
+  test("a root key made before root keys were hardened is still used, and reported as not hardened", async () => {
+    assert.equal((await ks.findRootKey())?.hardened, true, "a root key made now is hardened");
+    // Made as an older Custos made it: straight onto the token, modifiable, no unwrap template.
+    inj.withSession((s) =>
+      inj.p.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+        { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_PRIVATE, value: true },
+        { type: pkcs11js.CKA_SENSITIVE, value: true },
+        { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+        { type: pkcs11js.CKA_LABEL, value: "legacy-root" },
+        { type: pkcs11js.CKA_ID, value: Buffer.from("00112233445566778899aabbccddeeff", "hex") },
+        { type: pkcs11js.CKA_WRAP, value: true },
+        { type: pkcs11js.CKA_UNWRAP, value: true },
+        { type: pkcs11js.CKA_ENCRYPT, value: false },
+        { type: pkcs11js.CKA_DECRYPT, value: false },
+      ]),
+    );
+    const legacy = await Pkcs11Keystore.open({
+      modulePath: token.modulePath,
+      tokenLabel: token.label,
+      pin: Secret.fromString(token.pin),
+      rootKeyLabel: "legacy-root",
+    });
+    try {
+      const found = await legacy.findRootKey();
+      assert.equal(found?.id, "00112233445566778899aabbccddeeff");
+      assert.equal(found?.hardened, false);
+      const wrapped = await legacy.generateWrappedAesKey();
+      const aad = Buffer.from("aad");
+      const sealed = await legacy.encrypt(wrapped, Buffer.from("still works"), aad);
+      const opened = await legacy.decrypt(wrapped, sealed.iv, sealed.ciphertext, aad);
+      assert.equal(opened.expose().toString(), "still works");
+      opened.destroy();
+    } finally {
+      await legacy.close();
+    }
+  });
+
   test("the check value differs for another token's root key", async () => {
     const ks2 = await Pkcs11Keystore.open({
       modulePath: other.modulePath,

@@ -378,7 +378,9 @@ export class Pkcs11Keystore implements Keystore {
         this.#destroyQuietly(ctx, known);
       }
       const checkValue = createHash("sha256").update(wrapped).digest("hex");
-      return { label: this.#rootLabel, id, checkValue };
+      // The unwrap template can't be read through pkcs11js; it came with unmodifiability, and neither can be added later.
+      const hardened = attribute(ctx, root, pk.CKA_MODIFIABLE)[0] === 0;
+      return { label: this.#rootLabel, id, checkValue, hardened };
     });
   }
 
