@@ -4,7 +4,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { after, test } from "node:test";
-import pkcs11js from "pkcs11js";
 import { loadConfig } from "../../src/config/index.js";
 import { createLogger } from "../../src/log/index.js";
 import { initialize, openServices } from "../../src/main.js";
@@ -53,27 +52,7 @@ async function startupWarnings(token: TestToken): Promise<string[]> {
 }
 
 test("a root key made before root keys were hardened is used, with a warning at start-up; a new one starts quietly", async () => {
-  // The older template: on the token, modifiable (the default), no unwrap template.
-  const inj = new Injector(legacy);
-  inj.withSession((s) => {
-    inj.p.C_Login(s, pkcs11js.CKU_USER, legacy.pin);
-    inj.p.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, [
-      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-      { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-      { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
-      { type: pkcs11js.CKA_TOKEN, value: true },
-      { type: pkcs11js.CKA_PRIVATE, value: true },
-      { type: pkcs11js.CKA_SENSITIVE, value: true },
-      { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-      { type: pkcs11js.CKA_LABEL, value: "custos-root" },
-      { type: pkcs11js.CKA_ID, value: Buffer.alloc(16, 7) },
-      { type: pkcs11js.CKA_WRAP, value: true },
-      { type: pkcs11js.CKA_UNWRAP, value: true },
-      { type: pkcs11js.CKA_ENCRYPT, value: false },
-      { type: pkcs11js.CKA_DECRYPT, value: false },
-    ]);
-    inj.p.C_Logout(s);
-  });
+  new Injector(legacy).makeLegacyRootKey("custos-root", Buffer.alloc(16, 7));
   const warned = (await startupWarnings(legacy)).filter((msg) => msg.includes("root key"));
   assert.equal(warned.length, 1, "one warning");
   assert.match(warned[0] ?? "", /made before root keys were hardened/);

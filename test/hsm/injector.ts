@@ -74,6 +74,42 @@ export class Injector {
     });
   }
 
+  /**
+   * A root key as Custos made them before root keys were hardened: on the token,
+   * modifiable (the default), no unwrap template. Logs in for it if no one in this
+   * process is, and then out again.
+   */
+  makeLegacyRootKey(label: string, id: Buffer): void {
+    this.withSession((s) => {
+      let loggedIn = false;
+      try {
+        this.p.C_Login(s, pkcs11js.CKU_USER, this.token.pin);
+        loggedIn = true;
+      } catch (e) {
+        if (!String((e as Error).message).includes("CKR_USER_ALREADY_LOGGED_IN")) throw e;
+      }
+      try {
+        this.p.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+          { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+          { type: pkcs11js.CKA_TOKEN, value: true },
+          { type: pkcs11js.CKA_PRIVATE, value: true },
+          { type: pkcs11js.CKA_SENSITIVE, value: true },
+          { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+          { type: pkcs11js.CKA_LABEL, value: label },
+          { type: pkcs11js.CKA_ID, value: id },
+          { type: pkcs11js.CKA_WRAP, value: true },
+          { type: pkcs11js.CKA_UNWRAP, value: true },
+          { type: pkcs11js.CKA_ENCRYPT, value: false },
+          { type: pkcs11js.CKA_DECRYPT, value: false },
+        ]);
+      } finally {
+        if (loggedIn) this.p.C_Logout(s);
+      }
+    });
+  }
+
   closeAllSessions(): void {
     this.p.C_CloseAllSessions(this.slot());
   }

@@ -127,24 +127,7 @@ describe("Pkcs11Keystore against SoftHSM", () => {
 
   test("a root key made before root keys were hardened is still used, and reported as not hardened", async () => {
     assert.equal((await ks.findRootKey())?.hardened, true, "a root key made now is hardened");
-    // Made as an older Custos made it: straight onto the token, modifiable, no unwrap template.
-    inj.withSession((s) =>
-      inj.p.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, [
-        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-        { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
-        { type: pkcs11js.CKA_TOKEN, value: true },
-        { type: pkcs11js.CKA_PRIVATE, value: true },
-        { type: pkcs11js.CKA_SENSITIVE, value: true },
-        { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-        { type: pkcs11js.CKA_LABEL, value: "legacy-root" },
-        { type: pkcs11js.CKA_ID, value: Buffer.from("00112233445566778899aabbccddeeff", "hex") },
-        { type: pkcs11js.CKA_WRAP, value: true },
-        { type: pkcs11js.CKA_UNWRAP, value: true },
-        { type: pkcs11js.CKA_ENCRYPT, value: false },
-        { type: pkcs11js.CKA_DECRYPT, value: false },
-      ]),
-    );
+    inj.makeLegacyRootKey("legacy-root", Buffer.from("00112233445566778899aabbccddeeff", "hex"));
     const legacy = await Pkcs11Keystore.open({
       modulePath: token.modulePath,
       tokenLabel: token.label,
