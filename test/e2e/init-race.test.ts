@@ -43,7 +43,9 @@ test("five custos init at once on a fresh store and token: one initialises, the 
         CUSTOS_HSM_PIN: token.pin,
       };
       const runs = await Promise.all(Array.from({ length: 5 }, () => init(env, dir)));
-      for (const r of runs) assert.equal(r.code, 0, r.out);
+      // On a failure, every init's output: the one that went wrong may not be the one that failed.
+      const all = runs.map((r, i) => `init ${i + 1} (exit ${r.code}):\n${r.out}`).join("\n");
+      for (const r of runs) assert.equal(r.code, 0, all);
       const made = runs.filter((r) => /^initialized$/m.test(r.out));
       const found = runs.filter((r) => /^already initialized/m.test(r.out));
       assert.equal(made.length, 1, `round ${round}: ${runs.map((r) => r.out.split("\n")[0]).join(" | ")}`);
